@@ -1,0 +1,1 @@
+"""Test-and-demo laboratory: local libvirt hosts and a broker for one machine."""

@@ -1,0 +1,1 @@
+"""notifiers package."""
