@@ -1,0 +1,41 @@
+"""The one structlog configuration call: JSON under systemd or in a pipe, readable console in a terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+def _wants_json(fmt: LogFormat, stream: TextIO) -> bool:
+    if fmt != "auto":
+        return fmt == "json"
+    # journald sets JOURNAL_STREAM for services it captures; a pipe is read by a program, not a person.
+    return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
+
+
+def configure_logging(fmt: LogFormat = "auto", *, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog once for the process; call it from the entry point only."""
+    out = stream if stream is not None else sys.stderr
+    renderer: structlog.typing.Processor
+    if _wants_json(fmt, out):
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
