@@ -1,0 +1,164 @@
+"""The hypervisor seam: the Protocol the migrator drives, its value types, and pure domain-XML reading."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+from xml.etree import ElementTree
+
+from evacuator.errors import HypervisorError
+from evacuator.vmmeta import NAMESPACE_URI, ROOT_ELEMENT, VmFacts, facts_from_element
+
+_ZEROS = bytes(1 << 20)
+
+
+class VmState(StrEnum):
+    """Where a defined VM is in its life; everything libvirt reports besides these three is OTHER."""
+
+    RUNNING = "running"
+    SHUT_OFF = "shut_off"
+    PAUSED = "paused"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VolumeRef:
+    """A disk volume by pool and volume name, as a `<disk type='volume'>` names it."""
+
+    pool: str
+    volume: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VolumeInfo:
+    """A volume and its sizes: capacity is what the guest sees, allocation what the host stores."""
+
+    pool: str
+    volume: str
+    capacity_bytes: int
+    allocation_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmDefinition:
+    """What a VM's persistent definition says about its identity and disks."""
+
+    uuid: str
+    name: str
+    macs: tuple[str, ...]
+    volumes: tuple[VolumeRef, ...]
+    facts: VmFacts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmInfo:
+    """A VM defined on a host, with its live state."""
+
+    uuid: str
+    name: str
+    state: VmState
+    macs: tuple[str, ...]
+    volumes: tuple[VolumeRef, ...]
+    facts: VmFacts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataChunk:
+    """Bytes of a volume, in order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoleChunk:
+    """A run of unallocated (all-zero) bytes of a volume: only its length travels."""
+
+    length_bytes: int
+
+
+Chunk = DataChunk | HoleChunk
+
+
+class Hypervisor(Protocol):
+    """One hypervisor host as the migrator sees it. Every failure raises HypervisorError."""
+
+    @property
+    def name(self) -> str: ...
+
+    def list_vms(self) -> tuple[VmInfo, ...]: ...
+
+    def find_vm(self, uuid: str) -> VmInfo | None: ...
+
+    def vm_definition_xml(self, uuid: str) -> str:
+        """The persistent (inactive) definition, fit to define the same VM on another host."""
+        ...
+
+    def define_vm(self, definition_xml: str) -> VmInfo: ...
+
+    def start_vm(self, uuid: str) -> None: ...
+
+    def request_shutdown(self, uuid: str) -> None:
+        """Asks the guest to power off (ACPI) and returns at once; the guest may ignore it."""
+        ...
+
+    def destroy_vm(self, uuid: str) -> None:
+        """Powers the VM off at once, like pulling the plug."""
+        ...
+
+    def undefine_vm(self, uuid: str) -> None: ...
+
+    def find_volume(self, pool: str, volume: str) -> VolumeInfo | None: ...
+
+    def create_volume(self, pool: str, volume: str, *, capacity_bytes: int) -> VolumeInfo:
+        """Creates an empty, sparse (allocation 0) raw volume."""
+        ...
+
+    def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:
+        """The volume's content from offset 0 to its capacity, unallocated runs as holes."""
+        ...
+
+    def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
+        """Writes chunks from offset 0 into an existing volume; returns data bytes written, holes excluded."""
+        ...
+
+    def delete_volume(self, pool: str, volume: str) -> None: ...
+
+
+def sha256_of_chunks(chunks: Iterable[Chunk]) -> str:
+    """The sha256 of the bytes the chunks stand for, holes counted as zeros."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        if isinstance(chunk, DataChunk):
+            digest.update(chunk.data)
+            continue
+        remaining = chunk.length_bytes
+        while remaining > 0:
+            piece = min(remaining, len(_ZEROS))
+            digest.update(memoryview(_ZEROS)[:piece])
+            remaining -= piece
+    return digest.hexdigest()
+
+
+def parse_definition(xml: str) -> VmDefinition:
+    """Reads identity, NICs, volume disks and evacuator facts from a libvirt domain XML document."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise HypervisorError(f"domain XML is not well-formed: {exc}") from exc
+    uuid = (root.findtext("uuid") or "").strip().lower()
+    name = (root.findtext("name") or "").strip()
+    if not uuid or not name:
+        raise HypervisorError("domain XML lacks <uuid> or <name>")
+    macs = tuple(
+        mac.get("address", "").lower() for mac in root.findall("./devices/interface/mac")
+    )
+    volumes = tuple(
+        VolumeRef(pool=source.get("pool", ""), volume=source.get("volume", ""))
+        for source in root.findall("./devices/disk[@type='volume']/source")
+    )
+    element = root.find(f"./metadata/{{{NAMESPACE_URI}}}{ROOT_ELEMENT}")
+    facts = VmFacts() if element is None else facts_from_element(element)
+    return VmDefinition(uuid=uuid, name=name, macs=macs, volumes=volumes, facts=facts)

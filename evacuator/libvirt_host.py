@@ -1,0 +1,235 @@
+"""The Hypervisor protocol over one libvirt connection; libvirt errors become HypervisorError here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import Any
+from xml.sax.saxutils import escape
+
+import libvirt
+
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor import (
+    Chunk,
+    DataChunk,
+    HoleChunk,
+    VmInfo,
+    VmState,
+    VolumeInfo,
+    parse_definition,
+)
+
+_STREAM_CHUNK_BYTES = 256 * 1024
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VmState.SHUT_OFF,
+    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
+}
+
+
+def open_libvirt_host(name: str, uri: str, pool: str) -> LibvirtHost:
+    """Opens a read-write connection to one host; `pool` is where this host keeps evacuator-managed disks."""
+    try:
+        connection = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"host {name}: cannot connect to {uri}: {exc.get_error_message()}") from exc
+    return LibvirtHost(name=name, uri=uri, pool=pool, connection=connection)
+
+
+class LibvirtHost:
+    """One hypervisor host reached through libvirt; owns its connection (use from one thread)."""
+
+    def __init__(self, *, name: str, uri: str, pool: str, connection: Any) -> None:
+        self._name = name
+        self._uri = uri
+        self._pool = pool
+        self._conn = connection
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def pool(self) -> str:
+        return self._pool
+
+    def close(self) -> None:
+        with self._mapped("close"):
+            self._conn.close()
+
+    def __enter__(self) -> LibvirtHost:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def list_vms(self) -> tuple[VmInfo, ...]:
+        with self._mapped("list_vms"):
+            domains = self._conn.listAllDomains(0)
+            return tuple(sorted((self._info(dom) for dom in domains), key=lambda vm: vm.name))
+
+    def find_vm(self, uuid: str) -> VmInfo | None:
+        with self._mapped("find_vm", vm_uuid=uuid):
+            dom = self._lookup(uuid)
+            return None if dom is None else self._info(dom)
+
+    def vm_definition_xml(self, uuid: str) -> str:
+        with self._mapped("vm_definition_xml", vm_uuid=uuid):
+            return str(self._domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def define_vm(self, definition_xml: str) -> VmInfo:
+        with self._mapped("define_vm"):
+            return self._info(self._conn.defineXMLFlags(definition_xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE))
+
+    def start_vm(self, uuid: str) -> None:
+        with self._mapped("start_vm", vm_uuid=uuid):
+            self._domain(uuid).create()
+
+    def request_shutdown(self, uuid: str) -> None:
+        with self._mapped("request_shutdown", vm_uuid=uuid):
+            self._domain(uuid).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def destroy_vm(self, uuid: str) -> None:
+        with self._mapped("destroy_vm", vm_uuid=uuid):
+            self._domain(uuid).destroy()
+
+    def undefine_vm(self, uuid: str) -> None:
+        with self._mapped("undefine_vm", vm_uuid=uuid):
+            self._domain(uuid).undefineFlags(0)
+
+    def find_volume(self, pool: str, volume: str) -> VolumeInfo | None:
+        with self._mapped("find_volume", pool=pool, volume=volume):
+            vol = self._lookup_volume(pool, volume)
+            return None if vol is None else _volume_info(pool, volume, vol)
+
+    def create_volume(self, pool: str, volume: str, *, capacity_bytes: int) -> VolumeInfo:
+        # allocation 0: a dir pool otherwise preallocates the whole capacity.
+        xml = (
+            f"<volume><name>{escape(volume)}</name><capacity unit='bytes'>{capacity_bytes}</capacity>"
+            "<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>"
+        )
+        with self._mapped("create_volume", pool=pool, volume=volume):
+            vol = self._conn.storagePoolLookupByName(pool).createXML(xml, 0)
+            return _volume_info(pool, volume, vol)
+
+    def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:
+        with self._mapped("read_volume", pool=pool, volume=volume):
+            vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            stream = self._conn.newStream(0)
+            vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+        return self._relay_out(stream, pool=pool, volume=volume)
+
+    def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
+        written_bytes = 0
+        with self._mapped("write_volume", pool=pool, volume=volume):
+            vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            stream = self._conn.newStream(0)
+            vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            try:
+                for chunk in chunks:
+                    if isinstance(chunk, HoleChunk):
+                        stream.sendHole(chunk.length_bytes, 0)
+                    else:
+                        _send_all(stream, chunk.data)
+                        written_bytes += len(chunk.data)
+                stream.finish()
+            except BaseException:
+                _abort_quietly(stream)
+                raise
+        return written_bytes
+
+    def delete_volume(self, pool: str, volume: str) -> None:
+        with self._mapped("delete_volume", pool=pool, volume=volume):
+            self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).delete(0)
+
+    def _relay_out(self, stream: Any, *, pool: str, volume: str) -> Iterator[Chunk]:
+        finished = False
+        try:
+            with self._mapped("read_volume", pool=pool, volume=volume):
+                while True:
+                    got = stream.recvFlags(_STREAM_CHUNK_BYTES, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+                    if got == -3:
+                        yield HoleChunk(length_bytes=int(stream.recvHole(0)))
+                    elif isinstance(got, bytes) and got:
+                        yield DataChunk(data=got)
+                    elif isinstance(got, bytes):
+                        break
+                    else:
+                        raise HypervisorError(f"host {self._name}: unexpected stream answer {got!r}")
+                stream.finish()
+                finished = True
+        finally:
+            if not finished:
+                _abort_quietly(stream)
+
+    def _info(self, dom: Any) -> VmInfo:
+        definition = parse_definition(dom.XMLDesc(0))
+        state_code, _reason = dom.state()
+        return VmInfo(
+            uuid=definition.uuid,
+            name=definition.name,
+            state=_STATES.get(state_code, VmState.OTHER),
+            macs=definition.macs,
+            volumes=definition.volumes,
+            facts=definition.facts,
+        )
+
+    def _lookup(self, uuid: str) -> Any | None:
+        try:
+            return self._conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _domain(self, uuid: str) -> Any:
+        dom = self._lookup(uuid)
+        if dom is None:
+            raise HypervisorError(f"host {self._name}: no VM with uuid {uuid}")
+        return dom
+
+    def _lookup_volume(self, pool: str, volume: str) -> Any | None:
+        try:
+            return self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+
+    @contextmanager
+    def _mapped(self, operation: str, **context: str) -> Iterator[None]:
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            where = " ".join(f"{key}={value}" for key, value in context.items())
+            raise HypervisorError(
+                f"host {self._name}: {operation} {where} failed: {exc.get_error_message()}".replace("  ", " ")
+            ) from exc
+
+
+def _volume_info(pool: str, volume: str, vol: Any) -> VolumeInfo:
+    _type, capacity_bytes, allocation_bytes = vol.info()
+    return VolumeInfo(
+        pool=pool, volume=volume, capacity_bytes=int(capacity_bytes), allocation_bytes=int(allocation_bytes)
+    )
+
+
+def _send_all(stream: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = stream.send(bytes(view))
+        view = view[int(sent):]
+
+
+def _abort_quietly(stream: Any) -> None:
+    # The stream is already broken; the original error is what the caller needs to see.
+    with suppress(libvirt.libvirtError):
+        stream.abort()
