@@ -1,0 +1,51 @@
+"""The broker settings the service's YAML embeds under `broker:`, validated at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+_EXCHANGE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class BrokerSettings(BaseModel):
+    """How to reach RabbitMQ and which exchanges carry notices and replies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: SecretStr = Field(description="amqp:// or amqps:// URL, e.g. amqp://evacuator:PASSWORD@mq:5672/%2F")
+    notices_exchange: str = Field(default="evacuator.notices", pattern=_EXCHANGE_NAME_PATTERN)
+    replies_exchange: str = Field(default="evacuator.replies", pattern=_EXCHANGE_NAME_PATTERN)
+    confirm_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    prefetch_count: int = Field(default=16, ge=1, le=10_000)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError("expected an amqp:// or amqps:// URL with a host")
+        return value
+
+    @property
+    def redacted_url(self) -> str:
+        """The broker URL with its password hidden, for logs and error messages."""
+        return redact_url(self.url.get_secret_value())
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield (name, self.redacted_url) if name == "url" else (name, value)

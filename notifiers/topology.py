@@ -1,0 +1,82 @@
+"""Names and declarations of the broker objects: exchanges, queues, bindings and routing keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from notifiers.errors import InvalidName
+from notifiers.settings import BrokerSettings
+
+# One word of a topic routing key: no dots (they separate words), no wildcards, no spaces.
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def check_word(kind: str, name: str) -> str:
+    """Return `name` if it can be one routing-key word, else raise InvalidName naming `kind`."""
+    if not _WORD.fullmatch(name):
+        raise InvalidName(
+            f"{kind} name {name!r} cannot be a routing key word: expected 1-63 of A-Z a-z 0-9 _ -, "
+            "starting with a letter or digit (use the short host name, not the FQDN)"
+        )
+    return name
+
+
+def notice_routing_key(tenant: str, host: str, notice_type: str) -> str:
+    """`<tenant>.<host>.<type>`: tenants' queues bind `<tenant>.#`."""
+    return f"{check_word('tenant', tenant)}.{check_word('host', host)}.{notice_type}"
+
+
+def reply_routing_key(tenant: str, host: str) -> str:
+    """`<tenant>.<host>`: the broker only lets a tenant publish keys starting with its own name."""
+    return f"{check_word('tenant', tenant)}.{check_word('host', host)}"
+
+
+def tenant_queue(tenant: str) -> str:
+    """The durable queue holding one tenant's notices; the tenant may read only this queue."""
+    return f"{check_word('tenant', tenant)}.notices"
+
+
+def host_replies_queue(host: str) -> str:
+    """The durable queue from which the service on `host` consumes its tenants' replies."""
+    return f"evacuator.{check_word('host', host)}.replies"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """The exchange names and queue type in use; declares objects on a channel it is handed."""
+
+    notices_exchange: str
+    replies_exchange: str
+    queue_type: Literal["quorum", "classic"]
+
+    @classmethod
+    def from_settings(cls, settings: BrokerSettings) -> Topology:
+        return cls(
+            notices_exchange=settings.notices_exchange,
+            replies_exchange=settings.replies_exchange,
+            queue_type=settings.queue_type,
+        )
+
+    def declare_exchanges(self, channel: Any) -> None:
+        """Both durable topic exchanges; idempotent."""
+        for name in (self.notices_exchange, self.replies_exchange):
+            channel.exchange_declare(exchange=name, exchange_type="topic", durable=True)
+
+    def declare_tenant_queue(self, channel: Any, tenant: str) -> str:
+        """The tenant's notices queue, bound to every notice routed to it; returns the queue name."""
+        queue = tenant_queue(tenant)
+        self._declare_queue(channel, queue)
+        channel.queue_bind(queue=queue, exchange=self.notices_exchange, routing_key=f"{tenant}.#")
+        return queue
+
+    def declare_host_replies_queue(self, channel: Any, host: str) -> str:
+        """The host's replies queue, bound to every tenant's replies about that host; returns its name."""
+        queue = host_replies_queue(host)
+        self._declare_queue(channel, queue)
+        channel.queue_bind(queue=queue, exchange=self.replies_exchange, routing_key=f"*.{host}")
+        return queue
+
+    def _declare_queue(self, channel: Any, queue: str) -> None:
+        channel.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": self.queue_type})
