@@ -10,7 +10,7 @@ NotifierError
 │   └── NoticeNacked     the broker refused responsibility for the message
 ├── BrokerUnavailable    cannot connect, or the connection broke mid-operation
 ├── NotifierClosed       the publisher or consumer was used after close()
-├── ReplyRefused         the broker refused a tenant's reply (403 access refused, 406 forged user_id)
+├── BrokerRefused        the broker closed the channel on a tenant (403 access refused, 406 forged user_id)
 └── ProvisioningError    a rabbitmqctl command failed
 """
 
@@ -65,11 +65,12 @@ class NotifierClosed(NotifierError):
     """A publisher or consumer was used after close(), or before start()."""
 
 
-class ReplyRefused(NotifierError):
-    """The broker refused a tenant's reply; `reply_code` is AMQP's (403, 406, ...)."""
+class BrokerRefused(NotifierError):
+    """The broker refused a tenant's operation; `reply_code` is AMQP's (403, 404, 406, ...)."""
 
-    def __init__(self, reply_code: int, reply_text: str) -> None:
-        super().__init__(f"broker refused the reply: {reply_code} {reply_text}")
+    def __init__(self, operation: str, reply_code: int, reply_text: str) -> None:
+        super().__init__(f"broker refused to {operation}: {reply_code} {reply_text}")
+        self.operation = operation
         self.reply_code = reply_code
         self.reply_text = reply_text
 

@@ -1,0 +1,138 @@
+"""TenantClient: the tenant's side of the contract (read notices, answer ready) over the tenant's own user."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pika
+import pika.exceptions
+
+from notifiers.connection import CONNECTION_ERRORS
+from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName
+from notifiers.messages import Notice, ReadyReply, encode, parse_notice
+from notifiers.settings import redact_url
+from notifiers.topology import check_word, reply_routing_key, tenant_queue
+
+_Delivery = tuple[Any, bytes]
+
+
+class TenantClient:
+    """One tenant's connection: `tenant` must be the URL's user, whom the broker names in `user_id`.
+
+    Single-threaded: use it from the thread that created it. The connection opens on first use.
+    """
+
+    def __init__(self, url: str, tenant: str, *, replies_exchange: str = "evacuator.replies") -> None:
+        user = unquote(urlsplit(url).username or "")
+        if user != check_word("tenant", tenant):
+            raise InvalidName(f"tenant {tenant!r} must connect as its own broker user, not {user!r}")
+        self._url = url
+        self._tenant = tenant
+        self._replies_exchange = replies_exchange
+        self._connection: Any = None
+        self._notices: Any = None
+        self._replies: Any = None
+        self._inbox: collections.deque[_Delivery] = collections.deque()
+
+    def __enter__(self) -> TenantClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def next_notice(self, timeout_seconds: float) -> Notice | None:
+        """The next notice from the tenant's queue, acked; None if none came within the timeout.
+
+        A malformed notice is acked too (it would only come back) and raises MalformedNotice.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        try:
+            self._ensure_consuming()
+            while not self._inbox:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._connection.process_data_events(time_limit=remaining)
+            method, body = self._inbox.popleft()
+            self._notices.basic_ack(delivery_tag=method.delivery_tag)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._notices = None
+            raise BrokerRefused(
+                f"consume {tenant_queue(self._tenant)}", exc.reply_code, exc.reply_text
+            ) from exc
+        except CONNECTION_ERRORS as exc:
+            self._drop()
+            raise BrokerUnavailable(f"reading notices failed: {exc!r}") from exc
+        return parse_notice(body)
+
+    def send_ready(self, host: str, vm_uuid: str, event_id: str | None = None) -> None:
+        """Tell the service on `host` that `vm_uuid` may move now; returns once the broker confirmed it."""
+        reply = ReadyReply(vm_uuid=vm_uuid, event_id=event_id)
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            user_id=self._tenant,
+            type=reply.type,
+        )
+        try:
+            self._ensure_replies_channel().basic_publish(
+                exchange=self._replies_exchange,
+                routing_key=reply_routing_key(self._tenant, host),
+                body=encode(reply),
+                properties=properties,
+                mandatory=True,
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._replies = None
+            raise BrokerRefused("publish the reply", exc.reply_code, exc.reply_text) from exc
+        except pika.exceptions.UnroutableError as exc:
+            raise BrokerRefused("route the reply", 312, f"no service consumes replies for {host}") from exc
+        except CONNECTION_ERRORS as exc:
+            self._drop()
+            raise BrokerUnavailable(f"sending the reply failed: {exc!r}") from exc
+
+    def close(self) -> None:
+        """Close the connection; unacked notices return to the queue."""
+        self._drop()
+
+    def _ensure_connection(self) -> Any:
+        if self._connection is None or not self._connection.is_open:
+            try:
+                self._connection = pika.BlockingConnection(pika.URLParameters(self._url))
+            except CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(f"cannot connect to {redact_url(self._url)}: {exc!r}") from exc
+            self._notices = self._replies = None
+        return self._connection
+
+    def _ensure_consuming(self) -> None:
+        if self._notices is not None and self._notices.is_open:
+            return
+        self._inbox.clear()  # unacked deliveries of a closed channel are redelivered anyway
+        channel = self._ensure_connection().channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(queue=tenant_queue(self._tenant), on_message_callback=self._deliver)
+        self._notices = channel
+
+    def _deliver(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._inbox.append((method, body))
+
+    def _ensure_replies_channel(self) -> Any:
+        if self._replies is None or not self._replies.is_open:
+            channel = self._ensure_connection().channel()
+            channel.confirm_delivery()
+            self._replies = channel
+        return self._replies
+
+    def _drop(self) -> None:
+        connection, self._connection, self._notices, self._replies = self._connection, None, None, None
+        self._inbox.clear()
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.close()
