@@ -103,6 +103,7 @@ class EvacuationFailed(_Wire):
     tenant: Name
     host: Name
     vm_uuid: UuidText
+    vm_name: Name
     reason: str = Field(min_length=1, max_length=4096)
     at: UtcDatetime
     scheduled_event_id: EventId | None = None
