@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import libvirt
 import structlog
 
 from evacuator.errors import LabError
@@ -274,3 +275,26 @@ def _destroy_domains(host: LabHost) -> None:
         return
     for name in listed.stdout.split():
         _virsh(host, "destroy", name, timeout_seconds=10.0)
+
+
+def wipe_host(host: LabHost) -> None:
+    """Destroys and undefines every domain and deletes every volume of the host's pool: a clean slate."""
+    try:
+        conn = libvirt.open(host.uri)
+    except libvirt.libvirtError as exc:
+        raise LabError(f"lab host {host.name}: cannot connect to {host.uri}: {exc}") from exc
+    try:
+        for dom in conn.listAllDomains(0):
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        pool = conn.storagePoolLookupByName(host.pool)
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+    except libvirt.libvirtError as exc:
+        raise LabError(f"lab host {host.name}: cannot wipe: {exc}") from exc
+    finally:
+        conn.close()

@@ -1,0 +1,314 @@
+"""Cold-moves one VM between two hypervisors in idempotent steps that each re-read where the VM really is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import structlog
+
+from evacuator.errors import EvacuatorError, MigrationError
+from evacuator.hypervisor import Hypervisor, VmInfo, VmState, sha256_of_chunks
+
+log = structlog.get_logger(__name__)
+
+
+class MoveStep(StrEnum):
+    """The steps of a cold move, in order."""
+
+    QUIESCE = "quiesce"
+    COPY_DISKS = "copy_disks"
+    VERIFY_DISKS = "verify_disks"
+    DEFINE = "define"
+    START = "start"
+    VERIFY = "verify"
+    CLEAN_UP = "clean_up"
+
+
+class StepPhase(StrEnum):
+    """A step starts, reads where the VM is, then finishes, fails, or is skipped having nothing to do."""
+
+    STARTED = "started"
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+_EVENT_NAMES = {
+    StepPhase.STARTED: "move_step_started",
+    StepPhase.FINISHED: "move_step_finished",
+    StepPhase.SKIPPED: "move_step_skipped",
+    StepPhase.FAILED: "move_step_failed",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepEvent:
+    """What the journal records; `seconds` is set once the step has finished or failed."""
+
+    vm_uuid: str
+    step: MoveStep
+    phase: StepPhase
+    at: datetime
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepTiming:
+    step: MoveStep
+    skipped: bool
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveReport:
+    """How a completed move went."""
+
+    vm_uuid: str
+    vm_name: str
+    source: str
+    destination: str
+    steps: tuple[StepTiming, ...]
+    bytes_copied: int
+    forced_off: bool
+    running_on_destination: bool
+    seconds: float
+
+
+class _Refused(Exception):
+    """Raised inside a step when reality forbids going on; `_run` turns it into a MigrationError."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Move:
+    """Working state of one move attempt (private, mutable by design)."""
+
+    uuid: str
+    name: str
+    run_after: bool
+    bytes_copied: int = 0
+    forced_off: bool = False
+
+
+class ColdMigrator:
+    """Moves a VM between hosts: quiesce, copy disks, verify them, define, start, verify, clean up.
+
+    Invariants: at most one running copy; the source disks exist until the destination copy is verified (the
+    definition reaches the destination only after its disks are verified, so "defined on the destination"
+    means "disks verified"). `move` may be called again after any failure or crash and finishes the job.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Hypervisor,
+        destination: Hypervisor,
+        clock: Callable[[], datetime],
+        shutdown_timeout_seconds: float,
+        sleep: Callable[[float], None],
+        on_step: Callable[[StepEvent], None],
+        poll_interval_seconds: float = 0.5,
+    ) -> None:
+        self._src = source
+        self._dst = destination
+        self._clock = clock
+        self._shutdown_timeout_seconds = shutdown_timeout_seconds
+        self._sleep = sleep
+        self._on_step = on_step
+        self._poll_interval_seconds = poll_interval_seconds
+
+    def move(self, vm_uuid: str, *, start_on_destination: bool | None = None) -> MoveReport:
+        """Moves the VM. `start_on_destination` None means "if it runs now"; pass the journaled value on a
+        retry after the quiesce step, when the VM no longer runs anywhere."""
+        began = self._clock()
+        move = self._begin(vm_uuid.lower(), start_on_destination)
+        log.info("move_started", vm_uuid=move.uuid, vm_name=move.name, source=self._src.name,
+                 destination=self._dst.name, start_on_destination=move.run_after)
+        plan: tuple[tuple[MoveStep, Callable[[_Move], bool]], ...] = (
+            (MoveStep.QUIESCE, self._quiesce),
+            (MoveStep.COPY_DISKS, self._copy_disks),
+            (MoveStep.VERIFY_DISKS, self._verify_disks),
+            (MoveStep.DEFINE, self._define),
+            (MoveStep.START, self._start),
+            (MoveStep.VERIFY, self._verify),
+            (MoveStep.CLEAN_UP, self._clean_up),
+        )
+        timings = tuple(self._run(move, step, action) for step, action in plan)
+        report = MoveReport(
+            vm_uuid=move.uuid, vm_name=move.name, source=self._src.name, destination=self._dst.name,
+            steps=timings, bytes_copied=move.bytes_copied, forced_off=move.forced_off,
+            running_on_destination=move.run_after, seconds=(self._clock() - began).total_seconds(),
+        )
+        log.info("move_finished", vm_uuid=move.uuid, seconds=report.seconds, bytes_copied=report.bytes_copied)
+        return report
+
+    def _begin(self, uuid: str, start_on_destination: bool | None) -> _Move:
+        try:
+            src, dst = self._src.find_vm(uuid), self._dst.find_vm(uuid)
+        except EvacuatorError as exc:
+            raise MigrationError(f"VM {uuid}: cannot locate it: {exc}", vm_uuid=uuid, step="locate") from exc
+        if src is None and dst is None:
+            raise MigrationError(f"VM {uuid} is defined on neither {self._src.name} nor {self._dst.name}",
+                                 vm_uuid=uuid, step="locate")
+        if _active(src) and _active(dst):
+            raise MigrationError(f"VM {uuid} runs on both {self._src.name} and {self._dst.name}: "
+                                 "refusing to touch either", vm_uuid=uuid, step="locate")
+        if dst is not None and _active(src):
+            raise MigrationError(f"VM {uuid} runs on {self._src.name} although already defined on "
+                                 f"{self._dst.name}: the copy there may be stale, resolve by hand",
+                                 vm_uuid=uuid, step="locate")
+        known = src if src is not None else dst
+        assert known is not None
+        run_after = start_on_destination
+        if run_after is None:
+            run_after = _active(src) or _active(dst)
+        return _Move(uuid=uuid, name=known.name, run_after=run_after)
+
+    def _run(self, move: _Move, step: MoveStep, action: Callable[[_Move], bool]) -> StepTiming:
+        started_at = self._clock()
+        self._emit(move, step, StepPhase.STARTED, started_at, None)
+        try:
+            did_work = action(move)
+        except (EvacuatorError, _Refused) as exc:
+            failed_at = self._clock()
+            seconds = (failed_at - started_at).total_seconds()
+            self._emit(move, step, StepPhase.FAILED, failed_at, seconds, error=str(exc))
+            raise MigrationError(f"VM {move.uuid}: step {step} failed: {exc}",
+                                 vm_uuid=move.uuid, step=step) from exc
+        ended_at = self._clock()
+        seconds = (ended_at - started_at).total_seconds()
+        self._emit(move, step, StepPhase.FINISHED if did_work else StepPhase.SKIPPED, ended_at, seconds)
+        return StepTiming(step=step, skipped=not did_work, seconds=seconds)
+
+    def _emit(self, move: _Move, step: MoveStep, phase: StepPhase, at: datetime, seconds: float | None,
+              **context: str) -> None:
+        log.info(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, **context)
+        self._on_step(StepEvent(vm_uuid=move.uuid, step=step, phase=phase, at=at, seconds=seconds))
+
+    # --- steps: each returns False when reality shows nothing is left to do ------------------------------
+
+    def _quiesce(self, move: _Move) -> bool:
+        src = self._src.find_vm(move.uuid)
+        if not _active(src):
+            return False
+        if _active(self._dst.find_vm(move.uuid)):
+            raise _Refused("runs on both hosts: refusing to touch either")
+        try:
+            self._src.request_shutdown(move.uuid)
+        except EvacuatorError as exc:
+            log.warning("vm_shutdown_request_refused", vm_uuid=move.uuid, error=str(exc))
+        deadline_seconds = self._shutdown_timeout_seconds
+        waited_from = self._clock()
+        while (self._clock() - waited_from).total_seconds() < deadline_seconds:
+            self._sleep(self._poll_interval_seconds)
+            if not _active(self._src.find_vm(move.uuid)):
+                return True
+        if _active(self._src.find_vm(move.uuid)):
+            log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name,
+                        waited_seconds=self._shutdown_timeout_seconds)
+            self._src.destroy_vm(move.uuid)
+            move.forced_off = True
+        return True
+
+    def _copy_disks(self, move: _Move) -> bool:
+        if self._dst.find_vm(move.uuid) is not None:
+            return False
+        src = self._source_off(move)
+        in_use = {ref for vm in self._dst.list_vms() for ref in vm.volumes}
+        for ref in src.volumes:
+            source_volume = self._src.find_volume(ref.pool, ref.volume)
+            if source_volume is None:
+                raise _Refused(f"source volume {ref.pool}/{ref.volume} is missing")
+            if self._dst.find_volume(ref.pool, ref.volume) is not None:
+                if ref in in_use:
+                    raise _Refused(f"volume {ref.pool}/{ref.volume} exists on "
+                                     f"{self._dst.name} and belongs to another VM there")
+                # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
+                self._dst.delete_volume(ref.pool, ref.volume)
+            self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes)
+            move.bytes_copied += self._dst.write_volume(
+                ref.pool, ref.volume, self._src.read_volume(ref.pool, ref.volume)
+            )
+        return True
+
+    def _verify_disks(self, move: _Move) -> bool:
+        if self._dst.find_vm(move.uuid) is not None:
+            return False
+        src = self._source_off(move)
+        for ref in src.volumes:
+            source_volume = self._src.find_volume(ref.pool, ref.volume)
+            copy = self._dst.find_volume(ref.pool, ref.volume)
+            if source_volume is None or copy is None or copy.capacity_bytes != source_volume.capacity_bytes:
+                raise _Refused(f"volume {ref.pool}/{ref.volume} is missing or "
+                                 "differs in capacity")
+            source_sha256 = sha256_of_chunks(self._src.read_volume(ref.pool, ref.volume))
+            copy_sha256 = sha256_of_chunks(self._dst.read_volume(ref.pool, ref.volume))
+            if source_sha256 != copy_sha256:
+                raise _Refused(f"volume {ref.pool}/{ref.volume} differs after "
+                                 f"copy: sha256 {source_sha256} vs {copy_sha256}")
+        return True
+
+    def _define(self, move: _Move) -> bool:
+        if self._dst.find_vm(move.uuid) is not None:
+            return False
+        self._source_off(move)
+        defined = self._dst.define_vm(self._src.vm_definition_xml(move.uuid))
+        if defined.uuid != move.uuid:
+            raise _Refused(f"destination defined it as {defined.uuid}")
+        return True
+
+    def _start(self, move: _Move) -> bool:
+        dst = self._dst.find_vm(move.uuid)
+        if not move.run_after or (dst is not None and dst.state is VmState.RUNNING):
+            return False
+        if _active(self._src.find_vm(move.uuid)):
+            raise _Refused(f"runs again on {self._src.name}: not starting a second copy")
+        self._dst.start_vm(move.uuid)
+        return True
+
+    def _verify(self, move: _Move) -> bool:
+        dst = self._dst.find_vm(move.uuid)
+        if dst is None:
+            raise _Refused(f"is not defined on {self._dst.name}")
+        if move.run_after and dst.state is not VmState.RUNNING:
+            raise _Refused(f"is {dst.state} on {self._dst.name}, expected running")
+        src = self._src.find_vm(move.uuid)
+        if src is not None:
+            for field in ("name", "macs", "volumes", "facts"):
+                if getattr(src, field) != getattr(dst, field):
+                    raise _Refused(f"{field} differs: {getattr(src, field)!r} on "
+                                     f"{self._src.name}, {getattr(dst, field)!r} on {self._dst.name}")
+        for ref in dst.volumes:
+            if self._dst.find_volume(ref.pool, ref.volume) is None:
+                raise _Refused(f"volume {ref.pool}/{ref.volume} missing on destination")
+        return True
+
+    def _clean_up(self, move: _Move) -> bool:
+        dst = self._dst.find_vm(move.uuid)
+        src = self._src.find_vm(move.uuid)
+        if dst is None:
+            raise _Refused(f"is not defined on {self._dst.name}: keeping the source")
+        leftovers = [ref for ref in dst.volumes if self._src.find_volume(ref.pool, ref.volume) is not None]
+        if src is None and not leftovers:
+            return False
+        if src is not None:
+            if _active(src):
+                raise _Refused(f"runs on {self._src.name}: not undefining it")
+            self._src.undefine_vm(move.uuid)
+        for ref in leftovers:
+            self._src.delete_volume(ref.pool, ref.volume)
+        return True
+
+    def _source_off(self, move: _Move) -> VmInfo:
+        src = self._src.find_vm(move.uuid)
+        if src is None:
+            raise _Refused(f"is defined on neither {self._src.name} nor {self._dst.name}")
+        if _active(src):
+            raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
+        return src
+
+
+def _active(vm: VmInfo | None) -> bool:
+    return vm is not None and vm.state is not VmState.SHUT_OFF

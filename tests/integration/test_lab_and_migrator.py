@@ -1,0 +1,85 @@
+"""Integration: lab hosts are independent hypervisors, and a running VM cold-moves between them intact."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from datetime import UTC, datetime
+from xml.etree import ElementTree
+
+import libvirt
+import pytest
+
+from evacuator.hypervisor import VmState
+from evacuator.lab.hosts import LabHost
+from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
+from evacuator.libvirt_host import open_libvirt_host
+from evacuator.migrator import ColdMigrator, MoveStep, StepEvent, StepPhase
+from evacuator.vmmeta import NAMESPACE_URI, VmFacts, parse_facts
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+MAC = "52:54:00:ab:cd:01"
+
+
+def test_lab_hosts_are_independent_hypervisors(clean_lab_hosts: tuple[LabHost, ...]) -> None:
+    host_a, host_b = clean_lab_hosts
+    uuid = create_vm(host_a.uri, host_a.pool, name="alone", tenant=None, window_seconds=None,
+                     disk_bytes=MIB, data=b"x", mac=MAC, start=False)
+    conn_a, conn_b = libvirt.open(host_a.uri), libvirt.open(host_b.uri)
+    try:
+        assert (conn_a.getHostname(), conn_b.getHostname()) == ("host-a", "host-b")
+        assert _host_uuid(conn_a) != _host_uuid(conn_b)
+        assert [dom.UUIDString() for dom in conn_a.listAllDomains(0)] == [uuid]
+        assert conn_b.listAllDomains(0) == []
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def _host_uuid(conn: libvirt.virConnect) -> str:
+    return ElementTree.fromstring(conn.getCapabilities()).findtext("./host/uuid") or ""
+
+
+def test_running_vm_moves_to_other_host_with_identity_and_disk_intact(
+    clean_lab_hosts: tuple[LabHost, ...],
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    data = random.Random(7).randbytes(MIB)
+    uuid = create_vm(host_a.uri, host_a.pool, name="mover", tenant="acme", window_seconds=600,
+                     disk_bytes=64 * MIB, data=data, mac=MAC)
+    volume = volume_name("mover")
+    expected_sha256 = hashlib.sha256(data + bytes(63 * MIB)).hexdigest()
+    events: list[StepEvent] = []
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as source, \
+            open_libvirt_host("host-b", host_b.uri, host_b.pool) as destination:
+        migrator = ColdMigrator(
+            source=source, destination=destination, clock=lambda: datetime.now(UTC),
+            shutdown_timeout_seconds=1.0, sleep=time.sleep, on_step=events.append, poll_interval_seconds=0.2,
+        )
+        report = migrator.move(uuid)
+        moved = destination.find_vm(uuid)
+        copy = destination.find_volume(host_b.pool, volume)
+        assert source.find_vm(uuid) is None
+        assert source.find_volume(host_a.pool, volume) is None
+        again = migrator.move(uuid)
+
+    assert moved is not None and copy is not None
+    assert (moved.name, moved.state, moved.macs) == ("mover", VmState.RUNNING, (MAC,))
+    assert moved.facts == VmFacts(tenant="acme", window_seconds=600)
+    assert copy.capacity_bytes == 64 * MIB and copy.allocation_bytes < 8 * MIB
+    assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected_sha256
+    assert report.forced_off and report.running_on_destination
+    assert MIB <= report.bytes_copied < 8 * MIB
+    assert [event.step for event in events if event.phase is StepPhase.FINISHED][:7] == list(MoveStep)
+    assert [timing.step for timing in again.steps if not timing.skipped] == [MoveStep.VERIFY]
+    conn_b = libvirt.open(host_b.uri)
+    try:
+        dom = conn_b.lookupByUUIDString(uuid)
+        assert parse_facts(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE_URI)) == moved.facts
+    finally:
+        conn_b.close()
+    print("\nmove step seconds:", {timing.step.value: round(timing.seconds, 3) for timing in report.steps},
+          "total", round(report.seconds, 3))
