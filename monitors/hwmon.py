@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from monitors.readings import HwmonSnapshot, SensorFault, TemperatureReading
+from monitors.sysfs import FileReader, Unreadable, natural_key, optional_text, read_bounded, read_int
 
 log = structlog.get_logger(__name__)
 
-FileReader = Callable[[Path], bytes]
-"""Reads one sysfs attribute file; raises OSError as the kernel would (ENODATA, EIO, EAGAIN...)."""
-
-MAX_ATTRIBUTE_BYTES = 4096
 _MAX_ANCESTORS = 4
 _TEMP_INPUT = re.compile(r"^temp(\d+)_input$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
-
-def read_bounded(path: Path) -> bytes:
-    """Read a sysfs attribute with exactly one bounded read: some drivers answer EAGAIN forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        return os.read(fd, MAX_ATTRIBUTE_BYTES)
-    finally:
-        os.close(fd)
-
-
-class _Unreadable(Exception):
-    """One attribute file could not be used; the message is the fault reason."""
+__all__ = ["FileReader", "read_bounded", "read_hwmon"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,13 +25,14 @@ class _Chip:
     name: str
     hwmon: str
     directory: Path
+    files: frozenset[str]
 
 
 def read_hwmon(sysfs_root: Path, *, reader: FileReader = read_bounded) -> HwmonSnapshot:
     """Read all temperature channels of all chips; a missing /sys/class/hwmon is an empty snapshot."""
     class_dir = sysfs_root / "class" / "hwmon"
     try:
-        entries = sorted(class_dir.iterdir(), key=_natural_key)
+        entries = sorted(class_dir.iterdir(), key=natural_key)
     except FileNotFoundError:
         log.debug("hwmon_absent", path=str(class_dir))
         return HwmonSnapshot()
@@ -72,16 +56,17 @@ def _identify_chip(entry: Path, reader: FileReader, used_names: set[str]) -> _Ch
     """Name a chip from its device link and `name` file; `hwmonN` is only the last resort."""
     hwmon = entry.name
     directory = entry.resolve(strict=True)
+    files = frozenset(p.name for p in directory.iterdir())
     # Old drivers keep their attributes in the device directory rather than in hwmonN itself.
-    if not (directory / "name").exists() and (directory / "device" / "name").exists():
+    if "name" not in files and (directory / "device" / "name").exists():
         directory = directory / "device"
-    driver_name = _read_text(directory / "name", reader)
-    device_id = _device_id(entry)
-    parts = [p for p in (driver_name, device_id) if p]
+        files = frozenset(p.name for p in directory.iterdir())
+    driver_name = optional_text(directory / "name", reader)
+    parts = [p for p in (driver_name, _device_id(entry)) if p]
     name = _UNSAFE.sub("_", "-".join(parts)) if parts else hwmon
     if name in used_names:
         name = f"{name}-{hwmon}"
-    return _Chip(name=name, hwmon=hwmon, directory=directory)
+    return _Chip(name=name, hwmon=hwmon, directory=directory, files=files)
 
 
 def _device_id(entry: Path) -> str | None:
@@ -108,45 +93,43 @@ def _device_id(entry: Path) -> str | None:
     return f"{subsystem.resolve().name}-{real.name}" if subsystem.is_symlink() else real.name
 
 
-def _read_text(path: Path, reader: FileReader) -> str | None:
-    try:
-        text = reader(path).decode("utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    return text or None
-
-
 def _read_chip(
     chip: _Chip, reader: FileReader, temperatures: list[TemperatureReading], faults: list[SensorFault]
 ) -> None:
-    try:
-        names = [p.name for p in chip.directory.iterdir()]
-    except OSError as exc:
-        faults.append(_fault(chip.directory, f"chip vanished or unreadable: {exc.strerror}"))
-        return
-    channels = sorted(int(m.group(1)) for n in names if (m := _TEMP_INPUT.match(n)))
+    channels = sorted(int(m.group(1)) for n in chip.files if (m := _TEMP_INPUT.match(n)))
     for index in channels:
         try:
             temperatures.append(_read_channel(chip, f"temp{index}", reader))
-        except _Unreadable as exc:
+        except Unreadable as exc:
             faults.append(_fault(chip.directory / f"temp{index}_input", str(exc), chip=chip.name))
 
 
 def _read_channel(chip: _Chip, sensor: str, reader: FileReader) -> TemperatureReading:
-    base = chip.directory
-    if _optional_text(base / f"{sensor}_fault", reader) == "1":
-        raise _Unreadable("fault flag set by the driver")
-    celsius = _millidegrees(base / f"{sensor}_input", reader, required=True)
-    assert celsius is not None
+    def present(suffix: str) -> Path | None:
+        name = f"{sensor}_{suffix}"
+        return chip.directory / name if name in chip.files else None
 
     def limit(suffix: str) -> float | None:
-        return _limit(base / f"{sensor}_{suffix}", reader)
+        """Limit files are optional: an absent or broken one is simply no limit."""
+        path = present(suffix)
+        try:
+            return None if path is None else read_int(path, reader) / 1000.0
+        except Unreadable:
+            return None
 
+    fault = present("fault")
+    if fault is not None and optional_text(fault, reader) == "1":
+        raise Unreadable("fault flag set by the driver")
+    try:
+        celsius = read_int(chip.directory / f"{sensor}_input", reader) / 1000.0
+    except Unreadable as exc:
+        raise Unreadable(str(exc).replace("not an integer", "not an integer millidegree value")) from None
+    label = present("label")
     return TemperatureReading(
         chip=chip.name,
         hwmon=chip.hwmon,
         sensor=sensor,
-        label=_optional_text(base / f"{sensor}_label", reader),
+        label=None if label is None else optional_text(label, reader),
         celsius=celsius,
         max_celsius=limit("max"),
         crit_celsius=limit("crit"),
@@ -156,53 +139,7 @@ def _read_channel(chip: _Chip, sensor: str, reader: FileReader) -> TemperatureRe
     )
 
 
-def _limit(path: Path, reader: FileReader) -> float | None:
-    """Limit files are optional: an absent or broken one is simply no limit."""
-    try:
-        return _millidegrees(path, reader, required=False)
-    except _Unreadable:
-        return None
-
-
-def _millidegrees(path: Path, reader: FileReader, *, required: bool) -> float | None:
-    try:
-        raw = reader(path)
-    except FileNotFoundError:
-        if required:
-            raise _Unreadable("file vanished") from None
-        return None
-    except OSError as exc:
-        raise _Unreadable(_errno_reason(exc)) from exc
-    text = raw.decode("ascii", errors="replace").strip()
-    if not text:
-        raise _Unreadable("empty file")
-    try:
-        return int(text) / 1000.0
-    except ValueError:
-        raise _Unreadable(f"not an integer millidegree value: {text[:32]!r}") from None
-
-
-def _optional_text(path: Path, reader: FileReader) -> str | None:
-    try:
-        return reader(path).decode("utf-8", errors="replace").strip() or None
-    except OSError:
-        return None
-
-
-def _errno_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENODATA:
-        return "channel disabled (ENODATA)"
-    if exc.errno is not None and exc.errno in errno.errorcode:
-        return f"read failed ({errno.errorcode[exc.errno]})"
-    return f"read failed ({exc})"
-
-
 def _fault(path: Path, reason: str, *, chip: str | None = None) -> SensorFault:
     level = log.debug if "ENODATA" in reason else log.warning
     level("sensor_skipped", path=str(path), reason=reason, chip=chip)
     return SensorFault(path=str(path), reason=reason)
-
-
-def _natural_key(path: Path) -> tuple[str, int]:
-    match = re.match(r"^(\D*)(\d+)$", path.name)
-    return (match.group(1), int(match.group(2))) if match else (path.name, -1)

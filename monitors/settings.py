@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from monitors.damping import DampingPolicy
 from monitors.detector import DetectorPolicy
+from monitors.memory_rule import MemoryRule
 from monitors.temperature_rule import TemperatureRule
 
 
@@ -16,7 +18,7 @@ class _Strict(BaseModel):
 
 
 class TemperatureSettings(_Strict):
-    """Temperature rule: N of M samples at or over `threshold_celsius` → severe; clears at `clear_celsius`."""
+    """N of M samples at or over `threshold_celsius` → severe; clears at `clear_celsius` (default −5 °C)."""
 
     threshold_celsius: float = Field(default=85.0, gt=-50.0, lt=200.0)
     consecutive_samples: int = Field(default=3, ge=1)
@@ -45,16 +47,87 @@ class TemperatureSettings(_Strict):
         return TemperatureRule(**self.model_dump())
 
 
+class MemorySettings(_Strict):
+    """Rate windows over memory-error deltas (defaults: mcelog's 10 CE per DIMM per 24 h; any UE)."""
+
+    ce_threshold: int = Field(default=10, ge=1)
+    ce_window_seconds: float = Field(default=86_400.0, gt=0)
+    ue_threshold: int = Field(default=1, ge=1)
+    ue_window_seconds: float = Field(default=86_400.0, gt=0)
+
+    def to_rule(self) -> MemoryRule:
+        return MemoryRule(**self.model_dump())
+
+
+class HwmonSourceSettings(_Strict):
+    enabled: bool = True
+
+
+class EdacSourceSettings(_Strict):
+    enabled: bool = True
+
+
+class RasdaemonSourceSettings(_Strict):
+    enabled: bool = True
+    db_path: Path = Path("/var/lib/rasdaemon/ras-mc_event.db")
+
+
+class IpmiSourceSettings(_Strict):
+    """The BMC over IPMI-over-LAN; the password comes from here or `password_file` and is never logged."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=623, ge=1, le=65535)
+    username: str = "admin"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give either password or password_file, not both")
+        return self
+
+
+class SourcesSettings(_Strict):
+    hwmon: HwmonSourceSettings = HwmonSourceSettings()
+    edac: EdacSourceSettings = EdacSourceSettings()
+    rasdaemon: RasdaemonSourceSettings = RasdaemonSourceSettings()
+    ipmi: IpmiSourceSettings = IpmiSourceSettings()
+
+    def enabled_names(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for name, source in (
+                ("hwmon", self.hwmon),
+                ("edac", self.edac),
+                ("rasdaemon", self.rasdaemon),
+                ("ipmi", self.ipmi),
+            )
+            if source.enabled
+        )
+
+
 class MonitorsSettings(_Strict):
     """Everything under `monitors:` in evacuator.yaml."""
 
     sysfs_root: Path = Path("/sys")
     poll_interval_seconds: float = Field(default=10.0, gt=0)
     stale_after_seconds: float = Field(default=300.0, gt=0)
+    hold_down_seconds: float = Field(default=900.0, ge=0)
+    flap_max_per_hour: int | None = Field(default=3, ge=1)
     temperature: TemperatureSettings = TemperatureSettings()
+    memory: MemorySettings = MemorySettings()
+    sources: SourcesSettings = SourcesSettings()
 
     def to_policy(self) -> DetectorPolicy:
         """The pure detector's policy for these settings."""
         return DetectorPolicy(
-            temperature=self.temperature.to_rule(), stale_after_seconds=self.stale_after_seconds
+            temperature=self.temperature.to_rule(),
+            memory=self.memory.to_rule(),
+            damping=DampingPolicy(
+                hold_down_seconds=self.hold_down_seconds, flap_max_per_hour=self.flap_max_per_hour
+            ),
+            stale_after_seconds=self.stale_after_seconds,
         )

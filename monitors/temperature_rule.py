@@ -54,6 +54,7 @@ class ChannelState:
     celsius: float = 0.0
     threshold_celsius: float = 0.0
     last_seen: datetime | None = None
+    source: str = "hwmon"
 
 
 ChannelStates = Mapping[str, ChannelState]
@@ -100,6 +101,7 @@ def _step_channel(
         celsius=reading.celsius,
         threshold_celsius=threshold,
         last_seen=now,
+        source=reading.source,
     )
 
 
