@@ -18,7 +18,7 @@ class _Strict(BaseModel):
 
 
 class TemperatureSettings(_Strict):
-    """N of M samples at or over `threshold_celsius` → severe; clears at `clear_celsius` (default −5 °C)."""
+    """N of M samples at or over `threshold_celsius` → severe; clears at `clear_celsius` (5 °C below)."""
 
     threshold_celsius: float = Field(default=85.0, gt=-50.0, lt=200.0)
     consecutive_samples: int = Field(default=3, ge=1)
