@@ -40,6 +40,7 @@ class FakeHypervisor:
         self._volumes: dict[tuple[str, str], bytearray] = {}
         self._allocated: dict[tuple[str, str], int] = {}
         self._errors: dict[str, list[BaseException]] = {}
+        self._passes: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -47,11 +48,15 @@ class FakeHypervisor:
 
     # --- test helpers -------------------------------------------------------------------------------------
 
-    def inject_error(self, operation: str, exc: BaseException, *, times: int = 1) -> None:
-        """The next `times` calls of `operation` raise `exc` before doing anything."""
+    def inject_error(
+        self, operation: str, exc: BaseException, *, times: int = 1, after_calls: int = 0
+    ) -> None:
+        """After `after_calls` more calls succeed, the next `times` calls of `operation` raise `exc` before
+        doing anything."""
         if operation not in OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; known: {sorted(OPERATIONS)}")
         self._errors.setdefault(operation, []).extend([exc] * times)
+        self._passes[operation] = after_calls
 
     def add_volume(self, pool: str, volume: str, *, capacity_bytes: int, data: bytes = b"") -> None:
         content = bytearray(capacity_bytes)
@@ -63,6 +68,11 @@ class FakeHypervisor:
         info = self._define(definition_xml)
         self._set_state(info.uuid, state)
         return self._vms[info.uuid].info
+
+    def peek_vm(self, uuid: str) -> VmInfo | None:
+        """Like find_vm, but neither recorded nor subject to injected errors."""
+        vm = self._vms.get(uuid)
+        return None if vm is None else vm.info
 
     def volume_bytes(self, pool: str, volume: str) -> bytes:
         return bytes(self._volumes[(pool, volume)])
@@ -163,7 +173,9 @@ class FakeHypervisor:
     def _enter(self, operation: str, *args: str) -> None:
         self.calls.append(" ".join((operation, *args)))
         pending = self._errors.get(operation)
-        if pending:
+        if pending and self._passes.get(operation, 0) > 0:
+            self._passes[operation] -= 1
+        elif pending:
             raise pending.pop(0)
 
     def _define(self, definition_xml: str) -> VmInfo:

@@ -195,19 +195,20 @@ class ColdMigrator:
             return False
         if _active(self._dst.find_vm(move.uuid)):
             raise _Refused("runs on both hosts: refusing to touch either")
+        wait_seconds = self._shutdown_timeout_seconds
         try:
             self._src.request_shutdown(move.uuid)
         except EvacuatorError as exc:
+            # A paused guest, for one, cannot take the request: waiting for it would be pointless.
             log.warning("vm_shutdown_request_refused", vm_uuid=move.uuid, error=str(exc))
-        deadline_seconds = self._shutdown_timeout_seconds
+            wait_seconds = 0.0
         waited_from = self._clock()
-        while (self._clock() - waited_from).total_seconds() < deadline_seconds:
+        while (self._clock() - waited_from).total_seconds() < wait_seconds:
             self._sleep(self._poll_interval_seconds)
             if not _active(self._src.find_vm(move.uuid)):
                 return True
         if _active(self._src.find_vm(move.uuid)):
-            log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name,
-                        waited_seconds=self._shutdown_timeout_seconds)
+            log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name, waited_seconds=wait_seconds)
             self._src.destroy_vm(move.uuid)
             move.forced_off = True
         return True

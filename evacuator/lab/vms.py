@@ -18,10 +18,15 @@ def volume_name(vm_name: str) -> str:
     return f"{vm_name}.raw"
 
 
-def domain_xml(*, name: str, pool: str, volume: str, mac: str, facts: VmFacts) -> str:
-    """A QEMU (software emulated) domain with no OS to boot: SeaBIOS idles and ignores ACPI shutdown."""
+def domain_xml(
+    *, name: str, pool: str, volume: str, mac: str, facts: VmFacts, uuid: str | None = None
+) -> str:
+    """A QEMU (software emulated) domain with no OS to boot: SeaBIOS idles and ignores ACPI shutdown.
+
+    Without `uuid` libvirt picks one at define time."""
+    uuid_element = "" if uuid is None else f"<uuid>{escape(uuid)}</uuid>"
     return f"""<domain type='qemu'>
-  <name>{escape(name)}</name>
+  <name>{escape(name)}</name>{uuid_element}
   <memory unit='MiB'>{MEMORY_MIB}</memory>
   <vcpu>1</vcpu>
   <metadata>{render_facts(facts)}</metadata>
