@@ -121,11 +121,29 @@ class LibvirtHost:
             return _volume_info(pool, volume, vol)
 
     def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:
+        """Lazy: the download starts at the first chunk asked for, and is aborted if the reader stops early
+        (an open download keeps the volume "in use", which blocks deleting it)."""
+        finished = False
         with self._mapped("read_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             stream = self._conn.newStream(0)
             vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-        return self._relay_out(stream, pool=pool, volume=volume)
+            try:
+                while True:
+                    got = stream.recvFlags(_STREAM_CHUNK_BYTES, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+                    if got == -3:
+                        yield HoleChunk(length_bytes=int(stream.recvHole(0)))
+                    elif isinstance(got, bytes) and got:
+                        yield DataChunk(data=got)
+                    elif isinstance(got, bytes):
+                        break
+                    else:
+                        raise HypervisorError(f"host {self._name}: unexpected stream answer {got!r}")
+                stream.finish()
+                finished = True
+            finally:
+                if not finished:
+                    _abort_quietly(stream)
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
         written_bytes = 0
@@ -149,26 +167,6 @@ class LibvirtHost:
     def delete_volume(self, pool: str, volume: str) -> None:
         with self._mapped("delete_volume", pool=pool, volume=volume):
             self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).delete(0)
-
-    def _relay_out(self, stream: Any, *, pool: str, volume: str) -> Iterator[Chunk]:
-        finished = False
-        try:
-            with self._mapped("read_volume", pool=pool, volume=volume):
-                while True:
-                    got = stream.recvFlags(_STREAM_CHUNK_BYTES, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
-                    if got == -3:
-                        yield HoleChunk(length_bytes=int(stream.recvHole(0)))
-                    elif isinstance(got, bytes) and got:
-                        yield DataChunk(data=got)
-                    elif isinstance(got, bytes):
-                        break
-                    else:
-                        raise HypervisorError(f"host {self._name}: unexpected stream answer {got!r}")
-                stream.finish()
-                finished = True
-        finally:
-            if not finished:
-                _abort_quietly(stream)
 
     def _info(self, dom: Any) -> VmInfo:
         definition = parse_definition(dom.XMLDesc(0))

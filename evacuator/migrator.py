@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -10,7 +10,7 @@ from enum import StrEnum
 import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState, sha256_of_chunks
+from evacuator.hypervisor import Chunk, Hypervisor, VmInfo, VmState, sha256_of_chunks
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,8 @@ class StepEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepTiming:
+    """How long one step took in one move attempt, and whether it found nothing to do."""
+
     step: MoveStep
     skipped: bool
     seconds: float
@@ -145,20 +147,18 @@ class ColdMigrator:
         return report
 
     def _begin(self, uuid: str, start_on_destination: bool | None) -> _Move:
+        def refuse(message: str) -> MigrationError:
+            return MigrationError(f"VM {uuid} {message}", vm_uuid=uuid, step="locate")
+
         try:
             src, dst = self._src.find_vm(uuid), self._dst.find_vm(uuid)
         except EvacuatorError as exc:
-            raise MigrationError(f"VM {uuid}: cannot locate it: {exc}", vm_uuid=uuid, step="locate") from exc
+            raise refuse(f"cannot be located: {exc}") from exc
         if src is None and dst is None:
-            raise MigrationError(f"VM {uuid} is defined on neither {self._src.name} nor {self._dst.name}",
-                                 vm_uuid=uuid, step="locate")
-        if _active(src) and _active(dst):
-            raise MigrationError(f"VM {uuid} runs on both {self._src.name} and {self._dst.name}: "
-                                 "refusing to touch either", vm_uuid=uuid, step="locate")
+            raise refuse(f"is defined on neither {self._src.name} nor {self._dst.name}")
         if dst is not None and _active(src):
-            raise MigrationError(f"VM {uuid} runs on {self._src.name} although already defined on "
-                                 f"{self._dst.name}: the copy there may be stale, resolve by hand",
-                                 vm_uuid=uuid, step="locate")
+            raise refuse(f"runs on {self._src.name} while also defined on {self._dst.name} (running there "
+                         "too, or a copy that may be stale): refusing to touch either, resolve by hand")
         known = src if src is not None else dst
         assert known is not None
         run_after = start_on_destination
@@ -229,9 +229,11 @@ class ColdMigrator:
                 # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
                 self._dst.delete_volume(ref.pool, ref.volume)
             self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes)
-            move.bytes_copied += self._dst.write_volume(
-                ref.pool, ref.volume, self._src.read_volume(ref.pool, ref.volume)
-            )
+            chunks = self._src.read_volume(ref.pool, ref.volume)
+            try:
+                move.bytes_copied += self._dst.write_volume(ref.pool, ref.volume, chunks)
+            finally:
+                _close(chunks)
         return True
 
     def _verify_disks(self, move: _Move) -> bool:
@@ -309,6 +311,13 @@ class ColdMigrator:
         if _active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
+
+
+def _close(chunks: Iterator[Chunk]) -> None:
+    """Ends a read the writer abandoned, at once: an open download keeps the source volume busy."""
+    close = getattr(chunks, "close", None)
+    if callable(close):
+        close()
 
 
 def _active(vm: VmInfo | None) -> bool:

@@ -194,10 +194,21 @@ def test_vm_running_on_both_hosts_is_left_alone() -> None:
     world = make_world()
     world.destination.add_vm(world.source.vm_definition_xml(UUID), state=VmState.RUNNING)
     calls_before = len(world.source.calls)
-    with pytest.raises(MigrationError, match="runs on both") as raised:
+    with pytest.raises(MigrationError, match="refusing to touch either") as raised:
         world.migrator().move(UUID)
     assert raised.value.step == "locate"
     assert [call.split()[0] for call in world.source.calls[calls_before:]] == ["find_vm"]
+
+
+def test_vm_restarted_on_the_source_after_its_definition_moved_is_left_alone() -> None:
+    world = make_world(state=VmState.SHUT_OFF)
+    world.destination.inject_error("start_vm", HypervisorError("host-b: simulated crash"))
+    with pytest.raises(MigrationError):
+        world.migrator().move(UUID, start_on_destination=True)
+    world.source.start_vm(UUID)
+    with pytest.raises(MigrationError, match="copy that may be stale"):
+        world.migrator().move(UUID, start_on_destination=True)
+    assert _state(world.source) is VmState.RUNNING and _state(world.destination) is VmState.SHUT_OFF
 
 
 def test_unknown_vm_is_refused() -> None:
