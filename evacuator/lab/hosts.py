@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 POOL_NAME = "evacuator"
 _READY_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 10.0
+_MAX_SOCKET_PATH_CHARS = 100
 _HOST_UUID_NAMESPACE = uuid.UUID("6f1d3c2e-8a4b-4e0f-9c55-0e7a11ab0001")
 _PRIVATE_DIRS = {
     "etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt"
@@ -65,6 +67,7 @@ class LabHost:
 
     name: str
     uri: str
+    socket_uri: str  # the same daemon over its own unix socket: cannot be mistaken for another lab's
     pool: str
     pool_path: Path
     root: Path
@@ -99,10 +102,10 @@ class LabHosts:
         """Starts every host that is not already running and waits until each answers; returns them all."""
         _require_tools()
         started = time.monotonic()
-        for index, host in enumerate(self._hosts):
-            if _reaper_pid(host) is None:
-                self._launch(index, host)
         try:
+            for index, host in enumerate(self._hosts):
+                if _reaper_pid(host) is None:
+                    self._launch(index, host)
             for host in self._hosts:
                 _wait_ready(host)
                 _ensure_pool(host)
@@ -132,13 +135,25 @@ class LabHosts:
         return LabHost(
             name=name,
             uri=f"qemu+tcp://127.0.0.1:{port}/system",
+            socket_uri=f"qemu+unix:///system?socket={root / 'run' / 'libvirt-sock'}",
             pool=POOL_NAME,
             pool_path=root / "pool",
             root=root,
         )
 
     def _launch(self, index: int, host: LabHost) -> None:
-        _prepare_root(host, index=index, port=self._base_port + index, peers=self._names)
+        port = self._base_port + index
+        try:
+            with socket.socket() as probe:
+                # As libvirtd does: a closed connection lingering in TIME_WAIT does not make a port taken.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise LabError(f"lab host {host.name}: TCP port {port} on 127.0.0.1 is taken ({exc.strerror}): "
+                           "another lab or service uses it, choose another base_port") from exc
+        if len(str(host.root / "run" / "libvirt-sock")) > _MAX_SOCKET_PATH_CHARS:
+            raise LabError(f"lab host {host.name}: {host.root} is too deep for a unix socket path")
+        _prepare_root(host, index=index, port=port, peers=self._names)
         mounts = " && ".join(
             [f"mkdir -p {target} && mount --bind {host.root / source} {target}"
              for source, target in _PRIVATE_DIRS.items()]
@@ -182,7 +197,7 @@ def _prepare_root(host: LabHost, *, index: int, port: int, peers: Sequence[str])
                          "storage"):
             for path in etc.glob(leftover):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    host_uuid = uuid.uuid5(_HOST_UUID_NAMESPACE, host.name)
+    host_uuid = uuid.uuid5(_HOST_UUID_NAMESPACE, str(host.root))
     (etc / "libvirtd.conf").write_text(
         f'unix_sock_dir = "/run/libvirt"\nhost_uuid = "{host_uuid}"\nlisten_tls = 0\nlisten_tcp = 1\n'
         f'listen_addr = "127.0.0.1"\ntcp_port = "{port}"\nauth_tcp = "none"\nauth_unix_rw = "none"\n'
@@ -229,7 +244,7 @@ def _wait_gone(pid: int, timeout_seconds: float) -> bool:
 
 def _virsh(host: LabHost, *args: str, timeout_seconds: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["virsh", "-q", "-c", host.uri, *args],
+        ["virsh", "-q", "-c", host.socket_uri, *args],
         capture_output=True, text=True, timeout=timeout_seconds, check=False,
     )
 
@@ -244,7 +259,7 @@ def _wait_ready(host: LabHost) -> None:
         if result.returncode == 0:
             return
         if time.monotonic() > deadline:
-            raise LabError(f"lab host {host.name} did not answer on {host.uri} within "
+            raise LabError(f"lab host {host.name} did not answer on {host.socket_uri} within "
                            f"{_READY_TIMEOUT_SECONDS:.0f} s: {result.stderr.strip()}")
         time.sleep(0.1)
 
@@ -280,9 +295,9 @@ def _destroy_domains(host: LabHost) -> None:
 def wipe_host(host: LabHost) -> None:
     """Destroys and undefines every domain and deletes every volume of the host's pool: a clean slate."""
     try:
-        conn = libvirt.open(host.uri)
+        conn = libvirt.open(host.socket_uri)
     except libvirt.libvirtError as exc:
-        raise LabError(f"lab host {host.name}: cannot connect to {host.uri}: {exc}") from exc
+        raise LabError(f"lab host {host.name}: cannot connect to {host.socket_uri}: {exc}") from exc
     try:
         for dom in conn.listAllDomains(0):
             if dom.isActive():
