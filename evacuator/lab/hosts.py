@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -27,6 +28,7 @@ POOL_NAME = "evacuator"
 _READY_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 10.0
 _MAX_SOCKET_PATH_CHARS = 100
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOST_UUID_NAMESPACE = uuid.UUID("6f1d3c2e-8a4b-4e0f-9c55-0e7a11ab0001")
 _PRIVATE_DIRS = {
     "etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt"
@@ -79,8 +81,8 @@ class LabHosts:
     def __init__(
         self, base_dir: Path, names: Sequence[str] = ("host-a", "host-b"), base_port: int = 16600
     ) -> None:
-        if len(set(names)) != len(names) or not names:
-            raise LabError(f"lab host names must be distinct and non-empty, got {list(names)}")
+        if len(set(names)) != len(names) or not names or not all(map(_HOSTNAME.fullmatch, names)):
+            raise LabError(f"lab host names must be distinct hostnames ([a-z0-9-]), got {list(names)}")
         self._base_dir = base_dir.resolve()
         self._names = tuple(names)
         self._base_port = base_port

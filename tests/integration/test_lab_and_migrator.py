@@ -1,19 +1,22 @@
-"""Integration: lab hosts are independent hypervisors, and a running VM cold-moves between them intact."""
+"""Integration: lab hosts are independent, the fake keeps libvirt's contract, a running VM moves intact."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from xml.etree import ElementTree
 
 import libvirt
 import pytest
 
-from evacuator.hypervisor import VmState
+from evacuator.errors import HypervisorError
+from evacuator.fake_hypervisor import FakeHypervisor
+from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition, sha256_of_chunks
 from evacuator.lab.hosts import LabHost
-from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
+from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import ColdMigrator, MoveStep, StepEvent, StepPhase
 from evacuator.vmmeta import NAMESPACE_URI, VmFacts, parse_facts
@@ -83,3 +86,46 @@ def test_running_vm_moves_to_other_host_with_identity_and_disk_intact(
         conn_b.close()
     print("\nmove step seconds:", {timing.step.value: round(timing.seconds, 3) for timing in report.steps},
           "total", round(report.seconds, 3))
+
+
+CONTRACT_UUID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+
+
+@pytest.fixture(params=["fake", "libvirt"])
+def hypervisor(request: pytest.FixtureRequest) -> Iterator[Hypervisor]:
+    """The same contract, held by the in-memory fake and by a real libvirt host."""
+    if request.param == "fake":
+        yield FakeHypervisor(name="host-a")
+        return
+    host_a, _ = request.getfixturevalue("clean_lab_hosts")
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as host:
+        yield host
+
+
+def test_fake_and_libvirt_host_keep_the_same_contract(hypervisor: Hypervisor) -> None:
+    pool, volume = "evacuator", "contract.raw"
+    assert hypervisor.find_vm(CONTRACT_UUID) is None and hypervisor.find_volume(pool, volume) is None
+    created = hypervisor.create_volume(pool, volume, capacity_bytes=MIB)
+    assert (created.capacity_bytes, created.allocation_bytes) == (MIB, 0)
+    with pytest.raises(HypervisorError):
+        hypervisor.create_volume(pool, volume, capacity_bytes=MIB)
+    chunks: list[Chunk] = [DataChunk(data=b"\x01" * 8192), HoleChunk(length_bytes=MIB - 8192)]
+    assert hypervisor.write_volume(pool, volume, chunks) == 8192
+    assert sha256_of_chunks(hypervisor.read_volume(pool, volume)) == sha256_of_chunks(chunks)
+    xml = domain_xml(name="contract", pool=pool, volume=volume, mac=MAC, facts=VmFacts(tenant="acme"),
+                     uuid=CONTRACT_UUID)
+    defined = hypervisor.define_vm(xml)
+    assert (defined.uuid, defined.name, defined.state, defined.macs) == (
+        CONTRACT_UUID, "contract", VmState.SHUT_OFF, (MAC,))
+    assert parse_definition(hypervisor.vm_definition_xml(CONTRACT_UUID)).facts == VmFacts(tenant="acme")
+    with pytest.raises(HypervisorError):
+        hypervisor.destroy_vm(CONTRACT_UUID)
+    hypervisor.start_vm(CONTRACT_UUID)
+    hypervisor.request_shutdown(CONTRACT_UUID)  # a guest without an OS ignores it
+    assert [vm.state for vm in hypervisor.list_vms()] == [VmState.RUNNING]
+    hypervisor.destroy_vm(CONTRACT_UUID)
+    hypervisor.undefine_vm(CONTRACT_UUID)
+    hypervisor.delete_volume(pool, volume)
+    assert hypervisor.list_vms() == () and hypervisor.find_volume(pool, volume) is None
+    with pytest.raises(HypervisorError):
+        hypervisor.start_vm(CONTRACT_UUID)
