@@ -14,7 +14,15 @@ import pytest
 
 from evacuator.errors import HypervisorError
 from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition, sha256_of_chunks
+from evacuator.hypervisor import (
+    Chunk,
+    DataChunk,
+    HoleChunk,
+    Hypervisor,
+    VmState,
+    parse_definition,
+    sha256_of_chunks,
+)
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
