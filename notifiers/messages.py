@@ -39,6 +39,7 @@ UuidText = Annotated[str, AfterValidator(_canonical_uuid)]
 EventId = Annotated[str, AfterValidator(_canonical_uuid4)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
+WireSeverity: TypeAlias = Literal["moderate", "severe", "failed"]
 
 
 class _Wire(BaseModel):
@@ -46,10 +47,11 @@ class _Wire(BaseModel):
 
 
 class Reason(_Wire):
-    """One sensor finding behind the verdict, in the sensor's own unit."""
+    """One sensor finding behind the verdict, in the sensor's own unit (value None: no data)."""
 
+    source: Name
     sensor: Name
-    value: float
+    value: float | None
     threshold: float | None
     unit: str = Field(max_length=32)
     message: str = Field(max_length=1024)
@@ -71,7 +73,7 @@ class EvacuationScheduled(_Wire):
     event_id: EventId = Field(default_factory=new_event_id)
     host: Name
     tenant: Name
-    severity: Literal["moderate", "severe", "failed"]
+    severity: WireSeverity
     reasons: tuple[Reason, ...]
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
     allowed_replies: tuple[Literal["ready"], ...] = ("ready",)
