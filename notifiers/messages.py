@@ -47,9 +47,9 @@ class _Wire(BaseModel):
 
 
 class Reason(_Wire):
-    """One sensor finding behind the verdict, in the sensor's own unit (value None: no data)."""
+    """One sensor finding behind the verdict, in the sensor's own unit; value None means no data (stale)."""
 
-    source: Name
+    source: Name | None = None
     sensor: Name
     value: float | None
     threshold: float | None
