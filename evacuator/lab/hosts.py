@@ -179,7 +179,8 @@ class LabHosts:
 
 
 def _require_tools() -> None:
-    missing = [tool for tool in ("libvirtd", "virsh", "unshare", "mount") if shutil.which(tool) is None]
+    tools = ("libvirtd", "virsh", "qemu-system-x86_64", "unshare", "mount")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise LabError(
             f"lab hosts need {', '.join(missing)} on PATH: run scripts/setup "
@@ -224,7 +225,8 @@ def _reaper_pid(host: LabHost) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    if "\nState:\tZ" in status or b"libvirtd" not in cmdline:
+    # An empty cmdline is a process in the middle of execve (unshare -> sh -> python): still ours.
+    if "\nState:\tZ" in status or (cmdline and b"libvirtd" not in cmdline):
         return None
     return pid
 

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from xml.etree import ElementTree
 
 import libvirt
@@ -23,11 +24,12 @@ from evacuator.hypervisor import (
     parse_definition,
     sha256_of_chunks,
 )
-from evacuator.lab.hosts import LabHost
+from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import ColdMigrator, MoveStep, StepEvent, StepPhase
 from evacuator.vmmeta import NAMESPACE_URI, VmFacts, parse_facts
+from tests.fixtures.libvirt_lab import free_port_pair
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +139,26 @@ def test_fake_and_libvirt_host_keep_the_same_contract(hypervisor: Hypervisor) ->
     assert hypervisor.list_vms() == () and hypervisor.find_volume(pool, volume) is None
     with pytest.raises(HypervisorError):
         hypervisor.start_vm(CONTRACT_UUID)
+
+
+def test_stopping_a_lab_leaves_no_process_behind(tmp_path: Path) -> None:
+    lab = LabHosts(tmp_path / "lab", names=("host-c",), base_port=free_port_pair())
+    (host,) = lab.start()
+    create_vm(host.uri, host.pool, name="leftover", tenant=None, window_seconds=None, disk_bytes=MIB,
+              data=b"x", mac=MAC)
+    assert _processes_mentioning(str(host.root)) and _processes_mentioning("guest=leftover")
+    lab.stop()
+    lab.stop()
+    assert _processes_mentioning(str(host.root)) == []
+    assert _processes_mentioning("guest=leftover") == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
