@@ -1,1 +1,1 @@
-"""notifiers package."""
+"""Tenant notifications over AMQP: wire models, publisher, reply consumer, tenant client, provisioning."""

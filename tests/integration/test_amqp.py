@@ -218,6 +218,7 @@ def test_reply_without_user_id_is_rejected_by_the_consumer_which_keeps_serving(
         "bind_own_queue_to_other_keys",
         "publish_notice",
         "read_replies",
+        "publish_via_default_exchange",
     ],
 )
 def test_tenant_cannot_reach_beyond_its_own_queue_and_replies(
@@ -239,6 +240,10 @@ def test_tenant_cannot_reach_beyond_its_own_queue_and_replies(
             ch, broker_settings.notices_exchange, f"{acme.name}.{host}.vm_evacuated", b"{}", bravo.name
         ),
         "read_replies": lambda ch: ch.basic_get(host_replies_queue(host)),
+        # The default exchange routes by queue name: it would bypass the topic permissions on the replies.
+        "publish_via_default_exchange": lambda ch: publish_raw(
+            ch, "", host_replies_queue(host), b"{}", bravo.name
+        ),
     }
     assert refusal(bravo.url, actions[operation]) == 403
 
