@@ -1,0 +1,212 @@
+"""The evacuation service: turns host verdicts into notices, timers and moves; holds no I/O of its own."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from evacuator.hypervisor import Hypervisor
+from evacuator.planner import Plan, PlannedMove, WindowPolicy, choose_destination, plan_evacuation
+from evacuator.timers import Timers
+from monitors.verdicts import HostVerdict, Severity
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class Notifier(Protocol):
+    """Tells tenants what happens to their VMs; each call resolves when the broker confirmed it."""
+
+    def evacuation_scheduled(
+        self, *, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove]
+    ) -> Future[datetime]: ...
+    def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]: ...
+    def evacuation_failed(
+        self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str
+    ) -> Future[datetime]: ...
+
+
+class Mover(Protocol):
+    """Moves one VM from this host to the named peer, step by step; raises on failure."""
+
+    def move(self, vm_uuid: str, destination: str) -> object: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    host: str
+    peers: tuple[str, ...]
+    window_policy: WindowPolicy
+
+
+_EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
+
+
+class Service:
+    """Reacts to verdicts, replies and timers; the migration worker thread runs the moves one by one."""
+
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        hypervisor: Hypervisor,
+        notifier: Notifier,
+        timers: Timers,
+        mover: Mover,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._hypervisor = hypervisor
+        self._notifier = notifier
+        self._timers = timers
+        self._mover = mover
+        self._clock = clock
+        self._last_severity: Severity | None = None
+        # One incident per sick spell: opened once, closed only when the detector says healthy again, so a
+        # host that stays severe is never re-planned (and its tenants never re-notified) on every poll.
+        self._incident_open = False
+        self._moves: queue.Queue[str | None] = queue.Queue()
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="evacuator-mover", daemon=True)
+
+    def start(self) -> None:
+        self._timers.start(self.on_timer)
+        self._worker.start()
+        # Timers that came back from the persistent store mean an evacuation was under way before a restart.
+        resumed = sorted(self._timers.pending())
+        if resumed:
+            log.info("evacuation_resumed", host=self._config.host, vm_count=len(resumed))
+
+    def stop(self) -> None:
+        self._timers.shutdown()
+        self._moves.put(None)
+        self._worker.join(timeout=30)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._in_flight) or bool(self._timers.pending())
+
+    def on_verdict(self, verdict: HostVerdict) -> None:
+        if verdict.severity != self._last_severity:
+            log.info(
+                "host_verdict_changed",
+                host=self._config.host,
+                severity=str(verdict.severity),
+                previous=None if self._last_severity is None else str(self._last_severity),
+                reasons=[r.message for r in verdict.reasons],
+            )
+            self._last_severity = verdict.severity
+        if verdict.severity in _EVACUATE and not self._incident_open:
+            self._incident_open = True
+            self._open_incident(verdict)
+        elif verdict.severity is Severity.HEALTHY and self._incident_open and not self.busy():
+            self._incident_open = False
+            log.info("incident_closed", host=self._config.host)
+
+    def _open_incident(self, verdict: HostVerdict) -> None:
+        now = self._clock()
+        policy = self._config.window_policy
+        if verdict.severity is Severity.FAILED:
+            policy = WindowPolicy(
+                default_window_seconds=0, max_window_seconds=policy.max_window_seconds, immediate=True
+            )
+        plan = plan_evacuation(self._hypervisor.list_vms(), policy, now)
+        log.info("evacuation_planned", host=self._config.host, vm_count=len(plan.moves))
+        # Timers first: they are the persistent record of the incident, so a notice that fails to build or
+        # send never leaves a VM without its move.
+        for move in plan.moves:
+            self._timers.schedule(move.vm_uuid, move.deadline)
+            log.info(
+                "evacuation_window_opened",
+                vm_uuid=move.vm_uuid,
+                tenant=move.tenant,
+                window_seconds=move.window_seconds,
+                deadline=move.deadline.isoformat(),
+            )
+        self._notify(plan, verdict)
+
+    def _notify(self, plan: Plan, verdict: HostVerdict) -> None:
+        for notice in plan.notices:
+            try:
+                future = self._notifier.evacuation_scheduled(
+                    tenant=notice.tenant, verdict=verdict, moves=notice.moves
+                )
+            except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
+                log.error("notice_failed", kind="evacuation_scheduled", tenant=notice.tenant, error=str(exc))
+                continue
+            future.add_done_callback(_log_confirm("evacuation_scheduled", notice.tenant))
+        for move in plan.moves:
+            if move.tenant is None:
+                log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
+
+    def on_reply(self, *, tenant: str, vm_uuid: str, kind: str) -> str | None:
+        """Apply a tenant's reply; returns the reason when it is refused (the caller tells the tenant)."""
+        vm = self._hypervisor.find_vm(vm_uuid)
+        if vm is None:
+            return "unknown_vm"
+        if vm.facts.tenant != tenant:
+            log.warning("reply_refused", reason="not_owner", tenant=tenant, vm_uuid=vm_uuid)
+            return "not_owner"
+        if kind != "ready":
+            return "unsupported_reply"
+        if not self._timers.fire_now(vm_uuid):
+            return "no_pending_evacuation"
+        log.info("tenant_ready", tenant=tenant, vm_uuid=vm_uuid)
+        return None
+
+    def on_timer(self, vm_uuid: str) -> None:
+        with self._lock:
+            self._in_flight.add(vm_uuid)
+        log.info("evacuation_window_closed", vm_uuid=vm_uuid)
+        self._moves.put(vm_uuid)
+
+    def _work(self) -> None:
+        while (vm_uuid := self._moves.get()) is not None:
+            try:
+                self._move_one(vm_uuid)
+            finally:
+                with self._lock:
+                    self._in_flight.discard(vm_uuid)
+
+    def _move_one(self, vm_uuid: str) -> None:
+        vm = self._hypervisor.find_vm(vm_uuid)
+        if vm is None:
+            log.info("move_skipped", vm_uuid=vm_uuid, reason="not_on_this_host")
+            return
+        destination = choose_destination(self._config.peers, frozenset())
+        if destination is None:
+            log.error("move_failed", vm_uuid=vm_uuid, reason="no_destination")
+            return
+        try:
+            self._mover.move(vm_uuid, destination)
+        except Exception as exc:  # every failure is reported to the tenant, then left for the operator
+            log.error("move_failed", vm_uuid=vm_uuid, destination=destination, error=str(exc))
+            if vm.facts.tenant is not None:
+                self._notifier.evacuation_failed(
+                    tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name, reason=str(exc)
+                ).add_done_callback(_log_confirm("evacuation_failed", vm.facts.tenant))
+            return
+        if vm.facts.tenant is not None:
+            self._notifier.vm_evacuated(
+                tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name, to_host=destination
+            ).add_done_callback(_log_confirm("vm_evacuated", vm.facts.tenant))
+
+
+def _log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:
+    """The publisher logs each confirm; a notice the broker never confirmed is the service's to report."""
+
+    def done(future: Future[datetime]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.error("notice_not_confirmed", kind=kind, tenant=tenant, error=str(exc))
+
+    return done

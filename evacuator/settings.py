@@ -1,0 +1,108 @@
+"""The service's YAML settings: pydantic models at the boundary and the one loader that validates a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evacuator.errors import ConfigError
+from monitors.settings import MonitorsSettings
+from notifiers.settings import BrokerSettings
+
+_NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostSettings(_Strict):
+    """This hypervisor: its name in notices and its own libvirt."""
+
+    name: _NAME
+    libvirt_uri: str = "qemu:///system"
+    storage_pool: str = "evacuator"
+
+
+class PeerSettings(_Strict):
+    """A hypervisor that may receive this host's VMs, tried in the order listed."""
+
+    name: _NAME
+    libvirt_uri: str
+    storage_pool: str = "evacuator"
+
+
+class EvacuationSettings(_Strict):
+    """How long tenants get, and how long a guest gets to shut down."""
+
+    default_window_seconds: int = Field(default=600, ge=0)
+    max_window_seconds: int = Field(default=3600, ge=0)
+    shutdown_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> EvacuationSettings:
+        if self.default_window_seconds > self.max_window_seconds:
+            raise ValueError("default_window_seconds must not exceed max_window_seconds")
+        return self
+
+
+class LoggingSettings(_Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Strict):
+    """The whole settings file (config/evacuator.example.yaml documents every field)."""
+
+    host: HostSettings
+    peers: list[PeerSettings] = Field(min_length=1)
+    monitors: MonitorsSettings = Field(default_factory=MonitorsSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    evacuation: EvacuationSettings = Field(default_factory=EvacuationSettings)
+    state_dir: Path = Path("/var/lib/evacuator")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _peers_are_others(self) -> Settings:
+        names = [p.name for p in self.peers]
+        if self.host.name in names:
+            raise ValueError(f"peers must not include this host ({self.host.name})")
+        if len(set(names)) != len(names):
+            raise ValueError("peer names must be unique")
+        return self
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid settings"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field")
+        else:
+            lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_settings(text: str, path: Path) -> Settings:
+    """Validate YAML text; `path` only names the source in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from exc
+    return parse_settings(text, path)

@@ -1,0 +1,273 @@
+"""End to end, all real: the daemon on host-a moves a tenant's VMs to host-b after a sensor heats up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+import yaml
+
+from evacuator.hypervisor import VmState
+from evacuator.lab.hosts import LabHost
+from evacuator.lab.sysfs import HeatableHwmon
+from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
+from evacuator.libvirt_host import open_libvirt_host
+from notifiers.messages import EvacuationScheduled, Notice, ReadyReply, VmEvacuated, encode
+from notifiers.settings import BrokerSettings
+from notifiers.tenant import TenantClient
+from tests.fixtures.broker import LabTenant
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+POLL_SECONDS = 0.3
+CONSECUTIVE = 3
+READY_WINDOW_SECONDS = 120  # VM 1: the tenant answers ready long before this
+WAIT_WINDOW_SECONDS = 15  # VM 2: no answer, it moves when this runs out
+
+
+class DaemonLog:
+    """Reads the daemon's JSON log lines on a thread; tests wait for events by name and context."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            with self._cond:
+                self.raw.append(line)
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                event["at"] = datetime.fromisoformat(event["timestamp"])
+                self.events.append(event)
+                self._cond.notify_all()
+
+    def matching(self, name: str, **context: object) -> list[dict[str, Any]]:
+        with self._cond:
+            return [
+                e
+                for e in self.events
+                if e["event"] == name and all(e.get(k) == v for k, v in context.items())
+            ]
+
+    def wait_for(self, name: str, timeout_seconds: float, **context: object) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_seconds
+        with self._cond:
+            while True:
+                found = [
+                    e
+                    for e in self.events
+                    if e["event"] == name and all(e.get(k) == v for k, v in context.items())
+                ]
+                if found:
+                    return found[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    tail = "".join(self.raw[-40:])
+                    raise AssertionError(f"no {name} {context} within {timeout_seconds} s; log tail:\n{tail}")
+                self._cond.wait(remaining)
+
+
+def _write_config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings, sysfs: Path) -> Path:
+    config = {
+        "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
+        "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
+        "monitors": {
+            "sysfs_root": str(sysfs),
+            "poll_interval_seconds": POLL_SECONDS,
+            "temperature": {"threshold_celsius": 90, "consecutive_samples": CONSECUTIVE},
+        },
+        "broker": {
+            "url": broker.url.get_secret_value(),
+            "notices_exchange": broker.notices_exchange,
+            "replies_exchange": broker.replies_exchange,
+        },
+        "evacuation": {
+            "default_window_seconds": 60,
+            "max_window_seconds": 600,
+            "shutdown_timeout_seconds": 2,
+        },
+        "state_dir": str(tmp / "state"),
+        "logging": {"format": "json", "level": "info"},
+    }
+    path = tmp / "evacuator.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[[Path], DaemonLog]]:
+    processes: list[subprocess.Popen[str]] = []
+    logs: list[DaemonLog] = []
+
+    def start(config: Path) -> DaemonLog:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evacuator.cli", "run", "--config", str(config)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ},
+        )  # fmt: skip
+        processes.append(process)
+        log = DaemonLog(process)
+        logs.append(log)
+        log.wait_for("daemon_started", 60)
+        return log
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for log in logs:  # pytest shows this only when the test failed
+        print("daemon log tail:\n" + "".join(log.raw[-80:]))
+
+
+def _forge_reply_for(victim: str, attacker: LabTenant, broker: BrokerSettings, vm_uuid: str) -> str:
+    """The attacker publishes a ready for the victim's VM on the victim's routing key; returns the refusal."""
+    connection = pika.BlockingConnection(pika.URLParameters(attacker.url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            exchange=broker.replies_exchange, routing_key=f"{victim}.host-a",
+            body=encode(ReadyReply(vm_uuid=vm_uuid)),
+            properties=pika.BasicProperties(user_id=attacker.name, content_type="application/json"),
+        )  # fmt: skip
+    except pika.exceptions.AMQPError as exc:
+        return repr(exc)
+    finally:
+        if connection.is_open:
+            connection.close()
+    raise AssertionError("the broker accepted a reply on another tenant's routing key")
+
+
+def _next_notice(client: TenantClient, kind: type[Notice], timeout_seconds: float) -> Any:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        notice = client.next_notice(max(0.1, deadline - time.monotonic()))
+        if isinstance(notice, kind):
+            return notice
+    raise AssertionError(f"no {kind.__name__} notice within {timeout_seconds} s")
+
+
+def test_hot_host_evacuates_tenant_vms_to_healthy_host(
+    tmp_path: Path,
+    clean_lab_hosts: tuple[LabHost, ...],
+    broker_settings: BrokerSettings,
+    make_tenant: Callable[[str], LabTenant],
+    daemon: Callable[[Path], DaemonLog],
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    owner, intruder = make_tenant("acme"), make_tenant("mallory")
+    rng = random.Random(2)
+    data = {name: rng.randbytes(MIB) for name in ("web", "db")}
+    macs = {"web": "52:54:00:e2:e0:01", "db": "52:54:00:e2:e0:02"}
+    uuids = {
+        "web": create_vm(host_a.uri, host_a.pool, name="web", tenant=owner.name,
+                         window_seconds=READY_WINDOW_SECONDS, disk_bytes=16 * MIB, data=data["web"],
+                         mac=macs["web"]),
+        "db": create_vm(host_a.uri, host_a.pool, name="db", tenant=owner.name,
+                        window_seconds=WAIT_WINDOW_SECONDS, disk_bytes=16 * MIB, data=data["db"],
+                        mac=macs["db"]),
+    }  # fmt: skip
+    sums = {name: sha256_of_volume(host_a.uri, host_a.pool, volume_name(name)) for name in uuids}
+    sensor = HeatableHwmon(tmp_path / "sys", celsius=45)
+    log = daemon(_write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys"))
+
+    with TenantClient(owner.url, owner.name, replies_exchange=broker_settings.replies_exchange) as tenant:
+        # One noisy sample (shorter than two polls) must move nothing: N consecutive samples are required.
+        sensor.set_celsius(97)
+        time.sleep(POLL_SECONDS * 1.5)
+        sensor.set_celsius(45)
+        time.sleep(POLL_SECONDS * (CONSECUTIVE + 2))
+        assert log.matching("evacuation_planned") == []
+        assert tenant.next_notice(0.5) is None
+
+        heated_at = datetime.now(UTC)
+        sensor.set_celsius(97)
+        scheduled: EvacuationScheduled = _next_notice(tenant, EvacuationScheduled, 30)
+        received_at = datetime.now(UTC)
+
+        assert scheduled.host == "host-a" and scheduled.severity == "severe"
+        assert {vm.vm_uuid for vm in scheduled.vms} == set(uuids.values())
+        deadlines = {vm.vm_uuid: vm.deadline for vm in scheduled.vms}
+        assert scheduled.reasons and scheduled.reasons[0].value == 97 and scheduled.reasons[0].threshold == 90
+        assert "97" in scheduled.reasons[0].message
+        window = (deadlines[uuids["db"]] - deadlines[uuids["web"]]).total_seconds()
+        assert window == pytest.approx(WAIT_WINDOW_SECONDS - READY_WINDOW_SECONDS, abs=1)
+
+        # Another tenant cannot speak for this one: the broker refuses the forged routing key, and the
+        # service refuses a reply about a VM the sender does not own.
+        refusal = _forge_reply_for(owner.name, intruder, broker_settings, uuids["web"])
+        assert "ACCESS_REFUSED" in refusal or "403" in refusal
+        with TenantClient(
+            intruder.url, intruder.name, replies_exchange=broker_settings.replies_exchange
+        ) as bad:
+            bad.send_ready("host-a", uuids["web"], scheduled.event_id)
+        log.wait_for("reply_refused", 10, vm_uuid=uuids["web"], reason="not_owner")
+        time.sleep(1)
+        assert log.matching("move_started", vm_uuid=uuids["web"]) == []
+
+        tenant.send_ready("host-a", uuids["web"], scheduled.event_id)
+        moved = {}
+        for _ in uuids:
+            notice: VmEvacuated = _next_notice(tenant, VmEvacuated, WAIT_WINDOW_SECONDS + 60)
+            moved[notice.vm_uuid] = notice
+
+    assert set(moved) == set(uuids.values())
+    assert all(n.to_host == "host-b" and n.from_host == "host-a" for n in moved.values())
+    web_started = log.wait_for("move_started", 1, vm_uuid=uuids["web"])["at"]
+    db_started = log.wait_for("move_started", 1, vm_uuid=uuids["db"])["at"]
+    assert moved[uuids["web"]].at < deadlines[uuids["web"]], "the ready VM moves before its window ends"
+    assert db_started >= deadlines[uuids["db"]], "a VM without an answer waits out its whole window"
+    assert web_started < db_started
+
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
+            open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:  # fmt: skip
+        for name, uuid in uuids.items():
+            on_b = b.find_vm(uuid)
+            assert on_b is not None and on_b.state is VmState.RUNNING and on_b.name == name
+            assert on_b.macs == (macs[name],)
+            assert on_b.facts.tenant == owner.name
+            assert a.find_vm(uuid) is None
+            assert a.find_volume(host_a.pool, volume_name(name)) is None
+            assert sha256_of_volume(host_b.uri, host_b.pool, volume_name(name)) == sums[name]
+            assert sums[name] != hashlib.sha256(b"").hexdigest()
+
+    _report_timings(log, heated_at, received_at, uuids)
+
+
+def _report_timings(
+    log: DaemonLog, heated_at: datetime, received_at: datetime, uuids: dict[str, str]
+) -> None:
+    """Printed for the closing note (pytest -s or -rA shows it)."""
+    severe = log.wait_for("host_verdict_changed", 1, severity="severe")["at"]
+    confirmed = log.wait_for("notice_confirmed", 1, notice_type="evacuation_scheduled")["at"]
+    print(f"\nheat -> severe verdict: {(severe - heated_at).total_seconds():.3f} s")
+    print(f"severe verdict -> broker-confirmed notice: {(confirmed - severe).total_seconds():.3f} s")
+    print(f"heat -> broker-confirmed notice: {(confirmed - heated_at).total_seconds():.3f} s")
+    print(f"heat -> notice received by tenant: {(received_at - heated_at).total_seconds():.3f} s")
+    for name, uuid in uuids.items():
+        steps = [e for e in log.matching("move_step_finished", vm_uuid=uuid)]
+        shown = ", ".join(f"{e['step']} {e['seconds']:.3f} s" for e in steps)
+        print(f"move {name}: {shown}")
