@@ -127,18 +127,44 @@ class Hypervisor(Protocol):
     def delete_volume(self, pool: str, volume: str) -> None: ...
 
 
-def sha256_of_chunks(chunks: Iterable[Chunk]) -> str:
-    """The sha256 of the bytes the chunks stand for, holes counted as zeros."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
+class ChunkSha256:
+    """A running sha256 of the bytes chunks stand for, holes counted as zeros."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, chunk: Chunk) -> None:
         if isinstance(chunk, DataChunk):
-            digest.update(chunk.data)
-            continue
+            self._digest.update(chunk.data)
+            return
         remaining = chunk.length_bytes
         while remaining > 0:
             piece = min(remaining, len(_ZEROS))
-            digest.update(memoryview(_ZEROS)[:piece])
+            self._digest.update(memoryview(_ZEROS)[:piece])
             remaining -= piece
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def tap(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        """Passes the chunks through, hashing them on the way."""
+        for chunk in chunks:
+            self.update(chunk)
+            yield chunk
+
+
+def close_chunks(chunks: Iterator[Chunk]) -> None:
+    """Ends a volume read early and at once: an open download keeps the volume busy (undeletable)."""
+    close = getattr(chunks, "close", None)
+    if callable(close):
+        close()
+
+
+def sha256_of_chunks(chunks: Iterable[Chunk]) -> str:
+    """The sha256 of the bytes the chunks stand for, holes counted as zeros."""
+    digest = ChunkSha256()
+    for chunk in chunks:
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import Chunk, Hypervisor, VmInfo, VmState, sha256_of_chunks
+from evacuator.hypervisor import (
+    ChunkSha256,
+    Hypervisor,
+    VmInfo,
+    VmState,
+    VolumeRef,
+    close_chunks,
+    sha256_of_chunks,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -46,13 +54,14 @@ _EVENT_NAMES = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepEvent:
-    """What the journal records; `seconds` is set once the step has finished or failed."""
+    """What the journal records; `seconds` is set once the step has finished or failed, `error` if failed."""
 
     vm_uuid: str
     step: MoveStep
     phase: StepPhase
     at: datetime
     seconds: float | None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +101,7 @@ class _Move:
     run_after: bool
     bytes_copied: int = 0
     forced_off: bool = False
+    sent_sha256: dict[VolumeRef, str] = field(default_factory=dict)
 
 
 class ColdMigrator:
@@ -183,9 +193,10 @@ class ColdMigrator:
         return StepTiming(step=step, skipped=not did_work, seconds=seconds)
 
     def _emit(self, move: _Move, step: MoveStep, phase: StepPhase, at: datetime, seconds: float | None,
-              **context: str) -> None:
-        log.info(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, **context)
-        self._on_step(StepEvent(vm_uuid=move.uuid, step=step, phase=phase, at=at, seconds=seconds))
+              error: str | None = None) -> None:
+        log.info(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, error=error)
+        event = StepEvent(vm_uuid=move.uuid, step=step, phase=phase, at=at, seconds=seconds, error=error)
+        self._on_step(event)
 
     # --- steps: each returns False when reality shows nothing is left to do ------------------------------
 
@@ -224,16 +235,16 @@ class ColdMigrator:
                 raise _Refused(f"source volume {ref.pool}/{ref.volume} is missing")
             if self._dst.find_volume(ref.pool, ref.volume) is not None:
                 if ref in in_use:
-                    raise _Refused(f"volume {ref.pool}/{ref.volume} exists on "
-                                     f"{self._dst.name} and belongs to another VM there")
+                    raise _Refused(f"{ref.pool}/{ref.volume} on {self._dst.name} belongs to another VM")
                 # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
                 self._dst.delete_volume(ref.pool, ref.volume)
             self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes)
-            chunks = self._src.read_volume(ref.pool, ref.volume)
+            chunks, sent = self._src.read_volume(ref.pool, ref.volume), ChunkSha256()
             try:
-                move.bytes_copied += self._dst.write_volume(ref.pool, ref.volume, chunks)
+                move.bytes_copied += self._dst.write_volume(ref.pool, ref.volume, sent.tap(chunks))
             finally:
-                _close(chunks)
+                close_chunks(chunks)
+            move.sent_sha256[ref] = sent.hexdigest()
         return True
 
     def _verify_disks(self, move: _Move) -> bool:
@@ -244,13 +255,14 @@ class ColdMigrator:
             source_volume = self._src.find_volume(ref.pool, ref.volume)
             copy = self._dst.find_volume(ref.pool, ref.volume)
             if source_volume is None or copy is None or copy.capacity_bytes != source_volume.capacity_bytes:
-                raise _Refused(f"volume {ref.pool}/{ref.volume} is missing or "
-                                 "differs in capacity")
-            source_sha256 = sha256_of_chunks(self._src.read_volume(ref.pool, ref.volume))
+                raise _Refused(f"volume {ref.pool}/{ref.volume} is missing or differs in capacity")
+            # What was sent is what the source held (it is off): no need to read it a second time.
+            source_sha256 = move.sent_sha256.get(ref) or sha256_of_chunks(
+                self._src.read_volume(ref.pool, ref.volume))
             copy_sha256 = sha256_of_chunks(self._dst.read_volume(ref.pool, ref.volume))
             if source_sha256 != copy_sha256:
-                raise _Refused(f"volume {ref.pool}/{ref.volume} differs after "
-                                 f"copy: sha256 {source_sha256} vs {copy_sha256}")
+                raise _Refused(f"volume {ref.pool}/{ref.volume} differs after copy: sha256 {source_sha256} "
+                               f"vs {copy_sha256}")
         return True
 
     def _define(self, move: _Move) -> bool:
@@ -279,10 +291,10 @@ class ColdMigrator:
             raise _Refused(f"is {dst.state} on {self._dst.name}, expected running")
         src = self._src.find_vm(move.uuid)
         if src is not None:
-            for field in ("name", "macs", "volumes", "facts"):
-                if getattr(src, field) != getattr(dst, field):
-                    raise _Refused(f"{field} differs: {getattr(src, field)!r} on "
-                                     f"{self._src.name}, {getattr(dst, field)!r} on {self._dst.name}")
+            for attr in ("name", "macs", "volumes", "facts"):
+                if getattr(src, attr) != getattr(dst, attr):
+                    raise _Refused(f"{attr} differs: {getattr(src, attr)!r} on {self._src.name}, "
+                                   f"{getattr(dst, attr)!r} on {self._dst.name}")
         for ref in dst.volumes:
             if self._dst.find_volume(ref.pool, ref.volume) is None:
                 raise _Refused(f"volume {ref.pool}/{ref.volume} missing on destination")
@@ -311,13 +323,6 @@ class ColdMigrator:
         if _active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
-
-
-def _close(chunks: Iterator[Chunk]) -> None:
-    """Ends a read the writer abandoned, at once: an open download keeps the source volume busy."""
-    close = getattr(chunks, "close", None)
-    if callable(close):
-        close()
 
 
 def _active(vm: VmInfo | None) -> bool:
