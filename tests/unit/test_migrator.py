@@ -93,6 +93,7 @@ def test_running_vm_moves_through_every_step_in_order() -> None:
     ]
     assert_moved(world, running=True)
     assert report.bytes_copied == len(DATA)
+    assert world.source.calls.count(f"read_volume {POOL} {VOLUME}") == 1, "hashed while copying"
     assert (report.vm_name, report.source, report.destination) == ("web-1", "host-a", "host-b")
     assert report.running_on_destination
 
@@ -250,6 +251,7 @@ def test_a_corrupted_copy_is_never_defined_and_the_source_is_kept() -> None:
     assert world.destination.find_vm(UUID) is None
     assert world.source.volume_bytes(POOL, VOLUME)[: len(DATA)] == DATA
     assert world.events[-1].phase is StepPhase.FAILED
+    assert world.events[-1].error is not None and "differs after copy" in world.events[-1].error
 
 
 def test_report_times_each_step_with_the_injected_clock() -> None:
