@@ -194,7 +194,8 @@ class ColdMigrator:
 
     def _emit(self, move: _Move, step: MoveStep, phase: StepPhase, at: datetime, seconds: float | None,
               error: str | None = None) -> None:
-        log.info(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, error=error)
+        emit = log.warning if phase is StepPhase.FAILED else log.info
+        emit(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, error=error)
         event = StepEvent(vm_uuid=move.uuid, step=step, phase=phase, at=at, seconds=seconds, error=error)
         self._on_step(event)
 

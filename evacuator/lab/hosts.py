@@ -87,6 +87,7 @@ class LabHosts:
         self._names = tuple(names)
         self._base_port = base_port
         self._hosts = tuple(self._describe(index, name) for index, name in enumerate(self._names))
+        self._launched: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
     def hosts(self) -> tuple[LabHost, ...]:
@@ -120,7 +121,10 @@ class LabHosts:
     def stop(self) -> None:
         """Destroys every domain, stops every daemon and its leftovers; safe twice or after a crash."""
         for host in self._hosts:
+            launched = self._launched.pop(host.name, None)
             pid = _reaper_pid(host)
+            if pid is None and launched is not None and launched.poll() is None:
+                pid = launched.pid  # ours for sure, even if /proc could not tell
             if pid is None:
                 continue
             _destroy_domains(host)
@@ -174,6 +178,7 @@ class LabHosts:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._launched[host.name] = process
         (host.root / "reaper.pid").write_text(f"{process.pid}\n")
         log.info("lab_host_launched", host=host.name, uri=host.uri, pid=process.pid)
 
