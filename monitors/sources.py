@@ -9,9 +9,9 @@ from typing import Protocol
 
 import structlog
 
-from monitors.edac import read_edac
+from monitors.edac import EdacReader
 from monitors.errors import MonitorError, NoWorkingSourceError
-from monitors.hwmon import read_hwmon
+from monitors.hwmon import HwmonReader
 from monitors.rasdaemon import RasdaemonReader
 from monitors.readings import (
     HostSnapshot,
@@ -60,11 +60,10 @@ class HwmonSource:
     name = "hwmon"
 
     def __init__(self, sysfs_root: Path, reader: FileReader = read_bounded) -> None:
-        self._sysfs_root = sysfs_root
-        self._reader = reader
+        self._reader = HwmonReader(sysfs_root, reader=reader)
 
     def poll(self) -> SourceResult:
-        snapshot = read_hwmon(self._sysfs_root, reader=self._reader)
+        snapshot = self._reader.read()
         state = _state(bool(snapshot.temperatures), snapshot.faults)
         return SourceResult(
             status=SourceStatus(source=self.name, state=state),
@@ -79,11 +78,10 @@ class EdacSource:
     name = "edac"
 
     def __init__(self, sysfs_root: Path, reader: FileReader = read_bounded) -> None:
-        self._sysfs_root = sysfs_root
-        self._reader = reader
+        self._reader = EdacReader(sysfs_root, reader=reader)
 
     def poll(self) -> SourceResult:
-        snapshot = read_edac(self._sysfs_root, reader=self._reader)
+        snapshot = self._reader.read()
         state = _state(bool(snapshot.memory_controllers), snapshot.faults)
         return SourceResult(
             status=SourceStatus(source=self.name, state=state),

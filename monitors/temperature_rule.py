@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from monitors.readings import TemperatureReading
@@ -93,8 +93,7 @@ def _step_channel(
         raised = Severity.SEVERE
     elif reading.celsius <= clear:
         raised = Severity.HEALTHY
-    return replace(
-        state,
+    return ChannelState(
         over=over,
         failing=failing,
         raised=raised,

@@ -59,3 +59,20 @@ def test_eio_on_one_dimm_keeps_the_others() -> None:
 def test_no_edac_driver_is_an_empty_snapshot(tmp_path: Path) -> None:
     snapshot = read_edac(tmp_path)
     assert snapshot.memory_controllers == () and snapshot.faults == ()
+
+
+def test_cached_reader_sees_counter_changes_and_vanished_controllers(tmp_path: Path) -> None:
+    import shutil
+
+    from monitors.edac import EdacReader
+
+    root = tmp_path / "intel-2s"
+    shutil.copytree(SYSFS / "intel-2s", root, symlinks=True)
+    reader = EdacReader(root)
+    reader.read()
+    mc1 = root / "devices/system/edac/mc/mc1"
+    (mc1 / "ue_count").write_text("1\n")
+    assert reader.read().memory_controllers[1].ue_count == 1
+    shutil.rmtree(mc1)
+    snapshot = reader.read()
+    assert [m.controller for m in snapshot.memory_controllers] == ["mc0"]

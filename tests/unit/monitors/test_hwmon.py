@@ -112,3 +112,45 @@ def test_duplicate_chip_names_get_the_hwmon_directory_as_a_last_resort(tmp_path:
         (chip / "temp1_input").write_text("30000\n")
     chips = [r.chip for r in read_hwmon(tmp_path).temperatures]
     assert chips == ["drivetemp", "drivetemp-hwmon1"]
+
+
+def _copy_tree(tmp_path: Path, tree: str) -> Path:
+    import shutil
+
+    root = tmp_path / tree
+    shutil.copytree(SYSFS / tree, root, symlinks=True)
+    return root
+
+
+def test_cached_reader_rereads_inputs_every_poll_and_limits_on_refresh(tmp_path: Path) -> None:
+    from monitors.hwmon import HwmonReader
+
+    root = _copy_tree(tmp_path, "intel-2s")
+    chip = root / "devices/platform/coretemp.0/hwmon/hwmon1"
+    reader = HwmonReader(root, refresh_every_polls=3)
+    reader.read()
+    (chip / "temp1_input").write_text("97000\n")
+    (chip / "temp1_max").write_text("70000\n")
+    package = next(r for r in reader.read().temperatures if r.label == "Package id 0")
+    assert (package.celsius, package.max_celsius) == (97.0, 84.0)
+    reader.read()
+    package = next(r for r in reader.read().temperatures if r.label == "Package id 0")
+    assert package.max_celsius == 70.0
+
+
+def test_chip_that_vanishes_and_returns_is_rediscovered(tmp_path: Path) -> None:
+    from monitors.hwmon import HwmonReader
+
+    root = _copy_tree(tmp_path, "intel-2s")
+    reader = HwmonReader(root)
+    assert len(reader.read().temperatures) == 9
+    link = root / "class/hwmon/hwmon3"
+    target = link.readlink()
+    link.unlink()
+    assert len(reader.read().temperatures) == 7
+    link.symlink_to(target)
+    assert len(reader.read().temperatures) == 9
+    (root / "devices/platform/coretemp.1/hwmon/hwmon2/temp3_input").unlink()
+    snapshot = reader.read()
+    assert len(snapshot.temperatures) == 8 and snapshot.faults[0].reason == "file vanished"
+    assert len(reader.read().temperatures) == 8 and reader.read().faults == ()
