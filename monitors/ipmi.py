@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -231,10 +232,14 @@ def _pyghmi_command(host: str, port: int, username: str, password: str) -> Any:
     return command.Command(bmc=host, userid=username, password=password, port=port)
 
 
-def read_password(settings: IpmiSourceSettings) -> str:
-    """The BMC password from the YAML or from `password_file` (first line), never logged."""
+def read_password(settings: IpmiSourceSettings, environ: Mapping[str, str]) -> str:
+    """The BMC password from the YAML, `password_file` (first line) or `password_env`; never logged."""
     if settings.password is not None:
         return settings.password.get_secret_value()
+    if settings.password_env is not None:
+        if settings.password_env not in environ:
+            raise SourceError(f"IPMI password_env {settings.password_env} is not set in the environment")
+        return environ[settings.password_env]
     if settings.password_file is not None:
         try:
             return Path(settings.password_file).read_text().splitlines()[0].strip()
@@ -243,8 +248,9 @@ def read_password(settings: IpmiSourceSettings) -> str:
     return ""
 
 
-def build_ipmi_source(settings: IpmiSourceSettings) -> IpmiSource:
+def build_ipmi_source(settings: IpmiSourceSettings, environ: Mapping[str, str] | None = None) -> IpmiSource:
+    password = read_password(settings, os.environ if environ is None else environ)
     client = PyghmiClient(
-        host=settings.host, port=settings.port, username=settings.username, password=read_password(settings)
+        host=settings.host, port=settings.port, username=settings.username, password=password
     )
     return IpmiSource(client)

@@ -57,7 +57,8 @@ class _Counter:
     source: str
     location: str
     label: str
-    kind: ErrorKind
+    kind: ErrorKind | None  # None: tracked only to name the DIMMs behind a controller's UE
+    controller: str
 
 
 def counter_delta(previous: int | None, current: int) -> int:
@@ -77,13 +78,22 @@ def step_memory(
     """Fold this poll's counters and events into the windows and report every location over its rate."""
     counters = dict(state.counters)
     locations = dict(state.locations)
+    rising: list[tuple[_Counter, int]] = []
     for counter in _edac_counters(controllers):
         if counter.value is None:
             continue
         delta = counter_delta(state.counters.get(counter.key), counter.value)
         counters[counter.key] = counter.value
         if delta > 0:
-            _add(locations, counter.source, counter.location, counter.label, counter.kind, now, delta)
+            rising.append((counter, delta))
+    for counter, delta in rising:
+        if counter.kind is None:
+            continue
+        label = counter.label
+        if counter.kind is ErrorKind.UNCORRECTED:
+            dimms = [c.label for c, _ in rising if c.kind is None and c.controller == counter.controller]
+            label = f"{label}: {', '.join(dimms)}" if dimms else label
+        _add(locations, counter.source, counter.location, label, counter.kind, now, delta)
     for event in events:
         at = min(event.at, now) if event.at is not None else now
         _add(locations, event.source, event.location, event.location, event.kind, at, event.count)
@@ -105,6 +115,7 @@ def _edac_counters(controllers: tuple[MemoryControllerReading, ...]) -> list[_Co
                 location=name,
                 label=mc.mc_name or name,
                 kind=ErrorKind.UNCORRECTED,
+                controller=name,
             )
         )
         found.append(
@@ -115,6 +126,7 @@ def _edac_counters(controllers: tuple[MemoryControllerReading, ...]) -> list[_Co
                 location=f"{name}/noinfo",
                 label=f"{name} (no DIMM info)",
                 kind=ErrorKind.CORRECTED,
+                controller=name,
             )
         )
         for dimm in mc.dimms:
@@ -127,11 +139,35 @@ def _edac_counters(controllers: tuple[MemoryControllerReading, ...]) -> list[_Co
                     location=location,
                     label=dimm.label or location,
                     kind=ErrorKind.CORRECTED,
+                    controller=name,
+                )
+            )
+            found.append(
+                _Counter(
+                    key=f"{location}/ue",
+                    value=dimm.ue_count,
+                    source="edac",
+                    location=location,
+                    label=dimm.label or location,
+                    kind=None,
+                    controller=name,
                 )
             )
         if mc.dimms:
             continue
         for row in mc.csrows:
+            row_labels = [c.dimm_label for c in row.channels if c.dimm_label]
+            found.append(
+                _Counter(
+                    key=f"{name}/{row.csrow}/ue",
+                    value=row.ue_count,
+                    source="edac",
+                    location=f"{name}/{row.csrow}",
+                    label=" or ".join(row_labels) or f"{name}/{row.csrow}",
+                    kind=None,
+                    controller=name,
+                )
+            )
             for channel in row.channels:
                 location = f"{name}/{row.csrow}/{channel.channel}"
                 found.append(
@@ -142,6 +178,7 @@ def _edac_counters(controllers: tuple[MemoryControllerReading, ...]) -> list[_Co
                         location=location,
                         label=channel.dimm_label or location,
                         kind=ErrorKind.CORRECTED,
+                        controller=name,
                     )
                 )
     return found

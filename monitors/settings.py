@@ -24,7 +24,8 @@ class TemperatureSettings(_Strict):
     consecutive_samples: int = Field(default=3, ge=1)
     window_samples: int | None = Field(default=None, ge=1)
     clear_celsius: float | None = None
-    use_sensor_crit: bool = False
+    sensor_crit_sources: tuple[str, ...] = ("ipmi",)
+    min_sensor_crit_celsius: float = 30.0
     failed_celsius: float | None = None
 
     @model_validator(mode="after")
@@ -73,7 +74,8 @@ class RasdaemonSourceSettings(_Strict):
 
 
 class IpmiSourceSettings(_Strict):
-    """The BMC over IPMI-over-LAN; the password comes from here or `password_file` and is never logged."""
+    """The BMC over IPMI-over-LAN; the password comes from here, `password_file` (first line) or
+    `password_env` (a variable, e.g. from systemd's EnvironmentFile=), and is never logged."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -81,12 +83,13 @@ class IpmiSourceSettings(_Strict):
     username: str = "admin"
     password: SecretStr | None = None
     password_file: Path | None = None
-    timeout_seconds: float = Field(default=5.0, gt=0)
+    password_env: str | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give either password or password_file, not both")
+        given = [self.password, self.password_file, self.password_env]
+        if sum(v is not None for v in given) > 1:
+            raise ValueError("give at most one of password, password_file, password_env")
         return self
 
 

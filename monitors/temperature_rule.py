@@ -17,15 +17,18 @@ class TemperatureRule:
     """`consecutive_samples` (N) of the last `window_samples` (M, default N) over the threshold raise severe.
 
     The condition clears only when a sample falls to `clear_celsius` (default 5 °C below the threshold), so a
-    temperature hovering at the threshold raises it once. With `use_sensor_crit` a channel's own critical
-    limit (e.g. a BMC inlet sensor at 42 °C) lowers its threshold, and its clear threshold with it.
+    temperature hovering at the threshold raises it once. For readings from `sensor_crit_sources` a channel's
+    own critical limit (e.g. a BMC inlet sensor at 42 °C) lowers its threshold, and its clear threshold with
+    it. Only BMC limits are trusted by default: vendors set them for this purpose, while hwmon drivers
+    sometimes report bogus ones (0 °C, 20 °C); limits under `min_sensor_crit_celsius` are ignored.
     """
 
     threshold_celsius: float = 85.0
     consecutive_samples: int = 3
     window_samples: int | None = None
     clear_celsius: float | None = None
-    use_sensor_crit: bool = False
+    sensor_crit_sources: tuple[str, ...] = ("ipmi",)
+    min_sensor_crit_celsius: float = 30.0
     failed_celsius: float | None = None
 
     @property
@@ -39,8 +42,13 @@ class TemperatureRule:
         return self.threshold_celsius - self.clear_celsius
 
     def threshold_for(self, reading: TemperatureReading) -> float:
-        if self.use_sensor_crit and reading.crit_celsius is not None:
-            return min(self.threshold_celsius, reading.crit_celsius)
+        crit = reading.crit_celsius
+        if (
+            reading.source in self.sensor_crit_sources
+            and crit is not None
+            and crit >= self.min_sensor_crit_celsius
+        ):
+            return min(self.threshold_celsius, crit)
         return self.threshold_celsius
 
 

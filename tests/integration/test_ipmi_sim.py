@@ -188,7 +188,7 @@ def _snapshot(result: SourceResult) -> HostSnapshot:
 
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-POLICY = DetectorPolicy(temperature=TemperatureRule(threshold_celsius=85.0, use_sensor_crit=True))
+POLICY = DetectorPolicy(temperature=TemperatureRule(threshold_celsius=85.0))
 
 
 def test_bmc_temperature_and_thresholds_are_read(bmc: Bmc) -> None:

@@ -90,10 +90,24 @@ def test_all_channels_faulted_is_unknown() -> None:
     assert verdict.severity is U and "1 unreadable" in verdict.reasons[0].message
 
 
-def test_sensor_crit_lowers_the_threshold_when_enabled() -> None:
-    policy = DetectorPolicy(temperature=TemperatureRule(consecutive_samples=1, use_sensor_crit=True))
+def test_sensor_crit_lowers_the_threshold_for_trusted_sources() -> None:
+    policy = DetectorPolicy(
+        temperature=TemperatureRule(consecutive_samples=1, sensor_crit_sources=("hwmon",))
+    )
     verdict = Detector(policy).observe(snapshot(45.0, crit=42.0), T0)
     assert verdict.severity is S and verdict.reasons[0].threshold == 42.0
+
+
+@pytest.mark.parametrize(
+    ("sources", "crit"),
+    [
+        pytest.param(("ipmi",), 42.0, id="hwmon-crit-untrusted-by-default"),
+        pytest.param(("hwmon",), 0.0, id="bogus"),
+    ],
+)
+def test_sensor_crit_ignored_when_untrusted_or_bogus(sources: tuple[str, ...], crit: float) -> None:
+    policy = DetectorPolicy(temperature=TemperatureRule(consecutive_samples=1, sensor_crit_sources=sources))
+    assert Detector(policy).observe(snapshot(45.0, crit=crit), T0).severity is H
 
 
 def test_raised_channel_that_stops_reporting_stays_severe_then_becomes_stale() -> None:

@@ -128,3 +128,11 @@ def test_unreadable_counter_keeps_the_previous_value() -> None:
 
     detector.observe(HostSnapshot(memory_controllers=(replace(mc, ue_count=None),), sources=OK), T0 + POLL)
     assert detector.observe(edac(0, 0), T0 + 2 * POLL).severity is H
+
+
+def test_ue_reason_names_the_dimm_whose_counter_rose() -> None:
+    detector = Detector(DetectorPolicy())
+    detector.observe(edac(0, 0), T0)
+    verdict = detector.observe(edac(0, 1), T0 + POLL)
+    assert verdict.reasons[0].sensor == "Skylake Socket#0 IMC#0: CPU_SrcID#0_MC#0_Chan#1_DIMM#0"
+    assert "uncorrected (multi-bit)" in verdict.reasons[0].message
