@@ -57,6 +57,8 @@ def evaluate(
     policy: DetectorPolicy, state: DetectorState, snapshot: HwmonSnapshot | HostSnapshot, now: datetime
 ) -> tuple[DetectorState, HostVerdict]:
     """One poll: the next state and the host verdict at `now`."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
     host = as_host_snapshot(snapshot)
     channels, reasons = step_temperature(policy.temperature, state.channels, host.temperatures, now)
     memory, memory_reasons = step_memory(

@@ -124,6 +124,15 @@ class MonitorsSettings(_Strict):
     memory: MemorySettings = MemorySettings()
     sources: SourcesSettings = SourcesSettings()
 
+    @model_validator(mode="after")
+    def _check_timing(self) -> Self:
+        if self.stale_after_seconds <= self.poll_interval_seconds:
+            raise ValueError(
+                f"stale_after_seconds ({self.stale_after_seconds}) must exceed poll_interval_seconds "
+                f"({self.poll_interval_seconds}), or every late poll would read as stale"
+            )
+        return self
+
     def to_policy(self) -> DetectorPolicy:
         """The pure detector's policy for these settings."""
         return DetectorPolicy(

@@ -123,3 +123,8 @@ def test_raised_channel_that_stops_reporting_stays_severe_then_becomes_stale() -
 def test_failed_threshold_outranks_severe() -> None:
     policy = DetectorPolicy(temperature=TemperatureRule(consecutive_samples=2, failed_celsius=105.0))
     assert run(policy, [110, 110]) == [H, Severity.FAILED]
+
+
+def test_naive_timestamps_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Detector(RULE).observe(snapshot(40.0), datetime(2026, 1, 1))

@@ -36,6 +36,9 @@ def test_yaml_shaped_mapping_becomes_a_policy() -> None:
         ({"temperature": {"treshold_celsius": 80}}, "treshold_celsius"),
         ({"poll_interval_seconds": 0}, "poll_interval_seconds"),
         ({"sysfs": "/sys"}, "sysfs"),
+        ({"poll_interval_seconds": 60, "stale_after_seconds": 30}, "stale_after_seconds"),
+        ({"memory": {"ce_threshold": 0}}, "ce_threshold"),
+        ({"sources": {"ipmi": {"port": 70000}}}, "port"),
     ],
 )
 def test_invalid_settings_name_the_field(data: dict[str, object], field: str) -> None:
