@@ -29,7 +29,7 @@ def scheduled_notice(
             wire.Reason(
                 source=r.source,
                 sensor=r.sensor,
-                value=float("nan") if r.value is None else r.value,
+                value=r.value,
                 threshold=r.threshold,
                 unit=r.unit,
                 message=r.message,

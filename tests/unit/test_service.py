@@ -1,0 +1,187 @@
+"""The service over fakes: verdicts open one incident, replies expedite, timers move, tenants are told."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from evacuator.fake_hypervisor import FakeHypervisor
+from evacuator.hypervisor import VmState
+from evacuator.lab.vms import domain_xml
+from evacuator.migrator import ColdMigrator
+from evacuator.notices import RecordingNotifier
+from evacuator.planner import WindowPolicy
+from evacuator.service import Service, ServiceConfig
+from evacuator.timers import ManualTimers
+from evacuator.vmmeta import VmFacts
+from monitors.verdicts import HostVerdict, Reason, Severity
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+HOT = Reason(
+    source="hwmon", sensor="coretemp/temp1", value=97.0, threshold=90.0, unit="celsius", message="hot"
+)
+
+
+def verdict(severity: Severity) -> HostVerdict:
+    reasons = () if severity is Severity.HEALTHY else (HOT,)
+    return HostVerdict(severity=severity, reasons=reasons, at=T0)
+
+
+class FakeMover:
+    """Moves with the real migrator between two fake hosts; `fail_with` makes the next move raise."""
+
+    def __init__(self, source: FakeHypervisor, destination: FakeHypervisor) -> None:
+        self.source, self.destination = source, destination
+        self.moved: list[str] = []
+        self.fail_with: Exception | None = None
+
+    def move(self, vm_uuid: str, destination: str) -> object:
+        assert destination == self.destination.name
+        if self.fail_with is not None:
+            raise self.fail_with
+        ticks = iter(range(10**6))
+        migrator = ColdMigrator(
+            source=self.source, destination=self.destination,
+            # Every reading of the clock moves it a second on, so the shutdown wait runs out at once.
+            clock=lambda: T0 + timedelta(seconds=next(ticks)),
+            shutdown_timeout_seconds=1, sleep=lambda s: None, on_step=lambda e: None,
+        )  # fmt: skip
+        report = migrator.move(vm_uuid)
+        self.moved.append(vm_uuid)
+        return report
+
+
+class World:
+    def __init__(self) -> None:
+        self.source = FakeHypervisor(name="host-a")
+        self.destination = FakeHypervisor(name="host-b")
+        self.timers = ManualTimers()
+        self.notifier = RecordingNotifier(clock=lambda: T0)
+        self.mover = FakeMover(self.source, self.destination)
+        self.service = Service(
+            config=ServiceConfig(
+                host="host-a", peers=("host-b",),
+                window_policy=WindowPolicy(default_window_seconds=600, max_window_seconds=3600),
+            ),
+            hypervisor=self.source, notifier=self.notifier, timers=self.timers, mover=self.mover,
+            clock=lambda: T0,
+        )  # fmt: skip
+        self.uuids: dict[str, str] = {}
+
+    def add_vm(self, name: str, tenant: str | None, window: int | None) -> str:
+        self.source.add_volume("evacuator", f"{name}.raw", capacity_bytes=4096, data=name.encode())
+        xml = domain_xml(name=name, pool="evacuator", volume=f"{name}.raw", mac="52:54:00:00:00:01", uuid=str(uuid.uuid4()),
+                         facts=VmFacts(tenant=tenant, window_seconds=window))  # fmt: skip
+        self.uuids[name] = self.source.add_vm(xml, state=VmState.RUNNING).uuid
+        return self.uuids[name]
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(kind, tenant) for kind, tenant, _ in self.notifier.sent]
+
+    def wait_moved(self, count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(self.mover.moved) + self.kinds().count(("evacuation_failed", "acme")) < count:
+            assert time.monotonic() < deadline, "the worker did not finish the moves"
+            time.sleep(0.01)
+        while self.service.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    w.service.start()
+    yield w
+    w.service.stop()
+
+
+def test_severe_verdict_notifies_each_tenant_and_opens_a_timer_per_vm(world: World) -> None:
+    web = world.add_vm("web", "acme", 60)
+    db = world.add_vm("db", "beta", None)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    assert world.kinds() == [("evacuation_scheduled", "acme"), ("evacuation_scheduled", "beta")]
+    assert world.timers.pending() == {web: T0 + timedelta(seconds=60), db: T0 + timedelta(seconds=600)}
+    assert world.mover.moved == []
+
+
+def test_a_host_that_stays_severe_is_planned_and_notified_once(world: World) -> None:
+    world.add_vm("web", "acme", 60)
+    for _ in range(5):
+        world.service.on_verdict(verdict(Severity.SEVERE))
+    assert world.kinds() == [("evacuation_scheduled", "acme")]
+
+
+@pytest.mark.parametrize("severity", [Severity.HEALTHY, Severity.MODERATE, Severity.UNKNOWN])
+def test_verdicts_below_severe_move_nothing(world: World, severity: Severity) -> None:
+    world.add_vm("web", "acme", 60)
+    world.service.on_verdict(verdict(severity))
+    assert world.notifier.sent == [] and world.timers.pending() == {}
+
+
+def test_deadline_moves_the_vm_and_tells_its_tenant(world: World) -> None:
+    web = world.add_vm("web", "acme", 60)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0 + timedelta(seconds=59))
+    assert world.mover.moved == []
+    world.timers.advance(T0 + timedelta(seconds=60))
+    world.wait_moved(1)
+    assert world.mover.moved == [web]
+    assert world.destination.peek_vm(web) is not None and world.source.peek_vm(web) is None
+    assert world.kinds()[-1] == ("vm_evacuated", "acme")
+    assert world.notifier.sent[-1][2]["to_host"] == "host-b"
+
+
+def test_owner_ready_expedites_and_others_are_refused(world: World) -> None:
+    web = world.add_vm("web", "acme", 600)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    assert world.service.on_reply(tenant="mallory", vm_uuid=web, kind="ready") == "not_owner"
+    assert world.service.on_reply(tenant="acme", vm_uuid="00000000-0000-4000-8000-000000000000",
+                                  kind="ready") == "unknown_vm"  # fmt: skip
+    assert world.timers.fired == []
+    assert world.service.on_reply(tenant="acme", vm_uuid=web, kind="ready") is None
+    world.wait_moved(1)
+    assert world.mover.moved == [web]
+
+
+def test_ready_without_a_pending_evacuation_is_refused(world: World) -> None:
+    web = world.add_vm("web", "acme", 600)
+    assert world.service.on_reply(tenant="acme", vm_uuid=web, kind="ready") == "no_pending_evacuation"
+
+
+def test_failed_host_gets_no_window(world: World) -> None:
+    web = world.add_vm("web", "acme", 600)
+    world.service.on_verdict(verdict(Severity.FAILED))
+    assert world.timers.pending() == {web: T0}
+
+
+def test_a_failed_move_is_reported_to_the_tenant(world: World) -> None:
+    world.add_vm("web", "acme", 0)
+    world.mover.fail_with = RuntimeError("destination pool full")
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0)
+    world.wait_moved(1)
+    kind, tenant, details = world.notifier.sent[-1]
+    assert (kind, tenant) == ("evacuation_failed", "acme")
+    assert "pool full" in str(details["reason"])
+
+
+def test_a_notice_that_cannot_be_sent_still_leaves_the_timers(world: World) -> None:
+    web = world.add_vm("web", "acme", 60)
+    world.notifier.inject_error(RuntimeError("broker down"))
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    assert web in world.timers.pending()
+
+
+def test_incident_closes_when_healthy_and_a_new_spell_plans_again(world: World) -> None:
+    world.add_vm("web", "acme", 60)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0 + timedelta(seconds=60))
+    world.wait_moved(1)
+    world.service.on_verdict(verdict(Severity.HEALTHY))
+    world.add_vm("api", "acme", 60)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    assert world.kinds().count(("evacuation_scheduled", "acme")) == 2
