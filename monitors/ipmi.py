@@ -105,7 +105,12 @@ class IpmiSource:
             return ()
         if newest < previous:
             previous = 0  # the SEL was cleared: every record in it is new
-        return tuple(e for r in records if r.record_id > previous and (e := _memory_event(r)) is not None)
+        fresh = [r for r in records if r.record_id > previous]
+        for record in fresh:
+            if record.component_type == "Temperature" and not record.deassertion:
+                # The readings drive the verdict; the SEL shows a spike that fell between two polls.
+                log.warning("bmc_temperature_event", sensor=record.component, sel_event=record.event)
+        return tuple(e for r in fresh if (e := _memory_event(r)) is not None)
 
 
 def _is_temperature(sensor: BmcSensor) -> bool:

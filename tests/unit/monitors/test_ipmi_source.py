@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from monitors.errors import SourceError
 from monitors.ipmi import BmcSensor, IpmiSource, SelRecord, read_password
@@ -74,8 +75,10 @@ def test_only_new_memory_sel_records_become_events() -> None:
     bmc.add_sel("Correctable error")
     bmc.add_sel("Upper critical", component_type="Temperature")
     bmc.add_sel("Uncorrectable error", deassertion=True)
-    events = source.poll().memory_events
+    with capture_logs() as logs:
+        events = source.poll().memory_events
     assert [(e.event_id, e.kind) for e in events] == [("2", ErrorKind.CORRECTED)]
+    assert [e["sel_event"] for e in logs if e["event"] == "bmc_temperature_event"] == ["Upper critical"]
 
 
 def test_sel_is_not_reread_when_nothing_was_added() -> None:
