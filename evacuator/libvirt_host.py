@@ -29,8 +29,14 @@ _STATES = {
 }
 
 
+def _quiet(context: object, error: object) -> None:
+    """libvirt's default handler prints every error to stderr, even the "not found" answers the migrator
+    expects while it reads where a VM really is; the errors still reach us as exceptions, mapped below."""
+
+
 def open_libvirt_host(name: str, uri: str, pool: str) -> LibvirtHost:
     """Opens a read-write connection to one host; `pool` is where this host keeps evacuator-managed disks."""
+    libvirt.registerErrorHandler(_quiet, None)
     try:
         connection = libvirt.open(uri)
     except libvirt.libvirtError as exc:
