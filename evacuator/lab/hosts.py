@@ -322,3 +322,19 @@ def wipe_host(host: LabHost) -> None:
         raise LabError(f"lab host {host.name}: cannot wipe: {exc}") from exc
     finally:
         conn.close()
+
+
+def free_port_pair() -> int:
+    """A base port whose successor is free too, so parallel sessions on one machine do not collide."""
+    start = 20000 + (os.getpid() * 7) % 20000
+    for base in range(start, start + 2000, 2):
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                for probe in (first, second):
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                first.bind(("127.0.0.1", base))
+                second.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            continue
+    raise LabError("no free pair of TCP ports on 127.0.0.1 for the lab hosts")
