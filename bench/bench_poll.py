@@ -82,7 +82,16 @@ def rss_mb() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polls", type=int, default=500)
+    parser.add_argument(
+        "--service-imports",
+        action="store_true",
+        help="also import the service's composition root (libvirt, pika, APScheduler) so RSS is the daemon's",
+    )
     args = parser.parse_args()
+    if args.service_imports:
+        import importlib
+
+        importlib.import_module("evacuator.wiring")
     with tempfile.TemporaryDirectory(prefix="evacuator-bench-") as tmp:
         root = Path(tmp)
         files = build_tree(root)

@@ -43,13 +43,14 @@ def read_int(path: Path, reader: FileReader) -> int:
         raise Unreadable("file vanished") from None
     except OSError as exc:
         raise Unreadable(errno_reason(exc)) from exc
+    try:
+        return int(raw)  # int() takes ASCII bytes and ignores the trailing newline
+    except ValueError:
+        pass
     text = raw.decode("ascii", errors="replace").strip()
     if not text:
         raise Unreadable("empty file")
-    try:
-        return int(text)
-    except ValueError:
-        raise Unreadable(f"not an integer: {text[:32]!r}") from None
+    raise Unreadable(f"not an integer: {text[:32]!r}")
 
 
 def errno_reason(exc: OSError) -> str:
