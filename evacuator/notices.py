@@ -52,10 +52,14 @@ class AmqpNotifier:
         self._host = host
         self._replies_exchange = replies_exchange
         self._clock = clock
+        self._declared: set[str] = set()
 
     def _send(self, tenant: str, notice: wire.Notice) -> Future[datetime]:
-        # Both jobs run in order on the publisher's one thread, so the queue exists before the publish.
-        self._publisher.ensure_tenant_queue(tenant)
+        # Both jobs run in order on the publisher's one thread, so the queue exists before the publish; the
+        # publisher itself declares the known queues again after a reconnect.
+        if tenant not in self._declared:
+            self._publisher.ensure_tenant_queue(tenant)
+            self._declared.add(tenant)
         return self._publisher.publish(tenant, self._host, notice)
 
     def evacuation_scheduled(
