@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from evacuator.errors import ConfigError, EvacuatorError
+from evacuator.logs import configure_logging
 from evacuator.settings import load_settings
+from monitors.errors import MonitorError
+from monitors.settings import MonitorsSettings
+from notifiers.errors import NotifierError
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -32,6 +36,36 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(settings)
 
 
+def _monitors_settings(config: str | None) -> MonitorsSettings:
+    return MonitorsSettings() if config is None else load_settings(Path(config)).monitors
+
+
+def _sensors(args: argparse.Namespace) -> int:
+    import json
+
+    from monitors.report import build_sensor_report, format_sensor_report
+    from monitors.sources import SourcePoller, build_sources
+
+    monitors = _monitors_settings(args.config)
+    if args.sysfs_root is not None:
+        monitors = monitors.model_copy(update={"sysfs_root": Path(args.sysfs_root)})
+    report = build_sensor_report(SourcePoller(build_sources(monitors)).poll(), sysfs_root=monitors.sysfs_root)
+    print(json.dumps(report, indent=2) if args.json else format_sensor_report(report))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from monitors.replay import format_timeline, replay_lines
+
+    policy = _monitors_settings(args.config).to_policy()
+    try:
+        lines = Path(args.trace).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{args.trace}: cannot read trace: {exc.strerror}") from exc
+    print(format_timeline(replay_lines(lines, policy), only_changes=not args.all))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from evacuator.demo import run_demo
 
@@ -50,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="settings file (YAML)")
     check.set_defaults(handler=_check_config)
 
+    sensors = sub.add_parser("sensors", help="print every current sensor reading")
+    sensors.add_argument("--config", help="settings file (YAML); default: built-in monitor defaults")
+    sensors.add_argument("--sysfs-root", help="the directory that stands for /sys (holds class/ and devices/)")
+    sensors.add_argument("--json", action="store_true", help="one JSON object (format: README)")
+    sensors.set_defaults(handler=_sensors)
+
+    simulate = sub.add_parser("simulate", help="replay a trace of readings through the detector")
+    simulate.add_argument("--config", required=True, help="settings file (YAML) whose policy to try")
+    simulate.add_argument("--trace", required=True, help="JSON-lines trace (format: README)")
+    simulate.add_argument("--all", action="store_true", help="print every sample, not only changes")
+    simulate.set_defaults(handler=_simulate)
+
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")
     demo.add_argument("--keep", action="store_true", help="leave the demo's state directory behind")
@@ -59,10 +105,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("sensors", "simulate", "check-config"):
+        # Their output is the report on stdout; only problems are logged, and to stderr.
+        configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except EvacuatorError as exc:
+    except (EvacuatorError, MonitorError, NotifierError) as exc:
         # Startup failures exit non-zero so systemd restarts the service (STYLE habit 7).
         print(f"evacuator: {exc}", file=sys.stderr)
         return 1

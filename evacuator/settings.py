@@ -75,12 +75,18 @@ class Settings(_Strict):
         return self
 
 
+# Fields whose value may hold a credential: an error names them but never echoes what was given.
+_SECRET_FIELDS = frozenset({"url", "password", "libvirt_uri"})
+
+
 def _describe(error: ValidationError, path: Path) -> str:
     lines = [f"{path}: invalid settings"]
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown field")
+        elif _SECRET_FIELDS & {str(part) for part in item["loc"]}:
+            lines.append(f"  {field}: {item['msg']}")
         else:
             lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from evacuator.service import Service, ServiceConfig
 from evacuator.settings import PeerSettings, Settings
 from evacuator.timers import ApschedulerTimers
 from monitors.detector import Detector
-from monitors.hwmon import read_hwmon
+from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
 from notifiers.publisher import NoticePublisher
 from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
@@ -69,12 +69,16 @@ class Runtime:
     settings: Settings
     service: Service
     detector: Detector
+    poller: SourcePoller
     hypervisor: LibvirtHost
     publisher: NoticePublisher
     consumer: ReplyConsumer
     clock: Callable[[], datetime]
 
     def start(self) -> None:
+        # A daemon that can read no sensor at all would report "unknown" forever: refuse to start instead,
+        # so systemd shows the failure (a host without some sources is fine while any one works).
+        require_working_source(self.poller.poll())
         self.publisher.start()
         # Tenants may subscribe before the first notice: their queues exist as soon as the service runs.
         tenants = sorted({vm.facts.tenant for vm in self.hypervisor.list_vms() if vm.facts.tenant})
@@ -90,7 +94,7 @@ class Runtime:
         self.hypervisor.close()
 
     def poll_once(self) -> HostVerdict:
-        snapshot = read_hwmon(self.settings.monitors.sysfs_root)
+        snapshot = self.poller.poll()
         verdict = self.detector.observe(snapshot, self.clock())
         self.service.on_verdict(verdict)
         return verdict
@@ -143,6 +147,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         settings=settings,
         service=service,
         detector=Detector(settings.monitors.to_policy()),
+        poller=SourcePoller(build_sources(settings.monitors)),
         hypervisor=hypervisor,
         publisher=publisher,
         consumer=consumer,

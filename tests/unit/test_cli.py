@@ -1,0 +1,89 @@
+"""The admin commands `sensors` and `simulate`, run as an admin would, on committed fixture data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evacuator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE = ROOT / "tests" / "data" / "sysfs" / "intel-2s"
+EXAMPLE = ROOT / "config" / "evacuator.example.yaml"
+TRACE = ROOT / "docs" / "trace.example.jsonl"
+
+
+def _evacuator(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "evacuator.cli", *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+
+
+def test_sensors_json_is_one_object_in_the_documented_shape() -> None:
+    done = _evacuator("sensors", "--sysfs-root", str(TREE), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # nothing but the report on stdout: logs go to stderr
+    temperature = report["temperatures"][0]
+    assert {"chip", "hwmon", "sensor", "label", "celsius", "max_celsius", "crit_celsius"} <= set(temperature)
+    assert all(not t["chip"].startswith("hwmon") for t in report["temperatures"])
+    mc = report["memory_controllers"][0]
+    assert {
+        "controller",
+        "ce_count",
+        "ue_count",
+        "ce_noinfo_count",
+        "ue_noinfo_count",
+        "csrows",
+        "dimms",
+    } <= set(mc)
+    assert mc["controller"] == "mc0"
+    dimm = mc["dimms"][0]
+    assert {"dimm", "label", "ce_count", "ue_count"} <= set(dimm)
+
+
+def test_sensors_json_shows_csrows_with_channels(tmp_path: Path) -> None:
+    trees = [p for p in (ROOT / "tests" / "data" / "sysfs").iterdir() if p.is_dir() and p.name != "golden"]
+    csrows = []
+    for tree in trees:
+        done = _evacuator("sensors", "--sysfs-root", str(tree), "--json")
+        assert done.returncode == 0, done.stderr
+        csrows += [c for mc in json.loads(done.stdout)["memory_controllers"] for c in mc["csrows"]]
+    assert csrows, "at least one fixture tree has legacy csrows"
+    assert {"csrow", "ce_count", "ue_count", "channels"} <= set(csrows[0])
+    assert {"channel", "ce_count", "dimm_label"} <= set(csrows[0]["channels"][0])
+
+
+def test_sensors_text_lists_the_chips(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sensors", "--sysfs-root", str(TREE)]) == 0
+    out = capsys.readouterr().out
+    assert "coretemp-platform-coretemp.0" in out and "Package id 0" in out
+
+
+def test_simulate_prints_one_severe_transition_for_the_example_trace() -> None:
+    done = _evacuator("simulate", "--config", str(EXAMPLE), "--trace", str(TRACE))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    transitions = [line for line in lines if "->" in line]
+    # One hot sample (91 °C between 46 and 47) is noise; three in a row at 92-94 °C make the host severe.
+    assert transitions == [
+        "2026-11-25T12:01:10+00:00  healthy -> severe: notify each tenant, then evacuate its VMs when its "
+        "preprocessing window ends"
+    ]
+    assert lines[-1].startswith("15 samples; transitions into severe=1")
+
+
+def test_simulate_names_the_bad_line(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"at": "2026-11-25T12:00:00+00:00"}\n{"at": "yesterday"}\n', encoding="utf-8")
+    done = _evacuator("simulate", "--config", str(EXAMPLE), "--trace", str(trace))
+    assert done.returncode == 1
+    assert "trace line 2: field at" in done.stderr
+
+
+def test_simulate_names_a_missing_trace(tmp_path: Path) -> None:
+    done = _evacuator("simulate", "--config", str(EXAMPLE), "--trace", str(tmp_path / "none.jsonl"))
+    assert done.returncode == 1 and "none.jsonl: cannot read trace" in done.stderr
