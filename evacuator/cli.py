@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sensors = sub.add_parser("sensors", help="print every current sensor reading")
     sensors.add_argument("--config", help="settings file (YAML); default: built-in monitor defaults")
-    sensors.add_argument("--sysfs-root", help="the directory that stands for /sys (holds class/ and devices/)")
+    sensors.add_argument("--sysfs-root", help="the directory standing for /sys (holds class/, devices/)")
     sensors.add_argument("--json", action="store_true", help="one JSON object (format: README)")
     sensors.set_defaults(handler=_sensors)
 

@@ -74,8 +74,14 @@ class World:
 
     def add_vm(self, name: str, tenant: str | None, window: int | None) -> str:
         self.source.add_volume("evacuator", f"{name}.raw", capacity_bytes=4096, data=name.encode())
-        xml = domain_xml(name=name, pool="evacuator", volume=f"{name}.raw", mac="52:54:00:00:00:01", uuid=str(uuid.uuid4()),
-                         facts=VmFacts(tenant=tenant, window_seconds=window))  # fmt: skip
+        xml = domain_xml(
+            name=name,
+            pool="evacuator",
+            volume=f"{name}.raw",
+            mac="52:54:00:00:00:01",
+            uuid=str(uuid.uuid4()),
+            facts=VmFacts(tenant=tenant, window_seconds=window),
+        )
         self.uuids[name] = self.source.add_vm(xml, state=VmState.RUNNING).uuid
         return self.uuids[name]
 
