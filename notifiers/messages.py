@@ -3,50 +3,30 @@
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from notifiers.errors import MalformedNotice, MalformedReply
+from notifiers.wire import (
+    MAX_BODY_BYTES,
+    SCHEMA_VERSION,
+    EventId,
+    Incarnation,
+    Name,
+    ReplyType,
+    Seconds,
+    UtcDatetime,
+    UuidText,
+    WireModel,
+    WireSeverity,
+    new_event_id,
+)
 
-SCHEMA_VERSION = 1
-MAX_BODY_BYTES = 64 * 1024
-
-
-def new_event_id() -> str:
-    """A fresh event id: a random (version 4) UUID in canonical text form."""
-    return str(uuid.uuid4())
-
-
-def _canonical_uuid(value: str) -> str:
-    return str(uuid.UUID(value))
-
-
-def _canonical_uuid4(value: str) -> str:
-    parsed = uuid.UUID(value)
-    if parsed.version != 4:
-        raise ValueError("expected a version 4 UUID")
-    return str(parsed)
+__all__ = ["MAX_BODY_BYTES", "SCHEMA_VERSION", "new_event_id"]  # re-exported: older imports name them here
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-UuidText = Annotated[str, AfterValidator(_canonical_uuid)]
-EventId = Annotated[str, AfterValidator(_canonical_uuid4)]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-WireSeverity: TypeAlias = Literal["moderate", "severe", "failed"]
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Reason(_Wire):
+class Reason(WireModel):
     """One sensor finding behind the verdict, in the sensor's own unit; value None means no data (stale)."""
 
     source: Name | None = None
@@ -57,36 +37,68 @@ class Reason(_Wire):
     message: str = Field(max_length=1024)
 
 
-class ScheduledVm(_Wire):
-    """A VM of the tenant on the failing host, and when its cold migration will start at the latest."""
+class ScheduledVm(WireModel):
+    """A VM of the tenant on the failing host, and when its cold migration will start at the latest.
+
+    `not_before`: the move does not start earlier unless the tenant answers ready. `latest_deadline`: no
+    postpone reaches past it (null: postponing is not allowed).
+    """
 
     vm_uuid: UuidText
     vm_name: Name
     deadline: UtcDatetime
+    not_before: UtcDatetime | None = None
+    latest_deadline: UtcDatetime | None = None
 
 
-class EvacuationScheduled(_Wire):
+class _Notice(WireModel):
+    schema_version: Literal[1] = 1
+    event_id: EventId = Field(default_factory=new_event_id)
+    incarnation: Incarnation = 1
+
+
+class EvacuationScheduled(_Notice):
     """Notice: the tenant's VMs on `host` move at their deadlines, or sooner once the tenant answers ready."""
 
-    schema_version: Literal[1] = 1
     type: Literal["evacuation_scheduled"] = "evacuation_scheduled"
-    event_id: EventId = Field(default_factory=new_event_id)
     host: Name
     tenant: Name
     severity: WireSeverity
     reasons: tuple[Reason, ...]
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
-    allowed_replies: tuple[Literal["ready"], ...] = ("ready",)
+    allowed_replies: tuple[ReplyType, ...] = ("ready",)
     reply_exchange: Name
     reply_routing_key: Name
 
 
-class VmEvacuated(_Wire):
-    """Notice: one VM now runs (or is defined, if it was off) on `to_host`."""
+class EvacuationUpdated(_Notice):
+    """Notice: deadlines of some VMs of the scheduled event changed (a postpone, a ready, a new reading)."""
 
-    schema_version: Literal[1] = 1
+    type: Literal["evacuation_updated"] = "evacuation_updated"
+    host: Name
+    tenant: Name
+    cause: Literal["postponed", "expedited", "severity_changed"]
+    vms: tuple[ScheduledVm, ...] = Field(min_length=1)
+    at: UtcDatetime
+    scheduled_event_id: EventId | None = None
+
+
+class EvacuationStarted(_Notice):
+    """Notice: the cold migration of one VM has begun (it is being shut down now)."""
+
+    type: Literal["evacuation_started"] = "evacuation_started"
+    tenant: Name
+    host: Name
+    vm_uuid: UuidText
+    vm_name: Name
+    at: UtcDatetime
+    scheduled_event_id: EventId | None = None
+
+
+class VmEvacuated(_Notice):
+    """Notice ("vm moved"): one VM now runs (or is defined, if it was off) on `to_host`."""
+
     type: Literal["vm_evacuated"] = "vm_evacuated"
-    event_id: EventId = Field(default_factory=new_event_id)
     tenant: Name
     vm_uuid: UuidText
     vm_name: Name
@@ -96,12 +108,34 @@ class VmEvacuated(_Wire):
     scheduled_event_id: EventId | None = None
 
 
-class EvacuationFailed(_Wire):
+class EvacuationCompleted(_Notice):
+    """Notice: every VM of the tenant named in the scheduled event has been handled."""
+
+    type: Literal["evacuation_completed"] = "evacuation_completed"
+    tenant: Name
+    host: Name
+    moved_vm_uuids: tuple[UuidText, ...]
+    failed_vm_uuids: tuple[UuidText, ...] = ()
+    at: UtcDatetime
+    scheduled_event_id: EventId | None = None
+
+
+class EvacuationCancelled(_Notice):
+    """Notice: the host recovered (or an operator cancelled) before these VMs moved; they stay."""
+
+    type: Literal["evacuation_cancelled"] = "evacuation_cancelled"
+    tenant: Name
+    host: Name
+    vm_uuids: tuple[UuidText, ...] = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=4096)
+    at: UtcDatetime
+    scheduled_event_id: EventId | None = None
+
+
+class EvacuationFailed(_Notice):
     """Notice: moving one VM failed; `reason` is for humans, the VM's state is as the service last saw it."""
 
-    schema_version: Literal[1] = 1
     type: Literal["evacuation_failed"] = "evacuation_failed"
-    event_id: EventId = Field(default_factory=new_event_id)
     tenant: Name
     host: Name
     vm_uuid: UuidText
@@ -111,7 +145,20 @@ class EvacuationFailed(_Wire):
     scheduled_event_id: EventId | None = None
 
 
-class ReadyReply(_Wire):
+class ReplyRejected(_Notice):
+    """Notice: the service refused one of the tenant's replies; `code` is stable, `reason` for humans."""
+
+    type: Literal["reply_rejected"] = "reply_rejected"
+    tenant: Name
+    host: Name
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    reason: str = Field(min_length=1, max_length=4096)
+    in_reply_to: str | None = Field(default=None, max_length=255)
+    vm_uuid: UuidText | None = None
+    at: UtcDatetime
+
+
+class ReadyReply(WireModel):
     """Reply: the tenant has finished preprocessing `vm_uuid`; the service may move it now."""
 
     schema_version: Literal[1] = 1
@@ -120,12 +167,44 @@ class ReadyReply(_Wire):
     event_id: EventId | None = None
 
 
+class PostponeReply(WireModel):
+    """Reply: move `vm_uuid` later by `postpone_seconds`, granted up to the policy caps (none if failed)."""
+
+    schema_version: Literal[1] = 1
+    type: Literal["postpone"] = "postpone"
+    vm_uuid: UuidText
+    postpone_seconds: Annotated[Seconds, Field(ge=1)]
+    event_id: EventId | None = None
+
+
+class RegisterReply(WireModel):
+    """Reply: set the VM's preprocessing window for future evacuations (capped by the admin's maximum)."""
+
+    schema_version: Literal[1] = 1
+    type: Literal["register"] = "register"
+    vm_uuid: UuidText
+    window_seconds: Seconds
+
+
 Notice: TypeAlias = Annotated[
-    EvacuationScheduled | VmEvacuated | EvacuationFailed, Field(discriminator="type")
+    EvacuationScheduled
+    | EvacuationUpdated
+    | EvacuationStarted
+    | VmEvacuated
+    | EvacuationCompleted
+    | EvacuationCancelled
+    | EvacuationFailed
+    | ReplyRejected,
+    Field(discriminator="type"),
 ]
-Reply: TypeAlias = ReadyReply
-NOTICE_TYPES = ("evacuation_scheduled", "vm_evacuated", "evacuation_failed")
-REPLY_TYPES = ("ready",)
+Reply: TypeAlias = Annotated[ReadyReply | PostponeReply | RegisterReply, Field(discriminator="type")]
+NOTICE_MODELS: tuple[type[WireModel], ...] = (
+    EvacuationScheduled, EvacuationUpdated, EvacuationStarted, VmEvacuated,
+    EvacuationCompleted, EvacuationCancelled, EvacuationFailed, ReplyRejected,
+)  # fmt: skip
+REPLY_MODELS: tuple[type[WireModel], ...] = (ReadyReply, PostponeReply, RegisterReply)
+NOTICE_TYPES = tuple(str(m.model_fields["type"].default) for m in NOTICE_MODELS)
+REPLY_TYPES = tuple(str(m.model_fields["type"].default) for m in REPLY_MODELS)
 _NOTICE_ADAPTER: TypeAdapter[Notice] = TypeAdapter(Notice)
 _REPLY_ADAPTER: TypeAdapter[Reply] = TypeAdapter(Reply)
 
@@ -168,15 +247,22 @@ def _precheck(body: bytes, known_types: tuple[str, ...]) -> None:
         document: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not UTF-8 JSON ({exc})") from exc
+    except RecursionError as exc:  # deeply nested arrays: json gives up before we would
+        raise ValueError("body is not UTF-8 JSON (nested too deeply)") from exc
     if not isinstance(document, dict):
         raise ValueError(f"body is a JSON {type(document).__name__}, expected an object")
     version = document.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         shown = "missing" if version is None else repr(version)
         raise ValueError(f"schema_version is {shown}, expected {SCHEMA_VERSION}")
     kind = document.get("type")
-    if kind not in known_types:
-        raise ValueError(f"type is {kind!r}, expected one of {', '.join(known_types)}")
+    if not isinstance(kind, str) or kind not in known_types:
+        raise ValueError(f"type is {_short(kind)}, expected one of {', '.join(known_types)}")
+
+
+def _short(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _describe(exc: ValueError) -> str:
@@ -185,4 +271,4 @@ def _describe(exc: ValueError) -> str:
     problems = (
         f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors()
     )
-    return "; ".join(problems)
+    return "; ".join(problems)[:1024]

@@ -12,9 +12,17 @@ from pydantic import SecretStr, ValidationError
 from notifiers.errors import InvalidName, MalformedNotice, MalformedReply
 from notifiers.messages import (
     MAX_BODY_BYTES,
+    NOTICE_TYPES,
+    EvacuationCancelled,
+    EvacuationCompleted,
     EvacuationFailed,
     EvacuationScheduled,
+    EvacuationStarted,
+    EvacuationUpdated,
+    PostponeReply,
     ReadyReply,
+    RegisterReply,
+    ReplyRejected,
     Reason,
     ScheduledVm,
     VmEvacuated,
@@ -62,7 +70,21 @@ NOTICES = [
     EvacuationFailed(
         event_id=EVENT, tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", reason="copy failed", at=T0
     ),
-]
+    EvacuationUpdated(
+        tenant="acme", host="hv1", cause="postponed", at=T0, scheduled_event_id=EVENT, incarnation=7,
+        vms=(ScheduledVm(vm_uuid=VM, vm_name="web-1", deadline=T0, not_before=T0, latest_deadline=T0),),
+    ),
+    EvacuationStarted(tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", at=T0, scheduled_event_id=EVENT),
+    EvacuationCompleted(tenant="acme", host="hv1", moved_vm_uuids=(VM,), at=T0),
+    EvacuationCancelled(tenant="acme", host="hv1", vm_uuids=(VM,), reason="host recovered", at=T0),
+    ReplyRejected(
+        tenant="acme", host="hv1", code="not_owner", reason="not yours", in_reply_to="m1", vm_uuid=VM, at=T0
+    ),
+]  # fmt: skip
+
+
+def test_every_notice_type_has_a_model_in_the_tests() -> None:
+    assert sorted(n.type for n in NOTICES) == sorted(NOTICE_TYPES)
 
 
 @pytest.mark.parametrize("notice", NOTICES, ids=lambda n: n.type)
@@ -74,7 +96,14 @@ def test_scheduled_notice_json_is_what_tenants_read() -> None:
     document = json.loads(encode(scheduled()))
     assert document["schema_version"] == 1
     assert document["type"] == "evacuation_scheduled"
-    assert document["vms"][0] == {"vm_uuid": VM, "vm_name": "web-1", "deadline": "2026-11-25T03:10:00Z"}
+    assert document["vms"][0] == {
+        "vm_uuid": VM,
+        "vm_name": "web-1",
+        "deadline": "2026-11-25T03:10:00Z",
+        "not_before": None,
+        "latest_deadline": None,
+    }
+    assert document["incarnation"] == 1
     assert document["allowed_replies"] == ["ready"]
     assert document["reasons"][0]["unit"] == "celsius"
 
@@ -121,8 +150,16 @@ def test_notice_route_is_tenant_and_failing_host(notice: EvacuationScheduled, ro
     assert notice_route(notice) == route
 
 
-def test_ready_reply_round_trip() -> None:
-    reply = ReadyReply(vm_uuid=VM, event_id=EVENT)
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ReadyReply(vm_uuid=VM, event_id=EVENT),
+        PostponeReply(vm_uuid=VM, postpone_seconds=300, event_id=EVENT),
+        RegisterReply(vm_uuid=VM, window_seconds=0),
+    ],
+    ids=lambda r: r.type,
+)
+def test_every_reply_survives_a_round_trip(reply: ReadyReply) -> None:
     assert parse_reply(encode(reply)) == reply
 
 
@@ -145,13 +182,27 @@ READY = {"schema_version": 1, "type": "ready", "vm_uuid": VM}
         (b"{}", "schema_version is missing, expected 1"),
         (json.dumps({**READY, "schema_version": 2}).encode(), "schema_version is 2, expected 1"),
         (json.dumps({**READY, "schema_version": "1"}).encode(), "schema_version is '1', expected 1"),
-        (json.dumps({**READY, "type": "postpone"}).encode(), "type is 'postpone', expected one of ready"),
+        (
+            json.dumps({**READY, "type": "reboot"}).encode(),
+            "type is 'reboot', expected one of ready, postpone, register",
+        ),
+        (json.dumps({**READY, "type": ["ready"]}).encode(), "type is ['ready'], expected one of"),
+        (json.dumps({**READY, "schema_version": True}).encode(), "schema_version is True, expected 1"),
         (json.dumps({"schema_version": 1, "vm_uuid": VM}).encode(), "type is None"),
         (json.dumps({"schema_version": 1, "type": "ready"}).encode(), "vm_uuid: Field required"),
         (json.dumps({**READY, "vm_uuid": "web-1"}).encode(), "vm_uuid: Value error"),
         (json.dumps({**READY, "event_id": "nope"}).encode(), "event_id: Value error"),
         (json.dumps({**READY, "admin": True}).encode(), "admin: Extra inputs are not permitted"),
         (b" " * (MAX_BODY_BYTES + 1), "more than the 65536 allowed"),
+        (b"[" * 5000 + b"]" * 5000, "not UTF-8 JSON"),
+        (json.dumps({**READY, "type": "postpone"}).encode(), "postpone_seconds: Field required"),
+        (json.dumps({**READY, "type": "postpone", "postpone_seconds": 0}).encode(), "greater than or equal"),
+        (json.dumps({**READY, "type": "postpone", "postpone_seconds": "60"}).encode(), "valid integer"),
+        (json.dumps({**READY, "type": "postpone", "postpone_seconds": 1.5}).encode(), "valid integer"),
+        (json.dumps({**READY, "type": "postpone", "postpone_seconds": 10**9}).encode(), "less than or equal"),
+        (json.dumps({**READY, "type": "register", "window_seconds": -1}).encode(), "greater than or equal"),
+        (json.dumps({**READY, "type": "register", "window_seconds": True}).encode(), "valid integer"),
+        (json.dumps({**READY, "type": "register", "window_seconds": 5, "event_id": EVENT}).encode(), "Extra"),
     ],
 )
 def test_parse_reply_names_what_is_wrong(body: bytes, reason: str) -> None:
