@@ -21,9 +21,9 @@ from notifiers.messages import (
     EvacuationUpdated,
     PostponeReply,
     ReadyReply,
+    Reason,
     RegisterReply,
     ReplyRejected,
-    Reason,
     ScheduledVm,
     VmEvacuated,
     encode,
@@ -74,7 +74,9 @@ NOTICES = [
         tenant="acme", host="hv1", cause="postponed", at=T0, scheduled_event_id=EVENT, incarnation=7,
         vms=(ScheduledVm(vm_uuid=VM, vm_name="web-1", deadline=T0, not_before=T0, latest_deadline=T0),),
     ),
-    EvacuationStarted(tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", at=T0, scheduled_event_id=EVENT),
+    EvacuationStarted(
+        tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", at=T0, scheduled_event_id=EVENT
+    ),
     EvacuationCompleted(tenant="acme", host="hv1", moved_vm_uuids=(VM,), at=T0),
     EvacuationCancelled(tenant="acme", host="hv1", vm_uuids=(VM,), reason="host recovered", at=T0),
     ReplyRejected(
