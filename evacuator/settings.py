@@ -49,6 +49,13 @@ class EvacuationSettings(_Strict):
         return self
 
 
+class ReplyPolicySettings(_Strict):
+    """What tenants' replies may ask for: caps on postponing (the longest window is evacuation's cap)."""
+
+    max_postpone_seconds: int = Field(default=1800, ge=0)
+    severe_hard_limit_seconds: int = Field(default=7200, ge=0)
+
+
 class LoggingSettings(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -62,6 +69,7 @@ class Settings(_Strict):
     monitors: MonitorsSettings = Field(default_factory=MonitorsSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     evacuation: EvacuationSettings = Field(default_factory=EvacuationSettings)
+    replies: ReplyPolicySettings = Field(default_factory=ReplyPolicySettings)
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -26,15 +26,19 @@ class InvalidName(NotifierError):
 
 
 class RejectedReply(NotifierError):
-    """A reply delivery the service refuses; `reason` says why in a few words."""
+    """A reply delivery the service refuses; `reason` says why in a few words, `code` is a stable word."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, code: str = "refused_reply") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 class MalformedReply(RejectedReply):
     """A reply whose body is not valid JSON for a known reply type and schema version."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, code="malformed_reply")
 
 
 class MalformedNotice(NotifierError):

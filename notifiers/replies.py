@@ -51,10 +51,10 @@ def accept_reply(
     with it, but accepts a message without `user_id`: such a reply proves nothing about its sender.
     """
     if not user_id:
-        raise RejectedReply("missing user_id: the publisher is unknown")
+        raise RejectedReply("missing user_id: the publisher is unknown", code="missing_user_id")
     expected_key = f"{user_id}.{host}"
     if routing_key != expected_key:
-        raise RejectedReply(f"routing key {routing_key!r} is not {expected_key!r}")
+        raise RejectedReply(f"routing key {routing_key!r} is not {expected_key!r}", code="wrong_routing_key")
     return TenantReply(tenant=user_id, host=host, reply=parse_reply(body), message_id=message_id)
 
 
