@@ -32,3 +32,7 @@ class MigrationError(EvacuatorError):
 
 class LabError(EvacuatorError):
     """The test-and-demo lab (libvirt hosts, VMs) could not be set up; the message says what is amiss."""
+
+
+class JournalError(EvacuatorError):
+    """The move journal could not be read or written, or a move was asked to make an illegal transition."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -12,8 +10,10 @@ from typing import Protocol
 
 import structlog
 
+from evacuator.engine import MoveEngine
 from evacuator.hypervisor import Hypervisor
-from evacuator.planner import Plan, PlannedMove, WindowPolicy, choose_destination, plan_evacuation
+from evacuator.movestate import MoveRecord, MoveState
+from evacuator.planner import Plan, PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.timers import Timers
 from monitors.verdicts import HostVerdict, Severity
 
@@ -34,12 +34,6 @@ class Notifier(Protocol):
     ) -> Future[datetime]: ...
 
 
-class Mover(Protocol):
-    """Moves one VM from this host to the named peer, step by step; raises on failure."""
-
-    def move(self, vm_uuid: str, destination: str) -> object: ...
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceConfig:
     host: str
@@ -51,7 +45,7 @@ _EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
 
 
 class Service:
-    """Reacts to verdicts, replies and timers; the migration worker thread runs the moves one by one."""
+    """Reacts to verdicts, replies and timers; the move engine journals and runs the moves."""
 
     def __init__(
         self,
@@ -60,40 +54,35 @@ class Service:
         hypervisor: Hypervisor,
         notifier: Notifier,
         timers: Timers,
-        mover: Mover,
+        engine: MoveEngine,
         clock: Clock,
     ) -> None:
         self._config = config
         self._hypervisor = hypervisor
         self._notifier = notifier
         self._timers = timers
-        self._mover = mover
+        self._engine = engine
         self._clock = clock
         self._last_severity: Severity | None = None
         # One incident per sick spell: opened once, closed only when the detector says healthy again, so a
         # host that stays severe is never re-planned (and its tenants never re-notified) on every poll.
         self._incident_open = False
-        self._moves: queue.Queue[str | None] = queue.Queue()
-        self._in_flight: set[str] = set()
-        self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._work, name="evacuator-mover", daemon=True)
 
     def start(self) -> None:
         self._timers.start(self.on_timer)
-        self._worker.start()
-        # Timers that came back from the persistent store mean an evacuation was under way before a restart.
-        resumed = sorted(self._timers.pending())
-        if resumed:
-            log.info("evacuation_resumed", host=self._config.host, vm_count=len(resumed))
+        # After the timers: a journaled move whose timer is no longer pending was due when the process
+        # stopped (or died between the timer firing and the move starting), so the engine moves it now.
+        pending = self._timers.pending()
+        resumed = self._engine.start(timer_pending=lambda vm_uuid: vm_uuid in pending, outcomes=self)
+        if resumed or pending:
+            log.info("evacuation_resumed", host=self._config.host, vm_count=len(resumed) + len(pending))
 
     def stop(self) -> None:
         self._timers.shutdown()
-        self._moves.put(None)
-        self._worker.join(timeout=30)
+        self._engine.stop()
 
     def busy(self) -> bool:
-        with self._lock:
-            return bool(self._in_flight) or bool(self._timers.pending())
+        return self._engine.busy() or bool(self._timers.pending())
 
     def on_verdict(self, verdict: HostVerdict) -> None:
         if verdict.severity != self._last_severity:
@@ -121,6 +110,8 @@ class Service:
             )
         plan = plan_evacuation(self._hypervisor.list_vms(), policy, now)
         log.info("evacuation_planned", host=self._config.host, vm_count=len(plan.moves))
+        # A failed host must not get its VMs back: a rollback restarts them on the source only if sub-healthy.
+        self._engine.plan(plan.moves, may_restart_on_source=verdict.severity is not Severity.FAILED)
         # Timers first: they are the persistent record of the incident, so a notice that fails to build or
         # send never leaves a VM without its move.
         for move in plan.moves:
@@ -133,6 +124,8 @@ class Service:
                 deadline=move.deadline.isoformat(),
             )
         self._notify(plan, verdict)
+        for move in plan.moves:
+            self._engine.mark(move.vm_uuid, MoveState.WAITING)
 
     def _notify(self, plan: Plan, verdict: HostVerdict) -> None:
         for notice in plan.notices:
@@ -144,6 +137,8 @@ class Service:
                 log.error("notice_failed", kind="evacuation_scheduled", tenant=notice.tenant, error=str(exc))
                 continue
             future.add_done_callback(_log_confirm("evacuation_scheduled", notice.tenant))
+            for move in notice.moves:
+                self._engine.mark(move.vm_uuid, MoveState.NOTIFIED)
         for move in plan.moves:
             if move.tenant is None:
                 log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
@@ -164,41 +159,23 @@ class Service:
         return None
 
     def on_timer(self, vm_uuid: str) -> None:
-        with self._lock:
-            self._in_flight.add(vm_uuid)
         log.info("evacuation_window_closed", vm_uuid=vm_uuid)
-        self._moves.put(vm_uuid)
+        self._engine.submit(vm_uuid)
 
-    def _work(self) -> None:
-        while (vm_uuid := self._moves.get()) is not None:
-            try:
-                self._move_one(vm_uuid)
-            finally:
-                with self._lock:
-                    self._in_flight.discard(vm_uuid)
+    # --- Outcomes: the engine reports how each move ended -------------------------------------------------
 
-    def _move_one(self, vm_uuid: str) -> None:
-        vm = self._hypervisor.find_vm(vm_uuid)
-        if vm is None:
-            log.info("move_skipped", vm_uuid=vm_uuid, reason="not_on_this_host")
-            return
-        destination = choose_destination(self._config.peers, frozenset())
-        if destination is None:
-            log.error("move_failed", vm_uuid=vm_uuid, reason="no_destination")
-            return
-        try:
-            self._mover.move(vm_uuid, destination)
-        except Exception as exc:  # every failure is reported to the tenant, then left for the operator
-            log.error("move_failed", vm_uuid=vm_uuid, destination=destination, error=str(exc))
-            if vm.facts.tenant is not None:
-                self._notifier.evacuation_failed(
-                    tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name, reason=str(exc)
-                ).add_done_callback(_log_confirm("evacuation_failed", vm.facts.tenant))
-            return
-        if vm.facts.tenant is not None:
+    def moved(self, record: MoveRecord) -> None:
+        if record.tenant is not None and record.destination is not None:
             self._notifier.vm_evacuated(
-                tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name, to_host=destination
-            ).add_done_callback(_log_confirm("vm_evacuated", vm.facts.tenant))
+                tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name,
+                to_host=record.destination,
+            ).add_done_callback(_log_confirm("vm_evacuated", record.tenant))
+
+    def failed(self, record: MoveRecord, reason: str) -> None:
+        if record.tenant is not None:
+            self._notifier.evacuation_failed(
+                tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name, reason=reason
+            ).add_done_callback(_log_confirm("evacuation_failed", record.tenant))
 
 
 def _log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:

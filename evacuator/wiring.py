@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 
+from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHosts, no_crash
+from evacuator.errors import MigrationError
+from evacuator.hypervisor import Hypervisor
+from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.migrator import ColdMigrator, MoveReport, StepEvent
+from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
 from evacuator.planner import WindowPolicy
 from evacuator.service import Service, ServiceConfig
-from evacuator.settings import PeerSettings, Settings
+from evacuator.settings import Settings
 from evacuator.timers import ApschedulerTimers
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
@@ -30,36 +37,58 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _ignore_step(event: StepEvent) -> None:
-    """The migrator logs every step itself; the hook is for callers that show a timeline."""
+def open_hosts_for(settings: Settings) -> OpenHosts:
+    """Each move opens fresh connections to this host and the chosen peer (the engine's thread owns them)."""
+    peers = {p.name: p for p in settings.peers}
+    host = settings.host
 
-
-class LibvirtMover:
-    """Opens fresh connections to the source and the chosen peer for each move (one thread owns them)."""
-
-    def __init__(self, settings: Settings, *, on_step: Callable[[StepEvent], None] = _ignore_step) -> None:
-        self._settings = settings
-        self._peers = {p.name: p for p in settings.peers}
-        self._on_step = on_step
-
-    def _open_peer(self, peer: PeerSettings) -> LibvirtHost:
-        return open_libvirt_host(peer.name, peer.libvirt_uri, peer.storage_pool)
-
-    def move(self, vm_uuid: str, destination: str) -> MoveReport:
-        host = self._settings.host
+    @contextmanager
+    def open_hosts(vm_uuid: str, destination: str) -> Iterator[tuple[Hypervisor, Hypervisor]]:
+        peer = peers.get(destination)
+        if peer is None:
+            raise MigrationError(f"VM {vm_uuid}: {destination} is not a configured peer", vm_uuid=vm_uuid,
+                                 step="locate")
         with (
             open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool) as source,
-            self._open_peer(self._peers[destination]) as dest,
+            open_libvirt_host(peer.name, peer.libvirt_uri, peer.storage_pool) as dest,
         ):
-            migrator = ColdMigrator(
-                source=source,
-                destination=dest,
-                clock=utc_now,
-                shutdown_timeout_seconds=self._settings.evacuation.shutdown_timeout_seconds,
-                sleep=time.sleep,
-                on_step=self._on_step,
-            )
-            return migrator.move(vm_uuid)
+            yield source, dest
+
+    return open_hosts
+
+
+CRASH_AT_ENV = "EVACUATOR_CRASH_AT"
+
+
+def crash_point_from_env(environ: Mapping[str, str]) -> CrashPoint:
+    """Test-only: `EVACUATOR_CRASH_AT=<step>:<phase>` kills the process with SIGKILL right after the journal
+    records that step and phase (the crash tests restart it and check nothing was lost)."""
+    wanted = environ.get(CRASH_AT_ENV)
+    if not wanted:
+        return no_crash
+    log.warning("crash_point_armed", crash_at=wanted)
+
+    def crash(step: str, phase: Phase) -> None:
+        if f"{step}:{phase}" == wanted:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
+def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime]) -> MoveEngine:
+    return MoveEngine(
+        config=EngineConfig(
+            host=settings.host.name,
+            peers=tuple(p.name for p in settings.peers),
+            shutdown_timeout_seconds=settings.evacuation.shutdown_timeout_seconds,
+        ),
+        journal=Journal(settings.state_dir / "journal.sqlite"),
+        hypervisor=hypervisor,
+        open_hosts=open_hosts_for(settings),
+        clock=clock,
+        sleep=time.sleep,
+        crash_point=crash_point_from_env(os.environ),
+    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -130,7 +159,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         hypervisor=hypervisor,
         notifier=notifier,
         timers=ApschedulerTimers(settings.state_dir / "timers.sqlite"),
-        mover=LibvirtMover(settings),
+        engine=build_engine(settings, hypervisor, clock=clock),
         clock=clock,
     )
 

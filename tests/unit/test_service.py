@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import VmState
+from evacuator.hypervisor import Hypervisor, VmState
+from evacuator.journal import Journal
 from evacuator.lab.vms import domain_xml
-from evacuator.migrator import ColdMigrator
 from evacuator.notices import RecordingNotifier
 from evacuator.planner import WindowPolicy
 from evacuator.service import Service, ServiceConfig
@@ -32,42 +35,48 @@ def verdict(severity: Severity) -> HostVerdict:
 
 
 class FakeMover:
-    """Moves with the real migrator between two fake hosts; `fail_with` makes the next move raise."""
+    """Opens both fake hosts for the engine; `fail_with` makes the next move fail, `moved` lists arrivals."""
 
     def __init__(self, source: FakeHypervisor, destination: FakeHypervisor) -> None:
         self.source, self.destination = source, destination
         self.moved: list[str] = []
         self.fail_with: Exception | None = None
 
-    def move(self, vm_uuid: str, destination: str) -> object:
+    @contextmanager
+    def open_hosts(self, vm_uuid: str, destination: str) -> Iterator[tuple[Hypervisor, Hypervisor]]:
         assert destination == self.destination.name
         if self.fail_with is not None:
             raise self.fail_with
-        ticks = iter(range(10**6))
-        migrator = ColdMigrator(
-            source=self.source, destination=self.destination,
-            # Every reading of the clock moves it a second on, so the shutdown wait runs out at once.
-            clock=lambda: T0 + timedelta(seconds=next(ticks)),
-            shutdown_timeout_seconds=1, sleep=lambda s: None, on_step=lambda e: None,
-        )  # fmt: skip
-        report = migrator.move(vm_uuid)
-        self.moved.append(vm_uuid)
-        return report
+        yield self.source, self.destination
+        if self.destination.peek_vm(vm_uuid) is not None and self.source.peek_vm(vm_uuid) is None:
+            self.moved.append(vm_uuid)
+
+
+def ticking_clock() -> Callable[[], datetime]:
+    """Every reading of the clock moves it a second on, so the shutdown wait runs out at once."""
+    ticks = iter(range(10**6))
+    return lambda: T0 + timedelta(seconds=next(ticks))
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, journal_path: Path) -> None:
         self.source = FakeHypervisor(name="host-a")
         self.destination = FakeHypervisor(name="host-b")
         self.timers = ManualTimers()
         self.notifier = RecordingNotifier(clock=lambda: T0)
         self.mover = FakeMover(self.source, self.destination)
+        self.journal = Journal(journal_path)
+        self.engine = MoveEngine(
+            config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=1),
+            journal=self.journal, hypervisor=self.source, open_hosts=self.mover.open_hosts,
+            clock=ticking_clock(), sleep=lambda s: None,
+        )  # fmt: skip
         self.service = Service(
             config=ServiceConfig(
                 host="host-a", peers=("host-b",),
                 window_policy=WindowPolicy(default_window_seconds=600, max_window_seconds=3600),
             ),
-            hypervisor=self.source, notifier=self.notifier, timers=self.timers, mover=self.mover,
+            hypervisor=self.source, notifier=self.notifier, timers=self.timers, engine=self.engine,
             clock=lambda: T0,
         )  # fmt: skip
         self.uuids: dict[str, str] = {}
@@ -98,11 +107,12 @@ class World:
 
 
 @pytest.fixture
-def world() -> Iterator[World]:
-    w = World()
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path / "journal.sqlite")
     w.service.start()
     yield w
     w.service.stop()
+    w.journal.close()
 
 
 def test_severe_verdict_notifies_each_tenant_and_opens_a_timer_per_vm(world: World) -> None:
