@@ -11,7 +11,8 @@ NotifierError
 ├── BrokerUnavailable    cannot connect, or the connection broke mid-operation
 ├── NotifierClosed       the publisher or consumer was used after close()
 ├── BrokerRefused        the broker closed the channel on a tenant (403 access refused, 406 forged user_id)
-└── ProvisioningError    a rabbitmqctl command failed
+├── ProvisioningError    a rabbitmqctl command failed
+└── OutboxError          the notice outbox (SQLite) could not be opened, read or written
 """
 
 from __future__ import annotations
@@ -87,3 +88,7 @@ class ProvisioningError(NotifierError):
         self.command = command
         self.returncode = returncode
         self.output = output
+
+
+class OutboxError(NotifierError):
+    """The notice outbox could not be opened, read or written; the message names the file."""

@@ -113,15 +113,22 @@ class NoticePublisher:
             raise InvalidName(
                 f"notice {notice.event_id} is about {notice_route(notice)}, not {(tenant, host)}"
             )
-        routing_key = notice_routing_key(tenant, host, notice.type)
-        body = encode(notice)
+        return self.publish_body(
+            tenant=tenant, host=host, notice_type=notice.type, event_id=notice.event_id, body=encode(notice)
+        )
+
+    def publish_body(
+        self, *, tenant: str, host: str, notice_type: str, event_id: str, body: bytes
+    ) -> Future[datetime]:
+        """Publish an already encoded notice (the outbox stores bodies); same guarantees as publish()."""
+        routing_key = notice_routing_key(tenant, host, notice_type)
 
         def send(channel: Any) -> datetime:
             properties = pika.BasicProperties(
                 content_type="application/json",
                 delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=notice.event_id,
-                type=notice.type,
+                message_id=event_id,
+                type=notice_type,
                 app_id="evacuator",
                 timestamp=int(self._clock().timestamp()),
             )
@@ -132,17 +139,12 @@ class NoticePublisher:
                 properties=properties,
                 mandatory=True,
             )
-            confirmed_at = self._clock()
             _log.info(
-                "notice_confirmed",
-                tenant=tenant,
-                host=host,
-                notice_type=notice.type,
-                event_id=notice.event_id,
+                "notice_confirmed", tenant=tenant, host=host, notice_type=notice_type, event_id=event_id
             )
-            return confirmed_at
+            return self._clock()
 
-        return self._submit("publish", send, tenant=tenant, host=host, event_id=notice.event_id)
+        return self._submit("publish", send, tenant=tenant, host=host, event_id=event_id)
 
     def _submit(self, name: str, run: Callable[[Any], Any], **context: str) -> Future[Any]:
         future: Future[Any] = Future()

@@ -35,6 +35,9 @@ class BrokerSettings(BaseModel):
     # How long a publish may stay blocked by a broker resource alarm before the connection is dropped and the
     # notice's future fails; callers also bound their own wait on the future.
     confirm_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # Backoff between attempts to deliver stored notices while the broker is unreachable (with jitter).
+    reconnect_initial_seconds: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600)
     queue_type: Literal["quorum", "classic"] = "quorum"
     prefetch_count: int = Field(default=16, ge=1, le=10_000)
 
