@@ -6,12 +6,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from evacuator.planner import PlannedMove
 from monitors.verdicts import HostVerdict
 from notifiers import messages as wire
-from notifiers.publisher import NoticePublisher
 from notifiers.topology import reply_routing_key
+
+
+def _scheduled_vm(move: PlannedMove) -> wire.ScheduledVm:
+    return wire.ScheduledVm(vm_uuid=move.vm_uuid, vm_name=move.vm_name, deadline=move.deadline)
+
+
+class NoticeSink(Protocol):
+    """Where AmqpNotifier hands notices: the NoticePublisher, or the OutboxPublisher in front of it."""
+
+    def ensure_tenant_queue(self, tenant: str) -> Future[None]: ...
+    def publish(self, tenant: str, host: str, notice: wire.Notice) -> Future[datetime]: ...
 
 
 def scheduled_notice(
@@ -36,23 +47,25 @@ def scheduled_notice(
             )
             for r in verdict.reasons
         ),
-        vms=tuple(wire.ScheduledVm(vm_uuid=m.vm_uuid, vm_name=m.vm_name, deadline=m.deadline) for m in moves),
+        vms=tuple(_scheduled_vm(m) for m in moves),
         reply_exchange=replies_exchange,
         reply_routing_key=reply_routing_key(tenant, host),
     )
 
 
 class AmqpNotifier:
-    """The Notifier over a NoticePublisher: declares each tenant's queue before its first notice."""
+    """The Notifier over a NoticeSink: declares each tenant's queue before its first notice, and links every
+    later notice to the tenant's last scheduled event (`scheduled_event_id`)."""
 
     def __init__(
-        self, *, publisher: NoticePublisher, host: str, replies_exchange: str, clock: Callable[[], datetime]
+        self, *, publisher: NoticeSink, host: str, replies_exchange: str, clock: Callable[[], datetime]
     ) -> None:
         self._publisher = publisher
         self._host = host
         self._replies_exchange = replies_exchange
         self._clock = clock
         self._declared: set[str] = set()
+        self._scheduled: dict[str, str] = {}
 
     def _send(self, tenant: str, notice: wire.Notice) -> Future[datetime]:
         # Both jobs run in order on the publisher's one thread, so the queue exists before the publish; the
@@ -72,19 +85,73 @@ class AmqpNotifier:
             moves=moves,
             replies_exchange=self._replies_exchange,
         )
+        self._scheduled[tenant] = notice.event_id
+        return self._send(tenant, notice)
+
+    def scheduled_event_id(self, tenant: str) -> str | None:
+        """The event id of the last scheduled notice sent to `tenant` (what its replies may name)."""
+        return self._scheduled.get(tenant)
+
+    def evacuation_updated(
+        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
+    ) -> Future[datetime]:
+        notice = wire.EvacuationUpdated(
+            tenant=tenant, host=self._host, cause=cause,  # type: ignore[arg-type]  # validated by the model
+            vms=tuple(_scheduled_vm(m) for m in moves),
+            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+        )  # fmt: skip
+        return self._send(tenant, notice)
+
+    def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
+        notice = wire.EvacuationStarted(
+            tenant=tenant, host=self._host, vm_uuid=vm_uuid, vm_name=vm_name, at=self._clock(),
+            scheduled_event_id=self._scheduled.get(tenant),
+        )  # fmt: skip
         return self._send(tenant, notice)
 
     def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]:
         notice = wire.VmEvacuated(
             tenant=tenant, vm_uuid=vm_uuid, vm_name=vm_name, from_host=self._host, to_host=to_host,
-            at=self._clock(),
+            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+        )  # fmt: skip
+        return self._send(tenant, notice)
+
+    def evacuation_completed(
+        self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
+    ) -> Future[datetime]:
+        notice = wire.EvacuationCompleted(
+            tenant=tenant, host=self._host, moved_vm_uuids=tuple(moved), failed_vm_uuids=tuple(failed),
+            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+        )  # fmt: skip
+        return self._send(tenant, notice)
+
+    def evacuation_cancelled(self, *, tenant: str, vm_uuids: Sequence[str], reason: str) -> Future[datetime]:
+        notice = wire.EvacuationCancelled(
+            tenant=tenant, host=self._host, vm_uuids=tuple(vm_uuids), reason=reason, at=self._clock(),
+            scheduled_event_id=self._scheduled.get(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
     def evacuation_failed(self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str) -> Future[datetime]:
         notice = wire.EvacuationFailed(
-            tenant=tenant, host=self._host, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason, at=self._clock()
-        )
+            tenant=tenant, host=self._host, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason, at=self._clock(),
+            scheduled_event_id=self._scheduled.get(tenant),
+        )  # fmt: skip
+        return self._send(tenant, notice)
+
+    def reply_rejected(
+        self,
+        *,
+        tenant: str,
+        code: str,
+        reason: str,
+        in_reply_to: str | None = None,
+        vm_uuid: str | None = None,
+    ) -> Future[datetime]:
+        notice = wire.ReplyRejected(
+            tenant=tenant, host=self._host, code=code, reason=reason[:4096] or code,
+            in_reply_to=None if in_reply_to is None else in_reply_to[:255], vm_uuid=vm_uuid, at=self._clock(),
+        )  # fmt: skip
         return self._send(tenant, notice)
 
 
@@ -118,3 +185,30 @@ class RecordingNotifier:
 
     def evacuation_failed(self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str) -> Future[datetime]:
         return self._done("evacuation_failed", tenant, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason)
+
+    def evacuation_updated(
+        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
+    ) -> Future[datetime]:
+        return self._done("evacuation_updated", tenant, cause=cause, moves=tuple(moves))
+
+    def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
+        return self._done("evacuation_started", tenant, vm_uuid=vm_uuid, vm_name=vm_name)
+
+    def evacuation_completed(
+        self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
+    ) -> Future[datetime]:
+        return self._done("evacuation_completed", tenant, moved=tuple(moved), failed=tuple(failed))
+
+    def evacuation_cancelled(self, *, tenant: str, vm_uuids: Sequence[str], reason: str) -> Future[datetime]:
+        return self._done("evacuation_cancelled", tenant, vm_uuids=tuple(vm_uuids), reason=reason)
+
+    def reply_rejected(
+        self,
+        *,
+        tenant: str,
+        code: str,
+        reason: str,
+        in_reply_to: str | None = None,
+        vm_uuid: str | None = None,
+    ) -> Future[datetime]:
+        return self._done("reply_rejected", tenant, code=code, reason=reason, vm_uuid=vm_uuid)

@@ -27,6 +27,8 @@ from evacuator.timers import ApschedulerTimers
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
+from notifiers.delivery import OutboxPublisher
+from notifiers.outbox import Outbox
 from notifiers.publisher import NoticePublisher
 from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
 
@@ -100,7 +102,7 @@ class Runtime:
     detector: Detector
     poller: SourcePoller
     hypervisor: LibvirtHost
-    publisher: NoticePublisher
+    publisher: OutboxPublisher
     consumer: ReplyConsumer
     clock: Callable[[], datetime]
 
@@ -142,7 +144,14 @@ class Runtime:
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
     host = settings.host
     hypervisor = open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool)
-    publisher = NoticePublisher(settings.broker, clock=clock)
+    broker = settings.broker
+    # Notices are stored before they are published, so a broker outage delays them but loses none.
+    publisher = OutboxPublisher(
+        NoticePublisher(broker, clock=clock), Outbox(settings.state_dir / "outbox.sqlite"),
+        confirm_timeout_seconds=broker.confirm_timeout_seconds,
+        reconnect_initial_seconds=broker.reconnect_initial_seconds,
+        reconnect_max_seconds=broker.reconnect_max_seconds,
+    )  # fmt: skip
     notifier = AmqpNotifier(
         publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock
     )

@@ -9,7 +9,7 @@ from datetime import datetime
 import structlog
 import tenacity
 
-from notifiers.errors import InvalidName, NotifierClosed
+from notifiers.errors import InvalidName, NotifierClosed, UnroutableNotice
 from notifiers.messages import Notice, notice_route
 from notifiers.outbox import Outbox, OutboxEntry, Sender
 from notifiers.topology import check_word
@@ -74,6 +74,7 @@ class OutboxPublisher:
 
     def publish(self, tenant: str, host: str, notice: Notice) -> Future[datetime]:
         """Store `notice` (raises OutboxError if it cannot be stored); the future holds the confirm time."""
+        check_word("tenant", tenant), check_word("host", host)  # refused now, not retried forever later
         if notice_route(notice) != (tenant, host):
             route = notice_route(notice)
             raise InvalidName(f"notice {notice.event_id} is about {route}, not {(tenant, host)}")
@@ -123,10 +124,14 @@ class OutboxPublisher:
         if entry.tenant not in self._declared:
             self._sender.ensure_tenant_queue(entry.tenant).result(timeout=self._timeout_seconds)
             self._declared.add(entry.tenant)
-        confirmed_at = self._sender.publish_body(
-            tenant=entry.tenant, host=entry.host, notice_type=entry.notice_type, event_id=entry.event_id,
-            body=entry.body,
-        ).result(timeout=self._timeout_seconds)  # fmt: skip
+        try:
+            confirmed_at = self._sender.publish_body(
+                tenant=entry.tenant, host=entry.host, notice_type=entry.notice_type, event_id=entry.event_id,
+                body=entry.body,
+            ).result(timeout=self._timeout_seconds)  # fmt: skip
+        except UnroutableNotice:
+            self._declared.discard(entry.tenant)  # someone deleted the queue: declare it again, then retry
+            raise
         self._outbox.delete(entry.seq)
         with self._lock:
             future = self._waiting.pop(entry.seq, None)
