@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
@@ -28,7 +31,10 @@ def blocking_connection_factory(settings: BrokerSettings, *, connection_name: st
     """A factory for connections named `connection_name` (shown by `rabbitmqctl list_connections`)."""
 
     def connect() -> Any:
-        parameters = pika.URLParameters(settings.url.get_secret_value())
+        parameters = connection_parameters(
+            settings.url.get_secret_value(),
+            ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file,
+        )  # fmt: skip
         # A broker under a memory or disk alarm blocks publishers silently; give up after the confirm timeout.
         parameters.blocked_connection_timeout = settings.confirm_timeout_seconds
         parameters.client_properties = {"connection_name": connection_name}
@@ -38,3 +44,20 @@ def blocking_connection_factory(settings: BrokerSettings, *, connection_name: st
             raise BrokerUnavailable(f"cannot connect to {settings.redacted_url}: {exc!r}") from exc
 
     return connect
+
+
+def connection_parameters(
+    url: str, *, ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> pika.URLParameters:
+    """pika parameters for `url`; amqps:// verifies the broker's certificate and host name against the CA."""
+    parameters = pika.URLParameters(url)
+    parts = urlsplit(url)
+    if parts.scheme == "amqps":
+        try:
+            context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+            if cert_file is not None:
+                context.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerUnavailable(f"cannot load the TLS files ({ca_file}, {cert_file}): {exc}") from exc
+        parameters.ssl_options = pika.SSLOptions(context, server_hostname=parts.hostname)
+    return parameters

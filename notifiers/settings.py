@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _EXCHANGE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 
@@ -38,6 +39,11 @@ class BrokerSettings(BaseModel):
     # Backoff between attempts to deliver stored notices while the broker is unreachable (with jitter).
     reconnect_initial_seconds: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    # amqps:// only: the CA that signed the broker's certificate (null: the system's trusted CAs), and an
+    # optional client certificate and key for brokers that require one.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     queue_type: Literal["quorum", "classic"] = "quorum"
     prefetch_count: int = Field(default=16, ge=1, le=10_000)
 
@@ -48,6 +54,15 @@ class BrokerSettings(BaseModel):
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise ValueError("expected an amqp:// or amqps:// URL with a host")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_need_amqps(self) -> BrokerSettings:
+        uses_tls = urlsplit(self.url.get_secret_value()).scheme == "amqps"
+        if not uses_tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError("ca_file, cert_file and key_file need an amqps:// url")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
     @property
     def redacted_url(self) -> str:

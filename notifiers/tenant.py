@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -12,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from notifiers.connection import CONNECTION_ERRORS
+from notifiers.connection import CONNECTION_ERRORS, connection_parameters
 from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName
 from notifiers.messages import Notice, ReadyReply, encode, parse_notice
 from notifiers.settings import redact_url
@@ -27,11 +28,19 @@ class TenantClient:
     Single-threaded: use it from the thread that created it. The connection opens on first use.
     """
 
-    def __init__(self, url: str, tenant: str, *, replies_exchange: str = "evacuator.replies") -> None:
+    def __init__(
+        self,
+        url: str,
+        tenant: str,
+        *,
+        replies_exchange: str = "evacuator.replies",
+        ca_file: Path | None = None,
+    ) -> None:
         user = unquote(urlsplit(url).username or "")
         if user != check_word("tenant", tenant):
             raise InvalidName(f"tenant {tenant!r} must connect as its own broker user, not {user!r}")
         self._url = url
+        self._ca_file = ca_file
         self._tenant = tenant
         self._replies_exchange = replies_exchange
         self._connection: Any = None
@@ -105,7 +114,8 @@ class TenantClient:
     def _ensure_connection(self) -> Any:
         if self._connection is None or not self._connection.is_open:
             try:
-                self._connection = pika.BlockingConnection(pika.URLParameters(self._url))
+                parameters = connection_parameters(self._url, ca_file=self._ca_file)
+                self._connection = pika.BlockingConnection(parameters)
             except CONNECTION_ERRORS as exc:
                 raise BrokerUnavailable(f"cannot connect to {redact_url(self._url)}: {exc!r}") from exc
             self._notices = self._replies = None

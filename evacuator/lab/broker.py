@@ -26,11 +26,24 @@ _NODE_FILE = "lab-broker.json"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LabBroker:
-    """Where the lab broker answers, how to administer it, and whether this module started it."""
+    """Where the lab broker answers, how to administer it, and whether this module started it.
+
+    `tls_url` is set for a private node started with TLS files: amqps on its own loopback port.
+    """
 
     url: str
     rabbitmqctl: tuple[str, ...]
     private: bool
+    tls_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerTls:
+    """The PEM files a node's TLS listener presents (and the CA that signed them)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
 
 
 def ensure_broker(state_dir: Path, *, shared_port: int = SHARED_PORT) -> LabBroker:
@@ -44,29 +57,67 @@ def ensure_broker(state_dir: Path, *, shared_port: int = SHARED_PORT) -> LabBrok
     existing = _read_node_file(state_dir)
     if existing is not None and _answers(_port_of(existing)):
         return existing
-    return _start_private(state_dir)
+    return start_private_broker(state_dir)
 
 
-def stop_private_broker(state_dir: Path) -> None:
-    """Shut down the private node started in `state_dir`, if any (`shutdown` waits until it is gone)."""
+def stop_private_broker(state_dir: Path, *, forget: bool = True) -> None:
+    """Shut down the private node started in `state_dir`, if any (`shutdown` waits until it is gone).
+
+    With forget=False its data and ports are kept, and resume_private_broker() starts the same node again.
+    """
     broker = _read_node_file(state_dir)
     if broker is None:
         return
     done = subprocess.run([*broker.rabbitmqctl, "shutdown"], capture_output=True, text=True, check=False)
     if done.returncode != 0 and _answers(_port_of(broker)):
         raise LabError(f"`rabbitmqctl shutdown` failed ({done.returncode}): {done.stderr.strip()}")
-    (state_dir / _NODE_FILE).unlink(missing_ok=True)
+    if forget:
+        (state_dir / _NODE_FILE).unlink(missing_ok=True)
     log.info("lab_broker_stopped", state_dir=str(state_dir))
 
 
-def _start_private(state_dir: Path) -> LabBroker:
+def start_private_broker(state_dir: Path, *, tls: BrokerTls | None = None) -> LabBroker:
+    """Start a new loopback-only node in `state_dir` (never the machine's shared broker)."""
     if not Path(_SERVER).exists():
-        raise LabError(f"no broker on 127.0.0.1:{SHARED_PORT} and no {_SERVER}: run scripts/setup")
+        raise LabError(f"no {_SERVER}: run scripts/setup")
     state_dir.mkdir(parents=True, exist_ok=True)
     amqp_port, dist_port = _free_port(), _free_port()
+    lines = [f"listeners.tcp.default = 127.0.0.1:{amqp_port}", "loopback_users.guest = true"]
+    tls_port = None
+    if tls is not None:
+        tls_port = _free_port()
+        lines += [
+            f"listeners.ssl.default = 127.0.0.1:{tls_port}",
+            f"ssl_options.cacertfile = {tls.ca_file}",
+            f"ssl_options.certfile = {tls.cert_file}",
+            f"ssl_options.keyfile = {tls.key_file}",
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false",
+        ]
+    (state_dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
     node = f"evacuator-lab-{amqp_port}@localhost"
+    ctl = ("env", f"HOME={state_dir}", _CTL, "-n", node)
+    tls_url = None if tls_port is None else f"amqps://guest:guest@127.0.0.1:{tls_port}/%2F"
+    broker = LabBroker(url=_guest_url(amqp_port), rabbitmqctl=ctl, private=True, tls_url=tls_url)
+    saved = {"url": broker.url, "rabbitmqctl": list(ctl), "tls_url": tls_url, "node": node,
+             "dist_port": dist_port}  # fmt: skip
+    (state_dir / _NODE_FILE).write_text(json.dumps(saved))
+    _launch(state_dir, node, dist_port)
+    return broker
+
+
+def resume_private_broker(state_dir: Path) -> LabBroker:
+    """Start again the node stop_private_broker(forget=False) stopped: same ports, users, queues, messages."""
+    broker = _read_node_file(state_dir)
+    if broker is None:
+        raise LabError(f"no private broker was started in {state_dir}")
+    saved = json.loads((state_dir / _NODE_FILE).read_text())
+    _launch(state_dir, saved["node"], saved["dist_port"])
+    return broker
+
+
+def _launch(state_dir: Path, node: str, dist_port: int) -> None:
     config = state_dir / "rabbitmq.conf"
-    config.write_text(f"listeners.tcp.default = 127.0.0.1:{amqp_port}\nloopback_users.guest = true\n")
     pid_file = state_dir / "rabbitmq.pid"
     env = {
         **os.environ,
@@ -81,13 +132,10 @@ def _start_private(state_dir: Path) -> LabBroker:
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
     ctl = ("env", f"HOME={state_dir}", _CTL, "-n", node)
-    log.info("lab_broker_starting", node=node, port=amqp_port, state_dir=str(state_dir))
+    log.info("lab_broker_starting", node=node, state_dir=str(state_dir))
     _run([_SERVER, "-detached"], env=env)
     _run([*ctl, "wait", "--timeout", str(_START_TIMEOUT_SECONDS), str(pid_file)], env=env)
-    broker = LabBroker(url=_guest_url(amqp_port), rabbitmqctl=ctl, private=True)
-    (state_dir / _NODE_FILE).write_text(json.dumps({"url": broker.url, "rabbitmqctl": list(ctl)}))
-    log.info("lab_broker_started", node=node, port=amqp_port)
-    return broker
+    log.info("lab_broker_started", node=node)
 
 
 def _run(command: list[str], *, env: dict[str, str]) -> None:
@@ -108,7 +156,9 @@ def _read_node_file(state_dir: Path) -> LabBroker | None:
         saved = json.loads((state_dir / _NODE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return LabBroker(url=saved["url"], rabbitmqctl=tuple(saved["rabbitmqctl"]), private=True)
+    return LabBroker(
+        url=saved["url"], rabbitmqctl=tuple(saved["rabbitmqctl"]), private=True, tls_url=saved.get("tls_url")
+    )
 
 
 def _answers(port: int) -> bool:
