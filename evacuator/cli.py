@@ -72,6 +72,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(state_dir=Path(args.state_dir) if args.state_dir else None, keep=args.keep)
 
 
+def _move(args: argparse.Namespace) -> int:
+    from evacuator.movecmd import run_moves
+
+    return run_moves(load_settings(Path(args.config)), list(args.vm_uuid))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evacuator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--trace", required=True, help="JSON-lines trace (format: README)")
     simulate.add_argument("--all", action="store_true", help="print every sample, not only changes")
     simulate.set_defaults(handler=_simulate)
+
+    move = sub.add_parser("move", help="move VMs now and finish every move the journal left unfinished")
+    move.add_argument("vm_uuid", nargs="*", help="VMs on this host to move now (none: only resume)")
+    move.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    move.set_defaults(handler=_move)
 
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")

@@ -124,6 +124,9 @@ class MoveEngine:
         with self._idle:
             return self._idle.wait_for(lambda: not self._queued, timeout=timeout_seconds)
 
+    def record(self, vm_uuid: str) -> MoveRecord | None:
+        return self._journal.get(vm_uuid)
+
     # --- what the service tells it ------------------------------------------------------------------------
 
     def plan(self, moves: Iterable[PlannedMove], *, may_restart_on_source: bool) -> None:
