@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from evacuator.planner import PlannedMove
+from evacuator.reply_desk import ScheduledLedger
 from monitors.verdicts import HostVerdict
 from notifiers import messages as wire
 from notifiers.topology import reply_routing_key
@@ -58,9 +59,17 @@ class AmqpNotifier:
     later notice to the tenant's last scheduled event (`scheduled_event_id`)."""
 
     def __init__(
-        self, *, publisher: NoticeSink, host: str, replies_exchange: str, clock: Callable[[], datetime]
+        self,
+        *,
+        publisher: NoticeSink,
+        host: str,
+        replies_exchange: str,
+        clock: Callable[[], datetime],
+        ledger: ScheduledLedger | None = None,
     ) -> None:
         self._publisher = publisher
+        # What each tenant was told per VM, for the ReplyDesk to judge replies against.
+        self.ledger = ledger if ledger is not None else ScheduledLedger()
         self._host = host
         self._replies_exchange = replies_exchange
         self._clock = clock
@@ -86,6 +95,10 @@ class AmqpNotifier:
             replies_exchange=self._replies_exchange,
         )
         self._scheduled[tenant] = notice.event_id
+        self.ledger.record(
+            event_id=notice.event_id, tenant=tenant, severity=verdict.severity, opened_at=self._clock(),
+            moves=moves,
+        )  # fmt: skip
         return self._send(tenant, notice)
 
     def scheduled_event_id(self, tenant: str) -> str | None:

@@ -40,6 +40,7 @@ class RejectedDelivery:
     user_id: str | None
     routing_key: str
     message_id: str | None
+    code: str = "refused_reply"
 
 
 def accept_reply(
@@ -166,7 +167,7 @@ class ReplyConsumer:
                 message_id=message_id,
             )
         except RejectedReply as exc:
-            self._reject(exc.reason, user_id, method.routing_key, message_id)
+            self._reject(exc, user_id, method.routing_key, message_id)
             channel.basic_ack(delivery_tag=method.delivery_tag)
             return
         context = {"host": self._host, "tenant": reply.tenant, "vm_uuid": reply.reply.vm_uuid}
@@ -180,14 +181,17 @@ class ReplyConsumer:
             return
         channel.basic_ack(delivery_tag=method.delivery_tag)
 
-    def _reject(self, reason: str, user_id: str | None, routing_key: str, message_id: str | None) -> None:
+    def _reject(
+        self, exc: RejectedReply, user_id: str | None, routing_key: str, message_id: str | None
+    ) -> None:
+        reason = exc.reason
         _log.warning(
             "reply_rejected", host=self._host, reason=reason, user_id=user_id, routing_key=routing_key
         )
         if self._on_rejected is None:
             return
         rejected = RejectedDelivery(
-            reason=reason, user_id=user_id, routing_key=routing_key, message_id=message_id
+            reason=reason, user_id=user_id, routing_key=routing_key, message_id=message_id, code=exc.code
         )
         try:
             self._on_rejected(rejected)
