@@ -19,9 +19,22 @@ def _wants_json(fmt: LogFormat, stream: TextIO) -> bool:
     return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at the moment of writing, so a replaced stderr (tests, daemons) is honoured."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(fmt: LogFormat = "auto", *, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once for the process; call it from the entry point only."""
-    out = stream if stream is not None else sys.stderr
+    out: TextIO = stream if stream is not None else _CurrentStderr()  # type: ignore[assignment]
     renderer: structlog.typing.Processor
     if _wants_json(fmt, out):
         renderer = structlog.processors.JSONRenderer()
