@@ -10,6 +10,7 @@ from pathlib import Path
 from evacuator.errors import ConfigError, EvacuatorError
 from evacuator.logs import configure_logging
 from evacuator.settings import load_settings
+from evacuator.tenantcmd import add_tenant_parser
 from monitors.errors import MonitorError
 from monitors.settings import MonitorsSettings
 from notifiers.errors import NotifierError
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     move.add_argument("vm_uuid", nargs="*", help="VMs on this host to move now (none: only resume)")
     move.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
     move.set_defaults(handler=_move)
+
+    add_tenant_parser(sub)
 
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")

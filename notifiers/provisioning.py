@@ -1,15 +1,19 @@
-"""Creating and removing a tenant's broker user with rabbitmqctl, with permissions that isolate tenants."""
+"""Creating and removing a tenant's broker user (rabbitmqctl) with isolating permissions, and its queue."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import structlog
 
-from notifiers.errors import ProvisioningError
-from notifiers.topology import check_word, tenant_queue
+from notifiers.connection import CONNECTION_ERRORS, blocking_connection_factory
+from notifiers.errors import BrokerUnavailable, ProvisioningError
+from notifiers.settings import BrokerSettings
+from notifiers.topology import Topology, check_word, tenant_queue
 
 _log = structlog.get_logger(__name__)
 _TIMEOUT_SECONDS = 60.0
@@ -82,3 +86,35 @@ def _run(
     if ok_if is not None and ok_if in output:
         return False
     raise ProvisioningError(shown, done.returncode, output)
+
+
+def declare_tenant_queue(settings: BrokerSettings, tenant: str) -> str:
+    """Declare the exchanges and the tenant's bound notices queue as the service's user; returns the queue.
+
+    Done at provisioning so the tenant can subscribe at once, before its first notice.
+    """
+    with _service_channel(settings) as channel:
+        topology = Topology.from_settings(settings)
+        topology.declare_exchanges(channel)
+        queue = topology.declare_tenant_queue(channel, check_word("tenant", tenant))
+    _log.info("tenant_queue_declared", tenant=tenant, queue=queue)
+    return queue
+
+
+def delete_tenant_queue(settings: BrokerSettings, tenant: str) -> None:
+    """Delete the tenant's notices queue and whatever it still holds; idempotent."""
+    with _service_channel(settings) as channel:
+        channel.queue_delete(queue=tenant_queue(check_word("tenant", tenant)))
+    _log.info("tenant_queue_deleted", tenant=tenant)
+
+
+@contextlib.contextmanager
+def _service_channel(settings: BrokerSettings) -> Iterator[Any]:
+    connection = blocking_connection_factory(settings, connection_name="evacuator-admin")()
+    try:
+        yield connection.channel()
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(f"{settings.redacted_url}: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            connection.close()
