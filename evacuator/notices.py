@@ -9,10 +9,12 @@ from datetime import datetime
 from typing import Protocol
 
 from evacuator.planner import PlannedMove
+from evacuator.replies import PendingEvacuation, ReplyPolicy, latest_deadline
 from evacuator.reply_desk import ScheduledLedger
-from monitors.verdicts import HostVerdict
+from monitors.verdicts import HostVerdict, Severity
 from notifiers import messages as wire
 from notifiers.topology import reply_routing_key
+from notifiers.wire import ReplyType
 
 
 def _scheduled_vm(move: PlannedMove) -> wire.ScheduledVm:
@@ -27,9 +29,20 @@ class NoticeSink(Protocol):
 
 
 def scheduled_notice(
-    *, host: str, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove], replies_exchange: str
+    *,
+    host: str,
+    tenant: str,
+    verdict: HostVerdict,
+    moves: Sequence[PlannedMove],
+    replies_exchange: str,
+    reply_policy: ReplyPolicy | None = None,
+    now: datetime | None = None,
 ) -> wire.EvacuationScheduled:
-    """The notice one tenant gets when its VMs on `host` are about to move."""
+    """The notice one tenant gets when its VMs on `host` are about to move.
+
+    With a reply policy (the ReplyDesk answers replies) a non-failed host also offers postpone and register,
+    and each VM says how late a postpone may push it (`latest_deadline`).
+    """
     severity = str(verdict.severity)
     if severity not in ("moderate", "severe", "failed"):
         raise ValueError(f"no evacuation notice for a {severity} verdict")
@@ -48,10 +61,35 @@ def scheduled_notice(
             )
             for r in verdict.reasons
         ),
-        vms=tuple(_scheduled_vm(m) for m in moves),
+        vms=tuple(_offered_vm(m, verdict.severity, reply_policy, now) for m in moves),
+        allowed_replies=_allowed_replies(verdict.severity, reply_policy),
         reply_exchange=replies_exchange,
         reply_routing_key=reply_routing_key(tenant, host),
     )
+
+
+def _allowed_replies(severity: Severity, policy: ReplyPolicy | None) -> tuple[ReplyType, ...]:
+    if policy is None:
+        return ("ready",)
+    return ("ready", "register") if severity is Severity.FAILED else ("ready", "postpone", "register")
+
+
+def _offered_vm(
+    move: PlannedMove, severity: Severity, policy: ReplyPolicy | None, now: datetime | None
+) -> wire.ScheduledVm:
+    if policy is None or now is None or severity is Severity.FAILED:
+        return _scheduled_vm(move)
+    pending = PendingEvacuation(
+        event_id=None,
+        severity=severity,
+        opened_at=now,
+        planned_deadline=move.deadline,
+        deadline=move.deadline,
+    )
+    return wire.ScheduledVm(
+        vm_uuid=move.vm_uuid, vm_name=move.vm_name, deadline=move.deadline,
+        latest_deadline=max(move.deadline, latest_deadline(pending, policy)),
+    )  # fmt: skip
 
 
 class AmqpNotifier:
@@ -66,8 +104,10 @@ class AmqpNotifier:
         replies_exchange: str,
         clock: Callable[[], datetime],
         ledger: ScheduledLedger | None = None,
+        reply_policy: ReplyPolicy | None = None,
     ) -> None:
         self._publisher = publisher
+        self._reply_policy = reply_policy
         # What each tenant was told per VM, for the ReplyDesk to judge replies against.
         self.ledger = ledger if ledger is not None else ScheduledLedger()
         self._host = host
@@ -93,6 +133,8 @@ class AmqpNotifier:
             verdict=verdict,
             moves=moves,
             replies_exchange=self._replies_exchange,
+            reply_policy=self._reply_policy,
+            now=self._clock(),
         )
         self._scheduled[tenant] = notice.event_id
         self.ledger.record(
