@@ -5,61 +5,38 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
 
 import structlog
 
-from evacuator.errors import MigrationError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState
+from evacuator.hypervisor import Hypervisor
 from evacuator.journal import Journal
-from evacuator.migrator import ColdMigrator, StepEvent, StepPhase
+from evacuator.moverun import (
+    CrashPoint,
+    EngineConfig,
+    MoveRunner,
+    OpenHost,
+    Outcomes,
+    no_crash,
+)
 from evacuator.movestate import (
     CANCELLABLE,
     PENDING,
-    STEP_STATE,
     TERMINAL,
     MoveRecord,
     MoveState,
     Phase,
     ResumeAction,
     allowed,
-    invariant_violations,
     resume_action,
 )
-from evacuator.planner import PlannedMove, choose_destination
+from evacuator.planner import PlannedMove
+
+__all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-# Opens the source and the named destination for one move; the engine closes them when the move ends.
-OpenHosts = Callable[[str, str], AbstractContextManager[tuple[Hypervisor, Hypervisor]]]
-# Test-only: called with the step name after every journal write, so a test can kill the process there.
-CrashPoint = Callable[[str, Phase], None]
-
-
-_PHASES = {StepPhase.STARTED: Phase.STARTED, StepPhase.FAILED: Phase.FAILED}
-
-
-def no_crash(step: str, phase: Phase) -> None:
-    """Production's crash point: does nothing."""
-
-
-class Outcomes(Protocol):
-    """Who hears how each move ended (the service tells the tenant)."""
-
-    def moved(self, record: MoveRecord) -> None: ...
-    def failed(self, record: MoveRecord, reason: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineConfig:
-    host: str
-    peers: tuple[str, ...]
-    shutdown_timeout_seconds: float
-    poll_interval_seconds: float = 0.5
 
 
 class MoveEngine:
@@ -71,7 +48,7 @@ class MoveEngine:
         config: EngineConfig,
         journal: Journal,
         hypervisor: Hypervisor,
-        open_hosts: OpenHosts,
+        open_host: OpenHost,
         clock: Clock,
         sleep: Callable[[float], None],
         crash_point: CrashPoint = no_crash,
@@ -79,7 +56,8 @@ class MoveEngine:
         self._config = config
         self._journal = journal
         self._hypervisor = hypervisor
-        self._open_hosts = open_hosts
+        self._runner = MoveRunner(config=config, journal=journal, open_host=open_host, clock=clock,
+                                  sleep=sleep, crash_point=crash_point)
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
         self._sleep = sleep
@@ -204,65 +182,7 @@ class MoveEngine:
         record = self._journal.get(vm_uuid)
         if record is None or record.state in TERMINAL:
             return
-        destination = record.destination or choose_destination(self._config.peers, frozenset())
-        if destination is None:
-            self._fail(record, "no destination host is configured")
-            return
-        try:
-            with self._open_hosts(vm_uuid, destination) as (source, dest):
-                record = self._run(record, source, dest, destination)
-        except Exception as exc:  # whatever stopped the move, the journal and the tenant must hear of it
-            record = self._journal.get(vm_uuid) or record
-            self._fail(record, str(exc))
-            return
-        self._outcomes.moved(record)
-
-    def _run(self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str) -> MoveRecord:
-        if record.start_on_destination is None or record.destination is None:
-            # The run state before quiescing decides whether the VM starts on the destination: journal it
-            # while it can still be read (after quiescing it runs nowhere).
-            start = record.start_on_destination
-            if start is None:
-                start = _active(source.find_vm(record.vm_uuid)) or _active(dest.find_vm(record.vm_uuid))
-            record = self._journal.advance(record, record.state, record.phase, self._clock(),
-                                           destination=destination, start_on_destination=start)
-        holder = [record]
-        migrator = ColdMigrator(
-            source=source, destination=dest, clock=self._clock,
-            shutdown_timeout_seconds=self._config.shutdown_timeout_seconds, sleep=self._sleep,
-            on_step=lambda event: holder.append(self._on_step(holder[-1], event, source, dest)),
-            poll_interval_seconds=self._config.poll_interval_seconds,
-        )  # fmt: skip
-        migrator.move(record.vm_uuid, start_on_destination=record.start_on_destination)
-        done = self._journal.advance(holder[-1], MoveState.DONE, Phase.FINISHED, self._clock(), error=None)
-        self._crash_point("done", Phase.FINISHED)
-        log.info("move_journaled_done", vm_uuid=done.vm_uuid, destination=destination)
-        return done
-
-    def _on_step(
-        self, record: MoveRecord, event: StepEvent, source: Hypervisor, dest: Hypervisor
-    ) -> MoveRecord:
-        if event.phase is StepPhase.STARTED:
-            problems = invariant_violations(record.vm_uuid, source.find_vm(record.vm_uuid),
-                                            dest.find_vm(record.vm_uuid))
-            if problems:
-                log.error("move_invariant_broken", vm_uuid=record.vm_uuid, step=str(event.step),
-                          problems=list(problems))
-                raise MigrationError("; ".join(problems), vm_uuid=record.vm_uuid, step=event.step)
-        wanted = STEP_STATE[event.step]
-        # A resumed move replays the earlier steps (they find nothing to do): the state never goes back.
-        state = wanted if allowed(record.state, wanted) else record.state
-        phase = _PHASES.get(event.phase, Phase.FINISHED)
-        record = self._journal.advance(record, state, phase, event.at, step=str(event.step),
-                                       error=event.error)
-        self._crash_point(str(event.step), phase)
-        return record
-
-    def _fail(self, record: MoveRecord, reason: str) -> None:
-        log.error("move_failed", vm_uuid=record.vm_uuid, destination=record.destination, error=reason)
-        failed = self._journal.put(replace(record, state=MoveState.FAILED, phase=Phase.FAILED, error=reason,
-                                           updated_at=self._clock()))
-        self._outcomes.failed(failed, reason)
+        self._runner.execute(record, self._outcomes)
 
 
 class _LoggedOutcomes:
@@ -273,7 +193,3 @@ class _LoggedOutcomes:
 
     def failed(self, record: MoveRecord, reason: str) -> None:
         log.warning("move_outcome", vm_uuid=record.vm_uuid, state=str(record.state), error=reason)
-
-
-def _active(vm: VmInfo | None) -> bool:
-    return vm is not None and vm.state is not VmState.SHUT_OFF

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
 import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
 from evacuator.hypervisor import (
+    Chunk,
     ChunkSha256,
     Hypervisor,
     VmInfo,
@@ -19,73 +19,11 @@ from evacuator.hypervisor import (
     close_chunks,
     sha256_of_chunks,
 )
+from evacuator.movesteps import EVENT_NAMES, MoveReport, MoveStep, StepEvent, StepPhase, StepTiming
+
+__all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
 
 log = structlog.get_logger(__name__)
-
-
-class MoveStep(StrEnum):
-    """The steps of a cold move, in order."""
-
-    QUIESCE = "quiesce"
-    COPY_DISKS = "copy_disks"
-    VERIFY_DISKS = "verify_disks"
-    DEFINE = "define"
-    START = "start"
-    VERIFY = "verify"
-    CLEAN_UP = "clean_up"
-
-
-class StepPhase(StrEnum):
-    """A step starts, reads where the VM is, then finishes, fails, or is skipped having nothing to do."""
-
-    STARTED = "started"
-    FINISHED = "finished"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-_EVENT_NAMES = {
-    StepPhase.STARTED: "move_step_started",
-    StepPhase.FINISHED: "move_step_finished",
-    StepPhase.SKIPPED: "move_step_skipped",
-    StepPhase.FAILED: "move_step_failed",
-}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepEvent:
-    """What the journal records; `seconds` is set once the step has finished or failed, `error` if failed."""
-
-    vm_uuid: str
-    step: MoveStep
-    phase: StepPhase
-    at: datetime
-    seconds: float | None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepTiming:
-    """How long one step took in one move attempt, and whether it found nothing to do."""
-
-    step: MoveStep
-    skipped: bool
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MoveReport:
-    """How a completed move went."""
-
-    vm_uuid: str
-    vm_name: str
-    source: str
-    destination: str
-    steps: tuple[StepTiming, ...]
-    bytes_copied: int
-    forced_off: bool
-    running_on_destination: bool
-    seconds: float
 
 
 class _Refused(Exception):
@@ -122,6 +60,8 @@ class ColdMigrator:
         sleep: Callable[[float], None],
         on_step: Callable[[StepEvent], None],
         poll_interval_seconds: float = 0.5,
+        copy_timeout_base_seconds: float = 60.0,
+        copy_min_bytes_per_second: float = 10 * 1024 * 1024,
     ) -> None:
         self._src = source
         self._dst = destination
@@ -130,6 +70,8 @@ class ColdMigrator:
         self._sleep = sleep
         self._on_step = on_step
         self._poll_interval_seconds = poll_interval_seconds
+        self._copy_timeout_base_seconds = copy_timeout_base_seconds
+        self._copy_min_bytes_per_second = copy_min_bytes_per_second
 
     def move(self, vm_uuid: str, *, start_on_destination: bool | None = None) -> MoveReport:
         """Moves the VM. `start_on_destination` None means "if it runs now"; pass the journaled value on a
@@ -195,7 +137,7 @@ class ColdMigrator:
     def _emit(self, move: _Move, step: MoveStep, phase: StepPhase, at: datetime, seconds: float | None,
               error: str | None = None) -> None:
         emit = log.warning if phase is StepPhase.FAILED else log.info
-        emit(_EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, error=error)
+        emit(EVENT_NAMES[phase], vm_uuid=move.uuid, step=str(step), seconds=seconds, error=error)
         event = StepEvent(vm_uuid=move.uuid, step=step, phase=phase, at=at, seconds=seconds, error=error)
         self._on_step(event)
 
@@ -241,12 +183,24 @@ class ColdMigrator:
                 self._dst.delete_volume(ref.pool, ref.volume)
             self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes)
             chunks, sent = self._src.read_volume(ref.pool, ref.volume), ChunkSha256()
+            limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
+                                                 self._copy_timeout_base_seconds,
+                                                 self._copy_min_bytes_per_second)
             try:
-                move.bytes_copied += self._dst.write_volume(ref.pool, ref.volume, sent.tap(chunks))
+                move.bytes_copied += self._dst.write_volume(
+                    ref.pool, ref.volume, self._within(limit_seconds, ref, sent.tap(chunks)))
             finally:
                 close_chunks(chunks)
             move.sent_sha256[ref] = sent.hexdigest()
         return True
+
+    def _within(self, limit_seconds: float, ref: VolumeRef, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        """Passes chunks on until the copy has taken longer than its size allows (a stalled destination)."""
+        began = self._clock()
+        for chunk in chunks:
+            if (self._clock() - began).total_seconds() > limit_seconds:
+                raise _Refused(f"copying {ref.pool}/{ref.volume} took over {limit_seconds:.0f} s")
+            yield chunk
 
     def _verify_disks(self, move: _Move) -> bool:
         if self._dst.find_vm(move.uuid) is not None:
@@ -324,6 +278,12 @@ class ColdMigrator:
         if _active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
+
+
+def copy_timeout_seconds(data_bytes: int, base_seconds: float, min_bytes_per_second: float) -> float:
+    """How long copying a volume may take: a fixed allowance plus its allocated bytes at the slowest
+    acceptable rate, so a big disk is not cut short and a small one does not wait minutes on a dead peer."""
+    return base_seconds + data_bytes / min_bytes_per_second
 
 
 def _active(vm: VmInfo | None) -> bool:

@@ -41,6 +41,11 @@ class EvacuationSettings(_Strict):
     default_window_seconds: int = Field(default=600, ge=0)
     max_window_seconds: int = Field(default=3600, ge=0)
     shutdown_timeout_seconds: float = Field(default=120.0, gt=0)
+    move_attempts: int = Field(default=3, ge=1)
+    retry_initial_seconds: float = Field(default=2.0, ge=0)
+    retry_max_seconds: float = Field(default=30.0, ge=0)
+    copy_timeout_base_seconds: float = Field(default=60.0, gt=0)
+    copy_min_bytes_per_second: int = Field(default=10 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHosts, no_crash
-from evacuator.errors import MigrationError
+from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
+from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Hypervisor
 from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
@@ -39,24 +39,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def open_hosts_for(settings: Settings) -> OpenHosts:
-    """Each move opens fresh connections to this host and the chosen peer (the engine's thread owns them)."""
-    peers = {p.name: p for p in settings.peers}
-    host = settings.host
+def open_host_for(settings: Settings) -> OpenHost:
+    """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them)."""
+    hosts = {p.name: (p.libvirt_uri, p.storage_pool) for p in settings.peers}
+    hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
 
     @contextmanager
-    def open_hosts(vm_uuid: str, destination: str) -> Iterator[tuple[Hypervisor, Hypervisor]]:
-        peer = peers.get(destination)
-        if peer is None:
-            raise MigrationError(f"VM {vm_uuid}: {destination} is not a configured peer", vm_uuid=vm_uuid,
-                                 step="locate")
-        with (
-            open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool) as source,
-            open_libvirt_host(peer.name, peer.libvirt_uri, peer.storage_pool) as dest,
-        ):
-            yield source, dest
+    def open_host(name: str) -> Iterator[Hypervisor]:
+        if name not in hosts:
+            raise HypervisorError(f"host {name} is neither this host nor a configured peer")
+        uri, pool = hosts[name]
+        with open_libvirt_host(name, uri, pool) as host:
+            yield host
 
-    return open_hosts
+    return open_host
 
 
 CRASH_AT_ENV = "EVACUATOR_CRASH_AT"
@@ -78,15 +74,21 @@ def crash_point_from_env(environ: Mapping[str, str]) -> CrashPoint:
 
 
 def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime]) -> MoveEngine:
+    evacuation = settings.evacuation
     return MoveEngine(
         config=EngineConfig(
             host=settings.host.name,
             peers=tuple(p.name for p in settings.peers),
-            shutdown_timeout_seconds=settings.evacuation.shutdown_timeout_seconds,
+            shutdown_timeout_seconds=evacuation.shutdown_timeout_seconds,
+            move_attempts=evacuation.move_attempts,
+            retry_initial_seconds=evacuation.retry_initial_seconds,
+            retry_max_seconds=evacuation.retry_max_seconds,
+            copy_timeout_base_seconds=evacuation.copy_timeout_base_seconds,
+            copy_min_bytes_per_second=evacuation.copy_min_bytes_per_second,
         ),
         journal=Journal(settings.state_dir / "journal.sqlite"),
         hypervisor=hypervisor,
-        open_hosts=open_hosts_for(settings),
+        open_host=open_host_for(settings),
         clock=clock,
         sleep=time.sleep,
         crash_point=crash_point_from_env(os.environ),

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -79,13 +79,16 @@ class LabHosts:
     """Starts and stops a set of lab hosts under one base directory; a context manager."""
 
     def __init__(
-        self, base_dir: Path, names: Sequence[str] = ("host-a", "host-b"), base_port: int = 16600
+        self, base_dir: Path, names: Sequence[str] = ("host-a", "host-b"), base_port: int = 16600,
+        pool_bytes: Mapping[str, int] | None = None,
     ) -> None:
         if len(set(names)) != len(names) or not names or not all(map(_HOSTNAME.fullmatch, names)):
             raise LabError(f"lab host names must be distinct hostnames ([a-z0-9-]), got {list(names)}")
         self._base_dir = base_dir.resolve()
         self._names = tuple(names)
         self._base_port = base_port
+        # Hosts whose pool is a tmpfs of this size: a destination that runs out of room, for real.
+        self._pool_bytes = dict(pool_bytes or {})
         self._hosts = tuple(self._describe(index, name) for index, name in enumerate(self._names))
         self._launched: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -121,12 +124,14 @@ class LabHosts:
     def stop(self) -> None:
         """Destroys every domain, stops every daemon and its leftovers; safe twice or after a crash."""
         for host in self._hosts:
-            launched = self._launched.pop(host.name, None)
-            pid = _reaper_pid(host)
-            if pid is None and launched is not None and launched.poll() is None:
-                pid = launched.pid  # ours for sure, even if /proc could not tell
-            if pid is None:
-                continue
+            self._stop_one(host)
+
+    def _stop_one(self, host: LabHost) -> None:
+        launched = self._launched.pop(host.name, None)
+        pid = _reaper_pid(host)
+        if pid is None and launched is not None and launched.poll() is None:
+            pid = launched.pid  # ours for sure, even if /proc could not tell
+        if pid is not None:
             _destroy_domains(host)
             os.kill(pid, signal.SIGTERM)
             if not _wait_gone(pid, _STOP_TIMEOUT_SECONDS):
@@ -134,6 +139,12 @@ class LabHosts:
                 _wait_gone(pid, _STOP_TIMEOUT_SECONDS)
             (host.root / "reaper.pid").unlink(missing_ok=True)
             log.info("lab_host_stopped", host=host.name)
+
+    def stop_host(self, name: str) -> None:
+        """Stops one host's daemon (its clients' connections drop at once); start() brings it back."""
+        for host in self._hosts:
+            if host.name == name:
+                self._stop_one(host)
 
     def _describe(self, index: int, name: str) -> LabHost:
         root = self._base_dir / name
@@ -164,6 +175,8 @@ class LabHosts:
             [f"mkdir -p {target} && mount --bind {host.root / source} {target}"
              for source, target in _PRIVATE_DIRS.items()]
             + [f"mount --bind {host.root / 'hosts'} /etc/hosts"]
+            + ([f"mount -t tmpfs -o size={self._pool_bytes[host.name]} tmpfs {host.pool_path}"]
+               if host.name in self._pool_bytes else [])
         )
         reaper = shlex.quote(str(host.root / "reaper.py"))
         script = (

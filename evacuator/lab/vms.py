@@ -19,7 +19,8 @@ def volume_name(vm_name: str) -> str:
 
 
 def domain_xml(
-    *, name: str, pool: str, volume: str, mac: str, facts: VmFacts, uuid: str | None = None
+    *, name: str, pool: str, volume: str, mac: str, facts: VmFacts, uuid: str | None = None,
+    extra_devices: str = "",
 ) -> str:
     """A QEMU (software emulated) domain with no OS to boot: SeaBIOS idles and ignores ACPI shutdown.
 
@@ -40,7 +41,7 @@ def domain_xml(
       <target dev='vda' bus='virtio'/>
     </disk>
     <interface type='user'><mac address={quoteattr(mac)}/><model type='virtio'/></interface>
-    <memballoon model='none'/>
+    <memballoon model='none'/>{extra_devices}
   </devices>
 </domain>"""
 
@@ -56,6 +57,7 @@ def create_vm(
     data: bytes,
     mac: str,
     start: bool = True,
+    extra_devices: str = "",
 ) -> str:
     """Defines (and by default starts) a lab VM whose disk holds `data` at offset 0; returns its UUID."""
     if len(data) > disk_bytes:
@@ -72,7 +74,8 @@ def create_vm(
             chunks.append(HoleChunk(length_bytes=disk_bytes - len(data)))
         host.write_volume(pool, volume, chunks)
         facts = VmFacts(tenant=tenant, window_seconds=window_seconds)
-        vm = host.define_vm(domain_xml(name=name, pool=pool, volume=volume, mac=mac, facts=facts))
+        vm = host.define_vm(domain_xml(name=name, pool=pool, volume=volume, mac=mac, facts=facts,
+                                       extra_devices=extra_devices))
         if start:
             host.start_vm(vm.uuid)
         return vm.uuid

@@ -50,11 +50,14 @@ class Hosts:
     def __init__(self) -> None:
         self.source = FakeHypervisor(name="host-a")
         self.destination = FakeHypervisor(name="host-b")
+        self.third = FakeHypervisor(name="host-c")
+        self.down: set[str] = set()
 
     @contextmanager
-    def open(self, vm_uuid: str, destination: str) -> Iterator[tuple[Hypervisor, Hypervisor]]:
-        assert destination == "host-b"
-        yield self.source, self.destination
+    def open(self, name: str) -> Iterator[Hypervisor]:
+        if name in self.down:
+            raise HypervisorError(f"host {name}: cannot connect")
+        yield {"host-a": self.source, "host-b": self.destination, "host-c": self.third}[name]
 
     def add_vm(self, name: str) -> str:
         self.source.add_volume(POOL, f"{name}.raw", capacity_bytes=64 * 1024, data=DATA)
@@ -63,7 +66,9 @@ class Hosts:
         return self.source.add_vm(xml, state=VmState.RUNNING).uuid
 
 
-def make_engine(hosts: Hosts, journal: Journal, crash_at: str | None = None) -> MoveEngine:
+def make_engine(
+    hosts: Hosts, journal: Journal, crash_at: str | None = None, peers: tuple[str, ...] = ("host-b",)
+) -> MoveEngine:
     ticks = iter(range(10**6))
 
     def crash_point(step: str, phase: Phase) -> None:
@@ -71,8 +76,8 @@ def make_engine(hosts: Hosts, journal: Journal, crash_at: str | None = None) -> 
             raise Crash(crash_at)
 
     return MoveEngine(
-        config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=1),
-        journal=journal, hypervisor=hosts.source, open_hosts=hosts.open,
+        config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=1, retry_initial_seconds=0),
+        journal=journal, hypervisor=hosts.source, open_host=hosts.open,
         clock=lambda: T0 + timedelta(seconds=next(ticks)), sleep=lambda s: None, crash_point=crash_point,
     )  # fmt: skip
 
@@ -162,21 +167,6 @@ def test_a_crash_at_any_journaled_point_is_resumed_on_restart(tmp_path: Path, cr
     assert hosts.source.volume_names() == () and hosts.destination.volume_names() == ((POOL, "web.raw"),)
 
 
-def test_a_failed_move_is_journaled_failed_and_reported(tmp_path: Path) -> None:
-    hosts, told = Hosts(), Told()
-    web = hosts.add_vm("web")
-    hosts.destination.inject_error("create_volume", HypervisorError("host-b: pool full"))
-    with Journal(tmp_path / "j.sqlite") as journal:
-        engine = make_engine(hosts, journal)
-        engine.start(timer_pending=lambda _: False, outcomes=told)
-        engine.submit(web)
-        assert engine.wait_idle(5)
-        engine.stop()
-        record = journal.get(web)
-    assert record is not None and record.state is MoveState.FAILED and "pool full" in (record.error or "")
-    assert [(r.vm_uuid, "pool full" in reason) for r, reason in told.failures] == [(web, True)]
-
-
 def test_cancel_only_before_quiescing(tmp_path: Path) -> None:
     hosts = Hosts()
     web = hosts.add_vm("web")
@@ -187,3 +177,75 @@ def test_cancel_only_before_quiescing(tmp_path: Path) -> None:
         assert cancelled is not None and cancelled.state is MoveState.CANCELLED
         assert engine.cancel(web, "again") is None
         assert not engine.submit(web)
+
+
+def run_one(
+    tmp_path: Path, hosts: Hosts, vm_uuid: str, *, peers: tuple[str, ...] = ("host-b",),
+    may_restart_on_source: bool = True,
+) -> tuple[MoveRecord, Told, tuple[tuple[MoveState, Phase, str | None], ...]]:
+    told = Told()
+    with Journal(tmp_path / "j.sqlite") as journal:
+        engine = make_engine(hosts, journal, peers=peers)
+        engine.plan([planned(vm_uuid, "web")], may_restart_on_source=may_restart_on_source)
+        engine.start(timer_pending=lambda _: False, outcomes=told)
+        assert engine.wait_idle(5)
+        engine.stop()
+        record, history = journal.get(vm_uuid), journal.history(vm_uuid)
+    assert record is not None
+    return record, told, history
+
+
+def test_pool_full_on_the_only_peer_restores_the_vm_running_on_its_source(tmp_path: Path) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web")
+    hosts.destination.inject_error("write_volume", HypervisorError("host-b: no space left"), times=3)
+    record, told, history = run_one(tmp_path, hosts, web)
+    assert record.state is MoveState.RESTORED_ON_SOURCE and "no space left" in (record.error or "")
+    assert MoveState.ROLLING_BACK in [state for state, _, _ in history]
+    back = hosts.source.peek_vm(web)
+    assert back is not None and back.state is VmState.RUNNING
+    assert hosts.destination.list_vms() == () and hosts.destination.volume_names() == ()
+    assert hosts.destination.calls.count(f"write_volume {POOL} web.raw") == 3, "three attempts, then rollback"
+    assert [(r.vm_uuid, r.state) for r, _ in told.failures] == [(web, MoveState.RESTORED_ON_SOURCE)]
+
+
+def test_a_transient_fault_is_retried_and_the_move_completes(tmp_path: Path) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web")
+    hosts.destination.inject_error("write_volume", HypervisorError("host-b: connection reset"), times=2)
+    record, told, _ = run_one(tmp_path, hosts, web)
+    assert record.state is MoveState.DONE and [r.vm_uuid for r in told.moves] == [web]
+
+
+def test_start_refused_moves_on_to_the_next_candidate(tmp_path: Path) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web")
+    hosts.destination.inject_error("start_vm", HypervisorError("host-b: cannot start"), times=3)
+    record, told, _ = run_one(tmp_path, hosts, web, peers=("host-b", "host-c"))
+    assert record.state is MoveState.DONE and record.destination == "host-c"
+    moved = hosts.third.peek_vm(web)
+    assert moved is not None and moved.state is VmState.RUNNING
+    assert hosts.source.peek_vm(web) is None and hosts.source.volume_names() == ()
+    assert hosts.destination.list_vms() == () and hosts.destination.volume_names() == ()
+    assert [r.destination for r in told.moves] == ["host-c"]
+
+
+def test_a_failed_host_does_not_get_its_vm_back(tmp_path: Path) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web")
+    hosts.destination.inject_error("create_volume", HypervisorError("host-b: pool full"), times=3)
+    record, told, _ = run_one(tmp_path, hosts, web, may_restart_on_source=False)
+    assert record.state is MoveState.FAILED
+    off = hosts.source.peek_vm(web)
+    assert off is not None and off.state is VmState.SHUT_OFF
+    assert told.failures and told.failures[0][0].state is MoveState.FAILED
+
+
+def test_unreachable_destination_restores_on_source_and_names_what_was_not_cleaned(tmp_path: Path) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web")
+    hosts.down.add("host-b")
+    record, _, _ = run_one(tmp_path, hosts, web)
+    assert record.state is MoveState.RESTORED_ON_SOURCE and "could not be cleaned" in (record.error or "")
+    back = hosts.source.peek_vm(web)
+    assert back is not None and back.state is VmState.RUNNING

@@ -43,13 +43,14 @@ class FakeMover:
         self.fail_with: Exception | None = None
 
     @contextmanager
-    def open_hosts(self, vm_uuid: str, destination: str) -> Iterator[tuple[Hypervisor, Hypervisor]]:
-        assert destination == self.destination.name
-        if self.fail_with is not None:
+    def open_host(self, name: str) -> Iterator[Hypervisor]:
+        host = {"host-a": self.source, "host-b": self.destination}[name]
+        if self.fail_with is not None and host is self.destination:
             raise self.fail_with
-        yield self.source, self.destination
-        if self.destination.peek_vm(vm_uuid) is not None and self.source.peek_vm(vm_uuid) is None:
-            self.moved.append(vm_uuid)
+        yield host
+        for vm in self.destination.list_vms():
+            if vm.uuid not in self.moved and self.source.peek_vm(vm.uuid) is None:
+                self.moved.append(vm.uuid)
 
 
 def ticking_clock() -> Callable[[], datetime]:
@@ -67,8 +68,9 @@ class World:
         self.mover = FakeMover(self.source, self.destination)
         self.journal = Journal(journal_path)
         self.engine = MoveEngine(
-            config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=1),
-            journal=self.journal, hypervisor=self.source, open_hosts=self.mover.open_hosts,
+            config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=1,
+                                move_attempts=1),
+            journal=self.journal, hypervisor=self.source, open_host=self.mover.open_host,
             clock=ticking_clock(), sleep=lambda s: None,
         )  # fmt: skip
         self.service = Service(
