@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from xml.etree import ElementTree
 
 from evacuator.errors import VmMetadataError
@@ -12,6 +13,14 @@ NAMESPACE_URI = "https://evacuator.dev/xmlns/vm/1"
 NAMESPACE_PREFIX = "evacuator"
 ROOT_ELEMENT = "vm"
 _MAX_TENANT_CHARS = 128
+
+
+class MoveMethod(StrEnum):
+    """How a VM moves: shut down and copied (default), live with its storage, or live first then cold."""
+
+    COLD = "cold"
+    LIVE = "live"
+    LIVE_THEN_COLD = "live_then_cold"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +34,13 @@ class VmFacts:
 
     tenant: str | None = None
     window_seconds: int | None = None
+    # VMs of one consistency group (on one host) are quiesced together and moved all or nothing.
+    group: str | None = None
+    # Start order on the destination within the group: lower first.
+    boot_order: int | None = None
+    # Higher moves first when the concurrency caps make moves queue.
+    priority: int | None = None
+    method: MoveMethod | None = None
 
 
 def _parse_tenant(text: str) -> str:
@@ -53,10 +69,39 @@ def _render_seconds(value: object) -> str:
     return str(value)
 
 
+def _parse_int(text: str) -> int:
+    stripped = text.strip()
+    try:
+        return int(stripped)
+    except ValueError:
+        raise ValueError("a whole number") from None
+
+
+def _render_int(value: object) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("a whole number")
+    return str(value)
+
+
+def _parse_method(text: str) -> MoveMethod:
+    try:
+        return MoveMethod(text.strip())
+    except ValueError:
+        raise ValueError(f"one of {', '.join(m.value for m in MoveMethod)}") from None
+
+
+def _render_method(value: object) -> str:
+    return _parse_method(str(value)).value
+
+
 # One row per field: element name (== VmFacts field name), text -> value, value -> text (validating).
 _CODECS: dict[str, tuple[Callable[[str], object], Callable[[object], str]]] = {
     "tenant": (_parse_tenant, _render_tenant),
     "window_seconds": (_parse_seconds, _render_seconds),
+    "group": (_parse_tenant, _render_tenant),
+    "boot_order": (_parse_int, _render_int),
+    "priority": (_parse_int, _render_int),
+    "method": (_parse_method, _render_method),
 }
 assert set(_CODECS) == {f.name for f in fields(VmFacts)}, "every VmFacts field needs a codec row"
 

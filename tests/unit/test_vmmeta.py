@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evacuator.errors import VmMetadataError
-from evacuator.vmmeta import NAMESPACE_URI, VmFacts, parse_facts, render_facts
+from evacuator.vmmeta import NAMESPACE_URI, MoveMethod, VmFacts, parse_facts, render_facts
 
 NS = f'xmlns:evacuator="{NAMESPACE_URI}"'
 
@@ -18,6 +18,8 @@ NS = f'xmlns:evacuator="{NAMESPACE_URI}"'
         VmFacts(window_seconds=0),
         VmFacts(tenant="acme", window_seconds=600),
         VmFacts(tenant="t-1.example_corp", window_seconds=86_400),
+        VmFacts(tenant="acme", group="db-cluster", boot_order=2, priority=-5, method=MoveMethod.LIVE),
+        VmFacts(method=MoveMethod.LIVE_THEN_COLD, priority=10),
     ],
 )
 def test_rendered_facts_parse_back_equal(facts: VmFacts) -> None:
@@ -39,11 +41,14 @@ def test_render_uses_the_namespace_prefix_and_omits_absent_fields() -> None:
         (f"<evacuator:vm {NS}><evacuator:window_seconds> 30 </evacuator:window_seconds></evacuator:vm>",
          VmFacts(window_seconds=30)),
         (f'<vm xmlns="{NAMESPACE_URI}"><tenant>acme</tenant></vm>', VmFacts(tenant="acme")),
-        ("<vm><tenant>acme</tenant><group>db</group><priority>3</priority></vm>", VmFacts(tenant="acme")),
+        ("<vm><tenant>acme</tenant><colour>db</colour><affinity>3</affinity></vm>", VmFacts(tenant="acme")),
+        ("<vm><group>db</group><boot_order>2</boot_order><priority>-3</priority><method>live</method></vm>",
+         VmFacts(group="db", boot_order=2, priority=-3, method=MoveMethod.LIVE)),
         ('<vm><x:tenant xmlns:x="urn:other">evil</x:tenant></vm>', VmFacts()),
         ("<vm/>", VmFacts()),
     ],
-    ids=["libvirt-bare", "prefixed", "default-ns", "unknown-fields-ignored", "foreign-ns-ignored", "empty"],
+    ids=["libvirt-bare", "prefixed", "default-ns", "unknown-fields-ignored", "group-and-order",
+         "foreign-ns-ignored", "empty"],
 )
 def test_parse_accepts_the_forms_libvirt_and_newer_agents_write(xml: str, expected: VmFacts) -> None:
     assert parse_facts(xml) == expected
@@ -64,6 +69,9 @@ def test_parse_accepts_the_forms_libvirt_and_newer_agents_write(xml: str, expect
         ("<host><tenant>a</tenant></host>", "root element <vm>"),
         ('<vm xmlns="urn:other"><tenant>a</tenant></vm>', "root element <vm>"),
         ("<vm><tenant>a</tenant>", "not well-formed"),
+        ("<vm><method>teleport</method></vm>", "'method'.*one of cold, live, live_then_cold"),
+        ("<vm><priority>high</priority></vm>", "'priority'"),
+        ("<vm><group>a b</group></vm>", "'group'"),
     ],
 )
 def test_parse_rejects_bad_content_naming_the_field(xml: str, named: str) -> None:
