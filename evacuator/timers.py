@@ -11,10 +11,10 @@ from typing import Protocol
 import structlog
 from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from evacuator.errors import TimerError
+from evacuator.jobstore import SqliteJobStore
 
 log = structlog.get_logger(__name__)
 
@@ -46,8 +46,7 @@ class ApschedulerTimers:
     """Timers in an APScheduler 3 BackgroundScheduler backed by a SQLite job store."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._store = SQLAlchemyJobStore(url=f"sqlite:///{db_path}", tablename="evacuation_timers")
+        self._store = SqliteJobStore(db_path)
         self._scheduler = BackgroundScheduler(
             jobstores={"default": self._store},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},

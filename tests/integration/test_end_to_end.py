@@ -39,10 +39,19 @@ READY_WINDOW_SECONDS = 120  # VM 1: the tenant answers ready long before this
 WAIT_WINDOW_SECONDS = 15  # VM 2: no answer, it moves when this runs out
 
 
+def daemon_memory(log: DaemonLog) -> str:
+    """The daemon's memory from /proc, for the closing note: file-backed pages are shared libraries."""
+    fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    lines = Path(f"/proc/{log.pid}/status").read_text(encoding="ascii").splitlines()
+    values = {k: v.strip() for k, _, v in (line.partition(":") for line in lines) if k in fields}
+    return ", ".join(f"{k} {values.get(k)}" for k in fields)
+
+
 class DaemonLog:
     """Reads the daemon's JSON log lines on a thread; tests wait for events by name and context."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.pid = process.pid
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
@@ -255,6 +264,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
             assert sums[name] != hashlib.sha256(b"").hexdigest()
 
     _report_timings(log, heated_at, received_at, uuids)
+    print(f"daemon memory: {daemon_memory(log)}")
 
 
 def _report_timings(
