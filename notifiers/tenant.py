@@ -15,7 +15,7 @@ import pika.exceptions
 
 from notifiers.connection import CONNECTION_ERRORS, connection_parameters
 from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName
-from notifiers.messages import Notice, ReadyReply, encode, parse_notice
+from notifiers.messages import Notice, PostponeReply, ReadyReply, RegisterReply, Reply, encode, parse_notice
 from notifiers.settings import redact_url
 from notifiers.topology import check_word, reply_routing_key, tenant_queue
 
@@ -83,7 +83,18 @@ class TenantClient:
 
     def send_ready(self, host: str, vm_uuid: str, event_id: str | None = None) -> None:
         """Tell the service on `host` that `vm_uuid` may move now; returns once the broker confirmed it."""
-        reply = ReadyReply(vm_uuid=vm_uuid, event_id=event_id)
+        self.send(host, ReadyReply(vm_uuid=vm_uuid, event_id=event_id))
+
+    def send_postpone(self, host: str, vm_uuid: str, seconds: int, event_id: str | None = None) -> None:
+        """Ask the service on `host` to move `vm_uuid` later by `seconds` (the answer comes as a notice)."""
+        self.send(host, PostponeReply(vm_uuid=vm_uuid, postpone_seconds=seconds, event_id=event_id))
+
+    def send_register(self, host: str, vm_uuid: str, window_seconds: int) -> None:
+        """Register the VM's preprocessing window with the service on `host`."""
+        self.send(host, RegisterReply(vm_uuid=vm_uuid, window_seconds=window_seconds))
+
+    def send(self, host: str, reply: Reply) -> None:
+        """Publish a reply as this tenant (user_id set), persistent and mandatory, confirmed by the broker."""
         properties = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,

@@ -14,7 +14,14 @@ import pika.exceptions
 import pytest
 
 from notifiers.errors import BrokerRefused, InvalidName, UnroutableNotice
-from notifiers.messages import EvacuationScheduled, Reason, ScheduledVm, VmEvacuated
+from notifiers.messages import (
+    EvacuationScheduled,
+    PostponeReply,
+    Reason,
+    RegisterReply,
+    ScheduledVm,
+    VmEvacuated,
+)
 from notifiers.publisher import NoticePublisher
 from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
 from notifiers.settings import BrokerSettings
@@ -171,6 +178,23 @@ def test_ready_reply_from_the_owner_reaches_the_service_as_that_tenant(
         VM,
         event_id,
     )
+
+
+@pytest.mark.parametrize("kind", ["postpone", "register"])
+def test_postpone_and_register_replies_reach_the_service_as_that_tenant(
+    inbox: Inbox, broker_settings: BrokerSettings, acme: LabTenant, host: str, kind: str
+) -> None:
+    with client(acme, broker_settings) as tenant:
+        if kind == "postpone":
+            tenant.send_postpone(host, VM, 300)
+        else:
+            tenant.send_register(host, VM, 900)
+    reply = inbox.replies.get(timeout=WAIT_SECONDS)
+    assert (reply.tenant, reply.reply.type, reply.reply.vm_uuid) == (acme.name, kind, VM)
+    assert reply.reply == (
+        PostponeReply(vm_uuid=VM, postpone_seconds=300) if kind == "postpone"
+        else RegisterReply(vm_uuid=VM, window_seconds=900)
+    )  # fmt: skip
 
 
 def test_reply_under_another_tenants_routing_key_is_refused_by_the_broker(
