@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import structlog
 
-from evacuator.hypervisor import Hypervisor
+from evacuator.groupmove import GroupRunner
+from evacuator.hypervisor import Hypervisor, VmInfo
 from evacuator.journal import Journal
+from evacuator.movequeue import Unit, next_unit
 from evacuator.moverun import (
     CrashPoint,
     EngineConfig,
-    MoveRunner,
     OpenHost,
     Outcomes,
     no_crash,
@@ -31,6 +33,7 @@ from evacuator.movestate import (
     resume_action,
 )
 from evacuator.planner import PlannedMove
+from evacuator.vmmeta import VmFacts
 
 __all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]
 
@@ -56,17 +59,20 @@ class MoveEngine:
         self._config = config
         self._journal = journal
         self._hypervisor = hypervisor
-        self._runner = MoveRunner(config=config, journal=journal, open_host=open_host, clock=clock,
-                                  sleep=sleep, crash_point=crash_point)
+        self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
+                                   sleep=sleep, crash_point=crash_point)
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
         self._sleep = sleep
         self._crash_point = crash_point
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._queued: set[str] = set()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._worker = threading.Thread(target=self._work, name="evacuator-mover", daemon=True)
+        self._waiting: dict[str, Unit] = {}
+        self._running: dict[str, str] = {}  # unit key -> destination
+        self._seq = itertools.count()
+        self._stopping = False
+        self._changed = threading.Condition()
+        # One worker per allowed outgoing move: the source's cap (oVirt's default is 2).
+        self._workers = [threading.Thread(target=self._work, name=f"evacuator-mover-{index}", daemon=True)
+                         for index in range(config.max_outgoing_moves)]
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -85,22 +91,27 @@ class MoveEngine:
             if action in (ResumeAction.MOVE, ResumeAction.ROLL_BACK):
                 self._enqueue(record.vm_uuid)
                 resumed.append(record.vm_uuid)
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         return tuple(resumed)
 
     def stop(self, timeout_seconds: float = 30) -> None:
-        self._queue.put(None)
-        if self._worker.is_alive():
-            self._worker.join(timeout=timeout_seconds)
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=timeout_seconds)
 
     def busy(self) -> bool:
-        with self._lock:
-            return bool(self._queued)
+        with self._changed:
+            return bool(self._waiting or self._running)
 
     def wait_idle(self, timeout_seconds: float) -> bool:
-        """Blocks until no move is queued or running (a real wait on the worker, not the injected clock)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._queued, timeout=timeout_seconds)
+        """Blocks until no move is queued or running (a real wait on the workers, not the injected clock)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not (self._waiting or self._running),
+                                          timeout=timeout_seconds)
 
     def record(self, vm_uuid: str) -> MoveRecord | None:
         return self._journal.get(vm_uuid)
@@ -113,12 +124,14 @@ class MoveEngine:
             current = self._journal.get(move.vm_uuid)
             if current is not None and current.state not in TERMINAL:
                 continue  # already on its way (an earlier spell): its record stands
+            facts = _facts(self._hypervisor.find_vm(move.vm_uuid))
             self._journal.put(MoveRecord(
                 vm_uuid=move.vm_uuid, vm_name=move.vm_name, tenant=move.tenant, source=self._config.host,
                 destination=None, state=MoveState.PLANNED, phase=Phase.ENTERED, step=None,
                 start_on_destination=None, may_restart_on_source=may_restart_on_source,
                 deadline=move.deadline, attempt=0 if current is None else current.attempt + 1, error=None,
-                updated_at=self._clock(),
+                updated_at=self._clock(), group=facts.group, boot_order=facts.boot_order or 0,
+                priority=facts.priority or 0,
             ))  # fmt: skip
 
     def mark(self, vm_uuid: str, state: MoveState) -> None:
@@ -133,9 +146,11 @@ class MoveEngine:
         if record is None or record.state in TERMINAL:
             log.info("move_skipped", vm_uuid=vm_uuid, reason="not_on_this_host")
             return False
-        if record.state in PENDING:
-            record = self._journal.advance(record, record.state, Phase.DUE, self._clock())
-            self._crash_point("due", Phase.DUE)
+        # A group is due as a whole when any of its VMs is: it moves all or nothing.
+        for member in self._members(record):
+            if member.state in PENDING:
+                self._journal.advance(member, member.state, Phase.DUE, self._clock())
+        self._crash_point("due", Phase.DUE)
         self._enqueue(vm_uuid)
         return True
 
@@ -157,32 +172,77 @@ class MoveEngine:
             vm_uuid=vm.uuid, vm_name=vm.name, tenant=vm.facts.tenant, source=self._config.host,
             destination=None, state=MoveState.WAITING, phase=Phase.ENTERED, step=None,
             start_on_destination=None, may_restart_on_source=True, deadline=None, attempt=0, error=None,
-            updated_at=self._clock(),
+            updated_at=self._clock(), group=vm.facts.group, boot_order=vm.facts.boot_order or 0,
+            priority=vm.facts.priority or 0,
         ))  # fmt: skip
 
+    def _members(self, record: MoveRecord) -> list[MoveRecord]:
+        if record.group is None:
+            return [record]
+        return [r for r in self._journal.unfinished() if r.group == record.group]
+
     def _enqueue(self, vm_uuid: str) -> None:
-        with self._lock:
-            if vm_uuid in self._queued:
+        record = self._journal.get(vm_uuid)
+        if record is None:
+            return
+        members = self._members(record)
+        key = vm_uuid if record.group is None else f"group:{record.group}"
+        with self._changed:
+            if key in self._waiting or key in self._running:
                 return
-            self._queued.add(vm_uuid)
-        self._queue.put(vm_uuid)
+            self._waiting[key] = Unit(
+                key=key, members=tuple(m.vm_uuid for m in members),
+                priority=max(m.priority for m in members),
+                seq=next(self._seq),
+                destination=next((m.destination for m in members if m.destination), None),
+            )  # fmt: skip
+            self._changed.notify_all()
+
+    def _next(self) -> tuple[Unit, str] | None:
+        """Blocks until a unit may run (caps permitting) or the engine stops; marks it running."""
+        with self._changed:
+            while True:
+                if self._stopping:
+                    return None
+                incoming = Counter(self._running.values())
+                chosen = next_unit(list(self._waiting.values()), incoming, self._config.peers,
+                                   max_incoming_per_peer=self._config.max_incoming_moves_per_peer)
+                if chosen is not None:
+                    unit, destination = chosen
+                    del self._waiting[unit.key]
+                    self._running[unit.key] = destination
+                    return chosen
+                self._changed.wait()
 
     def _work(self) -> None:
-        while (vm_uuid := self._queue.get()) is not None:
+        while (chosen := self._next()) is not None:
+            unit, destination = chosen
             try:
-                self._execute(vm_uuid)
+                self._execute(unit, destination)
             except Exception as exc:  # a journal or host failure ends this move, never the worker
-                log.error("move_crashed", vm_uuid=vm_uuid, error=str(exc), exc_info=True)
+                log.error("move_crashed", unit=unit.key, error=str(exc), exc_info=True)
             finally:
-                with self._idle:
-                    self._queued.discard(vm_uuid)
-                    self._idle.notify_all()
+                with self._changed:
+                    del self._running[unit.key]
+                    self._changed.notify_all()
 
-    def _execute(self, vm_uuid: str) -> None:
-        record = self._journal.get(vm_uuid)
-        if record is None or record.state in TERMINAL:
+    def _execute(self, unit: Unit, destination: str) -> None:
+        found = map(self._journal.get, unit.members)
+        records = [r for r in found if r is not None and r.state not in TERMINAL]
+        # The destination is journaled before anything moves, so a restart resumes toward the same host.
+        records = [r if r.destination else self._journal.advance(r, r.state, r.phase, self._clock(),
+                                                                 destination=destination)
+                   for r in records]  # fmt: skip
+        if not records:
             return
-        self._runner.execute(record, self._outcomes)
+        if unit.key.startswith("group:"):
+            self._runner.execute_group(records, self._outcomes)
+        else:
+            self._runner.execute(records[0], self._outcomes)
+
+
+def _facts(vm: VmInfo | None) -> VmFacts:
+    return VmFacts() if vm is None else vm.facts
 
 
 class _LoggedOutcomes:

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS moves (
     vm_uuid TEXT PRIMARY KEY, vm_name TEXT NOT NULL, tenant TEXT, source TEXT NOT NULL, destination TEXT,
     state TEXT NOT NULL, phase TEXT NOT NULL, step TEXT, start_on_destination INTEGER,
     may_restart_on_source INTEGER NOT NULL, deadline TEXT, attempt INTEGER NOT NULL, error TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL, grp TEXT, boot_order INTEGER NOT NULL, priority INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS move_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, vm_uuid TEXT NOT NULL, state TEXT NOT NULL, phase TEXT NOT NULL,
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS move_history (
 """
 _COLUMNS = (
     "vm_uuid", "vm_name", "tenant", "source", "destination", "state", "phase", "step", "start_on_destination",
-    "may_restart_on_source", "deadline", "attempt", "error", "updated_at",
+    "may_restart_on_source", "deadline", "attempt", "error", "updated_at", "grp", "boot_order", "priority",
 )
 
 
@@ -117,6 +117,7 @@ class Journal:
 
 def _row(record: MoveRecord) -> tuple[object, ...]:
     values = asdict(record)
+    values["grp"] = record.group
     values["state"] = record.state.value
     values["phase"] = record.phase.value
     values["start_on_destination"] = None if record.start_on_destination is None else int(
@@ -138,5 +139,6 @@ def _record(row: tuple[Any, ...]) -> MoveRecord:
         may_restart_on_source=bool(values["may_restart_on_source"]),
         deadline=None if values["deadline"] is None else datetime.fromisoformat(values["deadline"]),
         attempt=int(values["attempt"]), error=values["error"],
-        updated_at=datetime.fromisoformat(values["updated_at"]),
+        updated_at=datetime.fromisoformat(values["updated_at"]), group=values["grp"],
+        boot_order=int(values["boot_order"]), priority=int(values["priority"]),
     )

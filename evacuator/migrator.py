@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,7 +19,15 @@ from evacuator.hypervisor import (
     close_chunks,
     sha256_of_chunks,
 )
-from evacuator.movesteps import EVENT_NAMES, MoveReport, MoveStep, StepEvent, StepPhase, StepTiming
+from evacuator.movesteps import (
+    EVENT_NAMES,
+    MoveReport,
+    MoveStep,
+    StepEvent,
+    StepPhase,
+    StepTiming,
+    copy_timeout_seconds,
+)
 
 __all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
 
@@ -73,9 +81,13 @@ class ColdMigrator:
         self._copy_timeout_base_seconds = copy_timeout_base_seconds
         self._copy_min_bytes_per_second = copy_min_bytes_per_second
 
-    def move(self, vm_uuid: str, *, start_on_destination: bool | None = None) -> MoveReport:
+    def move(
+        self, vm_uuid: str, *, start_on_destination: bool | None = None,
+        steps: Collection[MoveStep] | None = None,
+    ) -> MoveReport:
         """Moves the VM. `start_on_destination` None means "if it runs now"; pass the journaled value on a
-        retry after the quiesce step, when the VM no longer runs anywhere."""
+        retry after the quiesce step, when the VM no longer runs anywhere. `steps` runs only those (in their
+        order): a consistency group runs each phase for all its VMs before the next."""
         began = self._clock()
         move = self._begin(vm_uuid.lower(), start_on_destination)
         log.info("move_started", vm_uuid=move.uuid, vm_name=move.name, source=self._src.name,
@@ -89,7 +101,8 @@ class ColdMigrator:
             (MoveStep.VERIFY, self._verify),
             (MoveStep.CLEAN_UP, self._clean_up),
         )
-        timings = tuple(self._run(move, step, action) for step, action in plan)
+        chosen = [(step, action) for step, action in plan if steps is None or step in steps]
+        timings = tuple(self._run(move, step, action) for step, action in chosen)
         report = MoveReport(
             vm_uuid=move.uuid, vm_name=move.name, source=self._src.name, destination=self._dst.name,
             steps=timings, bytes_copied=move.bytes_copied, forced_off=move.forced_off,
@@ -97,6 +110,38 @@ class ColdMigrator:
         )
         log.info("move_finished", vm_uuid=move.uuid, seconds=report.seconds, bytes_copied=report.bytes_copied)
         return report
+
+    def quiesce_together(self, vm_uuids: Sequence[str]) -> None:
+        """Asks every VM of a group to shut down at once, waits for all of them, then powers off the rest:
+        the group's VMs stop within one shutdown timeout of each other, never one by one."""
+        moves = [self._begin(uuid.lower(), None) for uuid in vm_uuids]
+        started_at = self._clock()
+        for move in moves:
+            self._emit(move, MoveStep.QUIESCE, StepPhase.STARTED, started_at, None)
+        try:
+            running = [move for move in moves if _active(self._src.find_vm(move.uuid))]
+            for move in running:
+                if _active(self._dst.find_vm(move.uuid)):
+                    raise _Refused(f"VM {move.uuid} runs on both hosts: refusing to touch either")
+                self._src.request_shutdown(move.uuid)
+            while running and (self._clock() - started_at).total_seconds() < self._shutdown_timeout_seconds:
+                self._sleep(self._poll_interval_seconds)
+                if not any(_active(self._src.find_vm(move.uuid)) for move in running):
+                    break
+            for move in running:
+                if _active(self._src.find_vm(move.uuid)):
+                    log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name)
+                    self._src.destroy_vm(move.uuid)
+        except (EvacuatorError, _Refused) as exc:
+            for move in moves:
+                self._emit(move, MoveStep.QUIESCE, StepPhase.FAILED, self._clock(), None, error=str(exc))
+            raise MigrationError(f"group quiesce failed: {exc}", vm_uuid=moves[0].uuid,
+                                 step=MoveStep.QUIESCE) from exc
+        ended_at = self._clock()
+        seconds = (ended_at - started_at).total_seconds()
+        for move in moves:
+            phase = StepPhase.FINISHED if move in running else StepPhase.SKIPPED
+            self._emit(move, MoveStep.QUIESCE, phase, ended_at, seconds)
 
     def _begin(self, uuid: str, start_on_destination: bool | None) -> _Move:
         def refuse(message: str) -> MigrationError:
@@ -278,12 +323,6 @@ class ColdMigrator:
         if _active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
-
-
-def copy_timeout_seconds(data_bytes: int, base_seconds: float, min_bytes_per_second: float) -> float:
-    """How long copying a volume may take: a fixed allowance plus its allocated bytes at the slowest
-    acceptable rate, so a big disk is not cut short and a small one does not wait minutes on a dead peer."""
-    return base_seconds + data_bytes / min_bytes_per_second
 
 
 def _active(vm: VmInfo | None) -> bool:

@@ -50,6 +50,8 @@ class EngineConfig:
     retry_max_seconds: float = 30.0
     copy_timeout_base_seconds: float = 60.0
     copy_min_bytes_per_second: float = 10 * 1024 * 1024
+    max_outgoing_moves: int = 2
+    max_incoming_moves_per_peer: int = 2
 
 
 class MoveRunner:
@@ -115,6 +117,16 @@ class MoveRunner:
         raise AssertionError("tenacity either returns or reraises")  # pragma: no cover
 
     def _run(self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str) -> MoveRecord:
+        record = self._intent(record, source, dest, destination)
+        holder = [record]
+        migrator = self._migrator(source, dest, lambda event: holder.append(
+            self._on_step(holder[-1], event, source, dest)))
+        migrator.move(record.vm_uuid, start_on_destination=record.start_on_destination)
+        return self._done(holder[-1], destination)
+
+    def _intent(
+        self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str
+    ) -> MoveRecord:
         if record.start_on_destination is None or record.destination != destination:
             # The run state before quiescing decides whether the VM starts on the destination: journal it
             # while it can still be read (after quiescing it runs nowhere).
@@ -123,18 +135,22 @@ class MoveRunner:
                 start = _active(source.find_vm(record.vm_uuid)) or _active(dest.find_vm(record.vm_uuid))
             record = self._journal.advance(record, record.state, record.phase, self._clock(),
                                            destination=destination, start_on_destination=start)
-        holder = [record]
+        return record
+
+    def _migrator(
+        self, source: Hypervisor, dest: Hypervisor, on_step: Callable[[StepEvent], None]
+    ) -> ColdMigrator:
         config = self._config
-        migrator = ColdMigrator(
+        return ColdMigrator(
             source=source, destination=dest, clock=self._clock,
-            shutdown_timeout_seconds=config.shutdown_timeout_seconds, sleep=self._sleep,
-            on_step=lambda event: holder.append(self._on_step(holder[-1], event, source, dest)),
+            shutdown_timeout_seconds=config.shutdown_timeout_seconds, sleep=self._sleep, on_step=on_step,
             poll_interval_seconds=config.poll_interval_seconds,
             copy_timeout_base_seconds=config.copy_timeout_base_seconds,
             copy_min_bytes_per_second=config.copy_min_bytes_per_second,
         )  # fmt: skip
-        migrator.move(record.vm_uuid, start_on_destination=record.start_on_destination)
-        done = self._journal.advance(holder[-1], MoveState.DONE, Phase.FINISHED, self._clock(), error=None)
+
+    def _done(self, record: MoveRecord, destination: str) -> MoveRecord:
+        done = self._journal.advance(record, MoveState.DONE, Phase.FINISHED, self._clock(), error=None)
         self._crash_point("done", Phase.FINISHED)
         log.info("move_journaled_done", vm_uuid=done.vm_uuid, destination=destination)
         return done

@@ -98,6 +98,10 @@ class MoveRecord:
     attempt: int
     error: str | None
     updated_at: datetime
+    # From the VM's facts: a group moves all or nothing and starts in boot order; priority orders the queue.
+    group: str | None = None
+    boot_order: int = 0
+    priority: int = 0
 
 
 class ResumeAction(StrEnum):

@@ -70,3 +70,9 @@ class MoveReport:
     forced_off: bool
     running_on_destination: bool
     seconds: float
+
+
+def copy_timeout_seconds(data_bytes: int, base_seconds: float, min_bytes_per_second: float) -> float:
+    """How long copying a volume may take: a fixed allowance plus its allocated bytes at the slowest
+    acceptable rate, so a big disk is not cut short and a small one does not wait minutes on a dead peer."""
+    return base_seconds + data_bytes / min_bytes_per_second

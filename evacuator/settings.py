@@ -46,6 +46,8 @@ class EvacuationSettings(_Strict):
     retry_max_seconds: float = Field(default=30.0, ge=0)
     copy_timeout_base_seconds: float = Field(default=60.0, gt=0)
     copy_min_bytes_per_second: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_outgoing_moves: int = Field(default=2, ge=1)
+    max_incoming_moves_per_peer: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:

@@ -85,6 +85,8 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
             retry_max_seconds=evacuation.retry_max_seconds,
             copy_timeout_base_seconds=evacuation.copy_timeout_base_seconds,
             copy_min_bytes_per_second=evacuation.copy_min_bytes_per_second,
+            max_outgoing_moves=evacuation.max_outgoing_moves,
+            max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
         ),
         journal=Journal(settings.state_dir / "journal.sqlite"),
         hypervisor=hypervisor,

@@ -58,8 +58,10 @@ def create_vm(
     mac: str,
     start: bool = True,
     extra_devices: str = "",
+    facts: VmFacts | None = None,
 ) -> str:
-    """Defines (and by default starts) a lab VM whose disk holds `data` at offset 0; returns its UUID."""
+    """Defines (and by default starts) a lab VM whose disk holds `data` at offset 0; returns its UUID.
+    `facts`, when given, replaces the ones built from `tenant` and `window_seconds`."""
     if len(data) > disk_bytes:
         raise LabError(f"VM {name}: {len(data)} bytes of data do not fit a {disk_bytes}-byte disk")
     volume = volume_name(name)
@@ -73,7 +75,8 @@ def create_vm(
         if disk_bytes > len(data):
             chunks.append(HoleChunk(length_bytes=disk_bytes - len(data)))
         host.write_volume(pool, volume, chunks)
-        facts = VmFacts(tenant=tenant, window_seconds=window_seconds)
+        if facts is None:
+            facts = VmFacts(tenant=tenant, window_seconds=window_seconds)
         vm = host.define_vm(domain_xml(name=name, pool=pool, volume=volume, mac=mac, facts=facts,
                                        extra_devices=extra_devices))
         if start:

@@ -59,15 +59,16 @@ class Hosts:
             raise HypervisorError(f"host {name}: cannot connect")
         yield {"host-a": self.source, "host-b": self.destination, "host-c": self.third}[name]
 
-    def add_vm(self, name: str) -> str:
+    def add_vm(self, name: str, facts: VmFacts | None = None) -> str:
         self.source.add_volume(POOL, f"{name}.raw", capacity_bytes=64 * 1024, data=DATA)
         xml = domain_xml(name=name, pool=POOL, volume=f"{name}.raw", mac="52:54:00:00:00:01",
-                         facts=VmFacts(tenant="acme"), uuid=str(uuid.uuid4()))
+                         facts=facts or VmFacts(tenant="acme"), uuid=str(uuid.uuid4()))
         return self.source.add_vm(xml, state=VmState.RUNNING).uuid
 
 
 def make_engine(
-    hosts: Hosts, journal: Journal, crash_at: str | None = None, peers: tuple[str, ...] = ("host-b",)
+    hosts: Hosts, journal: Journal, crash_at: str | None = None, peers: tuple[str, ...] = ("host-b",),
+    max_outgoing_moves: int = 2,
 ) -> MoveEngine:
     ticks = iter(range(10**6))
 
@@ -76,7 +77,8 @@ def make_engine(
             raise Crash(crash_at)
 
     return MoveEngine(
-        config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=1, retry_initial_seconds=0),
+        config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=1, retry_initial_seconds=0,
+                            max_outgoing_moves=max_outgoing_moves),
         journal=journal, hypervisor=hosts.source, open_host=hosts.open,
         clock=lambda: T0 + timedelta(seconds=next(ticks)), sleep=lambda s: None, crash_point=crash_point,
     )  # fmt: skip
@@ -149,7 +151,12 @@ def test_a_crash_at_any_journaled_point_is_resumed_on_restart(tmp_path: Path, cr
         crashing.start(timer_pending=lambda _: True, outcomes=told)
         with contextlib.suppress(Crash):  # "due" is journaled on the caller's thread: it crashes there
             crashing.submit(web)
+        crashing.wait_idle(5)
         crashing.stop(5)
+        at_crash = journal.get(web)
+        assert at_crash is not None and f"{at_crash.step or 'due'}:{at_crash.phase}".endswith(
+            crash_at.split(":")[1]), "the process died right after journaling the crash point"
+        assert at_crash.step in (crash_at.split(":")[0], None, "clean_up")
         assert told.moves == []
         assert hosts.source.peek_vm(web) is not None or hosts.destination.peek_vm(web) is not None
     with Journal(tmp_path / "j.sqlite") as journal:
@@ -249,3 +256,66 @@ def test_unreachable_destination_restores_on_source_and_names_what_was_not_clean
     assert record.state is MoveState.RESTORED_ON_SOURCE and "could not be cleaned" in (record.error or "")
     back = hosts.source.peek_vm(web)
     assert back is not None and back.state is VmState.RUNNING
+
+
+def run_all(
+    tmp_path: Path, hosts: Hosts, vms: dict[str, str], *, due: list[str] | None = None,
+    max_outgoing_moves: int = 2,
+) -> tuple[dict[str, MoveRecord], Told]:
+    """Plans every VM, makes `due` (default: all) due before the workers start, runs to idle."""
+    told = Told()
+    with Journal(tmp_path / "j.sqlite") as journal:
+        engine = make_engine(hosts, journal, max_outgoing_moves=max_outgoing_moves)
+        engine.plan([planned(u, n) for n, u in vms.items()], may_restart_on_source=True)
+        for name in due or list(vms):
+            engine.submit(vms[name])
+        engine.start(timer_pending=lambda _: True, outcomes=told)
+        assert engine.wait_idle(5)
+        engine.stop()
+        records = {name: journal.get(u) for name, u in vms.items()}
+    assert all(r is not None for r in records.values())
+    return {name: r for name, r in records.items() if r is not None}, told
+
+
+def group_of_two(hosts: Hosts) -> dict[str, str]:
+    # Named against their boot order, so that a name sort would start them the wrong way round.
+    return {
+        "app": hosts.add_vm("app", VmFacts(tenant="acme", group="shop", boot_order=2)),
+        "db": hosts.add_vm("db", VmFacts(tenant="acme", group="shop", boot_order=1)),
+    }
+
+
+def test_a_group_is_quiesced_together_and_started_in_boot_order(tmp_path: Path) -> None:
+    hosts = Hosts()
+    vms = group_of_two(hosts)
+    records, told = run_all(tmp_path, hosts, vms, due=["app"])  # one member due: the whole group moves
+    assert {r.state for r in records.values()} == {MoveState.DONE}
+    calls = hosts.source.calls
+    last_shutdown = max(calls.index(f"request_shutdown {u}") for u in vms.values())
+    assert last_shutdown < min(calls.index(f"destroy_vm {u}") for u in vms.values())
+    starts = [call for call in hosts.destination.calls if call.startswith("start_vm")]
+    assert starts == [f"start_vm {vms['db']}", f"start_vm {vms['app']}"]
+    assert hosts.source.list_vms() == () and len(told.moves) == 2
+
+
+def test_a_group_moves_all_or_nothing(tmp_path: Path) -> None:
+    hosts = Hosts()
+    vms = group_of_two(hosts)
+    # The second to start cannot: the first, already running on host-b, must come back too.
+    hosts.destination.inject_error("start_vm", HypervisorError("host-b: cannot start"), times=3,
+                                   after_calls=1)
+    records, told = run_all(tmp_path, hosts, vms)
+    assert {r.state for r in records.values()} == {MoveState.RESTORED_ON_SOURCE}
+    assert {vm.name: vm.state for vm in hosts.source.list_vms()} == {"app": VmState.RUNNING,
+                                                                    "db": VmState.RUNNING}
+    assert hosts.destination.list_vms() == () and hosts.destination.volume_names() == ()
+    assert len(told.failures) == 2 and told.moves == []
+
+
+def test_higher_priority_moves_first_when_the_cap_makes_moves_queue(tmp_path: Path) -> None:
+    hosts = Hosts()
+    vms = {name: hosts.add_vm(name, VmFacts(tenant="acme", priority=priority))
+           for name, priority in (("low", -1), ("mid", 0), ("top", 5))}
+    run_all(tmp_path, hosts, vms, max_outgoing_moves=1)
+    defined = [call.split()[-1] for call in hosts.source.calls if call.startswith("undefine_vm")]
+    assert defined == [vms["top"], vms["mid"], vms["low"]]
