@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from notifiers.errors import InvalidName, MalformedNotice, MalformedReply
+from notifiers.connection import connection_parameters
+from notifiers.errors import BrokerUnavailable, InvalidName, MalformedNotice, MalformedReply
 from notifiers.messages import (
     MAX_BODY_BYTES,
     NOTICE_TYPES,
@@ -266,3 +269,26 @@ def test_reason_without_a_reading_round_trips_as_null() -> None:
     )
     assert parse_notice(encode(notice)) == notice
     assert json.loads(encode(notice))["reasons"][0]["value"] is None
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        ({"url": "amqp://u:p@mq/", "ca_file": "/etc/ca.pem"}, "need an amqps:// url"),
+        ({"url": "amqps://u:p@mq/", "cert_file": "/etc/c.pem"}, "go together"),
+    ],
+    ids=["tls_files_without_amqps", "cert_without_key"],
+)
+def test_broker_tls_settings_must_be_coherent(document: dict[str, str], why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        BrokerSettings.model_validate(document)
+
+
+def test_amqps_parameters_verify_the_broker_against_the_ca(tmp_path: Path) -> None:
+    with pytest.raises(BrokerUnavailable, match="cannot load the TLS files"):
+        connection_parameters("amqps://u:p@mq.example.net:5671/%2F", ca_file=tmp_path / "missing.pem")
+    parameters = connection_parameters("amqps://u:p@mq.example.net:5671/%2F")
+    context = parameters.ssl_options.context
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert parameters.ssl_options.server_hostname == "mq.example.net"
+    assert connection_parameters("amqp://u:p@mq/%2F").ssl_options is None
