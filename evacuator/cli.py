@@ -79,6 +79,12 @@ def _move(args: argparse.Namespace) -> int:
     return run_moves(load_settings(Path(args.config)), list(args.vm_uuid))
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from evacuator.cancelcmd import run_cancel
+
+    return run_cancel(load_settings(Path(args.config)), args.vm_uuid, args.reason)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evacuator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     move.set_defaults(handler=_move)
 
     add_tenant_parser(sub)
+
+    cancel = sub.add_parser("cancel", help="cancel a pending move (before it quiesces) and tell the tenant")
+    cancel.add_argument("vm_uuid", help="the VM (a consistency group is cancelled whole)")
+    cancel.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    cancel.add_argument("--reason", default="cancelled by the operator", help="told to the tenant")
+    cancel.set_defaults(handler=_cancel)
 
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")

@@ -144,7 +144,9 @@ class MoveEngine:
         """A window closed: journal the move as due, then queue it. False if there is nothing to move."""
         record = self._journal.get(vm_uuid) or self._adopt(vm_uuid)
         if record is None or record.state in TERMINAL:
-            log.info("move_skipped", vm_uuid=vm_uuid, reason="not_on_this_host")
+            # A cancelled move's timer may still fire (the daemon's timers live in another process's memory).
+            reason = "not_on_this_host" if record is None else str(record.state)
+            log.info("move_skipped", vm_uuid=vm_uuid, reason=reason)
             return False
         # A group is due as a whole when any of its VMs is: it moves all or nothing.
         for member in self._members(record):
