@@ -39,6 +39,7 @@ class FakeHypervisor:
         self._vms: dict[str, _Vm] = {}
         self._volumes: dict[tuple[str, str], bytearray] = {}
         self._allocated: dict[tuple[str, str], int] = {}
+        self._formats: dict[tuple[str, str], str] = {}
         self._errors: dict[str, list[BaseException]] = {}
         self._passes: dict[str, int] = {}
 
@@ -58,11 +59,14 @@ class FakeHypervisor:
         self._errors.setdefault(operation, []).extend([exc] * times)
         self._passes[operation] = after_calls
 
-    def add_volume(self, pool: str, volume: str, *, capacity_bytes: int, data: bytes = b"") -> None:
+    def add_volume(
+        self, pool: str, volume: str, *, capacity_bytes: int, data: bytes = b"", format: str = "raw"
+    ) -> None:
         content = bytearray(capacity_bytes)
         content[: len(data)] = data
         self._volumes[(pool, volume)] = content
         self._allocated[(pool, volume)] = len(data)
+        self._formats[(pool, volume)] = format
 
     def add_vm(self, definition_xml: str, *, state: VmState = VmState.SHUT_OFF) -> VmInfo:
         info = self._define(definition_xml)
@@ -133,11 +137,13 @@ class FakeHypervisor:
             return None
         return self._volume_info(pool, volume)
 
-    def create_volume(self, pool: str, volume: str, *, capacity_bytes: int) -> VolumeInfo:
+    def create_volume(
+        self, pool: str, volume: str, *, capacity_bytes: int, format: str = "raw"
+    ) -> VolumeInfo:
         self._enter("create_volume", pool, volume)
         if (pool, volume) in self._volumes:
             raise HypervisorError(f"host {self._name}: create_volume {pool}/{volume}: already exists")
-        self.add_volume(pool, volume, capacity_bytes=capacity_bytes)
+        self.add_volume(pool, volume, capacity_bytes=capacity_bytes, format=format)
         return self._volume_info(pool, volume)
 
     def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:
@@ -167,6 +173,7 @@ class FakeHypervisor:
         self._content(pool, volume)
         del self._volumes[(pool, volume)]
         del self._allocated[(pool, volume)]
+        del self._formats[(pool, volume)]
 
     # --- internals ----------------------------------------------------------------------------------------
 
@@ -221,6 +228,7 @@ class FakeHypervisor:
             volume=volume,
             capacity_bytes=len(self._volumes[(pool, volume)]),
             allocation_bytes=self._allocated[(pool, volume)],
+            format=self._formats[(pool, volume)],
         )
 
 

@@ -40,6 +40,8 @@ class VolumeInfo:
     volume: str
     capacity_bytes: int
     allocation_bytes: int
+    # The on-disk format ("raw", "qcow2"): a copy is created in the same format and receives the same bytes.
+    format: str = "raw"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,8 +114,10 @@ class Hypervisor(Protocol):
 
     def find_volume(self, pool: str, volume: str) -> VolumeInfo | None: ...
 
-    def create_volume(self, pool: str, volume: str, *, capacity_bytes: int) -> VolumeInfo:
-        """Creates an empty, sparse (allocation 0) raw volume."""
+    def create_volume(
+        self, pool: str, volume: str, *, capacity_bytes: int, format: str = "raw"
+    ) -> VolumeInfo:
+        """Creates an empty, sparse (allocation 0) volume of that format and capacity (virtual size)."""
         ...
 
     def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:

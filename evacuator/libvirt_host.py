@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
-from xml.sax.saxutils import escape
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
@@ -116,11 +117,14 @@ class LibvirtHost:
             vol = self._lookup_volume(pool, volume)
             return None if vol is None else _volume_info(pool, volume, vol)
 
-    def create_volume(self, pool: str, volume: str, *, capacity_bytes: int) -> VolumeInfo:
+    def create_volume(
+        self, pool: str, volume: str, *, capacity_bytes: int, format: str = "raw"
+    ) -> VolumeInfo:
         # allocation 0: a dir pool otherwise preallocates the whole capacity.
         xml = (
             f"<volume><name>{escape(volume)}</name><capacity unit='bytes'>{capacity_bytes}</capacity>"
-            "<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>"
+            f"<allocation unit='bytes'>0</allocation><target><format type={quoteattr(format)}/></target>"
+            "</volume>"
         )
         with self._mapped("create_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).createXML(xml, 0)
@@ -221,8 +225,10 @@ class LibvirtHost:
 
 def _volume_info(pool: str, volume: str, vol: Any) -> VolumeInfo:
     _type, capacity_bytes, allocation_bytes = vol.info()
+    element = ElementTree.fromstring(vol.XMLDesc(0)).find("./target/format")
     return VolumeInfo(
-        pool=pool, volume=volume, capacity_bytes=int(capacity_bytes), allocation_bytes=int(allocation_bytes)
+        pool=pool, volume=volume, capacity_bytes=int(capacity_bytes), allocation_bytes=int(allocation_bytes),
+        format="raw" if element is None else element.get("type", "raw"),
     )
 
 

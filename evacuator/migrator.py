@@ -226,7 +226,8 @@ class ColdMigrator:
                     raise _Refused(f"{ref.pool}/{ref.volume} on {self._dst.name} belongs to another VM")
                 # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
                 self._dst.delete_volume(ref.pool, ref.volume)
-            self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes)
+            self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes,
+                                    format=source_volume.format)
             chunks, sent = self._src.read_volume(ref.pool, ref.volume), ChunkSha256()
             limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
                                                  self._copy_timeout_base_seconds,
