@@ -10,6 +10,7 @@ from evacuator.hypervisor import (
     Chunk,
     DataChunk,
     HoleChunk,
+    Hypervisor,
     VmInfo,
     VmState,
     VolumeInfo,
@@ -19,6 +20,7 @@ from evacuator.hypervisor import (
 OPERATIONS = frozenset({
     "list_vms", "find_vm", "vm_definition_xml", "define_vm", "start_vm", "request_shutdown", "destroy_vm",
     "undefine_vm", "find_volume", "create_volume", "read_volume", "write_volume", "delete_volume",
+    "migrate_live",
 })
 _BLOCK_BYTES = 4096
 
@@ -174,6 +176,20 @@ class FakeHypervisor:
         del self._volumes[(pool, volume)]
         del self._allocated[(pool, volume)]
         del self._formats[(pool, volume)]
+
+    def migrate_live(self, uuid: str, destination: Hypervisor) -> None:
+        self._enter("migrate_live", uuid)
+        if not isinstance(destination, FakeHypervisor):
+            raise HypervisorError(f"host {self._name}: migrate_live needs a fake destination")
+        vm = self._vm(uuid)
+        if vm.info.state is not VmState.RUNNING:
+            raise HypervisorError(f"host {self._name}: migrate_live {uuid}: domain is not running")
+        for ref in vm.info.volumes:
+            key = (ref.pool, ref.volume)
+            destination.add_volume(ref.pool, ref.volume, capacity_bytes=len(self._volumes[key]),
+                                   data=bytes(self._volumes[key]), format=self._formats[key])
+        destination.add_vm(vm.xml, state=VmState.RUNNING)
+        del self._vms[uuid]  # like libvirt: the source volumes stay behind
 
     # --- internals ----------------------------------------------------------------------------------------
 

@@ -130,6 +130,11 @@ class Hypervisor(Protocol):
 
     def delete_volume(self, pool: str, volume: str) -> None: ...
 
+    def migrate_live(self, uuid: str, destination: Hypervisor) -> None:
+        """Live-migrates the running VM with its storage to `destination` (a host of the same kind),
+        defines it there and undefines it here; its volumes stay behind here. On failure it runs here."""
+        ...
+
 
 class ChunkSha256:
     """A running sha256 of the bytes chunks stand for, holes counted as zeros."""
@@ -155,6 +160,77 @@ class ChunkSha256:
         for chunk in chunks:
             self.update(chunk)
             yield chunk
+
+
+_BLOCK_BYTES = 1 << 20
+_ZERO_BLOCK_DIGEST = hashlib.sha256(_ZEROS).digest()
+
+
+class BlockDigest:
+    """A digest of the bytes chunks stand for that costs nothing for holes: sha256 over the sha256 of each
+    1 MiB block, an all-zero block's being a constant. It depends only on the content (a hole and written
+    zeros digest alike), so a copy verifies against what was sent without hashing gigabytes of zeros."""
+
+    def __init__(self) -> None:
+        self._outer = hashlib.sha256()
+        self._block = bytearray()
+        self._pending_zero_bytes = 0  # zeros of the current block not yet materialised
+
+    def update(self, chunk: Chunk) -> None:
+        if isinstance(chunk, DataChunk):
+            self._data(memoryview(chunk.data))
+            return
+        remaining = chunk.length_bytes
+        while remaining > 0:
+            filled = len(self._block) + self._pending_zero_bytes
+            take = min(remaining, _BLOCK_BYTES - filled)
+            if not self._block and self._pending_zero_bytes == 0 and take == _BLOCK_BYTES:
+                self._outer.update(_ZERO_BLOCK_DIGEST)
+            else:
+                self._pending_zero_bytes += take
+                self._flush_if_full()
+            remaining -= take
+
+    def _data(self, view: memoryview) -> None:
+        while view:
+            if self._pending_zero_bytes:
+                self._block += bytes(self._pending_zero_bytes)
+                self._pending_zero_bytes = 0
+            take = min(len(view), _BLOCK_BYTES - len(self._block))
+            self._block += view[:take]
+            view = view[take:]
+            self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
+        if len(self._block) + self._pending_zero_bytes == _BLOCK_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._block:
+            self._block += bytes(self._pending_zero_bytes)
+            self._outer.update(hashlib.sha256(self._block).digest())
+        elif self._pending_zero_bytes == _BLOCK_BYTES:
+            self._outer.update(_ZERO_BLOCK_DIGEST)
+        elif self._pending_zero_bytes:
+            self._outer.update(hashlib.sha256(bytes(self._pending_zero_bytes)).digest())
+        self._block = bytearray()
+        self._pending_zero_bytes = 0
+
+    def hexdigest(self) -> str:
+        self._flush()
+        return self._outer.hexdigest()
+
+    def tap(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            self.update(chunk)
+            yield chunk
+
+
+def block_digest_of_chunks(chunks: Iterable[Chunk]) -> str:
+    digest = BlockDigest()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def close_chunks(chunks: Iterator[Chunk]) -> None:

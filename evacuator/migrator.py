@@ -10,14 +10,14 @@ import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
 from evacuator.hypervisor import (
+    BlockDigest,
     Chunk,
-    ChunkSha256,
     Hypervisor,
     VmInfo,
     VmState,
     VolumeRef,
+    block_digest_of_chunks,
     close_chunks,
-    sha256_of_chunks,
 )
 from evacuator.movesteps import (
     EVENT_NAMES,
@@ -92,16 +92,7 @@ class ColdMigrator:
         move = self._begin(vm_uuid.lower(), start_on_destination)
         log.info("move_started", vm_uuid=move.uuid, vm_name=move.name, source=self._src.name,
                  destination=self._dst.name, start_on_destination=move.run_after)
-        plan: tuple[tuple[MoveStep, Callable[[_Move], bool]], ...] = (
-            (MoveStep.QUIESCE, self._quiesce),
-            (MoveStep.COPY_DISKS, self._copy_disks),
-            (MoveStep.VERIFY_DISKS, self._verify_disks),
-            (MoveStep.DEFINE, self._define),
-            (MoveStep.START, self._start),
-            (MoveStep.VERIFY, self._verify),
-            (MoveStep.CLEAN_UP, self._clean_up),
-        )
-        chosen = [(step, action) for step, action in plan if steps is None or step in steps]
+        chosen = [(step, action) for step, action in self._plan() if steps is None or step in steps]
         timings = tuple(self._run(move, step, action) for step, action in chosen)
         report = MoveReport(
             vm_uuid=move.uuid, vm_name=move.name, source=self._src.name, destination=self._dst.name,
@@ -110,6 +101,17 @@ class ColdMigrator:
         )
         log.info("move_finished", vm_uuid=move.uuid, seconds=report.seconds, bytes_copied=report.bytes_copied)
         return report
+
+    def _plan(self) -> tuple[tuple[MoveStep, Callable[[_Move], bool]], ...]:
+        return (
+            (MoveStep.QUIESCE, self._quiesce),
+            (MoveStep.COPY_DISKS, self._copy_disks),
+            (MoveStep.VERIFY_DISKS, self._verify_disks),
+            (MoveStep.DEFINE, self._define),
+            (MoveStep.START, self._start),
+            (MoveStep.VERIFY, self._verify),
+            (MoveStep.CLEAN_UP, self._clean_up),
+        )
 
     def quiesce_together(self, vm_uuids: Sequence[str]) -> None:
         """Asks every VM of a group to shut down at once, waits for all of them, then powers off the rest:
@@ -228,7 +230,7 @@ class ColdMigrator:
                 self._dst.delete_volume(ref.pool, ref.volume)
             self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes,
                                     format=source_volume.format)
-            chunks, sent = self._src.read_volume(ref.pool, ref.volume), ChunkSha256()
+            chunks, sent = self._src.read_volume(ref.pool, ref.volume), BlockDigest()
             limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
                                                  self._copy_timeout_base_seconds,
                                                  self._copy_min_bytes_per_second)
@@ -258,11 +260,11 @@ class ColdMigrator:
             if source_volume is None or copy is None or copy.capacity_bytes != source_volume.capacity_bytes:
                 raise _Refused(f"volume {ref.pool}/{ref.volume} is missing or differs in capacity")
             # What was sent is what the source held (it is off): no need to read it a second time.
-            source_sha256 = move.sent_sha256.get(ref) or sha256_of_chunks(
+            source_sha256 = move.sent_sha256.get(ref) or block_digest_of_chunks(
                 self._src.read_volume(ref.pool, ref.volume))
-            copy_sha256 = sha256_of_chunks(self._dst.read_volume(ref.pool, ref.volume))
+            copy_sha256 = block_digest_of_chunks(self._dst.read_volume(ref.pool, ref.volume))
             if source_sha256 != copy_sha256:
-                raise _Refused(f"volume {ref.pool}/{ref.volume} differs after copy: sha256 {source_sha256} "
+                raise _Refused(f"volume {ref.pool}/{ref.volume} differs after copy: digest {source_sha256} "
                                f"vs {copy_sha256}")
         return True
 

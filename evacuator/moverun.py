@@ -14,10 +14,12 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
 from evacuator.hypervisor import Hypervisor, VmInfo, VmState
 from evacuator.journal import Journal
+from evacuator.livemigrator import LiveMigrator
 from evacuator.migrator import ColdMigrator
 from evacuator.movestate import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
 from evacuator.movesteps import StepEvent, StepPhase
 from evacuator.rollback import Rollback, RollbackOutcome, roll_back
+from evacuator.vmmeta import MoveMethod
 
 log = structlog.get_logger(__name__)
 
@@ -119,9 +121,26 @@ class MoveRunner:
     def _run(self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str) -> MoveRecord:
         record = self._intent(record, source, dest, destination)
         holder = [record]
-        migrator = self._migrator(source, dest, lambda event: holder.append(
-            self._on_step(holder[-1], event, source, dest)))
-        migrator.move(record.vm_uuid, start_on_destination=record.start_on_destination)
+
+        def on_step(event: StepEvent) -> None:
+            holder.append(self._on_step(holder[-1], event, source, dest))
+
+        vm = source.find_vm(record.vm_uuid) or dest.find_vm(record.vm_uuid)
+        method = (None if vm is None else vm.facts.method) or MoveMethod.COLD
+        if method is not MoveMethod.COLD and record.start_on_destination:
+            try:
+                live = LiveMigrator(source=source, destination=dest, clock=self._clock, sleep=self._sleep,
+                                    shutdown_timeout_seconds=self._config.shutdown_timeout_seconds,
+                                    on_step=on_step)
+                live.move(record.vm_uuid, start_on_destination=True)
+                return self._done(holder[-1], destination)
+            except MigrationError as exc:
+                if method is MoveMethod.LIVE:
+                    raise
+                # live_then_cold: a failed live migration leaves the guest running on the source.
+                log.warning("live_move_failed_trying_cold", vm_uuid=record.vm_uuid, error=str(exc))
+        self._migrator(source, dest, on_step).move(record.vm_uuid,
+                                                   start_on_destination=record.start_on_destination)
         return self._done(holder[-1], destination)
 
     def _intent(

@@ -48,9 +48,11 @@ CANCELLABLE = PENDING
 
 _STEPS = (S.QUIESCING, S.COPYING, S.DEFINING, S.STARTING, S.VERIFYING, S.CLEANING)
 _ALLOWED: dict[MoveState, frozenset[MoveState]] = {
-    S.PLANNED: frozenset({S.NOTIFIED, S.WAITING, S.QUIESCING, S.CANCELLED, S.ROLLING_BACK, S.FAILED}),
-    S.NOTIFIED: frozenset({S.WAITING, S.QUIESCING, S.CANCELLED, S.ROLLING_BACK, S.FAILED}),
-    S.WAITING: frozenset({S.QUIESCING, S.CANCELLED, S.ROLLING_BACK, S.FAILED}),
+    # A live move starts by copying: the guest keeps running until libvirt switches it over.
+    S.PLANNED: frozenset({S.NOTIFIED, S.WAITING, S.QUIESCING, S.COPYING, S.CANCELLED, S.ROLLING_BACK,
+                          S.FAILED}),
+    S.NOTIFIED: frozenset({S.WAITING, S.QUIESCING, S.COPYING, S.CANCELLED, S.ROLLING_BACK, S.FAILED}),
+    S.WAITING: frozenset({S.QUIESCING, S.COPYING, S.CANCELLED, S.ROLLING_BACK, S.FAILED}),
     S.ROLLING_BACK: frozenset({S.RESTORED_ON_SOURCE, S.FAILED, S.WAITING}),
     # A finished move may be planned again only as a new move (a later incident).
     **{end: frozenset({S.PLANNED}) for end in TERMINAL},

@@ -21,7 +21,7 @@ from evacuator.lab.vms import domain_xml
 from evacuator.migrator import MoveStep
 from evacuator.movestate import MoveRecord, MoveState, Phase
 from evacuator.planner import PlannedMove
-from evacuator.vmmeta import VmFacts
+from evacuator.vmmeta import MoveMethod, VmFacts
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 POOL = "evacuator"
@@ -319,3 +319,26 @@ def test_higher_priority_moves_first_when_the_cap_makes_moves_queue(tmp_path: Pa
     run_all(tmp_path, hosts, vms, max_outgoing_moves=1)
     defined = [call.split()[-1] for call in hosts.source.calls if call.startswith("undefine_vm")]
     assert defined == [vms["top"], vms["mid"], vms["low"]]
+
+
+@pytest.mark.parametrize(("method", "live_fails", "state", "live_calls"), [
+    (MoveMethod.LIVE, False, MoveState.DONE, 1),
+    (MoveMethod.LIVE_THEN_COLD, True, MoveState.DONE, 1),
+    (MoveMethod.LIVE, True, MoveState.RESTORED_ON_SOURCE, 3),
+])  # fmt: skip
+def test_live_methods(
+    tmp_path: Path, method: MoveMethod, live_fails: bool, state: MoveState, live_calls: int
+) -> None:
+    hosts = Hosts()
+    web = hosts.add_vm("web", VmFacts(tenant="acme", method=method))
+    if live_fails:
+        hosts.source.inject_error("migrate_live", HypervisorError("host-a: migration refused"), times=3)
+    records, _ = run_all(tmp_path, hosts, {"web": web})
+    assert records["web"].state is state
+    assert hosts.source.calls.count(f"migrate_live {web}") == live_calls
+    where = hosts.destination if state is MoveState.DONE else hosts.source
+    vm = where.peek_vm(web)
+    assert vm is not None and vm.state is VmState.RUNNING
+    if state is MoveState.DONE:
+        assert hosts.source.volume_names() == () and hosts.source.peek_vm(web) is None
+        assert hosts.destination.volume_bytes(POOL, "web.raw")[: len(DATA)] == DATA

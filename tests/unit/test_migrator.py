@@ -261,3 +261,24 @@ def test_report_times_each_step_with_the_injected_clock() -> None:
         step: (2.0 if step is MoveStep.QUIESCE else 0.0) for step in MoveStep
     }
     assert report.seconds == 2.0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_block_digest_depends_only_on_content_holes_and_zeros_alike(seed: int) -> None:
+    import random
+
+    from evacuator.hypervisor import HoleChunk, block_digest_of_chunks
+
+    rng, mib = random.Random(seed), 1 << 20
+    chunks: list[Chunk] = []
+    for _ in range(rng.randint(1, 8)):
+        size = rng.choice([1, 4096, mib - 1, mib, mib + 3, 3 * mib])
+        if rng.random() < 0.4:
+            chunks.append(HoleChunk(length_bytes=size))
+        else:
+            chunks.append(DataChunk(data=bytes(size) if rng.random() < 0.2 else rng.randbytes(size)))
+    content = b"".join(c.data if isinstance(c, DataChunk) else bytes(c.length_bytes) for c in chunks)
+    assert block_digest_of_chunks(chunks) == block_digest_of_chunks([DataChunk(data=content)])
+    changed = bytearray(content)
+    changed[rng.randrange(len(content))] ^= 1
+    assert block_digest_of_chunks(chunks) != block_digest_of_chunks([DataChunk(data=bytes(changed))])

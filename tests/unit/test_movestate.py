@@ -42,7 +42,7 @@ def test_allowed_transitions(old: MoveState, new: MoveState) -> None:
 @pytest.mark.parametrize(("old", "new"), [
     (S.COPYING, S.QUIESCING), (S.CLEANING, S.COPYING), (S.DONE, S.QUIESCING), (S.PLANNED, S.DONE),
     (S.QUIESCING, S.CANCELLED), (S.COPYING, S.CANCELLED), (S.RESTORED_ON_SOURCE, S.DONE),
-    (S.WAITING, S.COPYING), (S.CANCELLED, S.QUIESCING),
+    (S.WAITING, S.DEFINING), (S.CANCELLED, S.QUIESCING),
 ])  # fmt: skip
 def test_forbidden_transitions(old: MoveState, new: MoveState) -> None:
     assert not allowed(old, new)

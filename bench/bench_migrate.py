@@ -1,0 +1,162 @@
+"""Move throughput on two real lab libvirt hosts: dense copy vs cp, sparse copy, and 8 VMs under the caps.
+
+Run: `PYTHONPATH=. .venv/bin/python bench/bench_migrate.py [--dense-mib 1024]` as root. One run each:
+(a) the migrator's disk copy of a dense volume between the hosts vs `cp` of the same file on the same disk
+    followed by `sync` (throughput ratio, goal >= 0.9);
+(b) a 4 GiB volume holding 64 MiB of data vs a dense 64 MiB volume (time ratio, goal <= 2);
+(c) 8 running VMs evacuated by the engine with the default caps, against their bytes / the bandwidth
+    measured in (a) (time ratio, goal <= 1.15; each VM's shutdown timeout is part of the real cost).
+Not run in CI (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import libvirt
+
+from evacuator.engine import EngineConfig, MoveEngine
+from evacuator.hypervisor import Hypervisor
+from evacuator.journal import Journal
+from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
+from evacuator.lab.vms import domain_xml
+from evacuator.libvirt_host import open_libvirt_host
+from evacuator.migrator import ColdMigrator, MoveStep
+from evacuator.planner import PlannedMove
+from evacuator.vmmeta import VmFacts
+
+MIB = 1 << 20
+SHUTDOWN_TIMEOUT_SECONDS = 0.5
+
+
+def _write_file(path: Path, data_bytes: int, capacity_bytes: int) -> None:
+    """Non-zero data (so nothing is a hole) from offset 0, the rest of the capacity sparse."""
+    block = os.urandom(MIB)
+    with path.open("wb") as out:
+        for _ in range(data_bytes // MIB):
+            out.write(block)
+        out.truncate(capacity_bytes)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _define(host: LabHost, name: str, data_bytes: int, capacity_bytes: int, *, start: bool) -> str:
+    _write_file(host.pool_path / f"{name}.raw", data_bytes, capacity_bytes)
+    conn = libvirt.open(host.uri)
+    try:
+        conn.storagePoolLookupByName(host.pool).refresh(0)
+        high, low = divmod(sum(name.encode()) % 65536, 256)
+        mac = f"52:54:00:be:{high:02x}:{low:02x}"
+        dom = conn.defineXML(domain_xml(name=name, pool=host.pool, volume=f"{name}.raw", mac=mac,
+                                        facts=VmFacts(tenant="bench")))
+        if start:
+            dom.create()
+        return str(dom.UUIDString())
+    finally:
+        conn.close()
+
+
+def _copy_seconds(host_a: LabHost, host_b: LabHost, vm_uuid: str) -> float:
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
+            open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:  # fmt: skip
+        migrator = ColdMigrator(source=a, destination=b, clock=lambda: datetime.now(UTC),
+                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS, sleep=time.sleep,
+                                on_step=lambda e: None)
+        report = migrator.move(vm_uuid)
+    return sum(t.seconds for t in report.steps if t.step is MoveStep.COPY_DISKS)
+
+
+def _cp_seconds(source: Path, scratch: Path) -> float:
+    subprocess.run(["sync"], check=True)
+    began = time.monotonic()
+    subprocess.run(["cp", "--sparse=always", str(source), str(scratch)], check=True)
+    subprocess.run(["sync"], check=True)
+    seconds = time.monotonic() - began
+    scratch.unlink()
+    return seconds
+
+
+def bench_dense(host_a: LabHost, host_b: LabHost, dense_mib: int, scratch: Path) -> float:
+    vm = _define(host_a, "dense", dense_mib * MIB, dense_mib * MIB, start=False)
+    cp_seconds = _cp_seconds(host_a.pool_path / "dense.raw", scratch / "dense.copy")
+    ours = _copy_seconds(host_a, host_b, vm)
+    bandwidth = dense_mib * MIB / ours
+    print(f"(a) dense {dense_mib} MiB: migrator copy {ours:.2f} s ({bandwidth / MIB:.0f} MiB/s), cp+sync "
+          f"{cp_seconds:.2f} s ({dense_mib / cp_seconds:.0f} MiB/s); throughput ratio "
+          f"{cp_seconds / ours:.2f} (goal >= 0.9)")
+    return bandwidth
+
+
+def bench_sparse(host_a: LabHost, host_b: LabHost) -> None:
+    sparse = _define(host_a, "sparse", 64 * MIB, 4096 * MIB, start=False)
+    dense = _define(host_a, "small", 64 * MIB, 64 * MIB, start=False)
+    sparse_seconds = _copy_seconds(host_a, host_b, sparse)
+    dense_seconds = _copy_seconds(host_a, host_b, dense)
+    print(f"(b) 4 GiB holding 64 MiB: {sparse_seconds:.2f} s; dense 64 MiB: {dense_seconds:.2f} s; ratio "
+          f"{sparse_seconds / dense_seconds:.2f} (goal <= 2)")
+
+
+def bench_eight(host_a: LabHost, host_b: LabHost, state: Path, bandwidth: float, vm_mib: int) -> None:
+    vms = {f"vm{i}": _define(host_a, f"vm{i}", vm_mib * MIB, 2 * vm_mib * MIB, start=True)
+           for i in range(8)}
+    hosts = {"host-a": host_a, "host-b": host_b}
+
+    @contextmanager
+    def open_host(name: str) -> Iterator[Hypervisor]:
+        with open_libvirt_host(name, hosts[name].uri, hosts[name].pool) as opened:
+            yield opened
+
+    with Journal(state / "journal.sqlite") as journal, \
+            open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
+        engine = MoveEngine(
+            config=EngineConfig(host="host-a", peers=("host-b",),
+                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS),
+            journal=journal, hypervisor=own, open_host=open_host, clock=lambda: datetime.now(UTC),
+            sleep=time.sleep,
+        )  # fmt: skip
+        now = datetime.now(UTC)
+        engine.plan([PlannedMove(vm_uuid=u, vm_name=n, tenant="bench", window_seconds=0, deadline=now)
+                     for n, u in vms.items()], may_restart_on_source=True)
+        for vm_uuid in vms.values():
+            engine.submit(vm_uuid)
+        began = time.monotonic()
+        engine.start(timer_pending=lambda _: False)
+        engine.wait_idle(3600)
+        seconds = time.monotonic() - began
+        engine.stop()
+        done = sum(1 for u in vms.values() if (r := journal.get(u)) is not None and r.state == "done")
+    ideal = 8 * vm_mib * MIB / bandwidth
+    print(f"(c) 8 VMs x {vm_mib} MiB, default caps (2 at once), {done}/8 done: {seconds:.2f} s; bytes / "
+          f"bandwidth {ideal:.2f} s; ratio {seconds / ideal:.2f} (goal <= 1.15; includes each VM's "
+          f"{SHUTDOWN_TIMEOUT_SECONDS} s shutdown wait)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dense-mib", type=int, default=1024)
+    parser.add_argument("--vm-mib", type=int, default=256)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-migrate-", dir="/var/tmp"))
+    lab = LabHosts(base / "hosts", names=("host-a", "host-b"), base_port=free_port_pair())
+    try:
+        host_a, host_b = lab.start()
+        bandwidth = bench_dense(host_a, host_b, args.dense_mib, base)
+        bench_sparse(host_a, host_b)
+        bench_eight(host_a, host_b, base, bandwidth, args.vm_mib)
+    finally:
+        lab.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
