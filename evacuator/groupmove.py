@@ -8,6 +8,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from evacuator.errors import EvacuatorError
+from evacuator.groupquiesce import GroupColdMigrator
 from evacuator.moverun import MoveRunner, Outcomes
 from evacuator.movestate import MoveRecord, MoveState, Phase
 from evacuator.movesteps import MoveStep, StepEvent
@@ -72,7 +73,14 @@ class GroupRunner(MoveRunner):
             def on_step(event: StepEvent) -> None:
                 records[event.vm_uuid] = self._on_step(records[event.vm_uuid], event, source, dest)
 
-            migrator = self._migrator(source, dest, on_step)
+            config = self._config
+            migrator = GroupColdMigrator(
+                source=source, destination=dest, clock=self._clock,
+                shutdown_timeout_seconds=config.shutdown_timeout_seconds, sleep=self._sleep, on_step=on_step,
+                poll_interval_seconds=config.poll_interval_seconds,
+                copy_timeout_base_seconds=config.copy_timeout_base_seconds,
+                copy_min_bytes_per_second=config.copy_min_bytes_per_second,
+            )  # fmt: skip
             uuids = [r.vm_uuid for r in ordered]
             migrator.quiesce_together(uuids)
             for phase in (_PREPARE, _START, _CLEAN):

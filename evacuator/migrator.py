@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -112,38 +112,6 @@ class ColdMigrator:
             (MoveStep.VERIFY, self._verify),
             (MoveStep.CLEAN_UP, self._clean_up),
         )
-
-    def quiesce_together(self, vm_uuids: Sequence[str]) -> None:
-        """Asks every VM of a group to shut down at once, waits for all of them, then powers off the rest:
-        the group's VMs stop within one shutdown timeout of each other, never one by one."""
-        moves = [self._begin(uuid.lower(), None) for uuid in vm_uuids]
-        started_at = self._clock()
-        for move in moves:
-            self._emit(move, MoveStep.QUIESCE, StepPhase.STARTED, started_at, None)
-        try:
-            running = [move for move in moves if _active(self._src.find_vm(move.uuid))]
-            for move in running:
-                if _active(self._dst.find_vm(move.uuid)):
-                    raise _Refused(f"VM {move.uuid} runs on both hosts: refusing to touch either")
-                self._src.request_shutdown(move.uuid)
-            while running and (self._clock() - started_at).total_seconds() < self._shutdown_timeout_seconds:
-                self._sleep(self._poll_interval_seconds)
-                if not any(_active(self._src.find_vm(move.uuid)) for move in running):
-                    break
-            for move in running:
-                if _active(self._src.find_vm(move.uuid)):
-                    log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name)
-                    self._src.destroy_vm(move.uuid)
-        except (EvacuatorError, _Refused) as exc:
-            for move in moves:
-                self._emit(move, MoveStep.QUIESCE, StepPhase.FAILED, self._clock(), None, error=str(exc))
-            raise MigrationError(f"group quiesce failed: {exc}", vm_uuid=moves[0].uuid,
-                                 step=MoveStep.QUIESCE) from exc
-        ended_at = self._clock()
-        seconds = (ended_at - started_at).total_seconds()
-        for move in moves:
-            phase = StepPhase.FINISHED if move in running else StepPhase.SKIPPED
-            self._emit(move, MoveStep.QUIESCE, phase, ended_at, seconds)
 
     def _begin(self, uuid: str, start_on_destination: bool | None) -> _Move:
         def refuse(message: str) -> MigrationError:
