@@ -36,6 +36,11 @@ class GroupRunner(MoveRunner):
         destination = next((r.destination for r in ordered if r.destination), None) or self._next_peer([])
         log.info("group_move_started", group=group, vm_uuids=[r.vm_uuid for r in ordered],
                  destination=destination)
+        rolling_back = [r for r in ordered if r.state is MoveState.ROLLING_BACK]
+        if rolling_back and destination is not None:
+            # A restart in the middle of a group rollback: finish it, for every member.
+            self._roll_back_group(ordered, rolling_back[0].error or "interrupted", destination, outcomes)
+            return
         if destination is None:
             reason = "no destination host is configured"
             for record in ordered:

@@ -342,3 +342,36 @@ def test_live_methods(
     if state is MoveState.DONE:
         assert hosts.source.volume_names() == () and hosts.source.peek_vm(web) is None
         assert hosts.destination.volume_bytes(POOL, "web.raw")[: len(DATA)] == DATA
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("crash_at", ["quiesce:finished", "define:finished", "start:finished",
+                                      "clean_up:started", "rolling_back:started"])
+def test_a_group_interrupted_anywhere_ends_whole_after_restart(tmp_path: Path, crash_at: str) -> None:
+    hosts = Hosts()
+    vms = group_of_two(hosts)
+    if crash_at.startswith("rolling_back"):
+        hosts.destination.inject_error("start_vm", HypervisorError("host-b: cannot start"), times=3,
+                                       after_calls=1)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        crashing = make_engine(hosts, journal, crash_at=crash_at)
+        crashing.plan([planned(u, n) for n, u in vms.items()], may_restart_on_source=True)
+        crashing.submit(vms["app"])
+        crashing.start(timer_pending=lambda _: True)
+        crashing.wait_idle(5)
+        crashing.stop(5)
+        assert {r.state for r in journal.all()} & {MoveState.DONE, MoveState.RESTORED_ON_SOURCE} == set()
+        restarted = make_engine(hosts, journal)
+        restarted.start(timer_pending=lambda _: False)
+        assert restarted.wait_idle(5)
+        restarted.stop()
+        states = {r.state for r in journal.all()}
+    if crash_at.startswith("rolling_back"):
+        assert states == {MoveState.RESTORED_ON_SOURCE}
+        assert {vm.state for vm in hosts.source.list_vms()} == {VmState.RUNNING}
+        assert hosts.destination.list_vms() == ()
+    else:
+        assert states == {MoveState.DONE}
+        assert {vm.name: vm.state for vm in hosts.destination.list_vms()} == {
+            "app": VmState.RUNNING, "db": VmState.RUNNING}
+        assert hosts.source.list_vms() == () and hosts.source.volume_names() == ()
