@@ -20,6 +20,7 @@ _T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 _VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
 _EVENT = "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"
 _LATER = "9e4c1d2b-3a5f-4e6d-8c7b-1a2b3c4d5e6f"
+_SEQ = int(_T0.timestamp() * 1000)  # the outbox numbers notices from its creation time in milliseconds
 _COMMON: dict[str, Any] = {"tenant": "acme", "at": _T0, "scheduled_event_id": _EVENT}
 
 
@@ -31,34 +32,41 @@ def examples() -> dict[str, WireModel]:
     )
     samples: list[WireModel] = [
         wire.EvacuationScheduled(
-            event_id=_EVENT, incarnation=41, host="hv-01", tenant="acme", severity="severe",
+            event_id=_EVENT, host="hv-01", tenant="acme", severity="severe",
             reasons=(wire.Reason(source="hwmon", sensor="coretemp/Package id 0", value=97.0, threshold=85.0,
                                  unit="celsius", message="Package id 0 at 97 °C, threshold 85 °C"),),
             vms=(vm,), allowed_replies=("ready", "postpone", "register"),
             reply_exchange="evacuator.replies", reply_routing_key="acme.hv-01",
         ),
         wire.EvacuationUpdated(
-            event_id=_LATER, incarnation=42, host="hv-01", cause="postponed",
+            event_id=_LATER, host="hv-01", cause="postponed",
             vms=(vm.model_copy(update={"deadline": deadline + timedelta(minutes=5)}),), **_COMMON,
         ),
-        wire.EvacuationStarted(event_id=_LATER, incarnation=43, host="hv-01", vm_uuid=_VM, vm_name="web-1",
+        wire.EvacuationStarted(event_id=_LATER, host="hv-01", vm_uuid=_VM, vm_name="web-1",
                                **_COMMON),
-        wire.VmEvacuated(event_id=_LATER, incarnation=44, vm_uuid=_VM, vm_name="web-1", from_host="hv-01",
+        wire.VmEvacuated(event_id=_LATER, vm_uuid=_VM, vm_name="web-1", from_host="hv-01",
                          to_host="hv-02", **_COMMON),
-        wire.EvacuationCompleted(event_id=_LATER, incarnation=45, host="hv-01", moved_vm_uuids=(_VM,),
+        wire.EvacuationCompleted(event_id=_LATER, host="hv-01", moved_vm_uuids=(_VM,),
                                  **_COMMON),
-        wire.EvacuationCancelled(event_id=_LATER, incarnation=46, host="hv-01", vm_uuids=(_VM,),
+        wire.EvacuationCancelled(event_id=_LATER, host="hv-01", vm_uuids=(_VM,),
                                  reason="host-a is healthy again", **_COMMON),
-        wire.EvacuationFailed(event_id=_LATER, incarnation=47, host="hv-01", vm_uuid=_VM, vm_name="web-1",
+        wire.EvacuationFailed(event_id=_LATER, host="hv-01", vm_uuid=_VM, vm_name="web-1",
                               reason="copy of web-1.raw failed: no space left on hv-02", **_COMMON),
-        wire.ReplyRejected(event_id=_LATER, incarnation=48, tenant="acme", host="hv-01", code="stale_event",
+        wire.ReplyRejected(event_id=_LATER, tenant="acme", host="hv-01", code="stale_event",
                            reason="event names an evacuation that is over", in_reply_to="reply-7",
                            vm_uuid=_VM, at=_T0),
         wire.ReadyReply(vm_uuid=_VM, event_id=_EVENT),
         wire.PostponeReply(vm_uuid=_VM, postpone_seconds=600, event_id=_EVENT),
         wire.RegisterReply(vm_uuid=_VM, window_seconds=900),
     ]  # fmt: skip
-    return {str(getattr(sample, "type")): sample for sample in samples}  # noqa: B009  # every model has it
+    # Notices numbered as one host's outbox numbers them.
+    numbered = [
+        sample.model_copy(update={"incarnation": _SEQ + index})
+        if "incarnation" in type(sample).model_fields
+        else sample
+        for index, sample in enumerate(samples, start=1)
+    ]
+    return {str(getattr(sample, "type")): sample for sample in numbered}  # noqa: B009  # every model has it
 
 
 def schemas() -> dict[str, dict[str, Any]]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxEntry:
     """One stored notice: `seq` orders delivery and is the notice's incarnation."""
@@ -45,7 +51,7 @@ class OutboxEntry:
 class Outbox:
     """The SQLite store; safe to use from several threads (one connection behind a lock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._path = path
         self._lock = threading.Lock()
         try:
@@ -55,6 +61,12 @@ class Outbox:
             # FULL: a notice the service was told is stored must survive a power cut, not only a crash.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            # Sequence numbers (incarnations) start at the creation time in milliseconds, so an outbox created
+            # again (a wiped state_dir) still numbers above everything its predecessor sent.
+            seeded = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            if seeded is None:
+                start = int(clock().timestamp() * 1000)
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (start,))
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"{path}: cannot open the notice outbox: {exc}") from exc
 

@@ -42,8 +42,9 @@ WireSeverity: TypeAlias = Literal["moderate", "severe", "failed"]
 ReplyType: TypeAlias = Literal["ready", "postpone", "register"]
 # Strict: a JSON string "30", a float 30.5 or true is refused rather than silently converted.
 Seconds = Annotated[int, Field(strict=True, ge=0, le=MAX_WIRE_SECONDS)]
-# Increases with every notice one host's service sends (the outbox's sequence): a tenant keeps the highest
-# it has seen per host to order notices, and drops a notice whose event_id it has already handled.
+# Increases with every notice one host's service sends (the outbox's sequence, which starts at the
+# outbox's creation time in milliseconds so a re-created outbox still counts upwards): a tenant keeps the
+# highest it has seen per host to order notices, and drops a notice whose event_id it has already handled.
 Incarnation = Annotated[int, Field(strict=True, ge=1)]
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,7 +124,8 @@ def test_notices_stored_by_a_previous_run_go_out_after_a_restart(tmp_path: Path)
     second.close()
     notices = [parse_notice(b) for _, b in sender.published]
     assert [n.vm_name for n in notices] == ["vm-0", "vm-1", "vm-2", "vm-3"]  # type: ignore[union-attr]
-    assert [n.incarnation for n in notices] == [1, 2, 3, 4]
+    first = notices[0].incarnation
+    assert [n.incarnation for n in notices] == [first, first + 1, first + 2, first + 3]
 
 
 def test_incarnations_never_repeat_after_the_outbox_empties(tmp_path: Path) -> None:
@@ -132,6 +133,18 @@ def test_incarnations_never_repeat_after_the_outbox_empties(tmp_path: Path) -> N
     first = outbox.put(failed(0))
     outbox.delete(first.seq)
     assert outbox.put(failed(1)).seq == first.seq + 1
+
+
+def test_a_recreated_outbox_numbers_above_its_predecessor(tmp_path: Path) -> None:
+    old = Outbox(tmp_path / "old.sqlite", clock=lambda: T0)
+    last = [old.put(failed(i)).seq for i in range(1000)][-1]
+    assert last == int(T0.timestamp() * 1000) + 1000
+    # The state dir was wiped: a new outbox a second later still numbers above the 1,000 notices sent before
+    # (it holds while a host averages under one notice per millisecond over its life).
+    new = Outbox(tmp_path / "new.sqlite", clock=lambda: T0 + timedelta(seconds=1))
+    assert new.put(failed(0)).seq > last
+    reopened = Outbox(tmp_path / "old.sqlite", clock=lambda: T0 + timedelta(days=1))
+    assert reopened.put(failed(0)).seq == last + 1  # an existing outbox keeps counting
 
 
 def test_a_notice_about_another_route_is_refused(tmp_path: Path) -> None:
