@@ -1,0 +1,164 @@
+"""The reply contract end to end, on a real broker and libvirt host: postpone, register, refusals, ready.
+
+The pieces are connected as the composition root connects them (ReplyConsumer -> ReplyDesk -> timers,
+libvirt metadata, AmqpNotifier -> outbox -> broker); only the timers are the in-memory fake.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from evacuator.lab.hosts import LabHost
+from evacuator.lab.vms import create_vm
+from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
+from evacuator.notices import AmqpNotifier
+from evacuator.planner import PlannedMove
+from evacuator.replies import ReplyPolicy
+from evacuator.reply_desk import ReplyDesk
+from evacuator.timers import ManualTimers
+from evacuator.vm_windows import libvirt_window_store
+from monitors.verdicts import HostVerdict, Reason, Severity
+from notifiers.delivery import OutboxPublisher
+from notifiers.messages import EvacuationScheduled, EvacuationUpdated, Notice, ReplyRejected
+from notifiers.outbox import Outbox
+from notifiers.provisioning import declare_tenant_queue
+from notifiers.publisher import NoticePublisher
+from notifiers.replies import ReplyConsumer
+from notifiers.settings import BrokerSettings
+from notifiers.tenant import TenantClient
+from notifiers.topology import host_replies_queue, reply_routing_key
+from tests.fixtures.broker import BrokerJanitor, LabTenant
+
+pytestmark = pytest.mark.integration
+
+POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=7200, max_window_seconds=3600)
+HOT = Reason(source="hwmon", sensor="t", value=97.0, threshold=90.0, unit="celsius", message="hot")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Service:
+    host: str
+    vm_uuid: str
+    timers: ManualTimers
+    hypervisor: LibvirtHost
+    notifier: AmqpNotifier
+    deadline: datetime
+
+
+@pytest.fixture
+def service(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+    broker_janitor: BrokerJanitor, make_tenant: Callable[[str], LabTenant],
+) -> Iterator[tuple[Service, LabTenant]]:  # fmt: skip
+    lab, acme = clean_lab_hosts[0], make_tenant("rep")
+    host = f"hv-{secrets.token_hex(3)}"  # routing name only, so no other test's consumer shares the queue
+    broker_janitor.queue(host_replies_queue(host))
+    vm_uuid = create_vm(lab.uri, lab.pool, name="rep", tenant=acme.name, window_seconds=600,
+                        disk_bytes=1 << 20, data=b"x", mac="52:54:00:e2:e0:0a")  # fmt: skip
+    hypervisor = open_libvirt_host(lab.name, lab.uri, lab.pool)
+    publisher = OutboxPublisher(NoticePublisher(broker_settings), Outbox(tmp_path / "outbox.sqlite"),
+                                confirm_timeout_seconds=5)  # fmt: skip
+    publisher.start(timeout_seconds=10)
+    notifier = AmqpNotifier(publisher=publisher, host=host, replies_exchange=broker_settings.replies_exchange,
+                            clock=utc_now, reply_policy=POLICY)  # fmt: skip
+    timers = ManualTimers()
+    desk = ReplyDesk(
+        hypervisor=hypervisor, timers=timers, ledger=notifier.ledger, notifier=notifier,
+        expedite=lambda tenant, vm: None if timers.fire_now(vm) else "no_pending_evacuation",
+        store_window=libvirt_window_store(lab.uri), policy=POLICY, clock=utc_now,
+    )  # fmt: skip
+    consumer = ReplyConsumer(broker_settings, host=host, on_reply=desk.on_reply, on_rejected=desk.on_rejected)
+    consumer.start(timeout_seconds=10)
+    # The incident, as the service opens it: the timer first, then the notice.
+    deadline = utc_now().replace(microsecond=0) + timedelta(minutes=10)
+    timers.schedule(vm_uuid, deadline)
+    move = PlannedMove(
+        vm_uuid=vm_uuid, vm_name="rep", tenant=acme.name, window_seconds=600, deadline=deadline
+    )
+    verdict = HostVerdict(severity=Severity.SEVERE, reasons=(HOT,), at=utc_now())
+    notifier.evacuation_scheduled(tenant=acme.name, verdict=verdict, moves=(move,)).result(timeout=10)
+    try:
+        yield Service(host, vm_uuid, timers, hypervisor, notifier, deadline), acme
+    finally:
+        consumer.close()
+        publisher.close()
+        hypervisor.close()
+
+
+def next_of(client: TenantClient, kind: type[Any]) -> Any:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        notice: Notice | None = client.next_notice(1.0)
+        if isinstance(notice, kind):
+            return notice
+    raise AssertionError(f"no {kind.__name__} within 10 s")
+
+
+def eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in 10 s"
+        time.sleep(0.05)
+
+
+def test_postpone_register_refusals_and_ready_over_the_real_broker(
+    service: tuple[Service, LabTenant],
+    make_tenant: Callable[[str], LabTenant],
+    broker_settings: BrokerSettings,
+) -> None:
+    svc, acme = service
+    exchange = broker_settings.replies_exchange
+    with TenantClient(acme.url, acme.name, replies_exchange=exchange) as tenant:
+        scheduled: EvacuationScheduled = next_of(tenant, EvacuationScheduled)
+        assert scheduled.allowed_replies == ("ready", "postpone", "register")
+        assert scheduled.vms[0].latest_deadline == svc.deadline + timedelta(seconds=1800)
+
+        tenant.send_postpone(svc.host, svc.vm_uuid, 300, scheduled.event_id)
+        updated: EvacuationUpdated = next_of(tenant, EvacuationUpdated)
+        assert updated.cause == "postponed" and updated.scheduled_event_id == scheduled.event_id
+        assert updated.vms[0].deadline == svc.deadline + timedelta(seconds=300)
+        assert svc.timers.pending() == {svc.vm_uuid: svc.deadline + timedelta(seconds=300)}
+
+        tenant.send_postpone(svc.host, svc.vm_uuid, 99_999)  # beyond the cap: cut to the latest deadline
+        assert next_of(tenant, EvacuationUpdated).vms[0].deadline == scheduled.vms[0].latest_deadline
+
+        tenant.send_register(svc.host, svc.vm_uuid, 86_400)  # capped by the admin's maximum, kept by libvirt
+        eventually(lambda: svc.hypervisor.find_vm(svc.vm_uuid).facts.window_seconds == 3600)  # type: ignore[union-attr]
+
+        _publish_raw(acme, exchange, reply_routing_key(acme.name, svc.host), b"{not json", user_id=acme.name)
+        malformed: ReplyRejected = next_of(tenant, ReplyRejected)
+        assert malformed.code == "malformed_reply" and "not UTF-8 JSON" in malformed.reason
+
+        mallory = make_tenant("rep-x")
+        declare_tenant_queue(broker_settings, mallory.name)  # as `evacuator tenant add` does
+        with TenantClient(mallory.url, mallory.name, replies_exchange=exchange) as intruder:
+            intruder.send_ready(svc.host, svc.vm_uuid)
+            refused: ReplyRejected = next_of(intruder, ReplyRejected)
+        assert (refused.code, refused.vm_uuid) == ("unknown_vm", svc.vm_uuid)  # another's VM looks unknown
+        assert svc.timers.fired == []
+
+        tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)
+        eventually(lambda: svc.timers.fired == [svc.vm_uuid])
+        tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)  # nothing is pending any more
+        assert next_of(tenant, ReplyRejected).code == "no_pending_evacuation"
+
+
+def _publish_raw(tenant: LabTenant, exchange: str, routing_key: str, body: bytes, user_id: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(tenant.url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish(exchange, routing_key, body, pika.BasicProperties(user_id=user_id), mandatory=True)
+    connection.close()
