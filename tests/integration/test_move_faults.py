@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,10 +44,11 @@ class Told:
 
 
 class KillsDuringUpload:
-    """host-c as the engine sees it, except that its daemon stops after the first MiB of a disk upload."""
+    """host-c as the engine sees it, except that its daemon stops after the first MiB of a disk upload
+    (or, with `hang`, freezes: SIGSTOP, as a wedged daemon or a dead link looks to a client)."""
 
-    def __init__(self, host: LibvirtHost, lab: LabHosts) -> None:
-        self._host, self._lab = host, lab
+    def __init__(self, host: LibvirtHost, lab: LabHosts, *, hang: bool = False) -> None:
+        self._host, self._lab, self._hang = host, lab, hang
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._host, name)
@@ -57,10 +60,17 @@ class KillsDuringUpload:
                 yield chunk
                 sent += len(chunk.data) if isinstance(chunk, DataChunk) else 0
                 if sent >= MIB:
-                    self._lab.stop_host("host-c")
+                    if self._hang:
+                        os.kill(_libvirtd_pid(_by_name(self._lab)["host-c"]), signal.SIGSTOP)
+                    else:
+                        self._lab.stop_host("host-c")
                     sent = -(1 << 62)
 
         return self._host.write_volume(pool, volume, chunks_then_kill())
+
+
+def _libvirtd_pid(host: LabHost) -> int:
+    return int((host.root / "run" / "libvirtd.pid").read_text())
 
 
 def _by_name(lab: LabHosts) -> dict[str, LabHost]:
@@ -68,15 +78,21 @@ def _by_name(lab: LabHosts) -> dict[str, LabHost]:
 
 
 def _engine(
-    lab: LabHosts, journal: Journal, peers: tuple[str, ...], *, kill_mid_copy: bool = False
+    lab: LabHosts, journal: Journal, peers: tuple[str, ...], *, kill_mid_copy: bool = False,
+    hang_mid_copy: bool = False,
 ) -> MoveEngine:
     hosts = _by_name(lab)
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
         host = hosts[name]
-        with open_libvirt_host(name, host.uri, host.pool) as opened:
-            yield KillsDuringUpload(opened, lab) if kill_mid_copy and name == "host-c" else opened  # type: ignore[misc]
+        # Short keepalive and open timeout: a frozen host-c must fail the move in seconds, not minutes.
+        with open_libvirt_host(name, host.uri, host.pool, keepalive_interval_seconds=1, keepalive_count=2,
+                               open_timeout_seconds=3) as opened:
+            if (kill_mid_copy or hang_mid_copy) and name == "host-c":
+                yield KillsDuringUpload(opened, lab, hang=hang_mid_copy)  # type: ignore[misc]
+            else:
+                yield opened
 
     return MoveEngine(
         config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=0.3, move_attempts=2,
@@ -96,10 +112,10 @@ class _NoAdoption:
 
 
 def _move(tmp: Path, lab: LabHosts, vm_uuid: str, peers: tuple[str, ...], *, kill_mid_copy: bool = False,
-          ) -> tuple[MoveRecord, Told, list[MoveState]]:
+          hang_mid_copy: bool = False) -> tuple[MoveRecord, Told, list[MoveState]]:
     told = Told()
     with Journal(tmp / "journal.sqlite") as journal:
-        engine = _engine(lab, journal, peers, kill_mid_copy=kill_mid_copy)
+        engine = _engine(lab, journal, peers, kill_mid_copy=kill_mid_copy, hang_mid_copy=hang_mid_copy)
         engine.plan([PlannedMove(vm_uuid=vm_uuid, vm_name="vm", tenant="acme", window_seconds=0,
                                  deadline=datetime.now(UTC))], may_restart_on_source=True)
         engine.start(timer_pending=lambda _: False, outcomes=told)
@@ -206,3 +222,22 @@ def test_destination_daemon_stopped_mid_copy_restores_the_vm_then_a_later_move_s
     assert again.state is MoveState.DONE and _where(clean_fault_lab, uuid) == {"host-c": VmState.RUNNING}
     assert _volumes(hosts["host-c"]) == [volume_name("stranded")] and _volumes(hosts["host-a"]) == []
     assert sha256_of_volume(hosts["host-c"].uri, hosts["host-c"].pool, volume_name("stranded")) == sha
+
+
+def test_destination_frozen_mid_copy_times_out_and_restores_the_vm(
+    tmp_path: Path, clean_fault_lab: LabHosts
+) -> None:
+    hosts = _by_name(clean_fault_lab)
+    uuid, sha = _vm(clean_fault_lab, "frozen", 16 * MIB)
+    began = time.monotonic()
+    try:
+        record, told, _ = _move(tmp_path, clean_fault_lab, uuid, ("host-c",), hang_mid_copy=True)
+    finally:
+        os.kill(_libvirtd_pid(hosts["host-c"]), signal.SIGCONT)
+    seconds = time.monotonic() - began
+    assert record.state is MoveState.RESTORED_ON_SOURCE, record
+    assert seconds < 60, f"a frozen destination held the move {seconds:.0f} s"
+    assert _where(clean_fault_lab, uuid) == {"host-a": VmState.RUNNING}
+    assert sha256_of_volume(hosts["host-a"].uri, hosts["host-a"].pool, volume_name("frozen")) == sha
+    assert [r.state for r, _ in told.failures] == [MoveState.RESTORED_ON_SOURCE]
+    print(f"\nfrozen destination: move failed and VM restored on its source in {seconds:.1f} s")
