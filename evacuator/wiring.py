@@ -21,16 +21,19 @@ from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
 from evacuator.planner import WindowPolicy
+from evacuator.replies import ReplyPolicy
+from evacuator.reply_desk import ReplyDesk
 from evacuator.service import Service, ServiceConfig
 from evacuator.settings import Settings
 from evacuator.timers import ApschedulerTimers
+from evacuator.vm_windows import libvirt_window_store
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
 from notifiers.delivery import OutboxPublisher
 from notifiers.outbox import Outbox
 from notifiers.publisher import NoticePublisher
-from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
+from notifiers.replies import ReplyConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -156,10 +159,17 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         reconnect_initial_seconds=broker.reconnect_initial_seconds,
         reconnect_max_seconds=broker.reconnect_max_seconds,
     )  # fmt: skip
-    notifier = AmqpNotifier(
-        publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock
-    )
     evacuation = settings.evacuation
+    reply_policy = ReplyPolicy(
+        max_postpone_seconds=settings.replies.max_postpone_seconds,
+        severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
+        max_window_seconds=evacuation.max_window_seconds,
+    )
+    notifier = AmqpNotifier(
+        publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
+        reply_policy=reply_policy,
+    )  # fmt: skip
+    timers = ApschedulerTimers(settings.state_dir / "timers.sqlite")
     service = Service(
         config=ServiceConfig(
             host=host.name,
@@ -171,20 +181,19 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         ),
         hypervisor=hypervisor,
         notifier=notifier,
-        timers=ApschedulerTimers(settings.state_dir / "timers.sqlite"),
+        timers=timers,
         engine=build_engine(settings, hypervisor, clock=clock),
         clock=clock,
     )
 
-    def on_reply(reply: TenantReply) -> None:
-        refused = service.on_reply(tenant=reply.tenant, vm_uuid=reply.reply.vm_uuid, kind=reply.reply.type)
-        if refused is not None:
-            log.warning("reply_refused", tenant=reply.tenant, vm_uuid=reply.reply.vm_uuid, reason=refused)
-
-    def on_rejected(rejected: RejectedDelivery) -> None:
-        log.warning("reply_rejected", reason=rejected.reason, user_id=rejected.user_id)
-
-    consumer = ReplyConsumer(settings.broker, host=host.name, on_reply=on_reply, on_rejected=on_rejected)
+    desk = ReplyDesk(
+        hypervisor=hypervisor, timers=timers, ledger=notifier.ledger, notifier=notifier,
+        expedite=lambda tenant, vm_uuid: service.on_reply(tenant=tenant, vm_uuid=vm_uuid, kind="ready"),
+        store_window=libvirt_window_store(host.libvirt_uri), policy=reply_policy, clock=clock,
+    )  # fmt: skip
+    consumer = ReplyConsumer(
+        settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
+    )
     return Runtime(
         settings=settings,
         service=service,
