@@ -64,7 +64,7 @@ RejectionHandler = Callable[[RejectedDelivery], None]
 
 
 class ReplyConsumer:
-    """Consumes `evacuator.<host>.replies` on its own thread and connection, handing accepted replies on.
+    """Consumes `<replies_exchange>.<host>` on its own thread and connection, handing accepted replies on.
 
     `on_reply` runs on the consumer thread and must return quickly; the message is acked after it returns.
     If it raises, the message is requeued once, then dropped (logged) so one bad reply cannot wedge the queue.

@@ -38,9 +38,12 @@ def tenant_queue(tenant: str) -> str:
     return f"{check_word('tenant', tenant)}.notices"
 
 
-def host_replies_queue(host: str) -> str:
-    """The durable queue from which the service on `host` consumes its tenants' replies."""
-    return f"evacuator.{check_word('host', host)}.replies"
+def host_replies_queue(host: str, *, replies_exchange: str) -> str:
+    """The durable queue from which the service on `host` consumes its tenants' replies.
+
+    Named after the replies exchange too: two deployments (or test runs) sharing a broker and host names but
+    not exchanges must not share, and so split between them, one host's replies."""
+    return f"{replies_exchange}.{check_word('host', host)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +76,7 @@ class Topology:
 
     def declare_host_replies_queue(self, channel: Any, host: str) -> str:
         """The host's replies queue, bound to every tenant's replies about that host; returns its name."""
-        queue = host_replies_queue(host)
+        queue = host_replies_queue(host, replies_exchange=self.replies_exchange)
         self._declare_queue(channel, queue)
         channel.queue_bind(queue=queue, exchange=self.replies_exchange, routing_key=f"*.{host}")
         return queue

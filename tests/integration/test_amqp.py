@@ -51,9 +51,9 @@ def bravo(tenants: tuple[LabTenant, LabTenant]) -> LabTenant:
 
 
 @pytest.fixture
-def host(broker_janitor: BrokerJanitor) -> str:
+def host(broker_janitor: BrokerJanitor, broker_settings: BrokerSettings) -> str:
     name = f"hv-{secrets.token_hex(3)}"
-    broker_janitor.queue(host_replies_queue(name))
+    broker_janitor.queue(host_replies_queue(name, replies_exchange=broker_settings.replies_exchange))
     return name
 
 
@@ -263,10 +263,16 @@ def test_tenant_cannot_reach_beyond_its_own_queue_and_replies(
         "publish_notice": lambda ch: publish_raw(
             ch, broker_settings.notices_exchange, f"{acme.name}.{host}.vm_evacuated", b"{}", bravo.name
         ),
-        "read_replies": lambda ch: ch.basic_get(host_replies_queue(host)),
+        "read_replies": lambda ch: ch.basic_get(
+            host_replies_queue(host, replies_exchange=broker_settings.replies_exchange)
+        ),
         # The default exchange routes by queue name: it would bypass the topic permissions on the replies.
         "publish_via_default_exchange": lambda ch: publish_raw(
-            ch, "", host_replies_queue(host), b"{}", bravo.name
+            ch,
+            "",
+            host_replies_queue(host, replies_exchange=broker_settings.replies_exchange),
+            b"{}",
+            bravo.name,
         ),
     }
     assert refusal(bravo.url, actions[operation]) == 403

@@ -28,7 +28,8 @@ from evacuator.libvirt_host import open_libvirt_host
 from notifiers.messages import EvacuationScheduled, Notice, ReadyReply, VmEvacuated, encode
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
-from tests.fixtures.broker import LabTenant
+from notifiers.topology import host_replies_queue
+from tests.fixtures.broker import BrokerJanitor, LabTenant
 
 pytestmark = pytest.mark.integration
 
@@ -185,8 +186,10 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     broker_settings: BrokerSettings,
     make_tenant: Callable[[str], LabTenant],
     daemon: Callable[[Path], DaemonLog],
+    broker_janitor: BrokerJanitor,
 ) -> None:
     host_a, host_b = clean_lab_hosts
+    broker_janitor.queue(host_replies_queue("host-a", replies_exchange=broker_settings.replies_exchange))
     owner, intruder = make_tenant("acme"), make_tenant("mallory")
     rng = random.Random(2)
     data = {name: rng.randbytes(MIB) for name in ("web", "db")}

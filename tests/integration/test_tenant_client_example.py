@@ -32,7 +32,7 @@ def test_example_client_answers_each_scheduled_vm_once(
     postpone: int | None,
 ) -> None:  # fmt: skip
     tenant, host = make_tenant("example"), f"hv-{secrets.token_hex(3)}"
-    broker_janitor.queue(host_replies_queue(host))
+    broker_janitor.queue(host_replies_queue(host, replies_exchange=broker_settings.replies_exchange))
     replies: queue.Queue[TenantReply] = queue.Queue()
     consumer = ReplyConsumer(broker_settings, host=host, on_reply=replies.put)
     consumer.start(timeout_seconds=10)

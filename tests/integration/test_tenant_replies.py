@@ -65,7 +65,7 @@ def service(
 ) -> Iterator[tuple[Service, LabTenant]]:  # fmt: skip
     lab, acme = clean_lab_hosts[0], make_tenant("rep")
     host = f"hv-{secrets.token_hex(3)}"  # routing name only, so no other test's consumer shares the queue
-    broker_janitor.queue(host_replies_queue(host))
+    broker_janitor.queue(host_replies_queue(host, replies_exchange=broker_settings.replies_exchange))
     vm_uuid = create_vm(lab.uri, lab.pool, name="rep", tenant=acme.name, window_seconds=600,
                         disk_bytes=1 << 20, data=b"x", mac="52:54:00:e2:e0:0a")  # fmt: skip
     hypervisor = open_libvirt_host(lab.name, lab.uri, lab.pool)

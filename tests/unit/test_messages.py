@@ -259,7 +259,7 @@ def test_routing_keys_and_queue_names() -> None:
     assert notice_routing_key("acme", "hv1", "vm_evacuated") == "acme.hv1.vm_evacuated"
     assert reply_routing_key("acme", "hv1") == "acme.hv1"
     assert tenant_queue("acme") == "acme.notices"
-    assert host_replies_queue("hv1") == "evacuator.hv1.replies"
+    assert host_replies_queue("hv1", replies_exchange="evacuator.replies") == "evacuator.replies.hv1"
 
 
 def test_reason_without_a_reading_round_trips_as_null() -> None:
