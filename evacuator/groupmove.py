@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from evacuator.errors import EvacuatorError
 from evacuator.groupquiesce import GroupColdMigrator
 from evacuator.moverun import MoveRunner, Outcomes
 from evacuator.movestate import MoveRecord, MoveState, Phase
@@ -59,13 +57,7 @@ class GroupRunner(MoveRunner):
             outcomes.moved(record)
 
     def _group_attempts(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
-        retrying = Retrying(
-            stop=stop_after_attempt(self._config.move_attempts),
-            wait=wait_exponential(multiplier=self._config.retry_initial_seconds,
-                                  max=self._config.retry_max_seconds),
-            retry=retry_if_exception_type(EvacuatorError), sleep=self._sleep, reraise=True,
-        )  # fmt: skip
-        for attempt in retrying:
+        for attempt in self._retrying():
             with attempt:
                 return self._group_once(ordered, destination)
         raise AssertionError("tenacity either returns or reraises")  # pragma: no cover

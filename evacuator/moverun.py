@@ -103,15 +103,18 @@ class MoveRunner:
     def _next_peer(self, tried: list[str]) -> str | None:
         return next((peer for peer in self._config.peers if peer not in tried), None)
 
-    def _attempts(self, record: MoveRecord, destination: str) -> MoveRecord:
-        """Runs the (idempotent) move, again after a failure with backoff, on fresh connections."""
-        retrying = Retrying(
+    def _retrying(self) -> Retrying:
+        """Backoff for one move (or group) to one destination; every attempt starts from the journal."""
+        return Retrying(
             stop=stop_after_attempt(self._config.move_attempts),
             wait=wait_exponential(multiplier=self._config.retry_initial_seconds,
                                   max=self._config.retry_max_seconds),
             retry=retry_if_exception_type(EvacuatorError), sleep=self._sleep, reraise=True,
         )  # fmt: skip
-        for attempt in retrying:
+
+    def _attempts(self, record: MoveRecord, destination: str) -> MoveRecord:
+        """Runs the (idempotent) move, again after a failure with backoff, on fresh connections."""
+        for attempt in self._retrying():
             with attempt:
                 current = self._journal.get(record.vm_uuid) or record
                 with self._open_host(self._config.host) as source, self._open_host(destination) as dest:
