@@ -102,7 +102,7 @@ class FakeChannel:
     def basic_qos(self, **_: Any) -> None: ...
 
     def basic_consume(self, *, queue: str, on_message_callback: Callable[..., None]) -> None:
-        assert queue == "evacuator.hv1.replies"
+        assert queue == "evacuator.replies.hv1"
         self.on_message = on_message_callback
 
     def basic_ack(self, *, delivery_tag: int) -> None:
