@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ class Notifier(Protocol):
     def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]: ...
     def evacuation_failed(
         self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str
+    ) -> Future[datetime]: ...
+    def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]: ...
+    def evacuation_completed(
+        self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
     ) -> Future[datetime]: ...
 
 
@@ -67,6 +72,12 @@ class Service:
         # One incident per sick spell: opened once, closed only when the detector says healthy again, so a
         # host that stays severe is never re-planned (and its tenants never re-notified) on every poll.
         self._incident_open = False
+        # Per tenant: the VMs of this incident not yet moved or failed, and the outcomes so far, so the
+        # tenant hears "completed" once, after its last VM. Kept in memory: after a restart the tenant still
+        # gets each VM's own outcome, but no summary (the journal does not group moves by incident yet).
+        self._outstanding: dict[str, set[str]] = {}
+        self._outcomes: dict[str, tuple[list[str], list[str]]] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._timers.start(self.on_timer)
@@ -123,6 +134,10 @@ class Service:
                 window_seconds=move.window_seconds,
                 deadline=move.deadline.isoformat(),
             )
+        with self._lock:
+            for notice in plan.notices:
+                self._outstanding[notice.tenant] = {m.vm_uuid for m in notice.moves}
+                self._outcomes[notice.tenant] = ([], [])
         self._notify(plan, verdict)
         for move in plan.moves:
             self._engine.mark(move.vm_uuid, MoveState.WAITING)
@@ -160,22 +175,52 @@ class Service:
 
     def on_timer(self, vm_uuid: str) -> None:
         log.info("evacuation_window_closed", vm_uuid=vm_uuid)
-        self._engine.submit(vm_uuid)
+        if not self._engine.submit(vm_uuid):
+            return  # cancelled, already done, or not on this host: nothing starts, so nothing to tell
+        vm = self._hypervisor.find_vm(vm_uuid)
+        if vm is not None and vm.facts.tenant is not None:
+            self._notifier.evacuation_started(
+                tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name
+            ).add_done_callback(_log_confirm("evacuation_started", vm.facts.tenant))
 
     # --- Outcomes: the engine reports how each move ended -------------------------------------------------
 
     def moved(self, record: MoveRecord) -> None:
         if record.tenant is not None and record.destination is not None:
             self._notifier.vm_evacuated(
-                tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name,
+                tenant=record.tenant,
+                vm_uuid=record.vm_uuid,
+                vm_name=record.vm_name,
                 to_host=record.destination,
             ).add_done_callback(_log_confirm("vm_evacuated", record.tenant))
+        self._settle(record, moved=True)
 
     def failed(self, record: MoveRecord, reason: str) -> None:
         if record.tenant is not None:
             self._notifier.evacuation_failed(
                 tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name, reason=reason
             ).add_done_callback(_log_confirm("evacuation_failed", record.tenant))
+        self._settle(record, moved=False)
+
+    def _settle(self, record: MoveRecord, *, moved: bool) -> None:
+        """Counts one VM's outcome; the tenant's last one sends its evacuation_completed."""
+        tenant = record.tenant
+        if tenant is None:
+            return
+        with self._lock:
+            outstanding = self._outstanding.get(tenant)
+            if outstanding is None or record.vm_uuid not in outstanding:
+                return
+            outstanding.discard(record.vm_uuid)
+            done, failed = self._outcomes[tenant]
+            (done if moved else failed).append(record.vm_uuid)
+            if outstanding:
+                return
+            del self._outstanding[tenant]
+            del self._outcomes[tenant]
+        self._notifier.evacuation_completed(tenant=tenant, moved=done, failed=failed).add_done_callback(
+            _log_confirm("evacuation_completed", tenant)
+        )
 
 
 def _log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:

@@ -149,8 +149,38 @@ def test_deadline_moves_the_vm_and_tells_its_tenant(world: World) -> None:
     world.wait_moved(1)
     assert world.mover.moved == [web]
     assert world.destination.peek_vm(web) is not None and world.source.peek_vm(web) is None
-    assert world.kinds()[-1] == ("vm_evacuated", "acme")
-    assert world.notifier.sent[-1][2]["to_host"] == "host-b"
+    # The move's own notice, then (its tenant's last VM) the summary.
+    assert world.kinds()[-2:] == [("vm_evacuated", "acme"), ("evacuation_completed", "acme")]
+    assert world.notifier.sent[-2][2]["to_host"] == "host-b"
+
+
+def test_tenant_hears_started_per_vm_and_completed_once_after_its_last_vm(world: World) -> None:
+    web = world.add_vm("web", "acme", 60)
+    db = world.add_vm("db", "acme", 120)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0 + timedelta(seconds=60))
+    world.wait_moved(1)
+    assert ("evacuation_completed", "acme") not in world.kinds()
+    world.timers.advance(T0 + timedelta(seconds=120))
+    world.wait_moved(2)
+    kinds = [kind for kind, _ in world.kinds()]
+    assert kinds.count("evacuation_started") == 2 and kinds.count("evacuation_completed") == 1
+    assert kinds.index("evacuation_completed") == len(kinds) - 1
+    completed = world.notifier.sent[-1][2]
+    assert sorted(completed["moved"]) == sorted([web, db]) and completed["failed"] == ()
+
+
+def test_completed_lists_the_failed_vm(world: World) -> None:
+    web = world.add_vm("web", "acme", 0)
+    world.mover.fail_with = RuntimeError("no room")
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0)
+    world.wait_moved(1)
+    deadline = time.monotonic() + 5
+    while ("evacuation_completed", "acme") not in world.kinds() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    completed = [details for kind, _, details in world.notifier.sent if kind == "evacuation_completed"]
+    assert completed == [{"moved": (), "failed": (web,)}]
 
 
 def test_owner_ready_expedites_and_others_are_refused(world: World) -> None:
@@ -182,8 +212,9 @@ def test_a_failed_move_is_reported_to_the_tenant(world: World) -> None:
     world.service.on_verdict(verdict(Severity.SEVERE))
     world.timers.advance(T0)
     world.wait_moved(1)
-    kind, tenant, details = world.notifier.sent[-1]
+    kind, tenant, details = world.notifier.sent[-2]
     assert (kind, tenant) == ("evacuation_failed", "acme")
+    assert world.kinds()[-1] == ("evacuation_completed", "acme")
     assert "pool full" in str(details["reason"])
 
 
