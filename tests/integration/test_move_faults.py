@@ -21,26 +21,13 @@ from evacuator.journal import Journal
 from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
+from evacuator.moverun import RecordedOutcomes
 from evacuator.movestate import MoveRecord, MoveState, Phase
 from evacuator.planner import PlannedMove
 
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
-
-
-class Told:
-    """The engine's Outcomes, recorded (the service turns `failed` into the tenant's evacuation_failed)."""
-
-    def __init__(self) -> None:
-        self.moves: list[MoveRecord] = []
-        self.failures: list[tuple[MoveRecord, str]] = []
-
-    def moved(self, record: MoveRecord) -> None:
-        self.moves.append(record)
-
-    def failed(self, record: MoveRecord, reason: str) -> None:
-        self.failures.append((record, reason))
 
 
 class KillsDuringUpload:
@@ -112,8 +99,8 @@ class _NoAdoption:
 
 
 def _move(tmp: Path, lab: LabHosts, vm_uuid: str, peers: tuple[str, ...], *, kill_mid_copy: bool = False,
-          hang_mid_copy: bool = False) -> tuple[MoveRecord, Told, list[MoveState]]:
-    told = Told()
+          hang_mid_copy: bool = False) -> tuple[MoveRecord, RecordedOutcomes, list[MoveState]]:
+    told = RecordedOutcomes()
     with Journal(tmp / "journal.sqlite") as journal:
         engine = _engine(lab, journal, peers, kill_mid_copy=kill_mid_copy, hang_mid_copy=hang_mid_copy)
         engine.plan([PlannedMove(vm_uuid=vm_uuid, vm_name="vm", tenant="acme", window_seconds=0,

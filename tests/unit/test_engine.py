@@ -19,6 +19,7 @@ from evacuator.hypervisor import Hypervisor, VmState
 from evacuator.journal import Journal
 from evacuator.lab.vms import domain_xml
 from evacuator.migrator import MoveStep
+from evacuator.moverun import RecordedOutcomes
 from evacuator.movestate import MoveRecord, MoveState, Phase
 from evacuator.planner import PlannedMove
 from evacuator.vmmeta import MoveMethod, VmFacts
@@ -30,20 +31,6 @@ DATA = b"evacuator" * 1000
 
 class Crash(BaseException):
     """Stands for SIGKILL: nothing after it runs (the worker thread dies with it)."""
-
-
-class Told:
-    """The Outcomes seam, recorded."""
-
-    def __init__(self) -> None:
-        self.moves: list[MoveRecord] = []
-        self.failures: list[tuple[MoveRecord, str]] = []
-
-    def moved(self, record: MoveRecord) -> None:
-        self.moves.append(record)
-
-    def failed(self, record: MoveRecord, reason: str) -> None:
-        self.failures.append((record, reason))
 
 
 class Hosts:
@@ -109,7 +96,7 @@ def test_journal_keeps_records_and_history_across_reopening(tmp_path: Path) -> N
 
 
 def test_a_move_is_journaled_before_and_after_every_step(tmp_path: Path) -> None:
-    hosts, told = Hosts(), Told()
+    hosts, told = Hosts(), RecordedOutcomes()
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = make_engine(hosts, journal)
         web = hosts.add_vm("web")
@@ -143,7 +130,7 @@ CRASH_POINTS = ["due:due"] + [f"{step}:{phase}" for step in MoveStep for phase i
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("crash_at", CRASH_POINTS)
 def test_a_crash_at_any_journaled_point_is_resumed_on_restart(tmp_path: Path, crash_at: str) -> None:
-    hosts, told = Hosts(), Told()
+    hosts, told = Hosts(), RecordedOutcomes()
     web = hosts.add_vm("web")
     with Journal(tmp_path / "j.sqlite") as journal:
         crashing = make_engine(hosts, journal, crash_at=crash_at)
@@ -189,8 +176,8 @@ def test_cancel_only_before_quiescing(tmp_path: Path) -> None:
 def run_one(
     tmp_path: Path, hosts: Hosts, vm_uuid: str, *, peers: tuple[str, ...] = ("host-b",),
     may_restart_on_source: bool = True,
-) -> tuple[MoveRecord, Told, tuple[tuple[MoveState, Phase, str | None], ...]]:
-    told = Told()
+) -> tuple[MoveRecord, RecordedOutcomes, tuple[tuple[MoveState, Phase, str | None], ...]]:
+    told = RecordedOutcomes()
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = make_engine(hosts, journal, peers=peers)
         engine.plan([planned(vm_uuid, "web")], may_restart_on_source=may_restart_on_source)
@@ -261,9 +248,9 @@ def test_unreachable_destination_restores_on_source_and_names_what_was_not_clean
 def run_all(
     tmp_path: Path, hosts: Hosts, vms: dict[str, str], *, due: list[str] | None = None,
     max_outgoing_moves: int = 2,
-) -> tuple[dict[str, MoveRecord], Told]:
+) -> tuple[dict[str, MoveRecord], RecordedOutcomes]:
     """Plans every VM, makes `due` (default: all) due before the workers start, runs to idle."""
-    told = Told()
+    told = RecordedOutcomes()
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = make_engine(hosts, journal, max_outgoing_moves=max_outgoing_moves)
         engine.plan([planned(u, n) for n, u in vms.items()], may_restart_on_source=True)
