@@ -27,7 +27,7 @@ from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue, reply_routing_key, tenant_queue
-from tests.fixtures.broker import BrokerJanitor, LabTenant
+from tests.fixtures.broker import BrokerJanitor, LabTenant, refusal
 
 pytestmark = pytest.mark.integration
 
@@ -112,19 +112,6 @@ def scheduled(tenant: LabTenant, host: str, settings: BrokerSettings) -> Evacuat
         reply_exchange=settings.replies_exchange,
         reply_routing_key=reply_routing_key(tenant.name, host),
     )
-
-
-def refusal(url: str, action: Callable[[Any], object]) -> int:
-    """The AMQP code with which the broker closes the channel on `action`, run as the URL's user."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
-            action(channel)
-        return int(caught.value.reply_code)
-    finally:
-        connection.close()
 
 
 def publish_raw(channel: Any, exchange: str, routing_key: str, body: bytes, user_id: str | None) -> None:

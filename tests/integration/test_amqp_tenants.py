@@ -21,7 +21,7 @@ from notifiers.publisher import NoticePublisher
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import reply_routing_key, tenant_queue
-from tests.fixtures.broker import BrokerJanitor, LabTenant, _with_credentials
+from tests.fixtures.broker import BrokerJanitor, LabTenant, _with_credentials, refusal
 
 pytestmark = pytest.mark.integration
 
@@ -105,19 +105,6 @@ def pair(
     return acme, bravo
 
 
-def _refusal(url: str, action: Callable[[Any], object]) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
-            action(channel)
-        return int(caught.value.reply_code)
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 @pytest.mark.parametrize(
     "operation",
     ["basic_get_other_queue", "bind_other_queue", "bind_new_queue_on_other_keys", "delete_other_queue",
@@ -143,7 +130,7 @@ def test_tenant_cannot_touch_another_tenants_notices_or_speak_for_it(
         ),
         "declare_exchange": lambda ch: ch.exchange_declare(f"{bravo.name}.x", "fanout"),
     }  # fmt: skip
-    assert _refusal(bravo.url, actions[operation]) == 403
+    assert refusal(bravo.url, actions[operation]) == 403
 
 
 def test_tenant_client_reports_a_refused_consume_of_another_queue(
