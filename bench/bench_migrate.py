@@ -66,7 +66,7 @@ def _define(host: LabHost, name: str, data_bytes: int, capacity_bytes: int, *, s
 
 
 def _copy_seconds(host_a: LabHost, host_b: LabHost, vm_uuid: str) -> float:
-    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as a, \
             open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:  # fmt: skip
         migrator = ColdMigrator(source=a, destination=b, clock=lambda: datetime.now(UTC),
                                 shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS, sleep=time.sleep,
@@ -112,7 +112,8 @@ def bench_eight(host_a: LabHost, host_b: LabHost, state: Path, bandwidth: float,
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
-        with open_libvirt_host(name, hosts[name].uri, hosts[name].pool) as opened:
+        host = hosts[name]
+        with open_libvirt_host(name, host.uri, host.pool, local_files=name == "host-a") as opened:
             yield opened
 
     with Journal(state / "journal.sqlite") as journal, \

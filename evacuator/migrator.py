@@ -28,6 +28,7 @@ from evacuator.movesteps import (
     StepTiming,
     copy_timeout_seconds,
 )
+from evacuator.volume_io import prefetched
 
 __all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
 
@@ -202,11 +203,14 @@ class ColdMigrator:
             limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
                                                  self._copy_timeout_base_seconds,
                                                  self._copy_min_bytes_per_second)
+            # Read and hashed on a thread of their own, so the source's disk and the destination's upload
+            # overlap (each would otherwise wait for the other).
+            ahead = prefetched(sent.tap(chunks))
             try:
                 move.bytes_copied += self._dst.write_volume(
-                    ref.pool, ref.volume, self._within(limit_seconds, ref, sent.tap(chunks)))
+                    ref.pool, ref.volume, self._within(limit_seconds, ref, ahead))
             finally:
-                close_chunks(chunks)
+                close_chunks(ahead)
             move.sent_sha256[ref] = sent.hexdigest()
         return True
 

@@ -52,7 +52,8 @@ def open_host_for(settings: Settings) -> OpenHost:
         if name not in hosts:
             raise HypervisorError(f"host {name} is neither this host nor a configured peer")
         uri, pool = hosts[name]
-        with open_libvirt_host(name, uri, pool) as host:
+        # This host's disks are files this process may read itself; a peer's only through libvirt.
+        with open_libvirt_host(name, uri, pool, local_files=name == settings.host.name) as host:
             yield host
 
     return open_host
