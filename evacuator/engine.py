@@ -33,6 +33,7 @@ from evacuator.movestate import (
     resume_action,
 )
 from evacuator.planner import PlannedMove
+from evacuator.transfers import TransferSlots
 from evacuator.vmmeta import VmFacts
 
 __all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]
@@ -59,8 +60,10 @@ class MoveEngine:
         self._config = config
         self._journal = journal
         self._hypervisor = hypervisor
+        self._slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
+                                    max_incoming_per_peer=config.max_incoming_moves_per_peer)
         self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
-                                   sleep=sleep, crash_point=crash_point)
+                                   sleep=sleep, crash_point=crash_point, slots=self._slots)
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
         self._sleep = sleep
@@ -70,9 +73,11 @@ class MoveEngine:
         self._seq = itertools.count()
         self._stopping = False
         self._changed = threading.Condition()
-        # One worker per allowed outgoing move: the source's cap (oVirt's default is 2).
+        # One worker per transfer slot (oVirt's default is 2 per source), plus the moves that may shut down
+        # or start while those transfer: the slots keep the disks and the link busy, not the VMs' boots.
+        self._in_flight = config.max_outgoing_moves + config.quiesce_ahead_moves
         self._workers = [threading.Thread(target=self._work, name=f"evacuator-mover-{index}", daemon=True)
-                         for index in range(config.max_outgoing_moves)]
+                         for index in range(self._in_flight)]
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -208,7 +213,8 @@ class MoveEngine:
                     return None
                 incoming = Counter(self._running.values())
                 chosen = next_unit(list(self._waiting.values()), incoming, self._config.peers,
-                                   max_incoming_per_peer=self._config.max_incoming_moves_per_peer)
+                                   max_incoming_per_peer=self._config.max_incoming_moves_per_peer
+                                   + self._config.quiesce_ahead_moves)
                 if chosen is not None:
                     unit, destination = chosen
                     del self._waiting[unit.key]

@@ -77,6 +77,7 @@ class GroupRunner(MoveRunner):
                 poll_interval_seconds=config.poll_interval_seconds,
                 copy_timeout_base_seconds=config.copy_timeout_base_seconds,
                 copy_min_bytes_per_second=config.copy_min_bytes_per_second,
+                transfer_slot=self.transfer_slot(destination, max(r.priority for r in ordered)),
             )  # fmt: skip
             uuids = [r.vm_uuid for r in ordered]
             migrator.quiesce_together(uuids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,12 +22,15 @@ from evacuator.hypervisor import (
 )
 from evacuator.movesteps import (
     EVENT_NAMES,
+    TRANSFER_STEPS,
     MoveReport,
     MoveStep,
     StepEvent,
     StepPhase,
     StepTiming,
+    TransferSlot,
     copy_timeout_seconds,
+    no_slot,
 )
 from evacuator.volume_io import prefetched
 
@@ -71,7 +75,9 @@ class ColdMigrator:
         poll_interval_seconds: float = 0.5,
         copy_timeout_base_seconds: float = 60.0,
         copy_min_bytes_per_second: float = 10 * 1024 * 1024,
+        transfer_slot: TransferSlot = no_slot,
     ) -> None:
+        self._transfer_slot = transfer_slot
         self._src = source
         self._dst = destination
         self._clock = clock
@@ -94,10 +100,21 @@ class ColdMigrator:
         log.info("move_started", vm_uuid=move.uuid, vm_name=move.name, source=self._src.name,
                  destination=self._dst.name, start_on_destination=move.run_after)
         chosen = [(step, action) for step, action in self._plan() if steps is None or step in steps]
-        timings = tuple(self._run(move, step, action) for step, action in chosen)
+        timings = []
+        with ExitStack() as held:
+            holding = False
+            for step, action in chosen:
+                # The disks travel under a transfer slot (the engine's caps); shutdown and start do not.
+                if (step in TRANSFER_STEPS) != holding:
+                    if holding:
+                        held.close()
+                    else:
+                        held.enter_context(self._transfer_slot(move.uuid))
+                    holding = not holding
+                timings.append(self._run(move, step, action))
         report = MoveReport(
             vm_uuid=move.uuid, vm_name=move.name, source=self._src.name, destination=self._dst.name,
-            steps=timings, bytes_copied=move.bytes_copied, forced_off=move.forced_off,
+            steps=tuple(timings), bytes_copied=move.bytes_copied, forced_off=move.forced_off,
             running_on_destination=move.run_after, seconds=(self._clock() - began).total_seconds(),
         )
         log.info("move_finished", vm_uuid=move.uuid, seconds=report.seconds, bytes_copied=report.bytes_copied)

@@ -17,8 +17,9 @@ from evacuator.journal import Journal
 from evacuator.livemigrator import LiveMigrator
 from evacuator.migrator import ColdMigrator
 from evacuator.movestate import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
-from evacuator.movesteps import StepEvent, StepPhase
+from evacuator.movesteps import StepEvent, StepPhase, TransferSlot
 from evacuator.rollback import Rollback, RollbackOutcome, roll_back
+from evacuator.transfers import TransferSlots
 from evacuator.vmmeta import MoveMethod
 
 log = structlog.get_logger(__name__)
@@ -66,8 +67,11 @@ class EngineConfig:
     retry_max_seconds: float = 30.0
     copy_timeout_base_seconds: float = 60.0
     copy_min_bytes_per_second: float = 10 * 1024 * 1024
+    # Disk transfers (copy and verify, or a live migration) out of this host and into one peer at once.
     max_outgoing_moves: int = 2
     max_incoming_moves_per_peer: int = 2
+    # Moves beyond those that may shut down, wait for a transfer slot, or start meanwhile.
+    quiesce_ahead_moves: int = 2
 
 
 class MoveRunner:
@@ -75,8 +79,10 @@ class MoveRunner:
 
     def __init__(
         self, *, config: EngineConfig, journal: Journal, open_host: OpenHost, clock: Callable[[], datetime],
-        sleep: Callable[[float], None], crash_point: CrashPoint,
+        sleep: Callable[[float], None], crash_point: CrashPoint, slots: TransferSlots | None = None,
     ) -> None:
+        self._slots = slots or TransferSlots(max_outgoing=config.max_outgoing_moves,
+                                             max_incoming_per_peer=config.max_incoming_moves_per_peer)
         self._config = config
         self._journal = journal
         self._open_host = open_host
@@ -149,14 +155,15 @@ class MoveRunner:
                 live = LiveMigrator(source=source, destination=dest, clock=self._clock, sleep=self._sleep,
                                     shutdown_timeout_seconds=self._config.shutdown_timeout_seconds,
                                     on_step=on_step)
-                live.move(record.vm_uuid, start_on_destination=True)
+                with self._slots.slot(destination, vm_uuid=record.vm_uuid, priority=record.priority):
+                    live.move(record.vm_uuid, start_on_destination=True)
                 return self._done(holder[-1], destination)
             except MigrationError as exc:
                 if method is MoveMethod.LIVE:
                     raise
                 # live_then_cold: a failed live migration leaves the guest running on the source.
                 log.warning("live_move_failed_trying_cold", vm_uuid=record.vm_uuid, error=str(exc))
-        self._migrator(source, dest, on_step).move(record.vm_uuid,
+        self._migrator(source, dest, on_step, record.priority).move(record.vm_uuid,
                                                    start_on_destination=record.start_on_destination)
         return self._done(holder[-1], destination)
 
@@ -174,7 +181,7 @@ class MoveRunner:
         return record
 
     def _migrator(
-        self, source: Hypervisor, dest: Hypervisor, on_step: Callable[[StepEvent], None]
+        self, source: Hypervisor, dest: Hypervisor, on_step: Callable[[StepEvent], None], priority: int
     ) -> ColdMigrator:
         config = self._config
         return ColdMigrator(
@@ -183,7 +190,12 @@ class MoveRunner:
             poll_interval_seconds=config.poll_interval_seconds,
             copy_timeout_base_seconds=config.copy_timeout_base_seconds,
             copy_min_bytes_per_second=config.copy_min_bytes_per_second,
+            transfer_slot=self.transfer_slot(dest.name, priority),
         )  # fmt: skip
+
+    def transfer_slot(self, destination: str, priority: int) -> TransferSlot:
+        """How a migrator bound for `destination` holds one of the engine's transfer slots."""
+        return lambda vm_uuid: self._slots.slot(destination, vm_uuid=vm_uuid, priority=priority)
 
     def _done(self, record: MoveRecord, destination: str) -> MoveRecord:
         done = self._journal.advance(record, MoveState.DONE, Phase.FINISHED, self._clock(), error=None)

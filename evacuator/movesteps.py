@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +19,18 @@ class MoveStep(StrEnum):
     START = "start"
     VERIFY = "verify"
     CLEAN_UP = "clean_up"
+
+
+# The steps that move disk bytes: they run under a transfer slot (evacuator/transfers.py).
+TRANSFER_STEPS = frozenset({MoveStep.COPY_DISKS, MoveStep.VERIFY_DISKS})
+
+# Holds a transfer slot for one VM's disks while the block runs (the migrator is told how, by the engine).
+TransferSlot = Callable[[str], AbstractContextManager[None]]
+
+
+def no_slot(vm_uuid: str) -> AbstractContextManager[None]:
+    """Without an engine (the `move` command, tests): no cap to wait for."""
+    return nullcontext()
 
 
 class StepPhase(StrEnum):

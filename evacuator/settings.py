@@ -48,6 +48,7 @@ class EvacuationSettings(_Strict):
     copy_min_bytes_per_second: int = Field(default=10 * 1024 * 1024, gt=0)
     max_outgoing_moves: int = Field(default=2, ge=1)
     max_incoming_moves_per_peer: int = Field(default=2, ge=1)
+    quiesce_ahead_moves: int = Field(default=2, ge=0)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:

@@ -91,6 +91,7 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
             copy_min_bytes_per_second=evacuation.copy_min_bytes_per_second,
             max_outgoing_moves=evacuation.max_outgoing_moves,
             max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
+            quiesce_ahead_moves=evacuation.quiesce_ahead_moves,
         ),
         journal=Journal(settings.state_dir / "journal.sqlite"),
         hypervisor=hypervisor,

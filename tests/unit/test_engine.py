@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ import pytest
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.errors import HypervisorError, JournalError
 from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Hypervisor, VmState
+from evacuator.hypervisor import Chunk, Hypervisor, VmState
 from evacuator.journal import Journal
 from evacuator.lab.vms import domain_xml
 from evacuator.migrator import MoveStep
@@ -55,7 +57,7 @@ class Hosts:
 
 def make_engine(
     hosts: Hosts, journal: Journal, crash_at: str | None = None, peers: tuple[str, ...] = ("host-b",),
-    max_outgoing_moves: int = 2,
+    max_outgoing_moves: int = 2, quiesce_ahead_moves: int = 2,
 ) -> MoveEngine:
     ticks = iter(range(10**6))
 
@@ -65,7 +67,7 @@ def make_engine(
 
     return MoveEngine(
         config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=1, retry_initial_seconds=0,
-                            max_outgoing_moves=max_outgoing_moves),
+                            max_outgoing_moves=max_outgoing_moves, quiesce_ahead_moves=quiesce_ahead_moves),
         journal=journal, hypervisor=hosts.source, open_host=hosts.open,
         clock=lambda: T0 + timedelta(seconds=next(ticks)), sleep=lambda s: None, crash_point=crash_point,
     )  # fmt: skip
@@ -247,12 +249,13 @@ def test_unreachable_destination_restores_on_source_and_names_what_was_not_clean
 
 def run_all(
     tmp_path: Path, hosts: Hosts, vms: dict[str, str], *, due: list[str] | None = None,
-    max_outgoing_moves: int = 2,
+    max_outgoing_moves: int = 2, quiesce_ahead_moves: int = 2,
 ) -> tuple[dict[str, MoveRecord], RecordedOutcomes]:
     """Plans every VM, makes `due` (default: all) due before the workers start, runs to idle."""
     told = RecordedOutcomes()
     with Journal(tmp_path / "j.sqlite") as journal:
-        engine = make_engine(hosts, journal, max_outgoing_moves=max_outgoing_moves)
+        engine = make_engine(hosts, journal, max_outgoing_moves=max_outgoing_moves,
+                             quiesce_ahead_moves=quiesce_ahead_moves)
         engine.plan([planned(u, n) for n, u in vms.items()], may_restart_on_source=True)
         for name in due or list(vms):
             engine.submit(vms[name])
@@ -303,9 +306,61 @@ def test_higher_priority_moves_first_when_the_cap_makes_moves_queue(tmp_path: Pa
     hosts = Hosts()
     vms = {name: hosts.add_vm(name, VmFacts(tenant="acme", priority=priority))
            for name, priority in (("low", -1), ("mid", 0), ("top", 5))}
-    run_all(tmp_path, hosts, vms, max_outgoing_moves=1)
+    run_all(tmp_path, hosts, vms, max_outgoing_moves=1, quiesce_ahead_moves=0)
     defined = [call.split()[-1] for call in hosts.source.calls if call.startswith("undefine_vm")]
     assert defined == [vms["top"], vms["mid"], vms["low"]]
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_disks_travel_under_the_transfer_cap_while_other_vms_shut_down_ahead(
+    tmp_path: Path, ahead: int
+) -> None:
+    hosts = Hosts()
+    vms = {f"vm{index}": hosts.add_vm(f"vm{index}") for index in range(8)}
+    lock = threading.Lock()
+    copying = off = worst_copying = worst_off = 0
+    overlapped = False
+    write, destroy, start = (hosts.destination.write_volume, hosts.source.destroy_vm,
+                             hosts.destination.start_vm)
+
+    def slow_write(pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
+        nonlocal copying, worst_copying
+        with lock:
+            copying += 1
+            worst_copying = max(worst_copying, copying)
+        time.sleep(0.05)
+        try:
+            return write(pool, volume, chunks)
+        finally:
+            with lock:
+                copying -= 1
+
+    def counted_destroy(vm_uuid: str) -> None:  # the fake guests ignore ACPI: destroy ends each quiesce
+        nonlocal off, worst_off, overlapped
+        destroy(vm_uuid)
+        with lock:
+            off += 1
+            worst_off = max(worst_off, off)
+            overlapped = overlapped or copying > 0
+
+    def counted_start(vm_uuid: str) -> None:
+        nonlocal off
+        start(vm_uuid)
+        with lock:
+            off -= 1
+
+    hosts.destination.write_volume = slow_write  # type: ignore[method-assign]
+    hosts.source.destroy_vm = counted_destroy  # type: ignore[method-assign]
+    hosts.destination.start_vm = counted_start  # type: ignore[method-assign]
+
+    records, _ = run_all(tmp_path, hosts, vms, quiesce_ahead_moves=ahead)
+
+    assert {r.state for r in records.values()} == {MoveState.DONE}
+    assert worst_copying == 2  # the cap, reached and never passed
+    assert worst_off <= 2 + ahead  # VMs held off: those transferring plus those shut down ahead
+    if ahead:
+        assert overlapped  # a VM was shut down while another's disks travelled
+        assert worst_off > 2  # some VM was shut down ahead, while both slots were busy
 
 
 @pytest.mark.parametrize(("method", "live_fails", "state", "live_calls"), [

@@ -1,0 +1,79 @@
+"""The caps on disk transfers: at most so many out of this host, and so many into each peer, at once.
+
+The caps hold the part of a move that uses the disks and the link (copy and verify, or a whole live
+migration), not the shutdown and start around it: those take seconds each and use neither, so while one VM
+shuts down another's disks can travel. `quiesce_ahead_moves` in the engine bounds how many VMs may be off
+and waiting for a slot (each such wait is downtime for its tenant).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class TransferSlots:
+    """A gate shared by every move of one engine; thread-safe. Waiters go by priority, then arrival."""
+
+    def __init__(self, *, max_outgoing: int, max_incoming_per_peer: int) -> None:
+        if max_outgoing < 1 or max_incoming_per_peer < 1:
+            raise ValueError("transfer caps must be at least 1")
+        self._max_outgoing = max_outgoing
+        self._max_incoming_per_peer = max_incoming_per_peer
+        self._incoming: Counter[str] = Counter()
+        self._queue: list[_Waiter] = []  # in the order they may go
+        self._seq = itertools.count()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self, destination: str, *, vm_uuid: str = "", priority: int = 0) -> Iterator[None]:
+        """Holds one transfer to `destination` for the duration of the block."""
+        waiter = _Waiter(destination=destination, priority=priority, seq=next(self._seq))
+        began = time.monotonic()
+        with self._changed:
+            self._queue.append(waiter)
+            self._queue.sort(key=lambda w: (-w.priority, w.seq))
+            self._changed.wait_for(lambda: self._may_go(waiter))
+            self._queue.remove(waiter)
+            self._incoming[destination] += 1
+            self._changed.notify_all()  # a waiter behind this one may have room now that it left the queue
+        waited_seconds = time.monotonic() - began
+        if waited_seconds > 0.01:
+            log.info("transfer_slot_waited", vm_uuid=vm_uuid, destination=destination,
+                     waited_seconds=round(waited_seconds, 3))
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._incoming[destination] -= 1
+                self._changed.notify_all()
+
+    def in_use(self) -> dict[str, int]:
+        with self._changed:
+            return {peer: count for peer, count in self._incoming.items() if count}
+
+    def _may_go(self, waiter: _Waiter) -> bool:
+        if sum(self._incoming.values()) >= self._max_outgoing or not self._room(waiter.destination):
+            return False
+        # The first waiter with room goes first: no starvation while slots turn over, and one waiting for
+        # a full peer does not hold back another bound for a peer with room.
+        return next(w for w in self._queue if self._room(w.destination)) is waiter
+
+    def _room(self, destination: str) -> bool:
+        return self._incoming[destination] < self._max_incoming_per_peer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class _Waiter:
+    destination: str
+    priority: int
+    seq: int

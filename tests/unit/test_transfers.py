@@ -1,0 +1,82 @@
+"""Transfer slots: the caps hold under contention, priority goes first, a full peer blocks only its own."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from evacuator.transfers import TransferSlots
+
+
+def test_caps_hold_under_many_threads() -> None:
+    slots = TransferSlots(max_outgoing=3, max_incoming_per_peer=2)
+    lock = threading.Lock()
+    now: Counter[str] = Counter()
+    worst_total, worst_peer = 0, 0
+
+    def mover(seed: int) -> None:
+        nonlocal worst_total, worst_peer
+        rng = random.Random(seed)
+        for _ in range(20):
+            peer = rng.choice(["host-b", "host-c", "host-d"])
+            with slots.slot(peer):
+                with lock:
+                    now[peer] += 1
+                    worst_total = max(worst_total, sum(now.values()))
+                    worst_peer = max(worst_peer, now[peer])
+                time.sleep(rng.random() / 1000)
+                with lock:
+                    now[peer] -= 1
+
+    threads = [threading.Thread(target=mover, args=(seed,)) for seed in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert worst_total == 3 and worst_peer == 2  # reached, never passed
+    assert slots.in_use() == {}
+
+
+def _waiting(slots: TransferSlots, order: list[str], name: str, peer: str, priority: int) -> threading.Thread:
+    def run() -> None:
+        with slots.slot(peer, priority=priority):
+            order.append(name)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.05)  # queued in this order
+    return thread
+
+
+def test_higher_priority_waiters_go_first_then_first_come() -> None:
+    slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    order: list[str] = []
+    with slots.slot("host-b"):
+        waiters = [_waiting(slots, order, name, "host-b", priority)
+                   for name, priority in (("low", -1), ("first", 0), ("second", 0), ("top", 5))]
+    for waiter in waiters:
+        waiter.join(5)
+    assert order == ["top", "first", "second", "low"]
+
+
+def test_a_full_peer_does_not_hold_back_a_waiter_for_another_peer() -> None:
+    slots = TransferSlots(max_outgoing=2, max_incoming_per_peer=1)
+    order: list[str] = []
+    with slots.slot("host-b"):
+        to_b = _waiting(slots, order, "to-b", "host-b", 9)
+        to_c = _waiting(slots, order, "to-c", "host-c", 0)
+        to_c.join(5)
+        assert order == ["to-c"]  # went while the earlier, higher waiter for host-b still waits
+    to_b.join(5)
+    assert order == ["to-c", "to-b"]
+
+
+@pytest.mark.parametrize(("outgoing", "incoming"), [(0, 1), (1, 0)])
+def test_caps_below_one_are_refused(outgoing: int, incoming: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        TransferSlots(max_outgoing=outgoing, max_incoming_per_peer=incoming)
