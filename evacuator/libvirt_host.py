@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import stat
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,19 +17,17 @@ import structlog
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import (
     Chunk,
-    DataChunk,
-    HoleChunk,
     Hypervisor,
     VmInfo,
     VmState,
     VolumeInfo,
     parse_definition,
 )
-from evacuator.volume_io import file_chunks, file_identity, write_in_runs
+from evacuator.libvirt_volumes import download_chunks, seen_file, upload_chunks
+from evacuator.volume_io import file_chunks
 
 log = structlog.get_logger(__name__)
 
-_STREAM_CHUNK_BYTES = 256 * 1024
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
     libvirt.VIR_DOMAIN_SHUTOFF: VmState.SHUT_OFF,
@@ -196,46 +193,17 @@ class LibvirtHost:
         if path is not None:
             yield from file_chunks(path)
             return
-        finished = False
         with self._mapped("read_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
-            stream = self._conn.newStream(0)
-            vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-            try:
-                while True:
-                    got = stream.recvFlags(_STREAM_CHUNK_BYTES, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
-                    if got == -3:
-                        yield HoleChunk(length_bytes=int(stream.recvHole(0)))
-                    elif isinstance(got, bytes) and got:
-                        yield DataChunk(data=got)
-                    elif isinstance(got, bytes):
-                        break
-                    else:
-                        raise HypervisorError(f"host {self._name}: unexpected stream answer {got!r}")
-                stream.finish()
-                finished = True
-            finally:
-                if not finished:
-                    _abort_quietly(stream)
+            yield from download_chunks(self._conn, vol, host=self._name)
 
     def _local_file(self, pool: str, volume: str) -> Path | None:
-        """The volume's file when this process sees the very file libvirt does (same size and modification
-        time, as libvirt re-reads them for the XML), else None: read through libvirt then."""
         with self._mapped("read_volume", pool=pool, volume=volume):
             xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
-        seen = file_identity(xml)
-        if seen is None:
-            return None
-        path, size_bytes, mtime_ns = seen
-        try:
-            found = path.stat()
-        except OSError:
-            found = None
-        if found is None or not stat.S_ISREG(found.st_mode) or found.st_size != size_bytes \
-                or found.st_mtime_ns != mtime_ns:  # fmt: skip
-            # Another mount namespace or a stale view: libvirt's download is right, if slower.
-            log.info("volume_read_streamed", host=self._name, pool=pool, volume=volume, path=str(path))
-            return None
+        path = seen_file(xml)
+        if path is None:
+            # Another mount namespace, a stale view or no file at all: libvirt's download is right.
+            log.info("volume_read_streamed", host=self._name, pool=pool, volume=volume)
         return path
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
@@ -244,22 +212,7 @@ class LibvirtHost:
         with self._mapped("write_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
 
-            def open_run(offset: int) -> _StreamRun:
-                stream = self._conn.newStream(0)
-                vol.upload(stream, offset, 0, 0)
-                return _StreamRun(stream)
-
-            def extend(offset: int, length_bytes: int) -> None:
-                stream = self._conn.newStream(0)
-                vol.upload(stream, offset, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-                try:
-                    stream.sendHole(length_bytes, 0)
-                    stream.finish()
-                except BaseException:
-                    _abort_quietly(stream)
-                    raise
-
-            return write_in_runs(chunks, open_run=open_run, extend=extend)
+            return upload_chunks(self._conn, vol, chunks)
 
     def delete_volume(self, pool: str, volume: str) -> None:
         with self._mapped("delete_volume", pool=pool, volume=volume):
@@ -327,27 +280,3 @@ def _volume_info(pool: str, volume: str, vol: Any) -> VolumeInfo:
         pool=pool, volume=volume, capacity_bytes=int(capacity_bytes), allocation_bytes=int(allocation_bytes),
         format="raw" if element is None else element.get("type", "raw"),
     )
-
-
-class _StreamRun:
-    """One plain upload stream, as volume_io's Run."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def send(self, data: bytes) -> None:
-        sent = int(self._stream.send(data))
-        while sent < len(data):  # a blocking stream takes it all at once; a partial send is only resumed
-            sent += int(self._stream.send(data[sent:]))
-
-    def finish(self) -> None:
-        self._stream.finish()
-
-    def abort(self) -> None:
-        _abort_quietly(self._stream)
-
-
-def _abort_quietly(stream: Any) -> None:
-    # The stream is already broken; the original error is what the caller needs to see.
-    with suppress(libvirt.libvirtError):
-        stream.abort()

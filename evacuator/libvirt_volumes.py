@@ -1,0 +1,104 @@
+"""Volume bytes over libvirt streams, and whether a volume's file is the one this process sees."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
+from evacuator.volume_io import file_identity, write_in_runs
+
+# libvirt carries stream data in messages of at most 256 KiB: asking for more buys nothing.
+_STREAM_CHUNK_BYTES = 256 * 1024
+
+
+def download_chunks(conn: Any, vol: Any, *, host: str) -> Iterator[Chunk]:
+    """A sparse download, aborted if the reader stops early (an open one keeps the volume "in use", which
+    blocks deleting it)."""
+    finished = False
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+    try:
+        while True:
+            got = stream.recvFlags(_STREAM_CHUNK_BYTES, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+            if got == -3:
+                yield HoleChunk(length_bytes=int(stream.recvHole(0)))
+            elif isinstance(got, bytes) and got:
+                yield DataChunk(data=got)
+            elif isinstance(got, bytes):
+                break
+            else:
+                raise HypervisorError(f"host {host}: unexpected stream answer {got!r}")
+        stream.finish()
+        finished = True
+    finally:
+        if not finished:
+            abort_quietly(stream)
+
+
+def upload_chunks(conn: Any, vol: Any, chunks: Iterable[Chunk]) -> int:
+    """Onto a freshly created volume: one plain upload per run of data (a sparse upload costs the daemon
+    four times the CPU), holes skipped, a trailing hole sent as a hole to set the length."""
+
+    def open_run(offset: int) -> _StreamRun:
+        stream = conn.newStream(0)
+        vol.upload(stream, offset, 0, 0)
+        return _StreamRun(stream)
+
+    def extend(offset: int, length_bytes: int) -> None:
+        stream = conn.newStream(0)
+        vol.upload(stream, offset, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+        try:
+            stream.sendHole(length_bytes, 0)
+            stream.finish()
+        except BaseException:
+            abort_quietly(stream)
+            raise
+
+    return write_in_runs(chunks, open_run=open_run, extend=extend)
+
+
+def seen_file(volume_xml: str) -> Path | None:
+    """The volume's file when this process sees the very file libvirt does (same size and modification
+    time, which libvirt re-reads for the XML), else None."""
+    identity = file_identity(volume_xml)
+    if identity is None:
+        return None
+    path, size_bytes, mtime_ns = identity
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(found.st_mode) or found.st_size != size_bytes or found.st_mtime_ns != mtime_ns:
+        return None
+    return path
+
+
+class _StreamRun:
+    """One plain upload stream, as volume_io's Run."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def send(self, data: bytes) -> None:
+        sent = int(self._stream.send(data))
+        while sent < len(data):  # a blocking stream takes it all at once; a partial send is only resumed
+            sent += int(self._stream.send(data[sent:]))
+
+    def finish(self) -> None:
+        self._stream.finish()
+
+    def abort(self) -> None:
+        abort_quietly(self._stream)
+
+
+def abort_quietly(stream: Any) -> None:
+    # The stream is already broken; the original error is what the caller needs to see.
+    with suppress(libvirt.libvirtError):
+        stream.abort()
