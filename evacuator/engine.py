@@ -75,9 +75,8 @@ class MoveEngine:
         self._changed = threading.Condition()
         # One worker per transfer slot (oVirt's default is 2 per source), plus the moves that may shut down
         # or start while those transfer: the slots keep the disks and the link busy, not the VMs' boots.
-        self._in_flight = config.max_outgoing_moves + config.quiesce_ahead_moves
         self._workers = [threading.Thread(target=self._work, name=f"evacuator-mover-{index}", daemon=True)
-                         for index in range(self._in_flight)]
+                         for index in range(config.max_outgoing_moves + config.quiesce_ahead_moves)]
 
     # --- life cycle ---------------------------------------------------------------------------------------
 

@@ -138,7 +138,23 @@ class Hypervisor(Protocol):
         ...
 
 
-class ChunkSha256:
+class _Tapped:
+    """A running digest of chunks that can also hash them as they pass."""
+
+    def update(self, chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def tap(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        """Passes the chunks through, hashing them on the way (closing it closes them)."""
+        try:
+            for chunk in chunks:
+                self.update(chunk)
+                yield chunk
+        finally:
+            close_chunks(chunks)
+
+
+class ChunkSha256(_Tapped):
     """A running sha256 of the bytes chunks stand for, holes counted as zeros."""
 
     def __init__(self) -> None:
@@ -157,15 +173,6 @@ class ChunkSha256:
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
 
-    def tap(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
-        """Passes the chunks through, hashing them on the way (closing it closes them)."""
-        try:
-            for chunk in chunks:
-                self.update(chunk)
-                yield chunk
-        finally:
-            close_chunks(chunks)
-
 
 _BLOCK_BYTES = 1 << 20
 
@@ -179,7 +186,7 @@ def _block_digest(block: bytes | bytearray | memoryview) -> bytes:
 _ZERO_BLOCK_DIGEST = _block_digest(_ZEROS)
 
 
-class BlockDigest:
+class BlockDigest(_Tapped):
     """A digest of the bytes chunks stand for that costs nothing for holes: sha256 over the XXH3-128 of
     each 1 MiB block, an all-zero block's being a constant. It depends only on the content (a hole and
     written zeros digest alike), so a copy verifies against what was sent without hashing gigabytes of
@@ -236,15 +243,6 @@ class BlockDigest:
     def hexdigest(self) -> str:
         self._flush()
         return self._outer.hexdigest()
-
-    def tap(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
-        """Passes the chunks through, hashing them on the way (closing it closes them)."""
-        try:
-            for chunk in chunks:
-                self.update(chunk)
-                yield chunk
-        finally:
-            close_chunks(chunks)
 
 
 def block_digest_of_chunks(chunks: Iterable[Chunk]) -> str:

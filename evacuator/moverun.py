@@ -79,10 +79,9 @@ class MoveRunner:
 
     def __init__(
         self, *, config: EngineConfig, journal: Journal, open_host: OpenHost, clock: Callable[[], datetime],
-        sleep: Callable[[float], None], crash_point: CrashPoint, slots: TransferSlots | None = None,
+        sleep: Callable[[float], None], crash_point: CrashPoint, slots: TransferSlots,
     ) -> None:
-        self._slots = slots or TransferSlots(max_outgoing=config.max_outgoing_moves,
-                                             max_incoming_per_peer=config.max_incoming_moves_per_peer)
+        self._slots = slots  # shared by every worker of the engine
         self._config = config
         self._journal = journal
         self._open_host = open_host
