@@ -60,10 +60,10 @@ class MoveEngine:
         self._config = config
         self._journal = journal
         self._hypervisor = hypervisor
-        self._slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
-                                    max_incoming_per_peer=config.max_incoming_moves_per_peer)
+        slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
+                              max_incoming_per_peer=config.max_incoming_moves_per_peer)
         self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
-                                   sleep=sleep, crash_point=crash_point, slots=self._slots)
+                                   sleep=sleep, crash_point=crash_point, slots=slots)
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
         self._sleep = sleep

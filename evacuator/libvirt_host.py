@@ -100,7 +100,9 @@ def open_libvirt_host(
 
 
 class LibvirtHost:
-    """One hypervisor host reached through libvirt; owns its connection (use from one thread)."""
+    """One hypervisor host reached through libvirt; owns its connection. One mover uses it at a time (a
+    copy reads the source on a prefetch thread while it writes the destination: libvirt connections are
+    thread-safe)."""
 
     def __init__(self, *, name: str, uri: str, pool: str, connection: Any, local_files: bool = False) -> None:
         self._local_files = local_files
@@ -211,7 +213,6 @@ class LibvirtHost:
         daemon four times the CPU), holes skipped, a trailing hole sent as a hole to set the length."""
         with self._mapped("write_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
-
             return upload_chunks(self._conn, vol, chunks)
 
     def delete_volume(self, pool: str, volume: str) -> None:

@@ -154,7 +154,7 @@ class MoveRunner:
                 live = LiveMigrator(source=source, destination=dest, clock=self._clock, sleep=self._sleep,
                                     shutdown_timeout_seconds=self._config.shutdown_timeout_seconds,
                                     on_step=on_step)
-                with self._slots.slot(destination, vm_uuid=record.vm_uuid, priority=record.priority):
+                with self.transfer_slot(destination, record.priority)(record.vm_uuid):
                     live.move(record.vm_uuid, start_on_destination=True)
                 return self._done(holder[-1], destination)
             except MigrationError as exc:
