@@ -14,6 +14,7 @@ from evacuator.hypervisor import (
     VmInfo,
     VmState,
     VolumeInfo,
+    block_digest_of_chunks,
     parse_definition,
 )
 
@@ -152,6 +153,10 @@ class FakeHypervisor:
         self._enter("read_volume", pool, volume)
         content = bytes(self._content(pool, volume))
         return iter(_chunks(content))
+
+    def volume_digest(self, pool: str, volume: str) -> str:
+        # Through read_volume, so a fault armed there also hits verification, as a real read-back would.
+        return block_digest_of_chunks(self.read_volume(pool, volume))
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
         self._enter("write_volume", pool, volume)

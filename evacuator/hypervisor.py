@@ -130,6 +130,11 @@ class Hypervisor(Protocol):
         """Writes chunks from offset 0 into an existing volume; returns data bytes written, holes excluded."""
         ...
 
+    def volume_digest(self, pool: str, volume: str) -> str:
+        """The BlockDigest of the volume's stored bytes (as read_volume yields them), by the cheapest honest
+        path this host offers."""
+        ...
+
     def delete_volume(self, pool: str, volume: str) -> None: ...
 
     def migrate_live(self, uuid: str, destination: Hypervisor) -> None:
@@ -243,6 +248,18 @@ class BlockDigest(_Tapped):
     def hexdigest(self) -> str:
         self._flush()
         return self._outer.hexdigest()
+
+
+BLOCK_DIGEST_ALGORITHM = "sha256-of-xxh3-128-per-1mib"
+"""BlockDigest's name on the wire: a peer that digests differently must say so, not answer a mismatch."""
+
+
+class PeerDigests(Protocol):
+    """Asks a host's own evacuator daemon for the BlockDigest of one of its volumes."""
+
+    def digest(self, *, host: str, pool: str, volume: str, allocation_bytes: int) -> str | None:
+        """The digest, or None when no valid answer came (the caller then reads the volume itself)."""
+        ...
 
 
 def block_digest_of_chunks(chunks: Iterable[Chunk]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +17,14 @@ from evacuator.errors import HypervisorError
 from evacuator.hypervisor import (
     Chunk,
     Hypervisor,
+    PeerDigests,
     VmInfo,
     VmState,
     VolumeInfo,
+    block_digest_of_chunks,
     parse_definition,
 )
+from evacuator.libvirt_open import connect_libvirt
 from evacuator.libvirt_volumes import download_chunks, seen_file, upload_chunks
 from evacuator.volume_io import file_chunks
 
@@ -35,68 +37,18 @@ _STATES = {
 }
 
 
-def _quiet(context: object, error: object) -> None:
-    """libvirt's default handler prints every error to stderr, even the "not found" answers the migrator
-    expects while it reads where a VM really is; the errors still reach us as exceptions, mapped below."""
-
-
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
-def _ensure_event_loop() -> None:
-    """libvirt's keepalive needs its event loop running in the process (RECIPES); started once."""
-    global _event_loop_started
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_started = True
-
-
 def open_libvirt_host(
     name: str, uri: str, pool: str, *, keepalive_interval_seconds: int = 5, keepalive_count: int = 3,
-    open_timeout_seconds: float = 60.0, local_files: bool = False,
+    open_timeout_seconds: float = 60.0, local_files: bool = False, peer_digests: PeerDigests | None = None,
 ) -> LibvirtHost:
-    """Opens a read-write connection to one host; `pool` is where this host keeps evacuator-managed disks.
-    `local_files`: this is the host the process runs on, so a volume libvirt keeps in a local file may be
-    read from that file (checked against libvirt's view first) instead of through a libvirt download.
-
-    A host that stops answering (hung daemon, dead link) must fail a move, not stall it forever: the open is
-    bounded (a stopped daemon accepts the TCP connection and never replies), and keepalive closes the
-    connection after `interval * count` seconds of silence, which aborts a stream copy in progress."""
-    libvirt.registerErrorHandler(_quiet, None)
-    _ensure_event_loop()
-    outcome: list[Any] = []
-
-    def connect() -> None:
-        try:
-            outcome.append(libvirt.open(uri))
-        except libvirt.libvirtError as exc:
-            outcome.append(exc)
-
-    opener = threading.Thread(target=connect, name=f"libvirt-open-{name}", daemon=True)
-    opener.start()
-    opener.join(open_timeout_seconds)
-    if not outcome:
-        # The opener thread stays blocked until the host answers or the process ends: a rare, bounded leak.
-        raise HypervisorError(f"host {name}: {uri} did not answer within {open_timeout_seconds:.0f} s")
-    if isinstance(outcome[0], libvirt.libvirtError):
-        raise HypervisorError(
-            f"host {name}: cannot connect to {uri}: {outcome[0].get_error_message()}") from outcome[0]
-    connection = outcome[0]
-    try:
-        connection.setKeepAlive(keepalive_interval_seconds, keepalive_count)
-    except libvirt.libvirtError as exc:
-        # Local drivers (test:///) have no keepalive; a remote daemon always does.
-        log.warning("libvirt_keepalive_unavailable", host=name, error=exc.get_error_message())
-    return LibvirtHost(name=name, uri=uri, pool=pool, connection=connection, local_files=local_files)
+    """Opens a read-write connection to one host (see connect_libvirt); `pool` is where this host keeps
+    evacuator-managed disks. `local_files`: this is the host the process runs on, so a volume libvirt keeps
+    in a local file may be read from that file (checked against libvirt's view first) instead of through a
+    libvirt download. `peer_digests`: how to ask another host's own daemon for a digest of its volume."""
+    connection = connect_libvirt(name, uri, keepalive_interval_seconds=keepalive_interval_seconds,
+                                 keepalive_count=keepalive_count, open_timeout_seconds=open_timeout_seconds)
+    return LibvirtHost(name=name, uri=uri, pool=pool, connection=connection, local_files=local_files,
+                       peer_digests=peer_digests)
 
 
 class LibvirtHost:
@@ -104,8 +56,12 @@ class LibvirtHost:
     copy reads the source on a prefetch thread while it writes the destination: libvirt connections are
     thread-safe)."""
 
-    def __init__(self, *, name: str, uri: str, pool: str, connection: Any, local_files: bool = False) -> None:
+    def __init__(
+        self, *, name: str, uri: str, pool: str, connection: Any, local_files: bool = False,
+        peer_digests: PeerDigests | None = None,
+    ) -> None:
         self._local_files = local_files
+        self._peer_digests = peer_digests
         self._name = name
         self._uri = uri
         self._pool = pool
@@ -191,22 +147,50 @@ class LibvirtHost:
         """Lazy: nothing is read before the first chunk is asked for. A local file is read directly; else a
         libvirt download, aborted if the reader stops early (an open one keeps the volume "in use", which
         blocks deleting it)."""
-        path = self._local_file(pool, volume) if self._local_files else None
-        if path is not None:
-            yield from file_chunks(path)
+        seen = self._local_file(pool, volume) if self._local_files else None
+        if seen is not None:
+            yield from file_chunks(seen[0])
             return
         with self._mapped("read_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             yield from download_chunks(self._conn, vol, host=self._name)
 
-    def _local_file(self, pool: str, volume: str) -> Path | None:
+    def volume_digest(self, pool: str, volume: str) -> str:
+        """From the volume's own file when this is the local host; else from the host's own evacuator daemon
+        (`peer_digests`), which reads its file; else through a libvirt download, which costs that host's
+        daemon 1.8 s of CPU per GiB, more than the copy itself."""
+        if self._local_files:
+            digest = self.local_digest(pool, volume)
+            if digest is not None:
+                return digest
+        elif self._peer_digests is not None:
+            info = self.find_volume(pool, volume)
+            if info is not None:
+                digest = self._peer_digests.digest(
+                    host=self._name, pool=pool, volume=volume, allocation_bytes=info.allocation_bytes)
+                if digest is not None:
+                    return digest
+        return block_digest_of_chunks(self.read_volume(pool, volume))
+
+    def local_digest(self, pool: str, volume: str) -> str | None:
+        """The digest of the volume's file as this process reads it, or None when it does not see the file
+        libvirt describes. A file that changes while read is an error: the disk belongs to no running VM."""
+        before = self._local_file(pool, volume)
+        if before is None:
+            return None
+        digest = block_digest_of_chunks(file_chunks(before[0]))
+        if self._local_file(pool, volume) != before:
+            raise HypervisorError(f"host {self._name}: {pool}/{volume} changed while it was digested")
+        return digest
+
+    def _local_file(self, pool: str, volume: str) -> tuple[Path, int, int] | None:
         with self._mapped("read_volume", pool=pool, volume=volume):
             xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
-        path = seen_file(xml)
-        if path is None:
+        seen = seen_file(xml)
+        if seen is None:
             # Another mount namespace, a stale view or no file at all: libvirt's download is right.
             log.info("volume_read_streamed", host=self._name, pool=pool, volume=volume)
-        return path
+        return seen
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
         """Onto a freshly created volume: one plain upload per run of data (a sparse upload costs the

@@ -64,9 +64,9 @@ def upload_chunks(conn: Any, vol: Any, chunks: Iterable[Chunk]) -> int:
     return write_in_runs(chunks, open_run=open_run, extend=extend)
 
 
-def seen_file(volume_xml: str) -> Path | None:
-    """The volume's file when this process sees the very file libvirt does (same size and modification
-    time, which libvirt re-reads for the XML), else None."""
+def seen_file(volume_xml: str) -> tuple[Path, int, int] | None:
+    """The volume's file as (path, size, mtime in ns) when this process sees the very file libvirt does (same
+    size and modification time, which libvirt re-reads for the XML), else None."""
     identity = file_identity(volume_xml)
     if identity is None:
         return None
@@ -77,7 +77,7 @@ def seen_file(volume_xml: str) -> Path | None:
         return None
     if not stat.S_ISREG(found.st_mode) or found.st_size != size_bytes or found.st_mtime_ns != mtime_ns:
         return None
-    return path
+    return identity
 
 
 class _StreamRun:

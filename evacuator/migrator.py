@@ -17,7 +17,6 @@ from evacuator.hypervisor import (
     VmInfo,
     VmState,
     VolumeRef,
-    block_digest_of_chunks,
     close_chunks,
 )
 from evacuator.movesteps import (
@@ -249,9 +248,9 @@ class ColdMigrator:
             if source_volume is None or copy is None or copy.capacity_bytes != source_volume.capacity_bytes:
                 raise _Refused(f"volume {ref.pool}/{ref.volume} is missing or differs in capacity")
             # What was sent is what the source held (it is off): no need to read it a second time.
-            source_sha256 = move.sent_sha256.get(ref) or block_digest_of_chunks(
-                self._src.read_volume(ref.pool, ref.volume))
-            copy_sha256 = block_digest_of_chunks(self._dst.read_volume(ref.pool, ref.volume))
+            source_sha256 = move.sent_sha256.get(ref) or self._src.volume_digest(ref.pool, ref.volume)
+            # What the destination stored, read back there (see Hypervisor.volume_digest for how).
+            copy_sha256 = self._dst.volume_digest(ref.pool, ref.volume)
             if source_sha256 != copy_sha256:
                 raise _Refused(f"volume {ref.pool}/{ref.volume} differs after copy: digest {source_sha256} "
                                f"vs {copy_sha256}")

@@ -20,6 +20,7 @@ from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
+from evacuator.peer_digests import DigestResponder, PeerDigestClient, VolumeDigester
 from evacuator.planner import WindowPolicy
 from evacuator.replies import ReplyPolicy
 from evacuator.reply_desk import ReplyDesk
@@ -30,6 +31,7 @@ from evacuator.vm_windows import libvirt_window_store
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
+from notifiers.connection import blocking_connection_factory
 from notifiers.delivery import OutboxPublisher
 from notifiers.outbox import Outbox
 from notifiers.publisher import NoticePublisher
@@ -46,17 +48,40 @@ def open_host_for(settings: Settings) -> OpenHost:
     """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them)."""
     hosts = {p.name: (p.libvirt_uri, p.storage_pool) for p in settings.peers}
     hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
+    connect = blocking_connection_factory(
+        settings.broker, connection_name=f"evacuator-digests-{settings.host.name}")
+    peer_digests = PeerDigestClient(
+        connect,
+        exchange=settings.broker.peers_exchange,
+        timeout_base_seconds=settings.evacuation.copy_timeout_base_seconds,
+        min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+    )
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
         if name not in hosts:
             raise HypervisorError(f"host {name} is neither this host nor a configured peer")
         uri, pool = hosts[name]
-        # This host's disks are files this process may read itself; a peer's only through libvirt.
-        with open_libvirt_host(name, uri, pool, local_files=name == settings.host.name) as host:
+        # This host's disks are files this process may read itself; a peer's are digested by the peer's own
+        # daemon when it answers, else read through libvirt.
+        local = name == settings.host.name
+        with open_libvirt_host(name, uri, pool, local_files=local,
+                               peer_digests=None if local else peer_digests) as host:
             yield host
 
     return open_host
+
+
+def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
+    """Digests this host's volumes from their files, for peers verifying a copy; other pools are refused."""
+
+    def digest(asked_pool: str, volume: str) -> str | None:
+        if asked_pool != pool:
+            raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
+        with open_libvirt_host(name, uri, pool, local_files=True) as own:
+            return own.local_digest(pool, volume)
+
+    return digest
 
 
 CRASH_AT_ENV = "EVACUATOR_CRASH_AT"
@@ -113,6 +138,7 @@ class Runtime:
     hypervisor: LibvirtHost
     publisher: OutboxPublisher
     consumer: ReplyConsumer
+    digests: DigestResponder
     clock: Callable[[], datetime]
 
     def start(self) -> None:
@@ -126,8 +152,10 @@ class Runtime:
             self.publisher.ensure_tenant_queue(tenant).result(timeout=30)
         self.service.start()
         self.consumer.start()
+        self.digests.start()
 
     def stop(self) -> None:
+        self.digests.close()
         self.consumer.close()
         self.service.stop()
         self.publisher.close()
@@ -204,5 +232,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         hypervisor=hypervisor,
         publisher=publisher,
         consumer=consumer,
+        digests=DigestResponder(
+            blocking_connection_factory(broker, connection_name=f"evacuator-digest-answers-{host.name}"),
+            host=host.name, exchange=broker.peers_exchange,
+            digest_volume=own_volume_digester(host.name, host.libvirt_uri, host.storage_pool),
+        ),
         clock=clock,
     )

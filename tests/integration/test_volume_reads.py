@@ -34,10 +34,11 @@ def test_this_hosts_volume_is_read_from_its_file_and_matches_the_download(
             open_libvirt_host("host-a", host_a.uri, host_a.pool) as remote:  # fmt: skip
         local_chunks = list(local.read_volume(host_a.pool, volume))
         streamed_chunks = list(remote.read_volume(host_a.pool, volume))
+        local_digest = local.local_digest(host_a.pool, volume)
 
     assert not [event for event in logs if event["event"] == "volume_read_streamed"]
     assert sha256_of_chunks(local_chunks) == sha256_of_chunks(streamed_chunks) == expected
-    assert block_digest_of_chunks(local_chunks) == block_digest_of_chunks(streamed_chunks)
+    assert block_digest_of_chunks(local_chunks) == block_digest_of_chunks(streamed_chunks) == local_digest
     # Only the written extents were read from the file; the rest came as holes.
     assert sum(len(c.data) for c in local_chunks if isinstance(c, DataChunk)) < 8 * MIB
     assert sum(c.length_bytes for c in local_chunks if isinstance(c, HoleChunk)) > 24 * MIB
@@ -63,6 +64,12 @@ def test_a_volume_this_process_cannot_see_is_read_through_libvirt(clean_fault_la
     with capture_logs() as logs, \
             open_libvirt_host("host-b", host_b.uri, host_b.pool, local_files=True) as host:  # fmt: skip
         content = sha256_of_chunks(host.read_volume(host_b.pool, volume_name("hidden")))
+        # Its digest, too, comes through libvirt: the local file this process would read is not libvirt's.
+        local_digest = host.local_digest(host_b.pool, volume_name("hidden"))
+        digest = host.volume_digest(host_b.pool, volume_name("hidden"))
 
     assert content == hashlib.sha256(data + bytes(2 * MIB - len(data))).hexdigest()
-    assert [event["volume"] for event in logs if event["event"] == "volume_read_streamed"] == ["hidden.raw"]
+    assert local_digest is None
+    assert digest == block_digest_of_chunks([DataChunk(data=data + bytes(2 * MIB - len(data)))])
+    streamed = [event["volume"] for event in logs if event["event"] == "volume_read_streamed"]
+    assert streamed == ["hidden.raw"] * 4  # read, local_digest, and volume_digest's try and its fallback

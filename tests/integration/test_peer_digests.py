@@ -1,0 +1,156 @@
+"""Verifying a copy by asking the destination's own daemon, over a real broker, on real libvirt hosts: the
+daemon digests its own file, a copy changed after it was written fails, and with no daemon (or a question
+it cannot answer) the mover reads the copy back through libvirt instead."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from evacuator.errors import MigrationError
+from evacuator.hypervisor import DataChunk, HoleChunk, block_digest_of_chunks
+from evacuator.lab.hosts import LabHost
+from evacuator.lab.peer import digest_peer
+from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
+from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
+from evacuator.migrator import ColdMigrator, MoveStep
+from evacuator.peer_digests import DigestResponder, PeerDigestClient
+from notifiers.connection import blocking_connection_factory
+from notifiers.settings import BrokerSettings
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+
+def _client(broker_settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerDigestClient:
+    return PeerDigestClient(
+        blocking_connection_factory(broker_settings, connection_name="test-digests"),
+        exchange=broker_settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
+        min_bytes_per_second=10 * MIB,
+    )
+
+
+def _daemon(host: LabHost, broker_settings: BrokerSettings) -> AbstractContextManager[DigestResponder]:
+    return digest_peer(host, broker_url=broker_settings.url.get_secret_value(),
+                       exchange=broker_settings.peers_exchange)
+
+
+def _peered(host: LabHost, client: PeerDigestClient) -> LibvirtHost:
+    return open_libvirt_host(host.name, host.uri, host.pool, peer_digests=client)
+
+
+def _migrator(source: LibvirtHost, destination: LibvirtHost) -> ColdMigrator:
+    return ColdMigrator(
+        source=source, destination=destination, clock=lambda: datetime.now(UTC), shutdown_timeout_seconds=0.5,
+        sleep=time.sleep, on_step=lambda _event: None, poll_interval_seconds=0.1,
+    )
+
+
+def _vm(host: LabHost, name: str, mac: str) -> tuple[str, bytes]:
+    data = random.Random(name).randbytes(5 * MIB + 77)
+    uuid = create_vm(host.uri, host.pool, name=name, tenant="acme", window_seconds=60, disk_bytes=64 * MIB,
+                     data=data, mac=mac, start=False)
+    return uuid, data
+
+
+def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    return [event for event in logs if event["event"] == name]
+
+
+def test_the_destinations_daemon_digests_the_copy_and_nothing_is_read_back(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    uuid, data = _vm(host_a, "peered", "52:54:00:aa:00:41")
+    volume = volume_name("peered")
+    expected = sha256_of_volume(host_a.uri, host_a.pool, volume)
+
+    with _daemon(host_b, broker_settings) as daemon_b, \
+            open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as source, \
+            _peered(host_b, _client(broker_settings)) as destination, \
+            capture_logs() as logs:  # fmt: skip
+        report = _migrator(source, destination).move(uuid)
+        answered = daemon_b.answered
+
+    assert report.bytes_copied >= len(data)
+    assert answered == 1
+    received = _events(logs, "peer_digest_received")
+    assert [(e["host"], e["volume"]) for e in received] == [("host-b", volume)]
+    assert not _events(logs, "peer_digest_unavailable")
+    assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected
+
+
+def test_a_copy_changed_after_it_was_written_fails_its_daemons_digest(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    uuid, _data = _vm(host_a, "tampered", "52:54:00:aa:00:42")
+    volume = volume_name("tampered")
+    with _daemon(host_b, broker_settings) as daemon_b, \
+            open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as source, \
+            _peered(host_b, _client(broker_settings)) as destination, capture_logs() as logs:  # fmt: skip
+        migrator = _migrator(source, destination)
+        migrator.move(uuid, steps=(MoveStep.QUIESCE, MoveStep.COPY_DISKS))
+        # One byte flipped in a hole of the copy: what the destination stores is no longer what was sent.
+        with (host_b.pool_path / volume).open("r+b") as copy:
+            copy.seek(40 * MIB)
+            copy.write(b"\x01")
+        with pytest.raises(MigrationError, match="differs after copy"):
+            migrator.move(uuid, steps=(MoveStep.VERIFY_DISKS,))
+        # The daemon's own digest caught it (no read-back through libvirt happened).
+        assert daemon_b.answered == 1 and len(_events(logs, "peer_digest_received")) == 1
+        assert destination.find_vm(uuid) is None  # nothing was defined on an unverified copy
+        assert source.find_volume(host_a.pool, volume) is not None
+
+
+def test_with_no_daemon_listening_the_copy_is_read_back_through_libvirt_at_once(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    uuid, _data = _vm(host_a, "unpeered", "52:54:00:aa:00:43")
+    volume = volume_name("unpeered")
+    expected = sha256_of_volume(host_a.uri, host_a.pool, volume)
+    # A long wait allowed: the test shows the mover does not use it when nobody listens.
+    client = _client(broker_settings, timeout_base_seconds=600.0)
+    with open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as source, \
+            _peered(host_b, client) as destination, \
+            capture_logs() as logs:  # fmt: skip
+        report = _migrator(source, destination).move(uuid)
+
+    verify = next(step for step in report.steps if step.step is MoveStep.VERIFY_DISKS)
+    assert not verify.skipped and verify.seconds < 30
+    unavailable = _events(logs, "peer_digest_unavailable")
+    assert len(unavailable) == 1 and "listens" in str(unavailable[0]["reason"])
+    assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected
+
+
+def test_the_daemon_answers_only_for_its_own_pool_and_host_and_a_known_algorithm(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    _host_a, host_b = clean_lab_hosts
+    _vm(host_b, "resident", "52:54:00:aa:00:44")
+    volume = volume_name("resident")
+    client = _client(broker_settings)
+    with _daemon(host_b, broker_settings) as daemon_b, \
+            open_libvirt_host("host-b", host_b.uri, host_b.pool) as remote, \
+            capture_logs() as logs:  # fmt: skip
+        streamed = list(remote.read_volume(host_b.pool, volume))
+        good = client.digest(host="host-b", pool=host_b.pool, volume=volume, allocation_bytes=8 * MIB)
+        other_pool = client.digest(host="host-b", pool="default", volume=volume, allocation_bytes=0)
+        missing = client.digest(host="host-b", pool=host_b.pool, volume="no-such.img", allocation_bytes=0)
+        answered = daemon_b.answered
+
+    assert good == block_digest_of_chunks(streamed)
+    assert any(isinstance(c, HoleChunk) for c in streamed) and any(isinstance(c, DataChunk) for c in streamed)
+    assert other_pool is None and missing is None
+    assert answered == 3
+    reasons = [str(e["reason"]) for e in _events(logs, "peer_digest_unavailable")]
+    assert len(reasons) == 2 and "not the evacuator's pool" in reasons[0] and "no-such.img" in reasons[1]

@@ -1,0 +1,87 @@
+"""The digest responder's answers (pure: the file reading is a stub here; real files in the integration
+tests) and the wire messages' limits."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
+from evacuator.peer_digests import (
+    DigestReply,
+    DigestRequest,
+    VolumeDigester,
+    answer,
+    request_routing_key,
+    responder_queue,
+)
+
+DIGEST = "ab" * 32
+
+
+def _request(**changes: str) -> DigestRequest:
+    fields = {"host": "hv-02", "pool": "evacuator", "volume": "web-1.img",
+              "algorithm": BLOCK_DIGEST_ALGORITHM}
+    return DigestRequest(**(fields | changes))
+
+
+def _digests(seen: list[tuple[str, str]]) -> VolumeDigester:
+    def digest(pool: str, volume: str) -> str | None:
+        seen.append((pool, volume))
+        return {"web-1.img": DIGEST, "hidden.img": None}[volume]
+
+    return digest
+
+
+def test_a_request_for_this_hosts_volume_gets_its_digest() -> None:
+    seen: list[tuple[str, str]] = []
+    reply = answer(_request(), host="hv-02", digest_volume=_digests(seen))
+    assert reply == DigestReply(host="hv-02", pool="evacuator", volume="web-1.img",
+                                algorithm=BLOCK_DIGEST_ALGORITHM, digest=DIGEST)
+    assert seen == [("evacuator", "web-1.img")]
+
+
+@pytest.mark.parametrize(
+    ("request_changes", "error"),
+    [
+        ({"host": "hv-03"}, "this is hv-02, not hv-03"),
+        ({"algorithm": "md5"}, "unknown digest algorithm 'md5'"),
+        ({"volume": "hidden.img"}, "does not see the volume's file"),
+    ],
+)
+def test_a_request_this_host_cannot_answer_is_refused_with_the_reason(
+    request_changes: dict[str, str], error: str
+) -> None:
+    seen: list[tuple[str, str]] = []
+    reply = answer(_request(**request_changes), host="hv-02", digest_volume=_digests(seen))
+    assert reply.digest is None and reply.error is not None and error in reply.error
+    # A request for another host or algorithm never touches the disk.
+    assert len(seen) == (1 if "volume" in request_changes else 0)
+
+
+def test_a_failing_read_becomes_the_replys_error() -> None:
+    def failing(_pool: str, _volume: str) -> str | None:
+        raise HypervisorError("pool other is not the evacuator's pool on hv-02")
+
+    reply = answer(_request(), host="hv-02", digest_volume=failing)
+    assert reply.digest is None and reply.error == "pool other is not the evacuator's pool on hv-02"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"volume": "../etc/shadow"}, {"pool": ""}, {"host": "hv 02"}, {"volume": "x" * 300}],
+)
+def test_requests_naming_odd_things_are_invalid(changes: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        _request(**changes)
+
+
+def test_a_reply_carries_a_sha256_hex_digest_or_none() -> None:
+    with pytest.raises(ValidationError):
+        DigestReply(host="h", pool="p", volume="v", algorithm=BLOCK_DIGEST_ALGORITHM, digest="not-hex")
+
+
+def test_each_host_has_its_own_routing_key_and_queue() -> None:
+    assert request_routing_key("hv-02") == "digest.hv-02"
+    assert responder_queue("evacuator.peers", "hv-02") == "evacuator.peers.digest.hv-02"
