@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from pydantic import SecretStr
 
 from evacuator.lab.hosts import LabHost
+from evacuator.logs import configure_logging
 from evacuator.peer_digests import DigestResponder
 from evacuator.wiring import own_volume_digester
 from notifiers.connection import blocking_connection_factory
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("--name", "--uri", "--pool", "--broker-url", "--exchange"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
+    configure_logging(level="warning")  # stdout carries only the lines the parent reads
     responder = digest_responder(args.name, args.uri, args.pool, broker_url=args.broker_url,
                                  exchange=args.exchange)
     stop = threading.Event()
