@@ -21,6 +21,7 @@ from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import MoveStep
 from evacuator.movestate import MoveState
+from evacuator.vmmeta import MoveMethod, VmFacts
 from evacuator.wiring import CRASH_AT_ENV
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,13 @@ TRIALS = 3
 CRASH_POINTS = (
     ["due:due"]
     + [f"{step}:{phase}" for step in MoveStep for phase in ("started", "finished")]
+    + ["done:finished"]
+)
+# A live move journals fewer steps: the migration is its copy (evacuator/livemigrator.py).
+LIVE_STEPS = (MoveStep.COPY_DISKS, MoveStep.VERIFY, MoveStep.CLEAN_UP)
+LIVE_CRASH_POINTS = (
+    ["due:due"]
+    + [f"{step}:{phase}" for step in LIVE_STEPS for phase in ("started", "finished")]
     + ["done:finished"]
 )
 
@@ -61,19 +69,77 @@ def _move(config: Path, *vm_uuids: str, crash_at: str | None = None) -> subproce
 def test_killed_at_every_journaled_step_and_restarted_no_vm_is_lost(
     tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
 ) -> None:
+    trials = _crash_and_resume(tmp_path, clean_lab_hosts, CRASH_POINTS, method=MoveMethod.COLD, seed=5)
+    assert trials == len(CRASH_POINTS) * TRIALS
+
+
+def test_a_live_move_killed_at_every_journaled_step_and_restarted_loses_no_vm(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
+) -> None:
+    trials = _crash_and_resume(tmp_path, clean_lab_hosts, LIVE_CRASH_POINTS, method=MoveMethod.LIVE, seed=6)
+    assert trials == len(LIVE_CRASH_POINTS) * TRIALS
+
+
+def test_a_live_move_killed_while_libvirt_migrates_resumes_and_runs_once(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
+) -> None:
+    """Not a journaled step but the riskiest moment: the mover dies while libvirt streams the guest (its
+    incoming copy already exists, paused, on the destination). libvirt aborts a migration whose client is
+    gone; the restarted mover must find the guest on its source and move it once."""
     host_a, host_b = clean_lab_hosts
     config = _config(tmp_path, host_a, host_b)
-    rng = random.Random(5)
+    caught_midway = 0
+    for trial in range(TRIALS):
+        name, mac = f"midlive-{trial}", f"52:54:00:cd:00:{trial:02x}"
+        uuid, expected_sha256 = _vm(host_a, name, mac, random.Random(trial), MoveMethod.LIVE)
+        mover = _start_move(config, uuid)
+        with open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:
+            deadline = time.monotonic() + 60
+            while b.find_vm(uuid) is None and mover.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            mover.kill()
+            mover.communicate(timeout=60)
+            incoming = b.find_vm(uuid)
+        caught_midway += incoming is not None and incoming.state is not VmState.RUNNING
+        resumed = _move(config)
+        assert resumed.returncode == 0, (trial, resumed.stderr[-3000:])
+        with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+            record = journal.get(uuid)
+        assert record is not None and record.state is MoveState.DONE, (trial, record)
+        _assert_exactly_once_on_b(host_a, host_b, uuid, name, mac, expected_sha256, f"mid-live {trial}")
+    print(f"\nkilled during a live migration: {TRIALS} trials, {caught_midway} with the incoming guest "
+          "paused")
+    assert caught_midway >= 1  # at least one kill really landed while the migration ran
+
+
+def _vm(host: LabHost, name: str, mac: str, rng: random.Random, method: MoveMethod) -> tuple[str, str]:
+    data = rng.randbytes(MIB // 2)
+    uuid = create_vm(host.uri, host.pool, name=name, tenant="acme", window_seconds=0, disk_bytes=4 * MIB,
+                     data=data, mac=mac, facts=VmFacts(tenant="acme", method=method))
+    return uuid, hashlib.sha256(data + bytes(4 * MIB - len(data))).hexdigest()
+
+
+def _start_move(config: Path, *vm_uuids: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
+    return subprocess.Popen(
+        [sys.executable, "-m", "evacuator.cli", "move", "--config", str(config), *vm_uuids],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def _crash_and_resume(
+    tmp_path: Path, hosts: tuple[LabHost, ...], points: list[str], *, method: MoveMethod, seed: int
+) -> int:
+    host_a, host_b = hosts
+    config = _config(tmp_path, host_a, host_b)
+    rng = random.Random(seed)
     began = time.monotonic()
     trials = 0
-    for point_index, crash_at in enumerate(CRASH_POINTS):
+    for point_index, crash_at in enumerate(points):
         for trial in range(TRIALS):
-            name = f"crash-{point_index}-{trial}"
-            data = rng.randbytes(MIB // 2)
-            mac = f"52:54:00:cc:{point_index:02x}:{trial:02x}"
-            uuid = create_vm(host_a.uri, host_a.pool, name=name, tenant="acme", window_seconds=0,
-                             disk_bytes=4 * MIB, data=data, mac=mac)
-            expected_sha256 = hashlib.sha256(data + bytes(4 * MIB - len(data))).hexdigest()
+            name = f"crash-{method}-{point_index}-{trial}"
+            mac = f"52:54:00:{seed:02x}:{point_index:02x}:{trial:02x}"
+            uuid, expected_sha256 = _vm(host_a, name, mac, rng, method)
 
             crashed = _move(config, uuid, crash_at=crash_at)
             assert crashed.returncode == -signal.SIGKILL, (crash_at, crashed.returncode,
@@ -95,9 +161,9 @@ def test_killed_at_every_journaled_step_and_restarted_no_vm_is_lost(
             _assert_exactly_once_on_b(host_a, host_b, uuid, name, mac, expected_sha256, crash_at)
             trials += 1
     seconds = time.monotonic() - began
-    print(f"\ncrash points: {len(CRASH_POINTS)}, trials each: {TRIALS}, trials: {trials}, "
+    print(f"\n{method} moves: crash points: {len(points)}, trials each: {TRIALS}, trials: {trials}, "
           f"wall time: {seconds:.1f} s")
-    assert trials == len(CRASH_POINTS) * TRIALS
+    return trials
 
 
 def _assert_exactly_once_on_b(
