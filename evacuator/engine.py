@@ -10,6 +10,7 @@ from datetime import datetime
 
 import structlog
 
+from evacuator.cluster_slots import ClusterSlots
 from evacuator.groupmove import GroupRunner
 from evacuator.hypervisor import Hypervisor, VmInfo
 from evacuator.journal import Journal
@@ -56,6 +57,7 @@ class MoveEngine:
         clock: Clock,
         sleep: Callable[[float], None],
         crash_point: CrashPoint = no_crash,
+        cluster_slots: ClusterSlots | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
@@ -63,7 +65,8 @@ class MoveEngine:
         slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
                               max_incoming_per_peer=config.max_incoming_moves_per_peer)
         self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
-                                   sleep=sleep, crash_point=crash_point, slots=slots)
+                                   sleep=sleep, crash_point=crash_point, slots=slots,
+                                   cluster_slots=cluster_slots)
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
         self._sleep = sleep

@@ -11,6 +11,7 @@ from typing import Protocol, cast
 import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from evacuator.cluster_slots import ClusterSlots, NoClusterCap
 from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
 from evacuator.hypervisor import Hypervisor, VmInfo, VmState
 from evacuator.journal import Journal
@@ -19,7 +20,7 @@ from evacuator.migrator import ColdMigrator
 from evacuator.movestate import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
 from evacuator.movesteps import StepEvent, StepPhase, TransferSlot
 from evacuator.rollback import Rollback, RollbackOutcome, roll_back
-from evacuator.transfers import TransferSlots
+from evacuator.transfers import TransferSlots, held_transfer
 from evacuator.vmmeta import MoveMethod
 
 log = structlog.get_logger(__name__)
@@ -80,8 +81,10 @@ class MoveRunner:
     def __init__(
         self, *, config: EngineConfig, journal: Journal, open_host: OpenHost, clock: Callable[[], datetime],
         sleep: Callable[[float], None], crash_point: CrashPoint, slots: TransferSlots,
+        cluster_slots: ClusterSlots | None = None,
     ) -> None:
         self._slots = slots  # shared by every worker of the engine
+        self._cluster_slots = cluster_slots or NoClusterCap()
         self._config = config
         self._journal = journal
         self._open_host = open_host
@@ -193,8 +196,8 @@ class MoveRunner:
         )  # fmt: skip
 
     def transfer_slot(self, destination: str, priority: int) -> TransferSlot:
-        """How a migrator bound for `destination` holds one of the engine's transfer slots."""
-        return lambda vm_uuid: self._slots.slot(destination, vm_uuid=vm_uuid, priority=priority)
+        """How a migrator bound for `destination` holds a transfer slot (this engine's, and the cloud's)."""
+        return held_transfer(self._slots, self._cluster_slots, destination, priority)
 
     def _done(self, record: MoveRecord, destination: str) -> MoveRecord:
         done = self._journal.advance(record, MoveState.DONE, Phase.FINISHED, self._clock(), error=None)

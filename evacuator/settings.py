@@ -49,6 +49,8 @@ class EvacuationSettings(_Strict):
     max_outgoing_moves: int = Field(default=2, ge=1)
     max_incoming_moves_per_peer: int = Field(default=2, ge=1)
     quiesce_ahead_moves: int = Field(default=2, ge=0)
+    # Transfers at once in the whole cloud, counted on the broker (evacuator/cluster_slots.py); None: no cap.
+    max_total_transfers: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:

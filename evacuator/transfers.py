@@ -1,4 +1,5 @@
-"""The caps on disk transfers: at most so many out of this host, and so many into each peer, at once.
+"""The caps on disk transfers: at most so many out of this host, and so many into each peer, at once (and,
+when configured, so many in the whole cloud: evacuator/cluster_slots.py).
 
 The caps hold the part of a move that uses the disks and the link (copy and verify, or a whole live
 migration), not the shutdown and start around it: those take seconds each and use neither, so while one VM
@@ -17,6 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import structlog
+
+from evacuator.cluster_slots import ClusterSlots
+from evacuator.movesteps import TransferSlot
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +74,20 @@ class TransferSlots:
 
     def _room(self, destination: str) -> bool:
         return self._incoming[destination] < self._max_incoming_per_peer
+
+
+def held_transfer(
+    slots: TransferSlots, cluster: ClusterSlots, destination: str, priority: int
+) -> TransferSlot:
+    """This host's slot to `destination`, then a cloud-wide one (in that order: no cloud-wide slot is held
+    by a move this host's own caps would not run yet)."""
+
+    @contextmanager
+    def hold(vm_uuid: str) -> Iterator[None]:
+        with slots.slot(destination, vm_uuid=vm_uuid, priority=priority), cluster.hold(vm_uuid=vm_uuid):
+            yield
+
+    return hold
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from evacuator.cluster_slots import BrokerClusterSlots, ClusterSlots, NoClusterCap
 from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Hypervisor
@@ -124,7 +125,17 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
         clock=clock,
         sleep=time.sleep,
         crash_point=crash_point_from_env(os.environ),
+        cluster_slots=cluster_slots_for(settings),
     )
+
+
+def cluster_slots_for(settings: Settings) -> ClusterSlots:
+    total = settings.evacuation.max_total_transfers
+    if total is None:
+        return NoClusterCap()
+    connect = blocking_connection_factory(
+        settings.broker, connection_name=f"evacuator-transfer-slot-{settings.host.name}")
+    return BrokerClusterSlots(connect, prefix=settings.broker.peers_exchange, total=total)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -6,10 +6,12 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-from evacuator.transfers import TransferSlots
+from evacuator.transfers import TransferSlots, held_transfer
 
 
 def test_caps_hold_under_many_threads() -> None:
@@ -80,3 +82,51 @@ def test_a_full_peer_does_not_hold_back_a_waiter_for_another_peer() -> None:
 def test_caps_below_one_are_refused(outgoing: int, incoming: int) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         TransferSlots(max_outgoing=outgoing, max_incoming_per_peer=incoming)
+
+
+class _RecordingCluster:
+    """A cloud-wide cap stand-in that records when it is asked and released."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    @contextmanager
+    def hold(self, *, vm_uuid: str) -> Iterator[None]:
+        self.events.append(f"cluster+{vm_uuid}")
+        try:
+            yield
+        finally:
+            self.events.append(f"cluster-{vm_uuid}")
+
+
+def test_a_transfer_takes_this_hosts_slot_before_the_clouds_and_gives_both_back() -> None:
+    events: list[str] = []
+    slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    hold = held_transfer(slots, _RecordingCluster(events), "hv-02", 0)
+    first_holds, second_asked = threading.Event(), threading.Event()
+    release_first = threading.Event()
+
+    def first() -> None:
+        with hold("vm-1"):
+            first_holds.set()
+            release_first.wait(10)
+
+    def second() -> None:
+        second_asked.set()
+        with hold("vm-2"):
+            events.append("vm-2 transfers")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert first_holds.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    assert second_asked.wait(10)
+    time.sleep(0.2)
+    # vm-2 waits for this host's only slot: it asks the cloud for nothing meanwhile.
+    assert events == ["cluster+vm-1"] and slots.in_use() == {"hv-02": 1}
+    release_first.set()
+    one.join(10)
+    two.join(10)
+    assert events == ["cluster+vm-1", "cluster-vm-1", "cluster+vm-2", "vm-2 transfers", "cluster-vm-2"]
+    assert slots.in_use() == {}

@@ -1,0 +1,151 @@
+"""The cloud-wide cap on disk transfers ("in total"), counted on the broker every host already shares.
+
+There are `total` slot queues, `<peers_exchange>.transfer-slot.<k>`; holding slot k means being the exclusive
+consumer of queue k, which the broker grants to one connection at a time. A holder that dies (SIGKILL, power
+loss, a cut link) loses its connection and with it the slot, without anyone cleaning up, and nothing needs
+seeding or counting, so hosts may start, stop and crash in any order. Every host must configure the same
+`total`. Each held slot has its own connection, serviced on its own thread so its heartbeats go on while the
+transfer runs on the mover's.
+
+A failing host must still be evacuated, so the cap fails open: when the broker cannot be reached the move
+goes ahead without a cloud-wide slot and says so (`cluster_slot_unavailable`). There is no priority across
+hosts: waiters retry every `retry_seconds` (with jitter) and the first to ask after a release wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Protocol
+
+import pika.exceptions
+import structlog
+
+from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+
+log = structlog.get_logger(__name__)
+
+_POLL_SECONDS = 0.25
+
+
+class ClusterSlots(Protocol):
+    def hold(self, *, vm_uuid: str) -> AbstractContextManager[None]:
+        """Waits for a cloud-wide transfer slot and holds it for the block."""
+        ...
+
+
+class NoClusterCap:
+    """No cloud-wide cap (the default): the per-host caps alone."""
+
+    def hold(self, *, vm_uuid: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+def slot_queue(prefix: str, index: int) -> str:
+    return f"{prefix}.transfer-slot.{index}"
+
+
+class BrokerClusterSlots:
+    def __init__(
+        self, connect: ConnectionFactory, *, prefix: str, total: int, retry_seconds: float = 0.5,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if total < 1:
+            raise ValueError("the cloud-wide transfer cap must be at least 1")
+        self._connect = connect
+        self._prefix = prefix
+        self._total = total
+        self._retry_seconds = retry_seconds
+        self._rng = rng
+
+    @contextmanager
+    def hold(self, *, vm_uuid: str) -> Iterator[None]:
+        holder = _Holder(self, vm_uuid)
+        holder.start()
+        try:
+            holder.wait_acquired()
+            yield
+        finally:
+            holder.release()
+
+    def open_connection(self) -> Any:
+        return self._connect()
+
+    def try_take(self, connection: Any) -> int | None:
+        """Slot index held by `connection` (its channel stays open), or None when all are taken."""
+        first = int(self._rng() * self._total)  # hosts start at different slots rather than all at slot 1
+        for offset in range(self._total):
+            index = (first + offset) % self._total + 1
+            channel = connection.channel()
+            queue = slot_queue(self._prefix, index)
+            try:
+                channel.queue_declare(queue=queue, durable=True)
+                channel.basic_consume(queue=queue, on_message_callback=_ignore, auto_ack=True, exclusive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # another connection holds it (ACCESS_REFUSED): that channel is closed, try the next
+            return index
+        return None
+
+    def retry_delay_seconds(self) -> float:
+        return self._retry_seconds * (0.5 + self._rng())
+
+
+class _Holder:
+    """One slot's connection on its own thread: takes a slot, keeps the connection alive, lets go."""
+
+    def __init__(self, slots: BrokerClusterSlots, vm_uuid: str) -> None:
+        self._slots = slots
+        self._vm_uuid = vm_uuid
+        self._settled = threading.Event()  # a slot is held, or the cap was given up (fail open)
+        self._released = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cluster-slot-{vm_uuid[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_acquired(self) -> None:
+        self._settled.wait()
+
+    def release(self) -> None:
+        self._released.set()
+        self._settled.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            connection = self._slots.open_connection()
+        except Exception as exc:  # BrokerUnavailable, or anything else pika raises while connecting
+            log.warning("cluster_slot_unavailable", vm_uuid=self._vm_uuid, error=str(exc))
+            self._settled.set()
+            return
+        try:
+            self._hold(connection)
+        except CONNECTION_ERRORS as exc:
+            event = "cluster_slot_lost" if self._settled.is_set() else "cluster_slot_unavailable"
+            log.warning(event, vm_uuid=self._vm_uuid, error=repr(exc))
+        finally:
+            self._settled.set()
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.close()
+
+    def _hold(self, connection: Any) -> None:
+        waited = 0
+        index = self._slots.try_take(connection)
+        while index is None:
+            if self._released.is_set():
+                return
+            waited += 1
+            connection.sleep(self._slots.retry_delay_seconds())  # services heartbeats while it waits
+            index = self._slots.try_take(connection)
+        if waited:
+            log.info("cluster_slot_waited", vm_uuid=self._vm_uuid, slot=index, retries=waited)
+        self._settled.set()
+        while not self._released.is_set():
+            connection.process_data_events(time_limit=_POLL_SECONDS)
+
+
+def _ignore(_channel: Any, _method: Any, _properties: Any, _body: bytes) -> None:
+    """Slot queues carry no messages; consuming them is only how a slot is held."""
