@@ -1,13 +1,15 @@
-"""The cloud-wide cap on disk transfers ("in total"), counted on the broker every host already shares.
+"""Cloud-wide caps on disk transfers, counted on the broker every host already shares: in total, and into
+each destination from all sources together.
 
-There are `total` slot queues, `<peers_exchange>.transfer-slot.<k>`; holding slot k means being the exclusive
-consumer of queue k, which the broker grants to one connection at a time. A holder that dies (SIGKILL, power
-loss, a cut link) loses its connection and with it the slot, without anyone cleaning up, and nothing needs
-seeding or counting, so hosts may start, stop and crash in any order. Every host must configure the same
-`total`. Each held slot has its own connection, serviced on its own thread so its heartbeats go on while the
-transfer runs on the mover's.
+A cap of N is N slot queues, `<prefix>.<name>.<k>`; holding slot k means being the exclusive consumer of
+queue k, which the broker grants to one connection at a time. A holder that dies (SIGKILL, power loss, a cut
+link) loses its connection and with it the slot, without anyone cleaning up, and nothing needs seeding or
+counting, so hosts may start, stop and crash in any order. Every host must configure the same caps. Each held
+slot has its own connection, serviced on its own thread so its heartbeats go on while the transfer runs on
+the mover's. Slots are taken in one order everywhere (the destination's, then the total's), so two movers
+never wait for each other's.
 
-A failing host must still be evacuated, so the cap fails open: when the broker cannot be reached the move
+A failing host must still be evacuated, so the caps fail open: when the broker cannot be reached the move
 goes ahead without a cloud-wide slot and says so (`cluster_slot_unavailable`). There is no priority across
 hosts: waiters retry every `retry_seconds` (with jitter) and the first to ask after a release wins.
 """
@@ -18,7 +20,7 @@ import contextlib
 import random
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import pika.exceptions
@@ -32,23 +34,53 @@ _POLL_SECONDS = 0.25
 
 
 class ClusterSlots(Protocol):
-    def hold(self, *, vm_uuid: str) -> AbstractContextManager[None]:
-        """Waits for a cloud-wide transfer slot and holds it for the block."""
+    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
+        """Waits for the cloud-wide slots a transfer to `destination` needs and holds them for the block."""
         ...
 
 
 class NoClusterCap:
-    """No cloud-wide cap (the default): the per-host caps alone."""
+    """No cloud-wide caps (the default): the per-host caps alone."""
 
-    def hold(self, *, vm_uuid: str) -> AbstractContextManager[None]:
+    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
         return nullcontext()
 
 
+class BrokerCloudCaps:
+    """At most `incoming_per_host` transfers into any one destination and `total` in the cloud (None: no
+    such cap)."""
+
+    def __init__(
+        self, connect: ConnectionFactory, *, prefix: str, total: int | None, incoming_per_host: int | None,
+        retry_seconds: float = 0.5,
+    ) -> None:
+        self._connect = connect
+        self._prefix = prefix
+        self.total = total
+        self.incoming_per_host = incoming_per_host
+        self._retry_seconds = retry_seconds
+
+    @contextmanager
+    def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
+        with ExitStack() as held:
+            if self.incoming_per_host is not None:
+                pool = BrokerClusterSlots(self._connect, prefix=f"{self._prefix}.incoming-slot.{destination}",
+                                          total=self.incoming_per_host, retry_seconds=self._retry_seconds)
+                held.enter_context(pool.hold(vm_uuid=vm_uuid))
+            if self.total is not None:
+                pool = BrokerClusterSlots(self._connect, prefix=f"{self._prefix}.total-slot",
+                                          total=self.total, retry_seconds=self._retry_seconds)
+                held.enter_context(pool.hold(vm_uuid=vm_uuid))
+            yield
+
+
 def slot_queue(prefix: str, index: int) -> str:
-    return f"{prefix}.transfer-slot.{index}"
+    return f"{prefix}.{index}"
 
 
 class BrokerClusterSlots:
+    """One cap: `total` slot queues named `<prefix>.<k>`."""
+
     def __init__(
         self, connect: ConnectionFactory, *, prefix: str, total: int, retry_seconds: float = 0.5,
         rng: Callable[[], float] = random.random,

@@ -49,8 +49,10 @@ class EvacuationSettings(_Strict):
     max_outgoing_moves: int = Field(default=2, ge=1)
     max_incoming_moves_per_peer: int = Field(default=2, ge=1)
     quiesce_ahead_moves: int = Field(default=2, ge=0)
-    # Transfers at once in the whole cloud, counted on the broker (evacuator/cluster_slots.py); None: no cap.
+    # Counted on the broker (evacuator/cluster_slots.py): transfers at once in the whole cloud (None: no
+    # cap), and whether max_incoming_moves_per_peer holds for all sources together, not each on its own.
     max_total_transfers: int | None = Field(default=None, ge=1)
+    incoming_caps_cloud_wide: bool = False
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:

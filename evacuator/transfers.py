@@ -84,7 +84,8 @@ def held_transfer(
 
     @contextmanager
     def hold(vm_uuid: str) -> Iterator[None]:
-        with slots.slot(destination, vm_uuid=vm_uuid, priority=priority), cluster.hold(vm_uuid=vm_uuid):
+        with slots.slot(destination, vm_uuid=vm_uuid, priority=priority), \
+                cluster.hold(destination=destination, vm_uuid=vm_uuid):  # fmt: skip
             yield
 
     return hold

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from evacuator.cluster_slots import BrokerClusterSlots, ClusterSlots, NoClusterCap
+from evacuator.cluster_slots import BrokerCloudCaps, ClusterSlots, NoClusterCap
 from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Hypervisor
@@ -130,12 +130,14 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
 
 
 def cluster_slots_for(settings: Settings) -> ClusterSlots:
-    total = settings.evacuation.max_total_transfers
-    if total is None:
+    evacuation = settings.evacuation
+    incoming = evacuation.max_incoming_moves_per_peer if evacuation.incoming_caps_cloud_wide else None
+    if evacuation.max_total_transfers is None and incoming is None:
         return NoClusterCap()
     connect = blocking_connection_factory(
         settings.broker, connection_name=f"evacuator-transfer-slot-{settings.host.name}")
-    return BrokerClusterSlots(connect, prefix=settings.broker.peers_exchange, total=total)
+    return BrokerCloudCaps(connect, prefix=settings.broker.peers_exchange,
+                           total=evacuation.max_total_transfers, incoming_per_host=incoming)
 
 
 @dataclass(slots=True, kw_only=True)

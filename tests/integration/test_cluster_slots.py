@@ -9,13 +9,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from evacuator.cluster_slots import BrokerClusterSlots, slot_queue
+from evacuator.cluster_slots import BrokerCloudCaps, BrokerClusterSlots, slot_queue
 from evacuator.lab.broker import _free_port
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def prefix(broker_janitor: BrokerJanitor) -> Iterator[str]:
     name = f"evacuator-test-{secrets.token_hex(3)}.peers"
-    for index in range(1, 4):
-        broker_janitor.queue(slot_queue(name, index))
+    for pool in (name, f"{name}.total-slot", f"{name}.incoming-slot.hv-x", f"{name}.incoming-slot.hv-y"):
+        for index in range(1, 4):
+            broker_janitor.queue(slot_queue(pool, index))
     yield name
 
 
@@ -61,6 +63,40 @@ def test_three_hosts_share_two_slots_the_cap_is_reached_and_never_exceeded(
     for mover in movers:
         mover.join(timeout=60)
     assert done == 9 and peak == 2
+
+
+def test_sources_together_keep_each_destinations_incoming_cap_and_the_total(
+    broker_settings: BrokerSettings, prefix: str
+) -> None:
+    # Three source hosts; each destination takes 1 transfer at once from all of them, the cloud 2.
+    sources = [BrokerCloudCaps(blocking_connection_factory(broker_settings, connection_name=f"src-{n}"),
+                               prefix=prefix, total=2, incoming_per_host=1, retry_seconds=0.1)
+               for n in range(3)]
+    lock = threading.Lock()
+    into: Counter[str] = Counter()
+    peaks: Counter[str] = Counter()
+    finished: list[str] = []
+
+    def transfer(caps: BrokerCloudCaps, destination: str, vm: str) -> None:
+        with caps.hold(destination=destination, vm_uuid=vm):
+            with lock:
+                into[destination] += 1
+                peaks[destination] = max(peaks[destination], into[destination])
+                peaks["total"] = max(peaks["total"], sum(into.values()))
+            time.sleep(0.25)
+            with lock:
+                into[destination] -= 1
+                finished.append(vm)
+
+    movers = [threading.Thread(target=transfer, args=(sources[n % 3], ("hv-x", "hv-y")[n % 2], f"vm-{n}"))
+              for n in range(8)]
+    for mover in movers:
+        mover.start()
+    for mover in movers:
+        mover.join(timeout=60)
+    assert len(finished) == 8
+    # Each destination got transfers one at a time, and the two ran side by side.
+    assert peaks == Counter({"hv-x": 1, "hv-y": 1, "total": 2})
 
 
 def test_a_host_killed_while_holding_its_slot_frees_it(broker_settings: BrokerSettings, prefix: str) -> None:

@@ -122,3 +122,30 @@ def test_check_config_names_a_missing_file(tmp_path: Path, capsys: pytest.Captur
 def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(EXAMPLE)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("evacuation", "expected"),
+    [
+        ("", None),
+        ("evacuation: {max_total_transfers: 6}\n", (6, None)),
+        ("evacuation: {incoming_caps_cloud_wide: true, max_incoming_moves_per_peer: 3}\n", (None, 3)),
+        ("evacuation: {max_total_transfers: 4, incoming_caps_cloud_wide: true}\n", (4, 2)),
+    ],
+)
+def test_cloud_wide_caps_are_built_only_when_configured(
+    evacuation: str, expected: tuple[int | None, int | None] | None
+) -> None:
+    from evacuator.cluster_slots import BrokerCloudCaps, NoClusterCap
+    from evacuator.wiring import cluster_slots_for
+
+    caps = cluster_slots_for(parse_settings(MINIMAL + evacuation, Path("evacuator.yaml")))
+    if expected is None:
+        assert isinstance(caps, NoClusterCap)
+    else:
+        assert isinstance(caps, BrokerCloudCaps) and (caps.total, caps.incoming_per_host) == expected
+
+
+def test_a_cloud_wide_total_below_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_total_transfers"):
+        parse_settings(MINIMAL + "evacuation: {max_total_transfers: 0}\n", Path("evacuator.yaml"))

@@ -91,8 +91,9 @@ class _RecordingCluster:
         self.events = events
 
     @contextmanager
-    def hold(self, *, vm_uuid: str) -> Iterator[None]:
+    def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
         self.events.append(f"cluster+{vm_uuid}")
+        assert destination == "hv-02"
         try:
             yield
         finally:
