@@ -166,7 +166,7 @@ def bench_sparse(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer) -> None:
 
 
 def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Path,
-                bandwidths: tuple[float, float], vm_mib: int) -> None:
+                bandwidths: tuple[float, float], vm_mib: int, ahead: int) -> None:
     """Against both bandwidths of (a): the migrator's copy of 1 GiB, which lands in the page cache, and cp +
     sync, the disk's; 8 GiB outgrow the kernel's dirty-page limits, so the truth lies between. Measuring
     again on the same 8 disks just before was tried and dropped: the first copy onto fresh blocks of this
@@ -188,7 +188,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
             open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
         engine = MoveEngine(
             config=EngineConfig(host="host-a", peers=("host-b",),
-                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS),
+                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS, quiesce_ahead_moves=ahead),
             journal=journal, hypervisor=own, open_host=open_host, clock=lambda: datetime.now(UTC),
             sleep=time.sleep,
         )  # fmt: skip
@@ -209,7 +209,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
     disk_ideal = 8 * vm_mib * MIB / disk_bandwidth
     copy_wall = sum(float(e["seconds"]) for e in logs
                     if e["event"] == "move_step_finished" and e["step"] == "copy_disks") / 2
-    print(f"(c) 8 VMs x {vm_mib} MiB, default caps (2 transfers, 2 ahead), {done}/8 done: {seconds:.2f} s; "
+    print(f"(c) 8 VMs x {vm_mib} MiB, caps: 2 transfers, {ahead} ahead, {done}/8 done: {seconds:.2f} s; "
           f"bytes / (a)'s copy bandwidth {ideal:.2f} s; ratio {seconds / ideal:.2f} (goal <= 1.15). The "
           f"copies alone (their summed time / 2 slots) took {copy_wall:.2f} s, {copy_wall / ideal:.2f} of "
           "the ideal; "
@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--dense-mib", type=int, default=1024)
     parser.add_argument("--vm-mib", type=int, default=1024)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--ahead", type=int, default=2, help="quiesce_ahead_moves for (c) (default: 2, the default)")
     args = parser.parse_args()
     configure_logging()  # to stderr: stdout carries only the results
     base = Path(tempfile.mkdtemp(prefix="bench-migrate-", dir="/var/tmp"))
@@ -239,7 +240,7 @@ def main() -> None:
         with peer_daemon(host_b, base) as open_peer:
             bandwidths = bench_dense(host_a, host_b, open_peer, args.dense_mib, base, args.trials)
             bench_sparse(host_a, host_b, open_peer)
-            bench_eight(host_a, host_b, open_peer, base, bandwidths, args.vm_mib)
+            bench_eight(host_a, host_b, open_peer, base, bandwidths, args.vm_mib, args.ahead)
     finally:
         lab.stop()
         shutil.rmtree(base, ignore_errors=True)

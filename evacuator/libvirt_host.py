@@ -26,7 +26,7 @@ from evacuator.hypervisor import (
 )
 from evacuator.libvirt_open import connect_libvirt
 from evacuator.libvirt_volumes import download_chunks, seen_file, upload_chunks
-from evacuator.volume_io import file_chunks
+from evacuator.volume_io import file_chunks, flush_file
 
 log = structlog.get_logger(__name__)
 
@@ -172,12 +172,15 @@ class LibvirtHost:
                     return digest
         return block_digest_of_chunks(self.read_volume(pool, volume))
 
-    def local_digest(self, pool: str, volume: str) -> str | None:
+    def local_digest(self, pool: str, volume: str, *, flush: bool = False) -> str | None:
         """The digest of the volume's file as this process reads it, or None when it does not see the file
-        libvirt describes. A file that changes while read is an error: the disk belongs to no running VM."""
+        libvirt describes. A file that changes while read is an error: the disk belongs to no running VM.
+        `flush`: first make the file durable (fsync), as a copy must be before its source is removed."""
         before = self._local_file(pool, volume)
         if before is None:
             return None
+        if flush:
+            flush_file(before[0])
         digest = block_digest_of_chunks(file_chunks(before[0]))
         if self._local_file(pool, volume) != before:
             raise HypervisorError(f"host {self._name}: {pool}/{volume} changed while it was digested")

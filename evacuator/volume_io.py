@@ -55,6 +55,17 @@ def file_chunks(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk
         os.close(fd)
 
 
+def flush_file(path: Path) -> None:
+    """Writes the file's dirty pages to its disk (fsync), whoever wrote them (here: libvirtd's upload)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise HypervisorError(f"cannot flush {path} to disk: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
 def _extents(fd: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:
     """(start, end, is_data) ranges covering [0, size)."""
     offset = 0

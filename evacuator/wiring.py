@@ -74,13 +74,15 @@ def open_host_for(settings: Settings) -> OpenHost:
 
 
 def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
-    """Digests this host's volumes from their files, for peers verifying a copy; other pools are refused."""
+    """Flushes and digests this host's volumes from their files, for peers verifying a copy they sent; other
+    pools are refused."""
 
     def digest(asked_pool: str, volume: str) -> str | None:
         if asked_pool != pool:
             raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
         with open_libvirt_host(name, uri, pool, local_files=True) as own:
-            return own.local_digest(pool, volume)
+            # Durable first: the mover removes the source once this copy is verified and runs here.
+            return own.local_digest(pool, volume, flush=True)
 
     return digest
 

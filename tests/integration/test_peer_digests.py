@@ -4,6 +4,7 @@ it cannot answer) the mover reads the copy back through libvirt instead."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -66,8 +67,16 @@ def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, A
 
 
 def test_the_destinations_daemon_digests_the_copy_and_nothing_is_read_back(
-    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     host_a, host_b = clean_lab_hosts
     uuid, data = _vm(host_a, "peered", "52:54:00:aa:00:41")
     volume = volume_name("peered")
@@ -86,6 +95,8 @@ def test_the_destinations_daemon_digests_the_copy_and_nothing_is_read_back(
     assert [(e["host"], e["volume"]) for e in received] == [("host-b", volume)]
     assert not _events(logs, "peer_digest_unavailable")
     assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected
+    # The daemon made the copy durable before vouching for it: the source is removed right after.
+    assert flushed == [str(host_b.pool_path / volume)]
 
 
 def test_a_copy_changed_after_it_was_written_fails_its_daemons_digest(
