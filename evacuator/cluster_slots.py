@@ -1,5 +1,4 @@
-"""Cloud-wide caps on disk transfers, counted on the broker every host already shares: in total, and into
-each destination from all sources together.
+"""Cloud-wide caps on disk transfers, counted on the shared broker: in total, and into each destination.
 
 A cap of N is N slot queues, `<prefix>.<name>.<k>`; holding slot k means being the exclusive consumer of
 queue k, which the broker grants to one connection at a time. A holder that dies (SIGKILL, power loss, a cut
@@ -19,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any, Protocol
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import pika.exceptions
 import structlog
@@ -31,19 +31,9 @@ from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
 log = structlog.get_logger(__name__)
 
 _POLL_SECONDS = 0.25
-
-
-class ClusterSlots(Protocol):
-    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
-        """Waits for the cloud-wide slots a transfer to `destination` needs and holds them for the block."""
-        ...
-
-
-class NoClusterCap:
-    """No cloud-wide caps (the default): the per-host caps alone."""
-
-    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
-        return nullcontext()
+_REPORT_WAIT_SECONDS = 60.0
+_JOIN_TIMEOUT_SECONDS = 30.0
+_ACCESS_REFUSED = 403
 
 
 class BrokerCloudCaps:
@@ -113,11 +103,13 @@ class BrokerClusterSlots:
             index = (first + offset) % self._total + 1
             channel = connection.channel()
             queue = slot_queue(self._prefix, index)
+            channel.queue_declare(queue=queue, durable=True)  # its failure is no "taken": it propagates
             try:
-                channel.queue_declare(queue=queue, durable=True)
                 channel.basic_consume(queue=queue, on_message_callback=_ignore, auto_ack=True, exclusive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                continue  # another connection holds it (ACCESS_REFUSED): that channel is closed, try the next
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == _ACCESS_REFUSED and "exclusive use" in str(exc.reply_text):
+                    continue  # another host holds it; the refusal closed this channel: try the next
+                raise
             return index
         return None
 
@@ -144,7 +136,7 @@ class _Holder:
     def release(self) -> None:
         self._released.set()
         self._settled.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=_JOIN_TIMEOUT_SECONDS)
 
     def _run(self) -> None:
         try:
@@ -155,25 +147,32 @@ class _Holder:
             return
         try:
             self._hold(connection)
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:  # a refused permission, a queue whose node is down: fail open, loudly
             event = "cluster_slot_lost" if self._settled.is_set() else "cluster_slot_unavailable"
-            log.warning(event, vm_uuid=self._vm_uuid, error=repr(exc))
+            log.warning(event, vm_uuid=self._vm_uuid, error=repr(exc),
+                        exc_info=not isinstance(exc, CONNECTION_ERRORS))
         finally:
             self._settled.set()
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
 
     def _hold(self, connection: Any) -> None:
-        waited = 0
+        began = time.monotonic()
+        reported = began
         index = self._slots.try_take(connection)
         while index is None:
             if self._released.is_set():
                 return
-            waited += 1
+            if time.monotonic() - reported >= _REPORT_WAIT_SECONDS:
+                # Every slot busy for long is normal in a big evacuation, but it must not look like a hang.
+                log.info("cluster_slot_waiting", vm_uuid=self._vm_uuid,
+                         waited_seconds=round(time.monotonic() - began))
+                reported = time.monotonic()
             connection.sleep(self._slots.retry_delay_seconds())  # services heartbeats while it waits
             index = self._slots.try_take(connection)
-        if waited:
-            log.info("cluster_slot_waited", vm_uuid=self._vm_uuid, slot=index, retries=waited)
+        if time.monotonic() - began > 0.01:
+            log.info("cluster_slot_waited", vm_uuid=self._vm_uuid, slot=index,
+                     waited_seconds=round(time.monotonic() - began, 3))
         self._settled.set()
         while not self._released.is_set():
             connection.process_data_events(time_limit=_POLL_SECONDS)

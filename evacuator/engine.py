@@ -10,7 +10,6 @@ from datetime import datetime
 
 import structlog
 
-from evacuator.cluster_slots import ClusterSlots
 from evacuator.groupmove import GroupRunner
 from evacuator.hypervisor import Hypervisor, VmInfo
 from evacuator.journal import Journal
@@ -34,7 +33,7 @@ from evacuator.movestate import (
     resume_action,
 )
 from evacuator.planner import PlannedMove
-from evacuator.transfers import TransferSlots
+from evacuator.transfers import ClusterSlots, TransferSlots
 from evacuator.vmmeta import VmFacts
 
 __all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]

@@ -11,7 +11,6 @@ from typing import Protocol, cast
 import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from evacuator.cluster_slots import ClusterSlots, NoClusterCap
 from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
 from evacuator.hypervisor import Hypervisor, VmInfo, VmState
 from evacuator.journal import Journal
@@ -20,7 +19,7 @@ from evacuator.migrator import ColdMigrator
 from evacuator.movestate import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
 from evacuator.movesteps import StepEvent, StepPhase, TransferSlot
 from evacuator.rollback import Rollback, RollbackOutcome, roll_back
-from evacuator.transfers import TransferSlots, held_transfer
+from evacuator.transfers import ClusterSlots, NoClusterCap, TransferSlots, held_transfer
 from evacuator.vmmeta import MoveMethod
 
 log = structlog.get_logger(__name__)

@@ -2,10 +2,11 @@
 
 A copy is verified against what the destination stored. Reading that back through a libvirt download costs
 the destination's libvirtd 1.8 s of CPU per GiB, more than the copy itself; the destination's evacuator
-daemon reads its own file for about 0.1 s per GiB instead. So each daemon answers digest requests for its own
-pool (`DigestResponder`), and a mover asks the destination's (`PeerDigestClient`). Anything short of a valid
-answer (no daemon listening, a timeout, a file the peer cannot see, another digest algorithm) gives None, and
-the mover reads back through libvirt: a missing peer slows verification but never weakens it.
+daemon reads its own file for about 0.1 s per GiB instead. So each daemon answers digest requests for its
+own pool (evacuator/digest_responder.py), and a mover asks the destination's (`PeerDigestClient`). Anything
+short of a valid answer (no daemon listening, one that went away or is swamped, a timeout, a file the peer
+cannot see, another digest algorithm, no broker) gives None, and the mover reads back through libvirt: a
+missing peer slows verification but never weakens it.
 
 Wire: requests go to the durable direct exchange `<peers_exchange>` with routing key `digest.<host>`, bound
 to the exclusive queue `<peers_exchange>.digest.<host>` of that host's daemon (it vanishes with the daemon, so
@@ -15,12 +16,9 @@ a request to a stopped one is returned at once, not left waiting). Replies go to
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import pika
@@ -31,13 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evacuator.errors import EvacuatorError
 from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.errors import NotifierError
 from notifiers.topology import check_word
 
 log = structlog.get_logger(__name__)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"  # libvirt pool and volume names the evacuator creates
 _POLL_SECONDS = 0.25
-_RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_DAEMON_CHECK_SECONDS = 5.0
 
 VolumeDigester = Callable[[str, str], str | None]
 """(pool, volume) -> the digest of this host's own file, None when this host cannot read it itself."""
@@ -94,122 +93,6 @@ def answer(request: DigestRequest, *, host: str, digest_volume: VolumeDigester) 
                        digest=digest)
 
 
-class DigestResponder:
-    """Answers digest requests for this host's volumes on its own thread and connection; the digests are
-    computed by `workers` threads, so a long one never stalls the connection's heartbeats."""
-
-    def __init__(
-        self, connect: ConnectionFactory, *, host: str, exchange: str, digest_volume: VolumeDigester,
-        workers: int = 2,
-    ) -> None:
-        self._connect = connect
-        self._host = check_word("host", host)
-        self._exchange = exchange
-        self._digest_volume = digest_volume
-        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
-        self._prefetch = workers
-        self._stopping = threading.Event()
-        self._ready: Future[None] = Future()
-        self._thread: threading.Thread | None = None
-        self.answered = 0  # replies sent, for tests and the bench
-
-    def start(self, *, timeout_seconds: float = 30.0) -> None:
-        """Consume; raise the first connection's error (BrokerUnavailable) if it fails."""
-        self._thread = threading.Thread(target=self._run, name=f"digest-responder-{self._host}", daemon=True)
-        self._thread.start()
-        try:
-            self._ready.result(timeout=timeout_seconds)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self, *, timeout_seconds: float = 30.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_seconds)
-        self._workers.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                connection = self._open()
-            except Exception as exc:
-                if not self._ready.done():
-                    self._ready.set_exception(exc)
-                    return
-                log.warning("broker_reconnect_failed", role="digests", host=self._host, error=repr(exc))
-                self._stopping.wait(_reconnect_delay_seconds(failures))
-                failures += 1
-                continue
-            failures = 0
-            if not self._ready.done():
-                self._ready.set_result(None)
-            try:
-                while not self._stopping.is_set():
-                    connection.process_data_events(time_limit=_POLL_SECONDS)
-                connection.close()
-            except CONNECTION_ERRORS as exc:
-                log.warning("broker_connection_lost", role="digests", host=self._host, error=repr(exc))
-                self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
-
-    def _open(self) -> Any:
-        connection = self._connect()
-        try:
-            channel = connection.channel()
-            channel.exchange_declare(exchange=self._exchange, exchange_type="direct", durable=True)
-            # Exclusive: it lives and dies with this connection, so nobody waits on a daemon that is gone.
-            queue = responder_queue(self._exchange, self._host)
-            channel.queue_declare(queue=queue, exclusive=True)
-            channel.queue_bind(queue=queue, exchange=self._exchange,
-                               routing_key=request_routing_key(self._host))
-            channel.basic_qos(prefetch_count=self._prefetch)
-            channel.basic_consume(queue=queue, on_message_callback=partial(self._on_request, connection))
-        except BaseException:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                connection.close()
-            raise
-        log.info("broker_connected", role="digests", host=self._host)
-        return connection
-
-    def _answer(self, request: DigestRequest) -> DigestReply:
-        try:
-            return answer(request, host=self._host, digest_volume=self._digest_volume)
-        except Exception as exc:  # an unreadable file, say: the asker reads back instead; the daemon goes on
-            log.error("digest_failed", host=self._host, pool=request.pool, volume=request.volume,
-                      exc_info=True)
-            return DigestReply(host=self._host, pool=request.pool, volume=request.volume,
-                               algorithm=BLOCK_DIGEST_ALGORITHM, error=f"digest failed: {exc!r}"[:1000])
-
-    def _on_request(self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        try:
-            request = DigestRequest.model_validate_json(body)
-        except ValidationError as exc:
-            log.warning("digest_request_refused", host=self._host, error=str(exc).splitlines()[0])
-            channel.basic_ack(delivery_tag=method.delivery_tag)
-            return
-        future = self._workers.submit(self._answer, request)
-
-        def send(done: Future[DigestReply]) -> None:
-            reply = done.result()
-            channel.basic_publish(
-                exchange="", routing_key=properties.reply_to or "", body=reply.model_dump_json().encode(),
-                properties=pika.BasicProperties(correlation_id=properties.correlation_id,
-                                                content_type="application/json"),
-            )
-            channel.basic_ack(delivery_tag=method.delivery_tag)
-            self.answered += 1
-            log.info("digest_request_answered", host=self._host, pool=request.pool, volume=request.volume,
-                     error=reply.error)
-
-        def hand_back(done: Future[DigestReply]) -> None:
-            # pika's connection belongs to its thread: the reply is sent from there.
-            with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
-                connection.add_callback_threadsafe(partial(send, done))
-
-        future.add_done_callback(hand_back)
-
-
 class PeerDigestClient:
     """Asks a host's daemon for its volume's digest, one short connection per question (movers run on
     several threads, and a pika connection belongs to one). Waits as long as copying may take."""
@@ -246,7 +129,7 @@ class PeerDigestClient:
     def _ask(self, request: DigestRequest, timeout_seconds: float) -> DigestReply:
         try:
             connection = self._connect()
-        except EvacuatorError as exc:
+        except (EvacuatorError, NotifierError) as exc:  # the broker is down: verify by reading back
             raise _NoAnswer(str(exc)) from exc
         try:
             return self._exchange_messages(connection, request, timeout_seconds)
@@ -261,6 +144,7 @@ class PeerDigestClient:
     ) -> DigestReply:
         channel = connection.channel()
         channel.confirm_delivery()
+        declare_exchange(channel, self._exchange)  # so that "nobody listens" is an unroutable request
         replies_queue = channel.queue_declare(queue="", exclusive=True).method.queue
         correlation_id = uuid.uuid4().hex
         got: list[bytes] = []
@@ -282,9 +166,17 @@ class PeerDigestClient:
             )
         except pika.exceptions.UnroutableError as exc:
             raise _NoAnswer(f"no daemon of {request.host} listens") from exc
+        except pika.exceptions.NackError as exc:
+            raise _NoAnswer(f"the daemon of {request.host} has too many requests waiting") from exc
         deadline = time.monotonic() + timeout_seconds
+        next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
         while not got and time.monotonic() < deadline:
             connection.process_data_events(time_limit=_POLL_SECONDS)
+            if not got and time.monotonic() >= next_check:
+                # A daemon that died after taking the request takes the request with it: stop waiting.
+                if not _queue_exists(connection, responder_queue(self._exchange, request.host)):
+                    raise _NoAnswer(f"the daemon of {request.host} went away")
+                next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
         if not got:
             raise _NoAnswer(f"no answer within {timeout_seconds:.0f} s")
         try:
@@ -293,8 +185,21 @@ class PeerDigestClient:
             raise _NoAnswer(f"unreadable reply: {str(exc).splitlines()[0]}") from exc
 
 
-def _reconnect_delay_seconds(failures: int) -> float:
-    return _RECONNECT_DELAYS_SECONDS[min(failures, len(_RECONNECT_DELAYS_SECONDS) - 1)]
+def declare_exchange(channel: Any, exchange: str) -> None:
+    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+
+
+def _queue_exists(connection: Any, queue: str) -> bool:
+    channel = connection.channel()  # a passive declare of a missing queue closes its channel
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        channel.close()
+    return True
 
 
 class _NoAnswer(Exception):

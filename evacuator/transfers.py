@@ -14,15 +14,28 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
-from evacuator.cluster_slots import ClusterSlots
 from evacuator.movesteps import TransferSlot
 
 log = structlog.get_logger(__name__)
+
+
+class ClusterSlots(Protocol):
+    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
+        """Waits for the cloud-wide slots a transfer to `destination` needs and holds them for the block."""
+        ...
+
+
+class NoClusterCap:
+    """No cloud-wide caps (the default): the per-host caps alone."""
+
+    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 class TransferSlots:

@@ -56,14 +56,16 @@ def file_chunks(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk
 
 
 def flush_file(path: Path) -> None:
-    """Writes the file's dirty pages to its disk (fsync), whoever wrote them (here: libvirtd's upload)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise HypervisorError(f"cannot flush {path} to disk: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
+    """Writes the file's dirty pages to its disk (fsync), whoever wrote them (here: libvirtd's upload), and
+    its directory's entry (a freshly created volume's name would otherwise not survive a power loss)."""
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(target, flags | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise HypervisorError(f"cannot flush {target} to disk: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
 
 def _extents(fd: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:

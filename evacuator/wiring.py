@@ -13,21 +13,23 @@ from datetime import UTC, datetime
 
 import structlog
 
-from evacuator.cluster_slots import BrokerCloudCaps, ClusterSlots, NoClusterCap
+from evacuator.cluster_slots import BrokerCloudCaps
+from evacuator.digest_responder import DigestResponder
 from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import Hypervisor
+from evacuator.hypervisor import Hypervisor, VmState, VolumeRef
 from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
-from evacuator.peer_digests import DigestResponder, PeerDigestClient, VolumeDigester
+from evacuator.peer_digests import PeerDigestClient, VolumeDigester
 from evacuator.planner import WindowPolicy
 from evacuator.replies import ReplyPolicy
 from evacuator.reply_desk import ReplyDesk
 from evacuator.service import Service, ServiceConfig
 from evacuator.settings import Settings
 from evacuator.timers import ApschedulerTimers
+from evacuator.transfers import ClusterSlots, NoClusterCap
 from evacuator.vm_windows import libvirt_window_store
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
@@ -81,6 +83,10 @@ def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
         if asked_pool != pool:
             raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
         with open_libvirt_host(name, uri, pool, local_files=True) as own:
+            # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
+            if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
+                   for vm in own.list_vms() if vm.state is not VmState.SHUT_OFF):
+                raise HypervisorError(f"{pool}/{volume} on {name} belongs to a running VM")
             # Durable first: the mover removes the source once this copy is verified and runs here.
             return own.local_digest(pool, volume, flush=True)
 

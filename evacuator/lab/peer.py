@@ -14,9 +14,9 @@ from contextlib import contextmanager, suppress
 
 from pydantic import SecretStr
 
+from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
-from evacuator.peer_digests import DigestResponder
 from evacuator.wiring import own_volume_digester
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

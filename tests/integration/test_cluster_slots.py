@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+import pika
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -146,3 +147,19 @@ def test_without_a_broker_a_transfer_goes_ahead_and_says_so() -> None:
         ran = True
     assert ran
     assert [e["vm_uuid"] for e in logs if e["event"] == "cluster_slot_unavailable"] == ["urgent"]
+
+
+def test_a_slot_queue_the_broker_refuses_fails_open_and_says_so(
+    broker_settings: BrokerSettings, prefix: str, broker_janitor: BrokerJanitor
+) -> None:
+    # Slot 1 exists with other properties (not durable): declaring it is refused (406), which is no "slot
+    # taken": the transfer must not wait forever for it.
+    with pika.BlockingConnection(pika.URLParameters(broker_settings.url.get_secret_value())) as connection:
+        connection.channel().queue_declare(queue=slot_queue(prefix, 1), durable=False)
+    slots = _host_slots(broker_settings, prefix, 1, "hv-odd")
+    began = time.monotonic()
+    with capture_logs() as logs, slots.hold(vm_uuid="vm-odd"):
+        held_after_seconds = time.monotonic() - began
+    assert held_after_seconds < 10
+    [event] = [e for e in logs if e["event"] == "cluster_slot_unavailable"]
+    assert event["vm_uuid"] == "vm-odd" and "PRECONDITION_FAILED" in str(event["error"])

@@ -69,15 +69,13 @@ def _move(config: Path, *vm_uuids: str, crash_at: str | None = None) -> subproce
 def test_killed_at_every_journaled_step_and_restarted_no_vm_is_lost(
     tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
 ) -> None:
-    trials = _crash_and_resume(tmp_path, clean_lab_hosts, CRASH_POINTS, method=MoveMethod.COLD, seed=5)
-    assert trials == len(CRASH_POINTS) * TRIALS
+    _crash_and_resume(tmp_path, clean_lab_hosts, CRASH_POINTS, method=MoveMethod.COLD, seed=5)
 
 
 def test_a_live_move_killed_at_every_journaled_step_and_restarted_loses_no_vm(
     tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
 ) -> None:
-    trials = _crash_and_resume(tmp_path, clean_lab_hosts, LIVE_CRASH_POINTS, method=MoveMethod.LIVE, seed=6)
-    assert trials == len(LIVE_CRASH_POINTS) * TRIALS
+    _crash_and_resume(tmp_path, clean_lab_hosts, LIVE_CRASH_POINTS, method=MoveMethod.LIVE, seed=6)
 
 
 def test_a_live_move_killed_while_libvirt_migrates_resumes_and_runs_once(
@@ -129,7 +127,7 @@ def _start_move(config: Path, *vm_uuids: str) -> subprocess.Popen[str]:
 
 def _crash_and_resume(
     tmp_path: Path, hosts: tuple[LabHost, ...], points: list[str], *, method: MoveMethod, seed: int
-) -> int:
+) -> None:
     host_a, host_b = hosts
     config = _config(tmp_path, host_a, host_b)
     rng = random.Random(seed)
@@ -163,7 +161,6 @@ def _crash_and_resume(
     seconds = time.monotonic() - began
     print(f"\n{method} moves: crash points: {len(points)}, trials each: {TRIALS}, trials: {trials}, "
           f"wall time: {seconds:.1f} s")
-    return trials
 
 
 def _assert_exactly_once_on_b(

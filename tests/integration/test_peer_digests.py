@@ -6,25 +6,30 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
+import pika
 import pytest
 from structlog.testing import capture_logs
 
+from evacuator.digest_responder import DigestResponder
 from evacuator.errors import MigrationError
-from evacuator.hypervisor import DataChunk, HoleChunk, block_digest_of_chunks
+from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM, DataChunk, HoleChunk, block_digest_of_chunks
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import digest_peer
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.migrator import ColdMigrator, MoveStep
-from evacuator.peer_digests import DigestResponder, PeerDigestClient
+from evacuator.peer_digests import DigestRequest, PeerDigestClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
+from tests.fixtures.broker import BrokerJanitor
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +101,7 @@ def test_the_destinations_daemon_digests_the_copy_and_nothing_is_read_back(
     assert not _events(logs, "peer_digest_unavailable")
     assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected
     # The daemon made the copy durable before vouching for it: the source is removed right after.
-    assert flushed == [str(host_b.pool_path / volume)]
+    assert flushed == [str(host_b.pool_path / volume), str(host_b.pool_path)]
 
 
 def test_a_copy_changed_after_it_was_written_fails_its_daemons_digest(
@@ -165,3 +170,76 @@ def test_the_daemon_answers_only_for_its_own_pool_and_host_and_a_known_algorithm
     assert answered == 3
     reasons = [str(e["reason"]) for e in _events(logs, "peer_digest_unavailable")]
     assert len(reasons) == 2 and "not the evacuator's pool" in reasons[0] and "no-such.img" in reasons[1]
+
+
+def test_the_daemon_will_not_read_a_running_vms_disk_for_anyone(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    _host_a, host_b = clean_lab_hosts
+    create_vm(host_b.uri, host_b.pool, name="busy", tenant="acme", window_seconds=60, disk_bytes=8 * MIB,
+              data=b"live data", mac="52:54:00:aa:00:45", start=True)
+    with _daemon(host_b, broker_settings) as daemon_b, capture_logs() as logs:
+        digest = _client(broker_settings).digest(host="host-b", pool=host_b.pool, volume=volume_name("busy"),
+                                                 allocation_bytes=MIB)
+        answered = daemon_b.answered
+    assert digest is None and answered == 1
+    [refusal] = _events(logs, "peer_digest_unavailable")
+    assert "belongs to a running VM" in str(refusal["reason"])
+
+
+def test_requests_that_could_misuse_the_daemon_are_dropped_unanswered(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings, broker_janitor: BrokerJanitor,
+) -> None:
+    # A publisher on the peers exchange asks for replies into someone else's queue, or with no expiry: the
+    # daemon must neither write there nor spend a disk read on it.
+    _host_a, host_b = clean_lab_hosts
+    _vm(host_b, "victim", "52:54:00:aa:00:46")
+    victim_queue = broker_janitor.queue(f"victim-{secrets.token_hex(3)}.notices")
+    request = DigestRequest(host="host-b", pool=host_b.pool, volume=volume_name("victim"),
+                            algorithm=BLOCK_DIGEST_ALGORITHM).model_dump_json()
+    with _daemon(host_b, broker_settings) as daemon_b, \
+            pika.BlockingConnection(pika.URLParameters(broker_settings.url.get_secret_value())) as conn, \
+            capture_logs() as logs:  # fmt: skip
+        channel = conn.channel()
+        channel.queue_declare(queue=victim_queue)
+        for reply_to, expiration in ((victim_queue, "60000"), ("amq.gen-made-up", None)):
+            channel.basic_publish(
+                exchange=broker_settings.peers_exchange, routing_key="digest.host-b", body=request,
+                properties=pika.BasicProperties(reply_to=reply_to, expiration=expiration))
+        deadline = time.monotonic() + 10
+        while len(_events(logs, "digest_request_refused")) < 2 and time.monotonic() < deadline:
+            conn.sleep(0.1)
+        waiting = channel.queue_declare(queue=victim_queue, passive=True).method.message_count
+        answered = daemon_b.answered
+    assert len(_events(logs, "digest_request_refused")) == 2
+    assert answered == 0 and waiting == 0
+
+
+def test_a_daemon_that_goes_away_mid_request_is_not_waited_for(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    _host_a, host_b = clean_lab_hosts
+    stuck = threading.Event()
+
+    def never_done(_pool: str, _volume: str) -> str | None:
+        stuck.wait(60)  # a disk that hangs
+        return None
+
+    responder = DigestResponder(blocking_connection_factory(broker_settings, connection_name="doomed"),
+                                host="host-b", exchange=broker_settings.peers_exchange,
+                                digest_volume=never_done)
+    responder.start()
+    outcome: list[str | None] = []
+    began = time.monotonic()
+    client = _client(broker_settings, timeout_base_seconds=600)
+    asking = threading.Thread(target=lambda: outcome.append(
+        client.digest(host="host-b", pool=host_b.pool, volume="any.img", allocation_bytes=0)))
+    with capture_logs() as logs:
+        asking.start()
+        time.sleep(1.0)
+        responder.close()  # its connection, exclusive queue and the request it took go with it
+        asking.join(30)
+    stuck.set()
+    assert outcome == [None] and time.monotonic() - began < 15  # not the 600 s it was allowed
+    [gone] = _events(logs, "peer_digest_unavailable")
+    assert "went away" in str(gone["reason"])

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
+from evacuator.cluster_slots import BrokerCloudCaps
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
 from evacuator.peer_digests import (
     DigestReply,
     DigestRequest,
+    PeerDigestClient,
     VolumeDigester,
     answer,
     request_routing_key,
     responder_queue,
 )
+from notifiers.errors import BrokerUnavailable
 
 DIGEST = "ab" * 32
 
@@ -85,3 +89,24 @@ def test_a_reply_carries_a_sha256_hex_digest_or_none() -> None:
 def test_each_host_has_its_own_routing_key_and_queue() -> None:
     assert request_routing_key("hv-02") == "digest.hv-02"
     assert responder_queue("evacuator.peers", "hv-02") == "evacuator.peers.digest.hv-02"
+
+
+def _no_broker() -> object:
+    raise BrokerUnavailable("cannot connect to amqp://evacuator:***@mq:5672/")
+
+
+def test_with_the_broker_down_the_client_answers_none_so_the_mover_reads_back() -> None:
+    client = PeerDigestClient(_no_broker, exchange="evacuator.peers", timeout_base_seconds=60,
+                              min_bytes_per_second=10 << 20)
+    with capture_logs() as logs:
+        digest = client.digest(host="hv-02", pool="evacuator", volume="web-1.img", allocation_bytes=1 << 30)
+    assert digest is None
+    assert [e["reason"] for e in logs if e["event"] == "peer_digest_unavailable"] == [
+        "cannot connect to amqp://evacuator:***@mq:5672/"]
+
+
+def test_with_the_broker_down_a_cloud_wide_slot_is_not_waited_for() -> None:
+    caps = BrokerCloudCaps(_no_broker, prefix="evacuator.peers", total=1, incoming_per_host=1)
+    with capture_logs() as logs, caps.hold(destination="hv-02", vm_uuid="vm-1"):
+        pass
+    assert [e["event"] for e in logs] == ["cluster_slot_unavailable"] * 2  # the destination's, the total's

@@ -1,0 +1,168 @@
+"""This host's daemon answering its peers' digest requests (why, and the wire: peer_digests.py).
+
+What a broker user allowed to publish on the peers exchange can make it do is bounded: it answers only for
+volumes of its own pool that no running VM uses (wiring's digester), replies only into a server-named queue
+(`amq.gen-...`, never a tenant's), drops requests that carry no expiry, and keeps at most
+`MAX_WAITING_REQUESTS` waiting (the broker refuses more, and the asker falls back at once). Give the exchange
+to the hosts' broker users only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from pydantic import ValidationError
+
+from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
+from evacuator.peer_digests import (
+    DigestReply,
+    DigestRequest,
+    VolumeDigester,
+    answer,
+    declare_exchange,
+    request_routing_key,
+    responder_queue,
+)
+from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.topology import check_word
+
+log = structlog.get_logger(__name__)
+
+MAX_WAITING_REQUESTS = 64
+_POLL_SECONDS = 0.25
+_RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_LAST_DELAY = len(_RECONNECT_DELAYS_SECONDS) - 1
+_REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
+
+
+class DigestResponder:
+    """Answers digest requests for this host's volumes on its own thread and connection; the digests are
+    computed by `workers` threads, so a long one never stalls the connection's heartbeats."""
+
+    def __init__(
+        self, connect: ConnectionFactory, *, host: str, exchange: str, digest_volume: VolumeDigester,
+        workers: int = 2,
+    ) -> None:
+        self._connect = connect
+        self._host = check_word("host", host)
+        self._exchange = exchange
+        self._digest_volume = digest_volume
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
+        self._prefetch = workers
+        self._stopping = threading.Event()
+        self._ready: Future[None] = Future()
+        self._thread: threading.Thread | None = None
+        # How many copies this daemon vouched for: the tests and the bench show verification happened here.
+        self.answered = 0
+
+    def start(self, *, timeout_seconds: float = 30.0) -> None:
+        """Consume; raise the first connection's error (BrokerUnavailable) if it fails."""
+        self._thread = threading.Thread(target=self._run, name=f"digest-responder-{self._host}", daemon=True)
+        self._thread.start()
+        try:
+            self._ready.result(timeout=timeout_seconds)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self, *, timeout_seconds: float = 30.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_seconds)
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                connection = self._open()
+            except Exception as exc:
+                if not self._ready.done():
+                    self._ready.set_exception(exc)
+                    return
+                log.warning("broker_reconnect_failed", role="digests", host=self._host, error=repr(exc))
+                self._stopping.wait(_RECONNECT_DELAYS_SECONDS[min(failures, _LAST_DELAY)])
+                failures += 1
+                continue
+            failures = 0
+            if not self._ready.done():
+                self._ready.set_result(None)
+            try:
+                while not self._stopping.is_set():
+                    connection.process_data_events(time_limit=_POLL_SECONDS)
+            except CONNECTION_ERRORS as exc:
+                log.warning("broker_connection_lost", role="digests", host=self._host, error=repr(exc))
+                self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
+            finally:
+                # Also after a channel error: a connection left open would keep the exclusive queue, and
+                # every reconnect would be refused it until the broker noticed.
+                with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+                    connection.close()
+
+    def _open(self) -> Any:
+        connection = self._connect()
+        try:
+            channel = connection.channel()
+            declare_exchange(channel, self._exchange)
+            # Exclusive: it lives and dies with this connection, so nobody waits on a daemon that is gone.
+            queue = responder_queue(self._exchange, self._host)
+            channel.queue_declare(queue=queue, exclusive=True, arguments={
+                "x-max-length": MAX_WAITING_REQUESTS, "x-overflow": "reject-publish"})
+            channel.queue_bind(queue=queue, exchange=self._exchange,
+                               routing_key=request_routing_key(self._host))
+            channel.basic_qos(prefetch_count=self._prefetch)
+            channel.basic_consume(queue=queue, on_message_callback=partial(self._on_request, connection))
+        except BaseException:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.close()
+            raise
+        log.info("broker_connected", role="digests", host=self._host)
+        return connection
+
+    def _answer(self, request: DigestRequest) -> DigestReply:
+        try:
+            return answer(request, host=self._host, digest_volume=self._digest_volume)
+        except Exception as exc:  # an unreadable file, say: the asker reads back instead; the daemon goes on
+            log.error("digest_failed", host=self._host, pool=request.pool, volume=request.volume,
+                      exc_info=True)
+            return DigestReply(host=self._host, pool=request.pool, volume=request.volume,
+                               algorithm=BLOCK_DIGEST_ALGORITHM, error=f"digest failed: {exc!r}"[:1000])
+
+    def _on_request(self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        reply_to = properties.reply_to or ""
+        try:
+            if not reply_to.startswith(_REPLY_QUEUE_PREFIX) or not properties.expiration:
+                raise ValueError("a request needs a server-named reply queue and an expiry")
+            request = DigestRequest.model_validate_json(body)
+        except (ValueError, ValidationError) as exc:
+            log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100],
+                        error=str(exc).splitlines()[0])
+            channel.basic_ack(delivery_tag=method.delivery_tag)
+            return
+        future = self._workers.submit(self._answer, request)
+
+        def send(done: Future[DigestReply]) -> None:
+            reply = done.result()
+            channel.basic_publish(
+                exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
+                properties=pika.BasicProperties(correlation_id=properties.correlation_id,
+                                                content_type="application/json"),
+            )
+            channel.basic_ack(delivery_tag=method.delivery_tag)
+            self.answered += 1
+            log.info("digest_request_answered", host=self._host, pool=request.pool, volume=request.volume,
+                     error=reply.error)
+
+        def hand_back(done: Future[DigestReply]) -> None:
+            # pika's connection belongs to its thread: the reply is sent from there.
+            with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+                connection.add_callback_threadsafe(partial(send, done))
+
+        future.add_done_callback(hand_back)
