@@ -20,7 +20,7 @@ import pika.exceptions
 import structlog
 from pydantic import ValidationError
 
-from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
+from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.peer_digests import (
     DigestReply,
     DigestRequest,

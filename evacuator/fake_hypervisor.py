@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from evacuator.chunk_digests import block_digest_of_chunks
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import (
     Chunk,
@@ -14,7 +15,6 @@ from evacuator.hypervisor import (
     VmInfo,
     VmState,
     VolumeInfo,
-    block_digest_of_chunks,
     parse_definition,
 )
 

@@ -13,17 +13,9 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 import structlog
 
+from evacuator.chunk_digests import block_digest_of_chunks
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import (
-    Chunk,
-    Hypervisor,
-    PeerDigests,
-    VmInfo,
-    VmState,
-    VolumeInfo,
-    block_digest_of_chunks,
-    parse_definition,
-)
+from evacuator.hypervisor import Chunk, Hypervisor, PeerDigests, VmInfo, VmState, VolumeInfo, parse_definition
 from evacuator.libvirt_open import connect_libvirt
 from evacuator.libvirt_volumes import download_chunks, seen_file, upload_chunks
 from evacuator.volume_io import file_chunks, flush_file

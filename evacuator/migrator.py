@@ -9,16 +9,9 @@ from datetime import datetime
 
 import structlog
 
+from evacuator.chunk_digests import BlockDigest
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import (
-    BlockDigest,
-    Chunk,
-    Hypervisor,
-    VmInfo,
-    VmState,
-    VolumeRef,
-    close_chunks,
-)
+from evacuator.hypervisor import Chunk, Hypervisor, VmInfo, VmState, VolumeRef, close_chunks
 from evacuator.movesteps import (
     EVENT_NAMES,
     TRANSFER_STEPS,

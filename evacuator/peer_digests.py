@@ -26,8 +26,8 @@ import pika.exceptions
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.errors import EvacuatorError
-from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
 from notifiers.errors import NotifierError
 from notifiers.topology import check_word

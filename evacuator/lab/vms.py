@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
+from evacuator.chunk_digests import sha256_of_chunks
 from evacuator.errors import LabError
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, sha256_of_chunks
+from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.vmmeta import VmFacts, render_facts
 

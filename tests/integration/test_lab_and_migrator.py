@@ -13,17 +13,10 @@ from xml.etree import ElementTree
 import libvirt
 import pytest
 
+from evacuator.chunk_digests import sha256_of_chunks
 from evacuator.errors import HypervisorError
 from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import (
-    Chunk,
-    DataChunk,
-    HoleChunk,
-    Hypervisor,
-    VmState,
-    parse_definition,
-    sha256_of_chunks,
-)
+from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition
 from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host

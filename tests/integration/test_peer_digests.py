@@ -18,9 +18,10 @@ import pika
 import pytest
 from structlog.testing import capture_logs
 
+from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
 from evacuator.digest_responder import DigestResponder
 from evacuator.errors import MigrationError
-from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM, DataChunk, HoleChunk, block_digest_of_chunks
+from evacuator.hypervisor import DataChunk, HoleChunk
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import digest_peer
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name

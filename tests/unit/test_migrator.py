@@ -267,7 +267,8 @@ def test_report_times_each_step_with_the_injected_clock() -> None:
 def test_block_digest_depends_only_on_content_holes_and_zeros_alike(seed: int) -> None:
     import random
 
-    from evacuator.hypervisor import HoleChunk, block_digest_of_chunks
+    from evacuator.chunk_digests import block_digest_of_chunks
+    from evacuator.hypervisor import HoleChunk
 
     rng, mib = random.Random(seed), 1 << 20
     chunks: list[Chunk] = []

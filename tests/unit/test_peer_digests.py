@@ -7,9 +7,9 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.cluster_slots import BrokerCloudCaps
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import BLOCK_DIGEST_ALGORITHM
 from evacuator.peer_digests import (
     DigestReply,
     DigestRequest,
