@@ -10,7 +10,6 @@ to the hosts' broker users only.
 from __future__ import annotations
 
 import contextlib
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -31,14 +30,12 @@ from evacuator.peer_digests import (
     responder_queue,
 )
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.consumer_thread import ConsumerThread
 from notifiers.topology import check_word
 
 log = structlog.get_logger(__name__)
 
 MAX_WAITING_REQUESTS = 64
-_POLL_SECONDS = 0.25
-_RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-_LAST_DELAY = len(_RECONNECT_DELAYS_SECONDS) - 1
 _REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
 
 
@@ -56,55 +53,17 @@ class DigestResponder:
         self._digest_volume = digest_volume
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
         self._prefetch = workers
-        self._stopping = threading.Event()
-        self._ready: Future[None] = Future()
-        self._thread: threading.Thread | None = None
+        self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
         # How many copies this daemon vouched for: the tests and the bench show verification happened here.
         self.answered = 0
 
     def start(self, *, timeout_seconds: float = 30.0) -> None:
-        """Consume; raise the first connection's error (BrokerUnavailable) if it fails."""
-        self._thread = threading.Thread(target=self._run, name=f"digest-responder-{self._host}", daemon=True)
-        self._thread.start()
-        try:
-            self._ready.result(timeout=timeout_seconds)
-        except BaseException:
-            self.close()
-            raise
+        """Consume; raise BrokerUnavailable if the first connection fails."""
+        self._loop.start(timeout_seconds=timeout_seconds)
 
     def close(self, *, timeout_seconds: float = 30.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_seconds)
+        self._loop.close(timeout_seconds=timeout_seconds)
         self._workers.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                connection = self._open()
-            except Exception as exc:
-                if not self._ready.done():
-                    self._ready.set_exception(exc)
-                    return
-                log.warning("broker_reconnect_failed", role="digests", host=self._host, error=repr(exc))
-                self._stopping.wait(_RECONNECT_DELAYS_SECONDS[min(failures, _LAST_DELAY)])
-                failures += 1
-                continue
-            failures = 0
-            if not self._ready.done():
-                self._ready.set_result(None)
-            try:
-                while not self._stopping.is_set():
-                    connection.process_data_events(time_limit=_POLL_SECONDS)
-            except CONNECTION_ERRORS as exc:
-                log.warning("broker_connection_lost", role="digests", host=self._host, error=repr(exc))
-                self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
-            finally:
-                # Also after a channel error: a connection left open would keep the exclusive queue, and
-                # every reconnect would be refused it until the broker noticed.
-                with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
-                    connection.close()
 
     def _open(self) -> Any:
         connection = self._connect()

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, blocking_connection_factory
-from notifiers.errors import BrokerUnavailable, NotifierClosed, NotifierError, RejectedReply
+from notifiers.consumer_thread import ConsumerThread
+from notifiers.errors import RejectedReply
 from notifiers.messages import Reply, parse_reply
 from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word
 
 _log = structlog.get_logger(__name__)
-_POLL_SECONDS = 0.25  # how quickly close() is noticed by the consumer thread
-_RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,50 +84,15 @@ class ReplyConsumer:
         self._connect = connect or blocking_connection_factory(
             settings, connection_name=f"evacuator-replies-{host}"
         )
-        self._stopping = threading.Event()
-        self._ready: Future[None] = Future()
-        self._thread: threading.Thread | None = None
+        self._loop = ConsumerThread(open_connection=self._open, role="replies", host=self._host)
 
     def start(self, *, timeout_seconds: float = 30.0) -> None:
         """Connect, declare the queue and consume; raise BrokerUnavailable if the first connect fails."""
-        if self._thread is not None or self._stopping.is_set():
-            raise NotifierClosed("a ReplyConsumer can be started once")
-        self._thread = threading.Thread(target=self._run, name=f"reply-consumer-{self._host}", daemon=True)
-        self._thread.start()
-        try:
-            self._ready.result(timeout=timeout_seconds)
-        except BaseException:
-            self.close()
-            raise
+        self._loop.start(timeout_seconds=timeout_seconds)
 
     def close(self, *, timeout_seconds: float = 30.0) -> None:
         """Stop consuming; unacked messages go back to the queue."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_seconds)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                connection = self._open()
-            except Exception as exc:
-                if not self._ready.done():
-                    self._ready.set_exception(
-                        exc
-                        if isinstance(exc, NotifierError)
-                        else BrokerUnavailable(f"reply consumer for {self._host} cannot start: {exc!r}")
-                    )
-                    return
-                delay = _RECONNECT_DELAYS_SECONDS[min(failures, len(_RECONNECT_DELAYS_SECONDS) - 1)]
-                _log.warning("broker_reconnect_failed", role="replies", host=self._host, error=repr(exc))
-                failures += 1
-                self._stopping.wait(delay)
-                continue
-            failures = 0
-            if not self._ready.done():
-                self._ready.set_result(None)
-            self._consume(connection)
+        self._loop.close(timeout_seconds=timeout_seconds)
 
     def _open(self) -> Any:
         connection = self._connect()
@@ -146,15 +108,6 @@ class ReplyConsumer:
             raise
         _log.info("broker_connected", role="replies", host=self._host, url=self._settings.redacted_url)
         return connection
-
-    def _consume(self, connection: Any) -> None:
-        try:
-            while not self._stopping.is_set():
-                connection.process_data_events(time_limit=_POLL_SECONDS)
-            connection.close()
-        except CONNECTION_ERRORS as exc:
-            _log.warning("broker_connection_lost", role="replies", host=self._host, error=repr(exc))
-            self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         user_id, message_id = properties.user_id, properties.message_id

@@ -177,6 +177,17 @@ def destroy_domains(host: LabHost) -> None:
         virsh(host, "destroy", name, timeout_seconds=10.0)
 
 
+def pool_volumes(host: LabHost) -> list[str]:
+    """The names of the volumes in the host's pool, freshly listed (the pool is refreshed first)."""
+    conn = libvirt.open(host.socket_uri)
+    try:
+        pool = conn.storagePoolLookupByName(host.pool)
+        pool.refresh(0)
+        return sorted(vol.name() for vol in pool.listAllVolumes(0))
+    finally:
+        conn.close()
+
+
 def wipe_host(host: LabHost) -> None:
     """Destroys and undefines every domain and deletes every volume of the host's pool: a clean slate."""
     try:

@@ -21,6 +21,7 @@ from evacuator.lab.hostroot import (
     LabHost,
     destroy_domains,
     ensure_pool,
+    pool_volumes,
     prepare_root,
     reaper_pid,
     require_tools,
@@ -29,7 +30,7 @@ from evacuator.lab.hostroot import (
     wipe_host,
 )
 
-__all__ = ["POOL_NAME", "LabHost", "LabHosts", "free_port_pair", "wipe_host"]
+__all__ = ["POOL_NAME", "LabHost", "LabHosts", "free_port_pair", "pool_volumes", "wipe_host"]
 
 log = structlog.get_logger(__name__)
 

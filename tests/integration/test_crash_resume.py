@@ -16,7 +16,7 @@ import yaml
 
 from evacuator.hypervisor import VmState
 from evacuator.journal import Journal
-from evacuator.lab.hosts import LabHost
+from evacuator.lab.hosts import LabHost, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import MoveStep
@@ -175,21 +175,9 @@ def _assert_exactly_once_on_b(
         assert moved.macs == (mac,) and moved.name == name
         assert [vm.uuid for vm in a.list_vms()] == [] and [vm.uuid for vm in b.list_vms()] == [uuid]
         # No orphan: the source pool is empty, the destination holds exactly this VM's disk.
-        assert _volumes(host_a) == [] and _volumes(host_b) == [volume], crash_at
+        assert pool_volumes(host_a) == [] and pool_volumes(host_b) == [volume], crash_at
         assert sha256_of_volume(host_b.uri, host_b.pool, volume) == expected_sha256, crash_at
         # Clear the way for the next trial without restarting anything.
         b.destroy_vm(uuid)
         b.undefine_vm(uuid)
         b.delete_volume(host_b.pool, volume)
-
-
-def _volumes(host: LabHost) -> list[str]:
-    import libvirt
-
-    conn = libvirt.open(host.socket_uri)
-    try:
-        pool = conn.storagePoolLookupByName(host.pool)
-        pool.refresh(0)
-        return sorted(vol.name() for vol in pool.listAllVolumes(0))
-    finally:
-        conn.close()

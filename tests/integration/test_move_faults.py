@@ -12,13 +12,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.hypervisor import Chunk, DataChunk, Hypervisor, VmState
 from evacuator.journal import Journal
-from evacuator.lab.hosts import LabHost, LabHosts
+from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.moverun import RecordedOutcomes
@@ -133,16 +132,6 @@ def _where(lab: LabHosts, uuid: str) -> dict[str, VmState]:
     return found
 
 
-def _volumes(host: LabHost) -> list[str]:
-    conn = libvirt.open(host.socket_uri)
-    try:
-        pool = conn.storagePoolLookupByName(host.pool)
-        pool.refresh(0)
-        return sorted(vol.name() for vol in pool.listAllVolumes(0))
-    finally:
-        conn.close()
-
-
 def test_pool_full_on_the_first_candidate_moves_the_vm_to_the_next(
     tmp_path: Path, clean_fault_lab: LabHosts
 ) -> None:
@@ -153,7 +142,7 @@ def test_pool_full_on_the_first_candidate_moves_the_vm_to_the_next(
     assert MoveState.ROLLING_BACK in states
     assert _where(clean_fault_lab, uuid) == {"host-c": VmState.RUNNING}
     assert sha256_of_volume(hosts["host-c"].uri, hosts["host-c"].pool, volume_name("roomy")) == sha
-    assert _volumes(hosts["host-a"]) == [] and _volumes(hosts["host-b"]) == []
+    assert pool_volumes(hosts["host-a"]) == [] and pool_volumes(hosts["host-b"]) == []
     assert [r.destination for r in told.moves] == ["host-c"] and told.failures == []
 
 
@@ -167,7 +156,7 @@ def test_pool_full_on_the_only_candidate_restores_the_vm_on_its_source(
     assert states[-2:] == [MoveState.ROLLING_BACK, MoveState.RESTORED_ON_SOURCE]
     assert _where(clean_fault_lab, uuid) == {"host-a": VmState.RUNNING}
     assert sha256_of_volume(hosts["host-a"].uri, hosts["host-a"].pool, volume_name("bulky")) == sha
-    assert _volumes(hosts["host-b"]) == []
+    assert pool_volumes(hosts["host-b"]) == []
     assert [(r.vm_uuid, r.state) for r, _ in told.failures] == [(uuid, MoveState.RESTORED_ON_SOURCE)]
 
 
@@ -187,7 +176,7 @@ def test_start_refused_on_the_destination_restores_the_vm_on_its_source(
     assert record.state is MoveState.RESTORED_ON_SOURCE, record
     assert "start" in (record.error or "")
     assert _where(clean_fault_lab, uuid) == {"host-a": VmState.RUNNING}
-    assert _volumes(hosts["host-c"]) == []
+    assert pool_volumes(hosts["host-c"]) == []
     assert sha256_of_volume(hosts["host-a"].uri, hosts["host-a"].pool, volume_name("picky")) == sha
     assert told.failures and told.failures[0][0].vm_uuid == uuid
 
@@ -207,7 +196,7 @@ def test_destination_daemon_stopped_mid_copy_restores_the_vm_then_a_later_move_s
 
     again, _, _ = _move(tmp_path, clean_fault_lab, uuid, ("host-c",))
     assert again.state is MoveState.DONE and _where(clean_fault_lab, uuid) == {"host-c": VmState.RUNNING}
-    assert _volumes(hosts["host-c"]) == [volume_name("stranded")] and _volumes(hosts["host-a"]) == []
+    assert pool_volumes(hosts["host-c"]) == [volume_name("stranded")] and pool_volumes(hosts["host-a"]) == []
     assert sha256_of_volume(hosts["host-c"].uri, hosts["host-c"].pool, volume_name("stranded")) == sha
 
 
