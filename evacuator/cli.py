@@ -85,6 +85,12 @@ def _cancel(args: argparse.Namespace) -> int:
     return run_cancel(load_settings(Path(args.config)), args.vm_uuid, args.reason)
 
 
+def _peers(args: argparse.Namespace) -> int:
+    from evacuator.peerscmd import run_peers
+
+    return run_peers(load_settings(Path(args.config)), as_json=args.json)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evacuator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="cancelled by the operator", help="told to the tenant")
     cancel.set_defaults(handler=_cancel)
 
+    peers = sub.add_parser("peers", help="whose digest daemon answers, and the cloud-wide slots held")
+    peers.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    peers.add_argument("--json", action="store_true", help="one JSON object")
+    peers.set_defaults(handler=_peers)
+
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")
     demo.add_argument("--keep", action="store_true", help="leave the demo's state directory behind")
@@ -131,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("sensors", "simulate", "check-config"):
+    if args.command in ("sensors", "simulate", "check-config", "peers"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -54,11 +54,11 @@ class BrokerCloudCaps:
     def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
         with ExitStack() as held:
             if self.incoming_per_host is not None:
-                pool = BrokerClusterSlots(self._connect, prefix=f"{self._prefix}.incoming-slot.{destination}",
+                pool = BrokerClusterSlots(self._connect, prefix=incoming_prefix(self._prefix, destination),
                                           total=self.incoming_per_host, retry_seconds=self._retry_seconds)
                 held.enter_context(pool.hold(vm_uuid=vm_uuid))
             if self.total is not None:
-                pool = BrokerClusterSlots(self._connect, prefix=f"{self._prefix}.total-slot",
+                pool = BrokerClusterSlots(self._connect, prefix=total_prefix(self._prefix),
                                           total=self.total, retry_seconds=self._retry_seconds)
                 held.enter_context(pool.hold(vm_uuid=vm_uuid))
             yield
@@ -66,6 +66,14 @@ class BrokerCloudCaps:
 
 def slot_queue(prefix: str, index: int) -> str:
     return f"{prefix}.{index}"
+
+
+def incoming_prefix(exchange: str, destination: str) -> str:
+    return f"{exchange}.incoming-slot.{destination}"
+
+
+def total_prefix(exchange: str) -> str:
+    return f"{exchange}.total-slot"
 
 
 class BrokerClusterSlots:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.errors import EvacuatorError
-from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
 from notifiers.errors import NotifierError
 from notifiers.topology import check_word
 
@@ -174,7 +174,7 @@ class PeerDigestClient:
             connection.process_data_events(time_limit=_POLL_SECONDS)
             if not got and time.monotonic() >= next_check:
                 # A daemon that died after taking the request takes the request with it: stop waiting.
-                if not _queue_exists(connection, responder_queue(self._exchange, request.host)):
+                if queue_consumers(connection, responder_queue(self._exchange, request.host)) is None:
                     raise _NoAnswer(f"the daemon of {request.host} went away")
                 next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
         if not got:
@@ -187,19 +187,6 @@ class PeerDigestClient:
 
 def declare_exchange(channel: Any, exchange: str) -> None:
     channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
-
-
-def _queue_exists(connection: Any, queue: str) -> bool:
-    channel = connection.channel()  # a passive declare of a missing queue closes its channel
-    try:
-        channel.queue_declare(queue=queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return False
-        raise
-    with contextlib.suppress(*CONNECTION_ERRORS):
-        channel.close()
-    return True
 
 
 class _NoAnswer(Exception):

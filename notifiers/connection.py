@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from notifiers.settings import BrokerSettings
 
 ConnectionFactory = Callable[[], Any]
 """Returns a new, open pika BlockingConnection; called on the thread that will own it."""
+
+_NOT_FOUND = 404
+_RESOURCE_LOCKED = 405
 
 # Errors after which the connection (or its only channel) is unusable and must be reopened.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
@@ -61,3 +65,22 @@ def connection_parameters(
             raise BrokerUnavailable(f"cannot load the TLS files ({ca_file}, {cert_file}): {exc}") from exc
         parameters.ssl_options = pika.SSLOptions(context, server_hostname=parts.hostname)
     return parameters
+
+
+def queue_consumers(connection: Any, queue: str) -> int | None:
+    """How many consumers `queue` has, or None when it does not exist (a passive declare, on a channel of
+    its own: the broker closes the channel that asks about a missing queue). Another connection's exclusive
+    queue cannot be asked about (RESOURCE_LOCKED): it exists while that connection lives, and this
+    service's exclusive queues are always consumed by their owner, so it counts as one consumer."""
+    channel = connection.channel()
+    try:
+        found = channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _NOT_FOUND:
+            return None
+        if exc.reply_code == _RESOURCE_LOCKED:
+            return 1
+        raise
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        channel.close()
+    return int(found.method.consumer_count)

@@ -244,3 +244,28 @@ def test_a_daemon_that_goes_away_mid_request_is_not_waited_for(
     assert outcome == [None] and time.monotonic() - began < 15  # not the 600 s it was allowed
     [gone] = _events(logs, "peer_digest_unavailable")
     assert "went away" in str(gone["reason"])
+
+
+def test_a_daemon_still_digesting_a_big_disk_is_waited_for(
+    clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
+) -> None:
+    # The asker checks every 5 s that the daemon is still there (its queue is exclusive to the daemon's
+    # connection, which the broker only lets others see as "locked"): a slow digest must not look like a
+    # daemon that went away.
+    _host_a, host_b = clean_lab_hosts
+
+    def slow(_pool: str, _volume: str) -> str | None:
+        time.sleep(7)
+        return "ab" * 32
+
+    responder = DigestResponder(blocking_connection_factory(broker_settings, connection_name="slow"),
+                                host="host-b", exchange=broker_settings.peers_exchange, digest_volume=slow)
+    responder.start()
+    try:
+        with capture_logs() as logs:
+            digest = _client(broker_settings).digest(host="host-b", pool=host_b.pool, volume="big.img",
+                                                     allocation_bytes=0)
+    finally:
+        responder.close()
+    assert digest == "ab" * 32
+    assert not _events(logs, "peer_digest_unavailable")
