@@ -52,7 +52,7 @@ class DigestResponder:
         self._exchange = exchange
         self._digest_volume = digest_volume
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
-        self._prefetch = workers
+        self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
         self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
         # How many copies this daemon vouched for: the tests and the bench show verification happened here.
         self.answered = 0
@@ -65,8 +65,9 @@ class DigestResponder:
         self._loop.close(timeout_seconds=timeout_seconds)
         self._workers.shutdown(wait=False, cancel_futures=True)
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
+        self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
         try:
             channel = connection.channel()
             declare_exchange(channel, self._exchange)
@@ -76,14 +77,20 @@ class DigestResponder:
                 "x-max-length": MAX_WAITING_REQUESTS, "x-overflow": "reject-publish"})
             channel.queue_bind(queue=queue, exchange=self._exchange,
                                routing_key=request_routing_key(self._host))
-            channel.basic_qos(prefetch_count=self._prefetch)
             channel.basic_consume(queue=queue, on_message_callback=partial(self._on_request, connection))
         except BaseException:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
             raise
         log.info("broker_connected", role="digests", host=self._host)
-        return connection
+        return connection, channel
+
+    @staticmethod
+    def _reply(channel: Any, reply_to: str, correlation_id: str | None, reply: DigestReply) -> None:
+        channel.basic_publish(
+            exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
+            properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json"),
+        )
 
     def _answer(self, request: DigestRequest) -> DigestReply:
         try:
@@ -105,16 +112,23 @@ class DigestResponder:
                         error=str(exc).splitlines()[0])
             channel.basic_ack(delivery_tag=method.delivery_tag)
             return
+        # Acked at once: a digest may outlast the broker's consumer timeout (30 min by default), which would
+        # close the channel on an unacked request. Were the daemon to die, its queue and the request go
+        # with it, and the asker notices. Too many at once are refused here, as the queue refuses more.
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+        if self._in_flight >= MAX_WAITING_REQUESTS:
+            log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100], error="busy")
+            self._reply(channel, reply_to, properties.correlation_id, DigestReply(
+                host=self._host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
+                error="too many digest requests at once"))
+            return
+        self._in_flight += 1
         future = self._workers.submit(self._answer, request)
 
         def send(done: Future[DigestReply]) -> None:
+            self._in_flight -= 1
             reply = done.result()
-            channel.basic_publish(
-                exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
-                properties=pika.BasicProperties(correlation_id=properties.correlation_id,
-                                                content_type="application/json"),
-            )
-            channel.basic_ack(delivery_tag=method.delivery_tag)
+            self._reply(channel, reply_to, properties.correlation_id, reply)
             self.answered += 1
             log.info("digest_request_answered", host=self._host, pool=request.pool, volume=request.volume,
                      error=reply.error)

@@ -1,5 +1,6 @@
-"""`evacuator peers`: what the broker shows of this host and its peers: whose daemon answers for its copies'
-digests, and how many cloud-wide transfer slots are held (an operator's view of the caps at work)."""
+"""`evacuator peers`: whose daemon answers digest requests, and the cloud-wide transfer slots held.
+
+What the broker shows of this host and its peers: an operator's view of verification and the caps at work."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from notifiers.connection import (
     blocking_connection_factory,
     queue_consumers,
 )
+from notifiers.errors import BrokerUnavailable
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,24 +37,29 @@ class CloudStatus:
 
 
 def read_status(settings: Settings, connect: ConnectionFactory) -> CloudStatus:
-    exchange = settings.broker.peers_exchange
-    evacuation = settings.evacuation
-    incoming = evacuation.max_incoming_moves_per_peer if evacuation.incoming_caps_cloud_wide else None
-    names = [settings.host.name, *(peer.name for peer in settings.peers)]
     connection = connect()
     try:
-        hosts = tuple(HostStatus(
-            host=name,
-            digests_answered=bool(queue_consumers(connection, responder_queue(exchange, name))),
-            incoming_slots_held=None if incoming is None else _held(
-                connection, incoming_prefix(exchange, name), incoming),
-            incoming_slots=incoming,
-        ) for name in names)  # fmt: skip
-        total = evacuation.max_total_transfers
-        total_held = None if total is None else _held(connection, total_prefix(exchange), total)
+        return _read(connection, settings)
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(f"reading the peers' state from the broker failed: {exc!r}") from exc
     finally:
         with contextlib.suppress(*CONNECTION_ERRORS):
             connection.close()
+
+
+def _read(connection: Any, settings: Settings) -> CloudStatus:
+    exchange = settings.broker.peers_exchange
+    evacuation = settings.evacuation
+    incoming = evacuation.max_incoming_moves_per_peer if evacuation.incoming_caps_cloud_wide else None
+    hosts = tuple(HostStatus(
+        host=name,
+        digests_answered=bool(queue_consumers(connection, responder_queue(exchange, name))),
+        incoming_slots_held=None if incoming is None else _held(connection, incoming_prefix(exchange, name),
+                                                                incoming),
+        incoming_slots=incoming,
+    ) for name in [settings.host.name, *(peer.name for peer in settings.peers)])  # fmt: skip
+    total = evacuation.max_total_transfers
+    total_held = None if total is None else _held(connection, total_prefix(exchange), total)
     return CloudStatus(hosts=hosts, total_slots_held=total_held, total_slots=total)
 
 

@@ -26,10 +26,10 @@ _RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class ConsumerThread:
-    """Runs `open_connection` (connect, declare, basic_consume) and then the connection's events until
-    closed. `role` and `host` name it in logs and errors."""
+    """Runs `open_connection` (connect, declare, basic_consume; it returns the connection and the consuming
+    channel) and then the connection's events until closed. `role` and `host` name it in logs and errors."""
 
-    def __init__(self, *, open_connection: Callable[[], Any], role: str, host: str) -> None:
+    def __init__(self, *, open_connection: Callable[[], tuple[Any, Any]], role: str, host: str) -> None:
         self._open = open_connection
         self._role = role
         self._host = host
@@ -60,7 +60,7 @@ class ConsumerThread:
         failures = 0
         while not self._stopping.is_set():
             try:
-                connection = self._open()
+                connection, channel = self._open()
             except Exception as exc:
                 if not self._ready.done():
                     self._ready.set_exception(exc if isinstance(exc, NotifierError) else BrokerUnavailable(
@@ -74,15 +74,22 @@ class ConsumerThread:
             failures = 0
             if not self._ready.done():
                 self._ready.set_result(None)
-            self._consume(connection)
+            self._consume(connection, channel)
 
-    def _consume(self, connection: Any) -> None:
+    def _consume(self, connection: Any, channel: Any) -> None:
         try:
             while not self._stopping.is_set():
                 connection.process_data_events(time_limit=_POLL_SECONDS)
+                if channel.is_closed:
+                    # The broker closed only the channel (a consumer timeout, a deleted queue): pika does
+                    # not raise for that, and the connection would go on consuming nothing.
+                    raise pika.exceptions.ChannelClosed(0, "the consuming channel was closed")
         except CONNECTION_ERRORS as exc:
             _log.warning("broker_connection_lost", role=self._role, host=self._host, error=repr(exc))
             self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
+        except Exception:  # a handler's bug must not end consuming for good: log it and start afresh
+            _log.error("consumer_failed", role=self._role, host=self._host, exc_info=True)
+            self._stopping.wait(_RECONNECT_DELAYS_SECONDS[0])
         finally:
-            with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()

@@ -94,7 +94,7 @@ class ReplyConsumer:
         """Stop consuming; unacked messages go back to the queue."""
         self._loop.close(timeout_seconds=timeout_seconds)
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
         try:
             channel = connection.channel()
@@ -107,7 +107,7 @@ class ReplyConsumer:
                 connection.close()
             raise
         _log.info("broker_connected", role="replies", host=self._host, url=self._settings.redacted_url)
-        return connection
+        return connection, channel
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         user_id, message_id = properties.user_id, properties.message_id

@@ -88,17 +88,3 @@ def test_simulate_names_a_missing_trace(tmp_path: Path) -> None:
     done = _evacuator("simulate", "--config", str(EXAMPLE), "--trace", str(tmp_path / "none.jsonl"))
     assert done.returncode == 1 and "none.jsonl: cannot read trace" in done.stderr
 
-
-def test_peers_report_says_when_caps_are_not_counted_on_the_broker() -> None:
-    from evacuator.peerscmd import CloudStatus, HostStatus, format_status
-
-    status = CloudStatus(hosts=(
-        HostStatus(host="hv-01", digests_answered=True, incoming_slots_held=None, incoming_slots=None),
-        HostStatus(host="hv-02-long", digests_answered=False, incoming_slots_held=None, incoming_slots=None),
-    ), total_slots_held=None, total_slots=None)  # fmt: skip
-    assert format_status(status).splitlines() == [
-        "host        digest daemon  incoming transfer slots",
-        "hv-01       answers        not counted",
-        "hv-02-long  absent         not counted",
-        "cloud-wide transfer slots: not counted",
-    ]

@@ -91,6 +91,8 @@ class FakeBroker:
 
 
 class FakeChannel:
+    is_closed = False
+
     def __init__(self, broker: FakeBroker) -> None:
         self._broker = broker
         self.on_message: Callable[..., None] | None = None
