@@ -52,15 +52,14 @@ class BrokerCloudCaps:
 
     @contextmanager
     def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
+        caps = ((incoming_prefix(self._prefix, destination), self.incoming_per_host),
+                (total_prefix(self._prefix), self.total))  # in this order everywhere: see the module's note
         with ExitStack() as held:
-            if self.incoming_per_host is not None:
-                pool = BrokerClusterSlots(self._connect, prefix=incoming_prefix(self._prefix, destination),
-                                          total=self.incoming_per_host, retry_seconds=self._retry_seconds)
-                held.enter_context(pool.hold(vm_uuid=vm_uuid))
-            if self.total is not None:
-                pool = BrokerClusterSlots(self._connect, prefix=total_prefix(self._prefix),
-                                          total=self.total, retry_seconds=self._retry_seconds)
-                held.enter_context(pool.hold(vm_uuid=vm_uuid))
+            for prefix, slots in caps:
+                if slots is not None:
+                    pool = BrokerClusterSlots(self._connect, prefix=prefix, total=slots,
+                                              retry_seconds=self._retry_seconds)
+                    held.enter_context(pool.hold(vm_uuid=vm_uuid))
             yield
 
 
