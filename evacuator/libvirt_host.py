@@ -143,6 +143,9 @@ class LibvirtHost:
         if seen is not None:
             yield from file_chunks(seen[0])
             return
+        yield from self._downloaded(pool, volume)
+
+    def _downloaded(self, pool: str, volume: str) -> Iterator[Chunk]:
         with self._mapped("read_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             yield from download_chunks(self._conn, vol, host=self._name)
@@ -162,7 +165,8 @@ class LibvirtHost:
                     host=self._name, pool=pool, volume=volume, allocation_bytes=info.allocation_bytes)
                 if digest is not None:
                     return digest
-        return block_digest_of_chunks(self.read_volume(pool, volume))
+        # Not read_volume: whether the file is local was settled above, and looking again costs a lookup.
+        return block_digest_of_chunks(self._downloaded(pool, volume))
 
     def local_digest(self, pool: str, volume: str, *, flush: bool = False) -> str | None:
         """The digest of the volume's file as this process reads it, or None when it does not see the file

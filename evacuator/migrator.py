@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
-from evacuator.chunk_digests import BlockDigest
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import Chunk, Hypervisor, VmInfo, VmState, VolumeRef, close_chunks
+from evacuator.hypervisor import Hypervisor, VmInfo, VmState, VolumeRef
 from evacuator.movesteps import (
     EVENT_NAMES,
     TRANSFER_STEPS,
@@ -24,7 +23,7 @@ from evacuator.movesteps import (
     copy_timeout_seconds,
     no_slot,
 )
-from evacuator.volume_io import prefetched
+from evacuator.volume_copy import copy_volume
 
 __all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
 
@@ -206,30 +205,14 @@ class ColdMigrator:
                     raise _Refused(f"{ref.pool}/{ref.volume} on {self._dst.name} belongs to another VM")
                 # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
                 self._dst.delete_volume(ref.pool, ref.volume)
-            self._dst.create_volume(ref.pool, ref.volume, capacity_bytes=source_volume.capacity_bytes,
-                                    format=source_volume.format)
-            chunks, sent = self._src.read_volume(ref.pool, ref.volume), BlockDigest()
             limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
                                                  self._copy_timeout_base_seconds,
                                                  self._copy_min_bytes_per_second)
-            # Read and hashed on a thread of their own, so the source's disk and the destination's upload
-            # overlap (each would otherwise wait for the other).
-            ahead = prefetched(sent.tap(chunks))
-            try:
-                move.bytes_copied += self._dst.write_volume(
-                    ref.pool, ref.volume, self._within(limit_seconds, ref, ahead))
-            finally:
-                close_chunks(ahead)
-            move.sent_sha256[ref] = sent.hexdigest()
+            copied = copy_volume(self._src, self._dst, source_volume, limit_seconds=limit_seconds,
+                                 clock=self._clock)
+            move.bytes_copied += copied.bytes_written
+            move.sent_sha256[ref] = copied.sent_digest
         return True
-
-    def _within(self, limit_seconds: float, ref: VolumeRef, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        """Passes chunks on until the copy has taken longer than its size allows (a stalled destination)."""
-        began = self._clock()
-        for chunk in chunks:
-            if (self._clock() - began).total_seconds() > limit_seconds:
-                raise _Refused(f"copying {ref.pool}/{ref.volume} took over {limit_seconds:.0f} s")
-            yield chunk
 
     def _verify_disks(self, move: _Move) -> bool:
         if self._dst.find_vm(move.uuid) is not None:
