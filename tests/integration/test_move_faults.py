@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from evacuator.engine import EngineConfig, MoveEngine
+from evacuator.fake_hypervisor import FakeHypervisor
 from evacuator.hypervisor import Chunk, DataChunk, Hypervisor, VmState
 from evacuator.journal import Journal
 from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
@@ -83,18 +84,10 @@ def _engine(
     return MoveEngine(
         config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=0.3, move_attempts=2,
                             retry_initial_seconds=0.1, retry_max_seconds=0.2),
-        journal=journal, hypervisor=_NoAdoption(), open_host=open_host,
+        # Every move here is planned first: the engine never needs this host's own view to adopt one.
+        journal=journal, hypervisor=FakeHypervisor(name="host-a"), open_host=open_host,
         clock=lambda: datetime.now(UTC), sleep=time.sleep,
     )  # fmt: skip
-
-
-class _NoAdoption:
-    """Every move here is planned first, so the engine never needs this host's own view to adopt one."""
-
-    name = "host-a"
-
-    def find_vm(self, uuid: str) -> None:
-        return None
 
 
 def _move(tmp: Path, lab: LabHosts, vm_uuid: str, peers: tuple[str, ...], *, kill_mid_copy: bool = False,
