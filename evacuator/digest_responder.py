@@ -10,6 +10,7 @@ to the hosts' broker users only.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -21,9 +22,13 @@ from pydantic import ValidationError
 
 from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.peer_digests import (
+    TAKEN_HEADER,
+    TAKEN_TYPE,
     DigestReply,
     DigestRequest,
+    DigestTaken,
     VolumeDigester,
+    alive_queue,
     answer,
     declare_exchange,
     request_routing_key,
@@ -53,6 +58,7 @@ class DigestResponder:
         self._digest_volume = digest_volume
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
         self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
+        self._incarnation = ""  # names the current connection to askers (see peer_digests: "taken")
         self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
         # How many copies this daemon vouched for: the tests and the bench show verification happened here.
         self.answered = 0
@@ -68,9 +74,14 @@ class DigestResponder:
     def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
         self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
+        incarnation = uuid.uuid4().hex
         try:
             channel = connection.channel()
             declare_exchange(channel, self._exchange)
+            # Lives exactly as long as this connection, which holds the requests it took; never holds a
+            # message (anyone may publish to any queue by its name).
+            channel.queue_declare(queue=alive_queue(self._exchange, self._host, incarnation), exclusive=True,
+                                  arguments={"x-max-length": 0})
             # Exclusive: it lives and dies with this connection, so nobody waits on a daemon that is gone.
             queue = responder_queue(self._exchange, self._host)
             channel.queue_declare(queue=queue, exclusive=True, arguments={
@@ -82,14 +93,17 @@ class DigestResponder:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
             raise
+        self._incarnation = incarnation
         log.info("broker_connected", role="digests", host=self._host)
         return connection, channel
 
     @staticmethod
-    def _reply(channel: Any, reply_to: str, correlation_id: str | None, reply: DigestReply) -> None:
+    def _reply(channel: Any, reply_to: str, correlation_id: str | None, reply: DigestReply | DigestTaken,
+               ) -> None:
         channel.basic_publish(
             exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
-            properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json"),
+            properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json",
+                                            type=TAKEN_TYPE if isinstance(reply, DigestTaken) else None),
         )
 
     def _answer(self, request: DigestRequest) -> DigestReply:
@@ -122,6 +136,9 @@ class DigestResponder:
                 host=self._host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
                 error="too many digest requests at once"))
             return
+        if (properties.headers or {}).get(TAKEN_HEADER) is True:
+            taken = DigestTaken(incarnation=self._incarnation)
+            self._reply(channel, reply_to, properties.correlation_id, taken)
         self._in_flight += 1
         future = self._workers.submit(self._answer, request)
 

@@ -11,6 +11,10 @@ missing peer slows verification but never weakens it.
 Wire: requests go to the durable direct exchange `<peers_exchange>` with routing key `digest.<host>`, bound
 to the exclusive queue `<peers_exchange>.digest.<host>` of that host's daemon (it vanishes with the daemon, so
 a request to a stopped one is returned at once, not left waiting). Replies go to the asker's exclusive queue.
+A request whose header `evacuator-taken` is true is first answered by a "taken" notice (message type
+`taken`) naming the connection of the daemon that took it, whose exclusive queue
+`<peers_exchange>.alive.<host>.<incarnation>` lives exactly as long as that connection: so an asker
+notices a daemon that went away with its request even when a restarted one already serves the same host.
 """
 
 from __future__ import annotations
@@ -62,6 +66,22 @@ class DigestReply(BaseModel):
     algorithm: str
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     error: str | None = Field(default=None, max_length=1000)
+
+
+TAKEN_HEADER = "evacuator-taken"
+TAKEN_TYPE = "taken"
+
+
+class DigestTaken(BaseModel):
+    """Sent at once by the daemon that took a request: which of its connections holds it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    incarnation: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+
+
+def alive_queue(exchange: str, host: str, incarnation: str) -> str:
+    return f"{exchange}.alive.{check_word('host', host)}.{incarnation}"
 
 
 def request_routing_key(host: str) -> str:
@@ -149,9 +169,16 @@ class PeerDigestClient:
         correlation_id = uuid.uuid4().hex
         got: list[bytes] = []
 
+        taken_by: list[str] = []
+
         def on_reply(_channel: Any, _method: Any, properties: Any, body: bytes) -> None:
-            if properties.correlation_id == correlation_id:
-                got.append(body)
+            if properties.correlation_id != correlation_id:
+                return
+            if properties.type == TAKEN_TYPE:
+                with contextlib.suppress(ValidationError):
+                    taken_by.append(DigestTaken.model_validate_json(body).incarnation)
+                return
+            got.append(body)
 
         channel.basic_consume(queue=replies_queue, on_message_callback=on_reply, auto_ack=True)
         try:
@@ -160,6 +187,7 @@ class PeerDigestClient:
                 body=request.model_dump_json().encode(), mandatory=True,
                 properties=pika.BasicProperties(
                     reply_to=replies_queue, correlation_id=correlation_id, content_type="application/json",
+                    headers={TAKEN_HEADER: True},
                     # A request nobody took in time is dropped by the broker, not digested for nobody.
                     expiration=str(int(timeout_seconds * 1000)),
                 ),
@@ -173,8 +201,12 @@ class PeerDigestClient:
         while not got and time.monotonic() < deadline:
             connection.process_data_events(time_limit=_POLL_SECONDS)
             if not got and time.monotonic() >= next_check:
-                # A daemon that died after taking the request takes the request with it: stop waiting.
-                if queue_consumers(connection, responder_queue(self._exchange, request.host)) is None:
+                # A daemon that died after taking the request takes the request with it: stop waiting. Once
+                # it said which connection took it, that connection's own queue tells, even if a restarted
+                # daemon already serves the host again; before, the host's request queue.
+                watched = alive_queue(self._exchange, request.host, taken_by[-1]) if taken_by else \
+                    responder_queue(self._exchange, request.host)  # fmt: skip
+                if queue_consumers(connection, watched) is None:
                     raise _NoAnswer(f"the daemon of {request.host} went away")
                 next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
         if not got:

@@ -13,13 +13,15 @@ from evacuator.errors import HypervisorError
 from evacuator.peer_digests import (
     DigestReply,
     DigestRequest,
+    DigestTaken,
     PeerDigestClient,
     VolumeDigester,
+    alive_queue,
     answer,
     request_routing_key,
     responder_queue,
 )
-from notifiers.errors import BrokerUnavailable
+from notifiers.errors import BrokerUnavailable, InvalidName
 
 DIGEST = "ab" * 32
 
@@ -110,3 +112,18 @@ def test_with_the_broker_down_a_cloud_wide_slot_is_not_waited_for() -> None:
     with capture_logs() as logs, caps.hold(destination="hv-02", vm_uuid="vm-1"):
         pass
     assert [e["event"] for e in logs] == ["cluster_slot_unavailable"] * 2  # the destination's, the total's
+
+
+@pytest.mark.parametrize("incarnation", ["", "ABCDEF0123456789", "0123", "g" * 32, "a" * 33, "../x" * 5])
+def test_a_taken_notice_names_a_connection_by_hex_only(incarnation: str) -> None:
+    # It becomes part of a queue name the asker looks up: nothing but 16-32 lowercase hex digits.
+    with pytest.raises(ValidationError):
+        DigestTaken(incarnation=incarnation)
+
+
+def test_each_connection_of_a_daemon_has_its_own_alive_queue() -> None:
+    assert alive_queue("evacuator.peers", "hv-02", "0123456789abcdef") == \
+        "evacuator.peers.alive.hv-02.0123456789abcdef"  # fmt: skip
+    assert DigestTaken(incarnation="0123456789abcdef").incarnation == "0123456789abcdef"
+    with pytest.raises(InvalidName):
+        alive_queue("evacuator.peers", "hv 02", "0123456789abcdef")
