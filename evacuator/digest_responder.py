@@ -41,6 +41,7 @@ from notifiers.topology import check_word
 log = structlog.get_logger(__name__)
 
 MAX_WAITING_REQUESTS = 64
+_ACCESS_REFUSED = 403
 _REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
 
 
@@ -74,14 +75,10 @@ class DigestResponder:
     def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
         self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
-        incarnation = uuid.uuid4().hex
         try:
+            self._incarnation = self._declare_alive(connection)
             channel = connection.channel()
             declare_exchange(channel, self._exchange)
-            # Lives exactly as long as this connection, which holds the requests it took; never holds a
-            # message (anyone may publish to any queue by its name).
-            channel.queue_declare(queue=alive_queue(self._exchange, self._host, incarnation), exclusive=True,
-                                  arguments={"x-max-length": 0})
             # Exclusive: it lives and dies with this connection, so nobody waits on a daemon that is gone.
             queue = responder_queue(self._exchange, self._host)
             channel.queue_declare(queue=queue, exclusive=True, arguments={
@@ -93,9 +90,27 @@ class DigestResponder:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
             raise
-        self._incarnation = incarnation
         log.info("broker_connected", role="digests", host=self._host)
         return connection, channel
+
+    def _declare_alive(self, connection: Any) -> str:
+        """This connection's own queue, named in the "taken" notices: it lives exactly as long as the
+        connection, which holds the requests it took, and never holds a message (anyone may publish to a
+        queue by its name). Without the broker's leave to create it (a user allowed only the older names),
+        the daemon still answers, without notices: askers then watch the host's request queue instead."""
+        incarnation = uuid.uuid4().hex
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue=alive_queue(self._exchange, self._host, incarnation), exclusive=True,
+                                  arguments={"x-max-length": 0})
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _ACCESS_REFUSED:
+                raise
+            log.warning("digest_taken_notices_off", host=self._host, error=str(exc.reply_text))
+            return ""
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            channel.close()
+        return incarnation
 
     @staticmethod
     def _reply(channel: Any, reply_to: str, correlation_id: str | None, reply: DigestReply | DigestTaken,
@@ -136,7 +151,7 @@ class DigestResponder:
                 host=self._host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
                 error="too many digest requests at once"))
             return
-        if (properties.headers or {}).get(TAKEN_HEADER) is True:
+        if self._incarnation and (properties.headers or {}).get(TAKEN_HEADER) is True:
             taken = DigestTaken(incarnation=self._incarnation)
             self._reply(channel, reply_to, properties.correlation_id, taken)
         self._in_flight += 1

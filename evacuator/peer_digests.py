@@ -175,8 +175,10 @@ class PeerDigestClient:
             if properties.correlation_id != correlation_id:
                 return
             if properties.type == TAKEN_TYPE:
-                with contextlib.suppress(ValidationError):
+                with contextlib.suppress(ValidationError):  # a garbled notice: watch the host's queue
                     taken_by.append(DigestTaken.model_validate_json(body).incarnation)
+                    log.info("peer_digest_taken", host=request.host, pool=request.pool,
+                             volume=request.volume, incarnation=taken_by[-1])
                 return
             got.append(body)
 
@@ -204,8 +206,9 @@ class PeerDigestClient:
                 # A daemon that died after taking the request takes the request with it: stop waiting. Once
                 # it said which connection took it, that connection's own queue tells, even if a restarted
                 # daemon already serves the host again; before, the host's request queue.
-                watched = alive_queue(self._exchange, request.host, taken_by[-1]) if taken_by else \
-                    responder_queue(self._exchange, request.host)  # fmt: skip
+                watched = responder_queue(self._exchange, request.host)
+                if taken_by:
+                    watched = alive_queue(self._exchange, request.host, taken_by[-1])
                 if queue_consumers(connection, watched) is None:
                     raise _NoAnswer(f"the daemon of {request.host} went away")
                 next_check = time.monotonic() + _DAEMON_CHECK_SECONDS

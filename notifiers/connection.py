@@ -70,8 +70,9 @@ def connection_parameters(
 def queue_consumers(connection: Any, queue: str) -> int | None:
     """How many consumers `queue` has, or None when it does not exist (a passive declare, on a channel of
     its own: the broker closes the channel that asks about a missing queue). Another connection's exclusive
-    queue cannot be asked about (RESOURCE_LOCKED): it exists while that connection lives, and this
-    service's exclusive queues are always consumed by their owner, so it counts as one consumer."""
+    queue cannot be asked about (RESOURCE_LOCKED): it exists while that connection lives, which is what
+    its askers want to know (this service's exclusive queues live as long as their owner serves), so it
+    counts as one consumer."""
     channel = connection.channel()
     try:
         found = channel.queue_declare(queue=queue, passive=True)

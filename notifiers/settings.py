@@ -34,8 +34,9 @@ class BrokerSettings(BaseModel):
     notices_exchange: str = Field(default="evacuator.notices", pattern=_EXCHANGE_NAME_PATTERN)
     replies_exchange: str = Field(default="evacuator.replies", pattern=_EXCHANGE_NAME_PATTERN)
     # Direct exchange between the hosts' own daemons (a copy's digest asked of its destination); tenants
-    # have no permission on it.
-    peers_exchange: str = Field(default="evacuator.peers", pattern=_EXCHANGE_NAME_PATTERN)
+    # have no permission on it. Its name prefixes queue names such as `<it>.alive.<host>.<32 hex>`, which
+    # AMQP caps at 255 bytes: hence at most 150 characters.
+    peers_exchange: str = Field(default="evacuator.peers", pattern=r"^[A-Za-z0-9_.:-]{1,150}$")
     # How long a publish may stay blocked by a broker resource alarm before the connection is dropped and the
     # notice's future fails; callers also bound their own wait on the future.
     confirm_timeout_seconds: float = Field(default=10.0, gt=0, le=600)

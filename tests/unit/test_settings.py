@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from evacuator.cli import main
 from evacuator.errors import ConfigError
 from evacuator.settings import Settings, load_settings, parse_settings
+from notifiers.settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "evacuator.example.yaml"
@@ -150,3 +151,10 @@ def test_cloud_wide_caps_are_built_only_when_configured(
 def test_a_cloud_wide_total_below_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_total_transfers"):
         parse_settings(MINIMAL + "evacuation: {max_total_transfers: 0}\n", Path("evacuator.yaml"))
+
+
+def test_a_peers_exchange_name_too_long_for_its_queue_names_is_refused() -> None:
+    # `<peers_exchange>.alive.<host of 63>.<32 hex>` must stay within AMQP's 255-byte queue names.
+    assert BrokerSettings(peers_exchange="p" * 150).peers_exchange == "p" * 150
+    with pytest.raises(ValidationError):
+        BrokerSettings(peers_exchange="p" * 151)
