@@ -19,7 +19,6 @@ Not run in CI (about four minutes).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
 import statistics
@@ -27,29 +26,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import libvirt
 import pika
 from structlog.testing import capture_logs
 
+from bench.lab_vms import define_vm, power
 from bench.transfer_baseline import Transfers, cp_many_seconds, cp_seconds, piped_many_seconds, transfer_alone
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.hypervisor import Hypervisor
 from evacuator.journal import Journal
 from evacuator.lab.broker import ensure_broker
 from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
-from evacuator.lab.vms import domain_xml
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.logs import configure_logging
 from evacuator.migrator import ColdMigrator, MoveStep
 from evacuator.peer_digests import PeerDigestClient
 from evacuator.planner import PlannedMove
-from evacuator.vmmeta import VmFacts
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 
@@ -59,33 +56,6 @@ SHUTDOWN_TIMEOUT_SECONDS = 0.5
 # and flushes (disk-bound) overlap instead of running in lockstep. Measured faster than lockstep here (499
 # and 604 MiB/s vs 452 and 473), so the evacuation is held to the strongest baseline tried.
 ALONE_STAGGER_SECONDS = 1.0
-
-
-def _write_file(path: Path, data_bytes: int, capacity_bytes: int) -> None:
-    """Non-zero data (so nothing is a hole) from offset 0, the rest of the capacity sparse."""
-    block = os.urandom(MIB)
-    with path.open("wb") as out:
-        for _ in range(data_bytes // MIB):
-            out.write(block)
-        out.truncate(capacity_bytes)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _define(host: LabHost, name: str, data_bytes: int, capacity_bytes: int, *, start: bool) -> str:
-    _write_file(host.pool_path / f"{name}.raw", data_bytes, capacity_bytes)
-    conn = libvirt.open(host.uri)
-    try:
-        conn.storagePoolLookupByName(host.pool).refresh(0)
-        high, low = divmod(sum(name.encode()) % 65536, 256)
-        mac = f"52:54:00:be:{high:02x}:{low:02x}"
-        dom = conn.defineXML(domain_xml(name=name, pool=host.pool, volume=f"{name}.raw", mac=mac,
-                                        facts=VmFacts(tenant="bench")))
-        if start:
-            dom.create()
-        return str(dom.UUIDString())
-    finally:
-        conn.close()
 
 
 OpenPeer = Callable[[LabHost], LibvirtHost]
@@ -151,7 +121,7 @@ def bench_dense(
     Returns the bandwidths measured, for (c)."""
     cps, copies, verifies = [], [], []
     for trial in range(trials):
-        vm = _define(host_a, f"dense{trial}", dense_mib * MIB, dense_mib * MIB, start=False)
+        vm = define_vm(host_a, f"dense{trial}", dense_mib * MIB, dense_mib * MIB, start=False)
         # Whichever copy runs first after the volume was written ran 2-4 times slower than the other on this
         # machine (cp 2.27 then ours 1.67 s; ours 3.42 then cp 0.74 s): an uncounted cp takes that hit,
         # and the two measured copies take turns going first, so any rest of it falls on both alike.
@@ -182,25 +152,12 @@ def _seconds(values: list[float]) -> str:
 
 
 def bench_sparse(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer) -> None:
-    sparse = _define(host_a, "sparse", 64 * MIB, 4096 * MIB, start=False)
-    dense = _define(host_a, "small", 64 * MIB, 64 * MIB, start=False)
+    sparse = define_vm(host_a, "sparse", 64 * MIB, 4096 * MIB, start=False)
+    dense = define_vm(host_a, "small", 64 * MIB, 64 * MIB, start=False)
     sparse_seconds, _ = _copy_seconds(host_a, host_b, open_peer, sparse)
     dense_seconds, _ = _copy_seconds(host_a, host_b, open_peer, dense)
     print(f"(b) 4 GiB holding 64 MiB: {sparse_seconds:.2f} s; dense 64 MiB: {dense_seconds:.2f} s; ratio "
           f"{sparse_seconds / dense_seconds:.2f} (goal <= 2)")
-
-
-def _power(host: LabHost, uuids: Iterable[str], *, on: bool) -> None:
-    conn = libvirt.open(host.uri)
-    try:
-        for uuid in uuids:
-            domain = conn.lookupByUUIDString(uuid)
-            if on:
-                domain.create()
-            else:
-                domain.destroy()  # the lab's guests ignore a shutdown request
-    finally:
-        conn.close()
 
 
 def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Path,
@@ -212,7 +169,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
     at the disk's sustained speed, which (a)'s 1 GiB does not show; (a)'s bandwidths are printed too."""
     # Defined off: both baseline passes run with no guest running (8 emulated guests cost CPU that a copy
     # on 2 cores needs), so the evacuation, which starts and runs them, cannot gain from that.
-    vms = {f"vm{i}": _define(host_a, f"vm{i}", vm_mib * MIB, 2 * vm_mib * MIB, start=False)
+    vms = {f"vm{i}": define_vm(host_a, f"vm{i}", vm_mib * MIB, 2 * vm_mib * MIB, start=False)
            for i in range(8)}
     hosts = {"host-a": host_a, "host-b": host_b}
 
@@ -240,7 +197,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
     before = copied_alone("host-a", "host-b")
     cp_many = cp_many_seconds([host_a.pool_path / volume for volume in volumes], state / "cp-many")
     piped = piped_many_seconds([host_a.pool_path / volume for volume in volumes], state / "piped")
-    _power(host_a, vms.values(), on=True)
+    power(host_a, vms.values(), on=True)
     subprocess.run(["sync"], check=True)
     with Journal(state / "journal.sqlite") as journal, \
             open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
@@ -262,7 +219,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
             seconds = time.monotonic() - began
             engine.stop()
         done = sum(1 for u in vms.values() if (r := journal.get(u)) is not None and r.state == "done")
-    _power(host_b, vms.values(), on=False)
+    power(host_b, vms.values(), on=False)
     after = copied_alone("host-b", "host-a")
     # The faster of the two passes over the very same bytes: the strictest baseline this run measured.
     ideal = min(before.seconds, after.seconds)

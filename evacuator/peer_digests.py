@@ -166,30 +166,15 @@ class PeerDigestClient:
         channel.confirm_delivery()
         declare_exchange(channel, self._exchange)  # so that "nobody listens" is an unroutable request
         replies_queue = channel.queue_declare(queue="", exclusive=True).method.queue
-        correlation_id = uuid.uuid4().hex
-        got: list[bytes] = []
-
-        taken_by: list[str] = []
-
-        def on_reply(_channel: Any, _method: Any, properties: Any, body: bytes) -> None:
-            if properties.correlation_id != correlation_id:
-                return
-            if properties.type == TAKEN_TYPE:
-                with contextlib.suppress(ValidationError):  # a garbled notice: watch the host's queue
-                    taken_by.append(DigestTaken.model_validate_json(body).incarnation)
-                    log.info("peer_digest_taken", host=request.host, pool=request.pool,
-                             volume=request.volume, incarnation=taken_by[-1])
-                return
-            got.append(body)
-
-        channel.basic_consume(queue=replies_queue, on_message_callback=on_reply, auto_ack=True)
+        awaited = _Awaited(request, correlation_id=uuid.uuid4().hex)
+        channel.basic_consume(queue=replies_queue, on_message_callback=awaited.on_reply, auto_ack=True)
         try:
             channel.basic_publish(
                 exchange=self._exchange, routing_key=request_routing_key(request.host),
                 body=request.model_dump_json().encode(), mandatory=True,
                 properties=pika.BasicProperties(
-                    reply_to=replies_queue, correlation_id=correlation_id, content_type="application/json",
-                    headers={TAKEN_HEADER: True},
+                    reply_to=replies_queue, correlation_id=awaited.correlation_id,
+                    content_type="application/json", headers={TAKEN_HEADER: True},
                     # A request nobody took in time is dropped by the broker, not digested for nobody.
                     expiration=str(int(timeout_seconds * 1000)),
                 ),
@@ -198,26 +183,54 @@ class PeerDigestClient:
             raise _NoAnswer(f"no daemon of {request.host} listens") from exc
         except pika.exceptions.NackError as exc:
             raise _NoAnswer(f"the daemon of {request.host} has too many requests waiting") from exc
-        deadline = time.monotonic() + timeout_seconds
-        next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
-        while not got and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=_POLL_SECONDS)
-            if not got and time.monotonic() >= next_check:
-                # A daemon that died after taking the request takes the request with it: stop waiting. Once
-                # it said which connection took it, that connection's own queue tells, even if a restarted
-                # daemon already serves the host again; before, the host's request queue.
-                watched = responder_queue(self._exchange, request.host)
-                if taken_by:
-                    watched = alive_queue(self._exchange, request.host, taken_by[-1])
-                if queue_consumers(connection, watched) is None:
-                    raise _NoAnswer(f"the daemon of {request.host} went away")
-                next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
-        if not got:
-            raise _NoAnswer(f"no answer within {timeout_seconds:.0f} s")
+        body = self._await_reply(connection, awaited, timeout_seconds)
         try:
-            return DigestReply.model_validate_json(got[0])
+            return DigestReply.model_validate_json(body)
         except ValidationError as exc:
             raise _NoAnswer(f"unreadable reply: {str(exc).splitlines()[0]}") from exc
+
+    def _await_reply(self, connection: Any, awaited: _Awaited, timeout_seconds: float) -> bytes:
+        host = awaited.request.host
+        deadline = time.monotonic() + timeout_seconds
+        next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
+        while awaited.reply is None and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=_POLL_SECONDS)
+            if awaited.reply is None and time.monotonic() >= next_check:
+                # A daemon that died after taking the request takes the request with it: stop waiting.
+                if queue_consumers(connection, awaited.watched_queue(self._exchange)) is None:
+                    raise _NoAnswer(f"the daemon of {host} went away")
+                next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
+        if awaited.reply is None:
+            raise _NoAnswer(f"no answer within {timeout_seconds:.0f} s")
+        return awaited.reply
+
+
+class _Awaited:
+    """One request's messages as they arrive: its reply, and which connection of the daemon took it."""
+
+    def __init__(self, request: DigestRequest, *, correlation_id: str) -> None:
+        self.request = request
+        self.correlation_id = correlation_id
+        self.reply: bytes | None = None
+        self._taken_by: str | None = None
+
+    def on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if properties.correlation_id != self.correlation_id or self.reply is not None:
+            return
+        if properties.type != TAKEN_TYPE:
+            self.reply = body
+            return
+        with contextlib.suppress(ValidationError):  # a garbled notice: keep watching the host's queue
+            self._taken_by = DigestTaken.model_validate_json(body).incarnation
+            log.info("peer_digest_taken", host=self.request.host, pool=self.request.pool,
+                     volume=self.request.volume, incarnation=self._taken_by)
+
+    def watched_queue(self, exchange: str) -> str:
+        """Once the daemon said which connection took the request, that connection's own queue: it tells
+        even when a restarted daemon already serves the host again. Before, the host's request queue."""
+        if self._taken_by is not None:
+            return alive_queue(exchange, self.request.host, self._taken_by)
+        return responder_queue(exchange, self.request.host)
 
 
 def declare_exchange(channel: Any, exchange: str) -> None:

@@ -11,6 +11,7 @@ from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.cluster_slots import BrokerCloudCaps
 from evacuator.errors import HypervisorError
 from evacuator.peer_digests import (
+    TAKEN_TYPE,
     DigestReply,
     DigestRequest,
     DigestTaken,
@@ -21,6 +22,7 @@ from evacuator.peer_digests import (
     request_routing_key,
     responder_queue,
 )
+from evacuator.peer_digests import _Awaited as Awaited  # the asker's bookkeeping, tested alone
 from notifiers.errors import BrokerUnavailable, InvalidName
 
 DIGEST = "ab" * 32
@@ -127,3 +129,24 @@ def test_each_connection_of_a_daemon_has_its_own_alive_queue() -> None:
     assert DigestTaken(incarnation="0123456789abcdef").incarnation == "0123456789abcdef"
     with pytest.raises(InvalidName):
         alive_queue("evacuator.peers", "hv 02", "0123456789abcdef")
+
+
+class _Properties:
+    def __init__(self, correlation_id: str, kind: str | None = None) -> None:
+        self.correlation_id = correlation_id
+        self.type = kind
+
+
+def test_an_asker_watches_the_connection_that_took_its_request_once_it_is_named() -> None:
+    awaited = Awaited(_request(), correlation_id="c1")
+    assert awaited.watched_queue("ex") == "ex.digest.hv-02"
+    awaited.on_reply(None, None, _Properties("c1", TAKEN_TYPE), b'{"incarnation": "../../etc"}')
+    awaited.on_reply(None, None, _Properties("other", TAKEN_TYPE), b'{"incarnation": "' + b"f" * 32 + b'"}')
+    assert awaited.watched_queue("ex") == "ex.digest.hv-02"  # garbled, or for another request: ignored
+    awaited.on_reply(None, None, _Properties("c1", TAKEN_TYPE), b'{"incarnation": "' + b"a" * 32 + b'"}')
+    assert awaited.watched_queue("ex") == "ex.alive.hv-02." + "a" * 32
+    assert awaited.reply is None
+    awaited.on_reply(None, None, _Properties("other"), b"not mine")
+    awaited.on_reply(None, None, _Properties("c1"), b"first")
+    awaited.on_reply(None, None, _Properties("c1"), b"second")
+    assert awaited.reply == b"first"
