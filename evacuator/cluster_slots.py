@@ -26,14 +26,13 @@ from typing import Any
 import pika.exceptions
 import structlog
 
-from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.connection import ACCESS_REFUSED, CONNECTION_ERRORS, ConnectionFactory
 
 log = structlog.get_logger(__name__)
 
 _POLL_SECONDS = 0.25
 _REPORT_WAIT_SECONDS = 60.0
 _JOIN_TIMEOUT_SECONDS = 30.0
-_ACCESS_REFUSED = 403
 
 
 class BrokerCloudCaps:
@@ -114,7 +113,7 @@ class BrokerClusterSlots:
             try:
                 channel.basic_consume(queue=queue, on_message_callback=_ignore, auto_ack=True, exclusive=True)
             except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == _ACCESS_REFUSED and "exclusive use" in str(exc.reply_text):
+                if exc.reply_code == ACCESS_REFUSED and "exclusive use" in str(exc.reply_text):
                     continue  # another host holds it; the refusal closed this channel: try the next
                 raise
             return index

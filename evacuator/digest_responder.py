@@ -34,14 +34,13 @@ from evacuator.peer_digests import (
     request_routing_key,
     responder_queue,
 )
-from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory
+from notifiers.connection import ACCESS_REFUSED, CONNECTION_ERRORS, ConnectionFactory
 from notifiers.consumer_thread import ConsumerThread
 from notifiers.topology import check_word
 
 log = structlog.get_logger(__name__)
 
 MAX_WAITING_REQUESTS = 64
-_ACCESS_REFUSED = 403
 _REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
 
 
@@ -104,7 +103,7 @@ class DigestResponder:
             channel.queue_declare(queue=alive_queue(self._exchange, self._host, incarnation), exclusive=True,
                                   arguments={"x-max-length": 0})
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != _ACCESS_REFUSED:
+            if exc.reply_code != ACCESS_REFUSED:
                 raise
             log.warning("digest_taken_notices_off", host=self._host, error=str(exc.reply_text))
             return ""

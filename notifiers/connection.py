@@ -18,6 +18,7 @@ from notifiers.settings import BrokerSettings
 ConnectionFactory = Callable[[], Any]
 """Returns a new, open pika BlockingConnection; called on the thread that will own it."""
 
+ACCESS_REFUSED = 403  # AMQP reply codes the broker closes a channel with
 _NOT_FOUND = 404
 _RESOURCE_LOCKED = 405
 
