@@ -125,12 +125,12 @@ def bench_dense(
         # Whichever copy runs first after the volume was written ran 2-4 times slower than the other on this
         # machine (cp 2.27 then ours 1.67 s; ours 3.42 then cp 0.74 s): an uncounted cp takes that hit,
         # and the two measured copies take turns going first, so any rest of it falls on both alike.
-        cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense.copy")
+        cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense-cp")
         if trial % 2 == 0:
-            cps.append(cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense.copy"))
+            cps.append(cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense-cp"))
         copy_seconds, verify_seconds = _copy_seconds(host_a, host_b, open_peer, vm)
         if trial % 2 == 1:  # the move removed the source: cp its copy, the same bytes on the same disk
-            cps.append(cp_seconds(host_b.pool_path / f"dense{trial}.raw", scratch / "dense.copy"))
+            cps.append(cp_seconds(host_b.pool_path / f"dense{trial}.raw", scratch / "dense-cp"))
         copies.append(copy_seconds)
         verifies.append(verify_seconds)
     cp_median, ours = statistics.median(cps), statistics.median(copies)

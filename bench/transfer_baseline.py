@@ -121,10 +121,5 @@ def piped_many_seconds(sources: list[Path], scratch: Path) -> float:
 
 
 def cp_seconds(source: Path, scratch: Path) -> float:
-    subprocess.run(["sync"], check=True)
-    began = time.monotonic()
-    subprocess.run(["cp", "--sparse=always", str(source), str(scratch)], check=True)
-    subprocess.run(["sync"], check=True)
-    seconds = time.monotonic() - began
-    scratch.unlink()
-    return seconds
+    """`cp` + `sync` of one file (into the directory `scratch`, made and removed here)."""
+    return cp_many_seconds([source], scratch)

@@ -50,7 +50,7 @@ def read_status(settings: Settings, connect: ConnectionFactory) -> CloudStatus:
 def _read(connection: Any, settings: Settings) -> CloudStatus:
     exchange = settings.broker.peers_exchange
     evacuation = settings.evacuation
-    incoming = evacuation.max_incoming_moves_per_peer if evacuation.incoming_caps_cloud_wide else None
+    incoming = evacuation.cloud_wide_incoming_cap
     hosts = tuple(HostStatus(
         host=name,
         digests_answered=bool(queue_consumers(connection, responder_queue(exchange, name))),

@@ -60,6 +60,12 @@ class EvacuationSettings(_Strict):
             raise ValueError("default_window_seconds must not exceed max_window_seconds")
         return self
 
+    @property
+    def cloud_wide_incoming_cap(self) -> int | None:
+        """The cap into each destination counted on the broker across all sources, None when it is each
+        source host's own."""
+        return self.max_incoming_moves_per_peer if self.incoming_caps_cloud_wide else None
+
 
 class ReplyPolicySettings(_Strict):
     """What tenants' replies may ask for: caps on postponing (the longest window is evacuation's cap)."""

@@ -139,7 +139,7 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
 
 def cluster_slots_for(settings: Settings) -> ClusterSlots:
     evacuation = settings.evacuation
-    incoming = evacuation.max_incoming_moves_per_peer if evacuation.incoming_caps_cloud_wide else None
+    incoming = evacuation.cloud_wide_incoming_cap
     if evacuation.max_total_transfers is None and incoming is None:
         return NoClusterCap()
     connect = blocking_connection_factory(
