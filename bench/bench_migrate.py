@@ -1,9 +1,10 @@
 """Move throughput on two real lab libvirt hosts: dense copy vs cp, sparse copy, and 8 VMs under the caps.
 
 Run: `PYTHONPATH=. .venv/bin/python bench/bench_migrate.py [--dense-mib 1024]` as root. One run each:
-(a) the migrator's disk copy of a dense volume between the hosts vs `cp` of the same file on the same disk
-    followed by `sync` (throughput ratio of the medians of 4 trials, in which each goes first twice,
-    after an uncounted cp; goal >= 0.9);
+(a) the migrator's disk copy of a dense volume between the hosts, through the destination daemon's data
+    channel (`--data-channel tls|none`), vs `cp` of the same file on the same disk followed by `sync`
+    (throughput ratio of the medians of 6 trials, in which each of cp, the channel and, for comparison,
+    libvirt's upload goes first twice, after an uncounted cp; goal >= 0.9);
 (b) a 4 GiB volume holding 64 MiB of data vs a dense 64 MiB volume (time ratio, goal <= 2);
 (c) 8 running VMs of 1 GiB each (the size of (a)) evacuated by the engine with the default caps, against
     their bytes / the bandwidth of the same 8 disks copied and verified alone (bench/transfer_baseline.py:
@@ -12,43 +13,38 @@ Run: `PYTHONPATH=. .venv/bin/python bench/bench_migrate.py [--dense-mib 1024]` a
     shutdown timeout is part of the real cost); also against (a)'s durable copy, (a)'s cp + sync, and cp +
     sync and cat | dd + sync of the same 8 disks.
 Each host's daemon, as far as a mover sees it, runs as a process of its own (evacuator.lab.peer) on the broker
-(the machine's, else a private one): copies are verified by its digest of its own file, as in production.
+(the machine's, else a private one): it receives copies and verifies them by its digest of its own file, as
+in production.
 Not run in CI (about four minutes).
 """
 
 from __future__ import annotations
 
 import argparse
-import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pika
 from structlog.testing import capture_logs
 
+from bench.lab_peers import OpenPeer, Peers, peer_daemons
 from bench.lab_vms import define_vm, power
 from bench.transfer_baseline import Transfers, cp_many_seconds, cp_seconds, piped_many_seconds, transfer_alone
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.hypervisor import Hypervisor
 from evacuator.journal import Journal
-from evacuator.lab.broker import ensure_broker
 from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
+from evacuator.libvirt_host import open_libvirt_host
 from evacuator.logs import configure_logging
 from evacuator.migrator import ColdMigrator, MoveStep
-from evacuator.peer_digests import PeerDigestClient
 from evacuator.planner import PlannedMove
-from notifiers.connection import blocking_connection_factory
-from notifiers.settings import BrokerSettings
 
 MIB = 1 << 20
 SHUTDOWN_TIMEOUT_SECONDS = 0.5
@@ -58,43 +54,11 @@ SHUTDOWN_TIMEOUT_SECONDS = 0.5
 ALONE_STAGGER_SECONDS = 1.0
 
 
-OpenPeer = Callable[[LabHost], LibvirtHost]
-"""Opens host-b as the mover on host-a does: asking host-b's daemon for digests of its copies."""
-
-
-@contextmanager
-def peer_daemons(hosts: Sequence[LabHost], base: Path) -> Iterator[OpenPeer]:
-    """Each host's digest responder in a process of its own, on a run-private exchange; yields how to open
-    one of them as a peer."""
-    broker = ensure_broker(base / "broker")
-    exchange = f"bench-{secrets.token_hex(3)}.peers"
-    settings = BrokerSettings.model_validate({"url": broker.url, "peers_exchange": exchange})
-    daemons = {}
-    try:
-        for host in hosts:
-            daemon = daemons[host.name] = subprocess.Popen(
-                [sys.executable, "-m", "evacuator.lab.peer", "--name", host.name, "--uri", host.uri,
-                 "--pool", host.pool, "--broker-url", broker.url, "--exchange", exchange],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            assert daemon.stdout is not None
-            if daemon.stdout.readline().strip() != "ready":
-                raise SystemExit(f"{host.name}'s digest daemon did not start")
-        client = PeerDigestClient(blocking_connection_factory(settings, connection_name="bench-digests"),
-                                  exchange=exchange, timeout_base_seconds=60, min_bytes_per_second=10 * MIB)
-        yield lambda peer: open_libvirt_host(peer.name, peer.uri, peer.pool, peer_digests=client)
-    finally:
-        for name, daemon in daemons.items():
-            daemon.terminate()
-            print(f"    ({name}'s daemon {daemon.communicate(timeout=30)[0].strip()} digest requests)")
-        with pika.BlockingConnection(pika.URLParameters(broker.url)) as connection:
-            connection.channel().exchange_delete(exchange)
-
-
-def _copy_seconds(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, vm_uuid: str) -> tuple[float, float]:
+def _copy_seconds(source: LabHost, destination: LabHost, open_peer: OpenPeer, vm_uuid: str,
+                  ) -> tuple[float, float]:
     """(copy_disks, verify_disks) seconds of one cold move."""
-    with open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as a, \
-            open_peer(host_b) as b:  # fmt: skip
+    with open_libvirt_host(source.name, source.uri, source.pool, local_files=True) as a, \
+            open_peer(destination) as b:  # fmt: skip
         migrator = ColdMigrator(source=a, destination=b, clock=lambda: datetime.now(UTC),
                                 shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS, sleep=time.sleep,
                                 on_step=lambda e: None)
@@ -105,9 +69,8 @@ def _copy_seconds(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, vm_uuid
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Bandwidths:
-    """Bytes per second measured in (a): the migrator's copy alone (it lands in the page cache), the copy
-    with its verification (host-b's daemon flushes it to disk, then digests it: a durable copy, what each
-    disk of an evacuation gets), and cp + sync (the disk's)."""
+    """Bytes per second measured in (a): the migrator's copy through the data channel (durable), the copy
+    with its verification (what each disk of an evacuation gets), and cp + sync (the disk's)."""
 
     copy: float
     durable: float
@@ -115,36 +78,45 @@ class Bandwidths:
 
 
 def bench_dense(
-    host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, dense_mib: int, scratch: Path, trials: int
+    host_a: LabHost, host_b: LabHost, peers: Peers, dense_mib: int, scratch: Path, trials: int, channel: str,
 ) -> Bandwidths:
     """Interleaved trials (the disk and the 2 cores are shared and noisy); the medians are compared.
     Returns the bandwidths measured, for (c)."""
-    cps, copies, verifies = [], [], []
+    runs: dict[str, list[float]] = {key: [] for key in ("cp", "channel", "channel+v", "libvirt", "libvirt+v")}
+    order = ("cp", "channel", "libvirt")
     for trial in range(trials):
         vm = define_vm(host_a, f"dense{trial}", dense_mib * MIB, dense_mib * MIB, start=False)
-        # Whichever copy runs first after the volume was written ran 2-4 times slower than the other on this
-        # machine (cp 2.27 then ours 1.67 s; ours 3.42 then cp 0.74 s): an uncounted cp takes that hit,
-        # and the two measured copies take turns going first, so any rest of it falls on both alike.
-        cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense-cp")
-        if trial % 2 == 0:
-            cps.append(cp_seconds(host_a.pool_path / f"dense{trial}.raw", scratch / "dense-cp"))
-        copy_seconds, verify_seconds = _copy_seconds(host_a, host_b, open_peer, vm)
-        if trial % 2 == 1:  # the move removed the source: cp its copy, the same bytes on the same disk
-            cps.append(cp_seconds(host_b.pool_path / f"dense{trial}.raw", scratch / "dense-cp"))
-        copies.append(copy_seconds)
-        verifies.append(verify_seconds)
-    cp_median, ours = statistics.median(cps), statistics.median(copies)
-    durable = statistics.median(c + v for c, v in zip(copies, verifies, strict=True))
-    durable_trials = _seconds([c + v for c, v in zip(copies, verifies, strict=True)])
-    bandwidth = dense_mib * MIB / ours
-    print(f"(a) dense {dense_mib} MiB, median of {trials}: migrator copy {ours:.2f} s "
-          f"({bandwidth / MIB:.0f} MiB/s; trials {_seconds(copies)}), cp+sync {cp_median:.2f} s "
-          f"({dense_mib / cp_median:.0f} MiB/s; trials {_seconds(cps)}); throughput ratio "
-          f"{cp_median / ours:.2f}, of a copy that is only in the page cache. With its verification, in "
-          f"which host-b's daemon flushes the copy to disk and digests it (on disk, as cp+sync): "
-          f"{durable:.2f} s (trials {durable_trials}); throughput ratio {cp_median / durable:.2f} "
-          f"(goal >= 0.9)")
-    return Bandwidths(copy=bandwidth, durable=dense_mib * MIB / durable, disk=dense_mib * MIB / cp_median)
+        volume = f"dense{trial}.raw"
+        holder, other = host_a, host_b
+        # Whichever copy runs first after the volume was written ran 2-4 times slower than the others on this
+        # machine (cp 2.27 then an upload 1.67 s; an upload 3.42 then cp 0.74 s): an uncounted cp takes that
+        # hit, and the three measured copies take turns going first, so any rest of it falls on all alike.
+        cp_seconds(holder.pool_path / volume, scratch / "dense-cp")
+        for item in order[trial % 3:] + order[:trial % 3]:
+            if item == "cp":  # the same bytes, on the same disk, wherever the VM is now
+                runs["cp"].append(cp_seconds(holder.pool_path / volume, scratch / "dense-cp"))
+                continue
+            open_peer = peers.channel if item == "channel" else peers.libvirt
+            copy, verify = _copy_seconds(holder, other, open_peer, vm)
+            runs[item].append(copy)
+            runs[f"{item}+v"].append(copy + verify)
+            holder, other = other, holder
+    median = {key: statistics.median(values) for key, values in runs.items()}
+    cp = median["cp"]
+
+    def line(key: str) -> str:
+        return (f"{median[key]:.2f} s ({dense_mib / median[key]:.0f} MiB/s; trials {_seconds(runs[key])}), "
+                f"ratio {cp / median[key]:.2f}")
+
+    print(f"(a) dense {dense_mib} MiB, median of {trials}: cp+sync {cp:.2f} s ({dense_mib / cp:.0f} MiB/s; "
+          f"trials {_seconds(runs['cp'])}).\n"
+          f"    data channel ({channel}), durable when it ends (the receiving daemon fsyncs before it "
+          f"answers): {line('channel')} (goal >= 0.9); with verification (the daemon's digest of its "
+          f"file): {line('channel+v')}.\n"
+          f"    libvirt upload, for comparison: {line('libvirt')}, of a copy only in the page cache; with "
+          f"verification, in which the daemon flushes and digests it: {line('libvirt+v')}")
+    return Bandwidths(copy=dense_mib * MIB / median["channel"], durable=dense_mib * MIB / median["channel+v"],
+                      disk=dense_mib * MIB / cp)
 
 
 def _seconds(values: list[float]) -> str:
@@ -251,22 +223,26 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dense-mib", type=int, default=1024)
     parser.add_argument("--vm-mib", type=int, default=1024)
-    parser.add_argument("--trials", type=int, default=4, help="for (a); even: each copy goes first as often")
+    parser.add_argument("--trials", type=int, default=6,
+                        help="for (a); a multiple of 3: each of its 3 copies goes first as often")
+    parser.add_argument("--data-channel", choices=("tls", "none"), default="tls",
+                        help="the daemons' data channel: TLS (the default setting) or clear text")
     parser.add_argument("--ahead", type=int, default=2, help="quiesce_ahead_moves in (c) (default 2)")
     parser.add_argument("--alone-streams", type=int, default=2,
                         help="disks copied at once in (c)'s baseline (default 2, the default cap)")
     args = parser.parse_args()
-    if args.trials < 2 or args.trials % 2:
-        parser.error("--trials must be even: each copy goes first as often")
+    if args.trials < 3 or args.trials % 3:
+        parser.error("--trials must be a multiple of 3: each copy goes first as often")
     configure_logging()  # to stderr: stdout carries only the results
     base = Path(tempfile.mkdtemp(prefix="bench-migrate-", dir="/var/tmp"))
     lab = LabHosts(base / "hosts", names=("host-a", "host-b"), base_port=free_port_pair())
     try:
         host_a, host_b = lab.start()
-        with peer_daemons((host_a, host_b), base) as open_peer:
-            bandwidths = bench_dense(host_a, host_b, open_peer, args.dense_mib, base, args.trials)
-            bench_sparse(host_a, host_b, open_peer)
-            bench_eight(host_a, host_b, open_peer, base, bandwidths, args.vm_mib, args.ahead,
+        with peer_daemons((host_a, host_b), base, args.data_channel) as peers:
+            bandwidths = bench_dense(host_a, host_b, peers, args.dense_mib, base, args.trials,
+                                     args.data_channel)
+            bench_sparse(host_a, host_b, peers.channel)
+            bench_eight(host_a, host_b, peers.channel, base, bandwidths, args.vm_mib, args.ahead,
                         args.alone_streams)
     finally:
         lab.stop()

@@ -1,4 +1,5 @@
-"""This host's daemon answering its peers' digest requests (why, and the wire: peer_digests.py).
+"""This host's daemon answering its peers' requests: digests (why, and the wire: peer_digests.py) and
+tickets for its data channel (data_wire.py).
 
 What a broker user allowed to publish on the peers exchange can make it do is bounded: it answers only for
 volumes of its own pool that no running VM uses (wiring's digester), replies only into a server-named queue
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -21,6 +23,7 @@ import structlog
 from pydantic import ValidationError
 
 from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
+from evacuator.data_wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
 from evacuator.peer_digests import (
     TAKEN_HEADER,
     TAKEN_TYPE,
@@ -50,8 +53,9 @@ class DigestResponder:
 
     def __init__(
         self, connect: ConnectionFactory, *, host: str, exchange: str, digest_volume: VolumeDigester,
-        workers: int = 2,
+        workers: int = 2, issue_ticket: Callable[[ReceiveRequest], ReceiveTicket] | None = None,
     ) -> None:
+        self._issue_ticket = issue_ticket
         self._connect = connect
         self._host = check_word("host", host)
         self._exchange = exchange
@@ -112,8 +116,8 @@ class DigestResponder:
         return incarnation
 
     @staticmethod
-    def _reply(channel: Any, reply_to: str, correlation_id: str | None, reply: DigestReply | DigestTaken,
-               ) -> None:
+    def _reply(channel: Any, reply_to: str, correlation_id: str | None,
+               reply: DigestReply | DigestTaken | ReceiveTicket) -> None:
         channel.basic_publish(
             exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
             properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json",
@@ -134,6 +138,11 @@ class DigestResponder:
         try:
             if not reply_to.startswith(_REPLY_QUEUE_PREFIX) or not properties.expiration:
                 raise ValueError("a request needs a server-named reply queue and an expiry")
+            if properties.type == RECEIVE_TYPE:
+                wanted = ReceiveRequest.model_validate_json(body)
+                channel.basic_ack(delivery_tag=method.delivery_tag)
+                self._on_ticket_request(connection, channel, properties, wanted)
+                return
             request = DigestRequest.model_validate_json(body)
         except (ValueError, ValidationError) as exc:
             log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100],
@@ -164,9 +173,31 @@ class DigestResponder:
             log.info("digest_request_answered", host=self._host, pool=request.pool, volume=request.volume,
                      error=reply.error)
 
-        def hand_back(done: Future[DigestReply]) -> None:
-            # pika's connection belongs to its thread: the reply is sent from there.
-            with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
-                connection.add_callback_threadsafe(partial(send, done))
+        future.add_done_callback(lambda done: self._hand_back(connection, partial(send, done)))
 
-        future.add_done_callback(hand_back)
+    def _on_ticket_request(self, connection: Any, channel: Any, properties: Any, request: ReceiveRequest,
+                           ) -> None:
+        def ticket() -> ReceiveTicket:
+            if self._issue_ticket is None:
+                return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
+                                     error="this daemon runs no data channel")
+            try:
+                return self._issue_ticket(request)
+            except Exception as exc:  # the mover uploads through libvirt instead; this daemon goes on
+                log.error("receive_ticket_failed", host=self._host, pool=request.pool, volume=request.volume,
+                          exc_info=True)
+                return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
+                                     error=f"no ticket: {exc!r}"[:1000])
+
+        def send(done: Future[ReceiveTicket]) -> None:
+            self._reply(channel, properties.reply_to, properties.correlation_id, done.result())
+
+        # Finding the volume asks libvirt: on a worker, never on the connection's thread.
+        self._workers.submit(ticket).add_done_callback(
+            lambda done: self._hand_back(connection, partial(send, done)))
+
+    @staticmethod
+    def _hand_back(connection: Any, callback: Callable[[], None]) -> None:
+        # pika's connection belongs to its thread: replies are sent from there.
+        with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+            connection.add_callback_threadsafe(callback)

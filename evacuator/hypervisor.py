@@ -146,6 +146,16 @@ class PeerDigests(Protocol):
         ...
 
 
+class VolumeSender(Protocol):
+    """Writes a volume through a host's own evacuator daemon (evacuator/volume_sender.py)."""
+
+    def send(self, *, host: str, address: str | None, pool: str, volume: str, chunks: Iterable[Chunk],
+             ) -> int | None:
+        """Data bytes written, durably; None when that host's daemon cannot take it now and nothing was
+        taken from `chunks` (the caller then writes through libvirt)."""
+        ...
+
+
 def close_chunks(chunks: Iterable[Chunk]) -> None:
     """Ends a volume read early and at once: an open download keeps the volume busy (undeletable)."""
     close = getattr(chunks, "close", None)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
@@ -15,7 +16,16 @@ import structlog
 
 from evacuator.chunk_digests import block_digest_of_chunks
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import Chunk, Hypervisor, PeerDigests, VmInfo, VmState, VolumeInfo, parse_definition
+from evacuator.hypervisor import (
+    Chunk,
+    Hypervisor,
+    PeerDigests,
+    VmInfo,
+    VmState,
+    VolumeInfo,
+    VolumeSender,
+    parse_definition,
+)
 from evacuator.libvirt_open import connect_libvirt
 from evacuator.libvirt_volumes import download_chunks, seen_file, upload_chunks
 from evacuator.volume_io import file_chunks, flush_file
@@ -32,15 +42,17 @@ _STATES = {
 def open_libvirt_host(
     name: str, uri: str, pool: str, *, keepalive_interval_seconds: int = 5, keepalive_count: int = 3,
     open_timeout_seconds: float = 60.0, local_files: bool = False, peer_digests: PeerDigests | None = None,
+    volume_sender: VolumeSender | None = None,
 ) -> LibvirtHost:
     """Opens a read-write connection to one host (see connect_libvirt); `pool` is where this host keeps
     evacuator-managed disks. `local_files`: this is the host the process runs on, so a volume libvirt keeps
     in a local file may be read from that file (checked against libvirt's view first) instead of through a
-    libvirt download. `peer_digests`: how to ask another host's own daemon for a digest of its volume."""
+    libvirt download. `peer_digests`: how to ask another host's own daemon for a digest of its volume;
+    `volume_sender`: how to write a volume through that daemon (its data channel)."""
     connection = connect_libvirt(name, uri, keepalive_interval_seconds=keepalive_interval_seconds,
                                  keepalive_count=keepalive_count, open_timeout_seconds=open_timeout_seconds)
     return LibvirtHost(name=name, uri=uri, pool=pool, connection=connection, local_files=local_files,
-                       peer_digests=peer_digests)
+                       peer_digests=peer_digests, volume_sender=volume_sender)
 
 
 class LibvirtHost:
@@ -50,8 +62,9 @@ class LibvirtHost:
 
     def __init__(
         self, *, name: str, uri: str, pool: str, connection: Any, local_files: bool = False,
-        peer_digests: PeerDigests | None = None,
+        peer_digests: PeerDigests | None = None, volume_sender: VolumeSender | None = None,
     ) -> None:
+        self._volume_sender = volume_sender
         self._local_files = local_files
         self._peer_digests = peer_digests
         self._name = name
@@ -182,6 +195,11 @@ class LibvirtHost:
             raise HypervisorError(f"host {self._name}: {pool}/{volume} changed while it was digested")
         return digest
 
+    def local_file(self, pool: str, volume: str) -> Path | None:
+        """The volume's file when this process sees the very file libvirt describes, else None."""
+        seen = self._local_file(pool, volume)
+        return None if seen is None else seen[0]
+
     def _local_file(self, pool: str, volume: str) -> tuple[Path, int, int] | None:
         with self._mapped("read_volume", pool=pool, volume=volume):
             xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
@@ -192,8 +210,14 @@ class LibvirtHost:
         return seen
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
-        """Onto a freshly created volume: one plain upload per run of data (a sparse upload costs the
-        daemon four times the CPU), holes skipped, a trailing hole sent as a hole to set the length."""
+        """Onto a freshly created volume: through the host's own daemon when it takes it (its data channel
+        writes the file itself, about three times faster); else one plain libvirt upload per run of data (a
+        sparse upload costs libvirtd four times the CPU), holes skipped, a trailing hole sent as a hole."""
+        if self._volume_sender is not None:
+            written = self._volume_sender.send(host=self._name, address=urlsplit(self._uri).hostname,
+                                               pool=pool, volume=volume, chunks=chunks)
+            if written is not None:
+                return written
         with self._mapped("write_volume", pool=pool, volume=volume):
             vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             return upload_chunks(self._conn, vol, chunks)

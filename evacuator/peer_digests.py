@@ -31,6 +31,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
+from evacuator.data_wire import ReceiveRequest
 from evacuator.errors import EvacuatorError
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
 from notifiers.errors import NotifierError
@@ -78,6 +79,9 @@ class DigestTaken(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     incarnation: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+
+
+PeerRequest = DigestRequest | ReceiveRequest
 
 
 def alive_queue(exchange: str, host: str, incarnation: str) -> str:
@@ -131,11 +135,11 @@ class PeerDigestClient:
         context = {"host": host, "pool": pool, "volume": volume}
         try:
             request = DigestRequest(host=host, pool=pool, volume=volume, algorithm=BLOCK_DIGEST_ALGORITHM)
-            reply = self._ask(request, timeout_seconds)
+            reply = DigestReply.model_validate_json(self.ask(request, timeout_seconds=timeout_seconds))
         except ValidationError as exc:
             log.info("peer_digest_unavailable", reason=str(exc).splitlines()[0], **context)
             return None
-        except _NoAnswer as exc:
+        except PeerUnanswered as exc:
             log.info("peer_digest_unavailable", reason=str(exc), **context)
             return None
         if reply.digest is None or (reply.host, reply.pool, reply.volume, reply.algorithm) != (
@@ -146,22 +150,24 @@ class PeerDigestClient:
         log.info("peer_digest_received", **context)
         return reply.digest
 
-    def _ask(self, request: DigestRequest, timeout_seconds: float) -> DigestReply:
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        """The body of the host's daemon's reply to `request` (a digest request, or with `message_type`
+        another kind); PeerUnanswered when no reply came."""
         try:
             connection = self._connect()
-        except (EvacuatorError, NotifierError) as exc:  # the broker is down: verify by reading back
-            raise _NoAnswer(str(exc)) from exc
+        except (EvacuatorError, NotifierError) as exc:  # the broker is down: the caller takes the slow path
+            raise PeerUnanswered(str(exc)) from exc
         try:
-            return self._exchange_messages(connection, request, timeout_seconds)
+            return self._exchange_messages(connection, request, timeout_seconds, message_type)
         except CONNECTION_ERRORS as exc:
-            raise _NoAnswer(repr(exc)) from exc
+            raise PeerUnanswered(repr(exc)) from exc
         finally:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
 
     def _exchange_messages(
-        self, connection: Any, request: DigestRequest, timeout_seconds: float
-    ) -> DigestReply:
+        self, connection: Any, request: PeerRequest, timeout_seconds: float, message_type: str | None,
+    ) -> bytes:
         channel = connection.channel()
         channel.confirm_delivery()
         declare_exchange(channel, self._exchange)  # so that "nobody listens" is an unroutable request
@@ -174,20 +180,16 @@ class PeerDigestClient:
                 body=request.model_dump_json().encode(), mandatory=True,
                 properties=pika.BasicProperties(
                     reply_to=replies_queue, correlation_id=awaited.correlation_id,
-                    content_type="application/json", headers={TAKEN_HEADER: True},
+                    content_type="application/json", headers={TAKEN_HEADER: True}, type=message_type,
                     # A request nobody took in time is dropped by the broker, not digested for nobody.
                     expiration=str(int(timeout_seconds * 1000)),
                 ),
             )
         except pika.exceptions.UnroutableError as exc:
-            raise _NoAnswer(f"no daemon of {request.host} listens") from exc
+            raise PeerUnanswered(f"no daemon of {request.host} listens") from exc
         except pika.exceptions.NackError as exc:
-            raise _NoAnswer(f"the daemon of {request.host} has too many requests waiting") from exc
-        body = self._await_reply(connection, awaited, timeout_seconds)
-        try:
-            return DigestReply.model_validate_json(body)
-        except ValidationError as exc:
-            raise _NoAnswer(f"unreadable reply: {str(exc).splitlines()[0]}") from exc
+            raise PeerUnanswered(f"the daemon of {request.host} has too many requests waiting") from exc
+        return self._await_reply(connection, awaited, timeout_seconds)
 
     def _await_reply(self, connection: Any, awaited: _Awaited, timeout_seconds: float) -> bytes:
         host = awaited.request.host
@@ -198,17 +200,17 @@ class PeerDigestClient:
             if awaited.reply is None and time.monotonic() >= next_check:
                 # A daemon that died after taking the request takes the request with it: stop waiting.
                 if queue_consumers(connection, awaited.watched_queue(self._exchange)) is None:
-                    raise _NoAnswer(f"the daemon of {host} went away")
+                    raise PeerUnanswered(f"the daemon of {host} went away")
                 next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
         if awaited.reply is None:
-            raise _NoAnswer(f"no answer within {timeout_seconds:.0f} s")
+            raise PeerUnanswered(f"no answer within {timeout_seconds:.0f} s")
         return awaited.reply
 
 
 class _Awaited:
     """One request's messages as they arrive: its reply, and which connection of the daemon took it."""
 
-    def __init__(self, request: DigestRequest, *, correlation_id: str) -> None:
+    def __init__(self, request: PeerRequest, *, correlation_id: str) -> None:
         self.request = request
         self.correlation_id = correlation_id
         self.reply: bytes | None = None
@@ -237,5 +239,5 @@ def declare_exchange(channel: Any, exchange: str) -> None:
     channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
 
 
-class _NoAnswer(Exception):
-    """No usable reply came; the caller verifies by reading back instead."""
+class PeerUnanswered(EvacuatorError):
+    """No reply came; the caller takes the slow path (reading back, uploading through libvirt)."""

@@ -17,12 +17,13 @@ from evacuator.cluster_slots import BrokerCloudCaps
 from evacuator.digest_responder import DigestResponder
 from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import Hypervisor, VmState, VolumeRef
+from evacuator.hypervisor import Hypervisor
 from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
-from evacuator.peer_digests import PeerDigestClient, VolumeDigester
+from evacuator.own_host import own_volume_digester, volume_receiver
+from evacuator.peer_digests import PeerDigestClient
 from evacuator.planner import WindowPolicy
 from evacuator.replies import ReplyPolicy
 from evacuator.reply_desk import ReplyDesk
@@ -31,6 +32,8 @@ from evacuator.settings import Settings
 from evacuator.timers import ApschedulerTimers
 from evacuator.transfers import ClusterSlots, NoClusterCap
 from evacuator.vm_windows import libvirt_window_store
+from evacuator.volume_receiver import VolumeReceiver
+from evacuator.volume_sender import DataChannelClient
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
@@ -59,6 +62,12 @@ def open_host_for(settings: Settings) -> OpenHost:
         timeout_base_seconds=settings.evacuation.copy_timeout_base_seconds,
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
     )
+    channel = settings.data_channel
+    sender = DataChannelClient(
+        peer_digests, require_tls=channel.encryption == "tls",
+        stall_timeout_seconds=channel.stall_timeout_seconds,
+        min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+    ) if channel.enabled else None
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
@@ -69,28 +78,11 @@ def open_host_for(settings: Settings) -> OpenHost:
         # daemon when it answers, else read through libvirt.
         local = name == settings.host.name
         with open_libvirt_host(name, uri, pool, local_files=local,
-                               peer_digests=None if local else peer_digests) as host:
+                               peer_digests=None if local else peer_digests,
+                               volume_sender=None if local else sender) as host:
             yield host
 
     return open_host
-
-
-def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
-    """Flushes and digests this host's volumes from their files, for peers verifying a copy they sent; other
-    pools are refused."""
-
-    def digest(asked_pool: str, volume: str) -> str | None:
-        if asked_pool != pool:
-            raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
-        with open_libvirt_host(name, uri, pool, local_files=True) as own:
-            # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
-            if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
-                   for vm in own.list_vms() if vm.state is not VmState.SHUT_OFF):
-                raise HypervisorError(f"{pool}/{volume} on {name} belongs to a running VM")
-            # Durable first: the mover removes the source once this copy is verified and runs here.
-            return own.local_digest(pool, volume, flush=True)
-
-    return digest
 
 
 CRASH_AT_ENV = "EVACUATOR_CRASH_AT"
@@ -160,6 +152,7 @@ class Runtime:
     publisher: OutboxPublisher
     consumer: ReplyConsumer
     digests: DigestResponder
+    receiver: VolumeReceiver | None
     clock: Callable[[], datetime]
 
     def start(self) -> None:
@@ -173,10 +166,14 @@ class Runtime:
             self.publisher.ensure_tenant_queue(tenant).result(timeout=30)
         self.service.start()
         self.consumer.start()
+        if self.receiver is not None:
+            self.receiver.start()  # before the digests' consumer, which hands out its tickets
         self.digests.start()
 
     def stop(self) -> None:
         self.digests.close()
+        if self.receiver is not None:
+            self.receiver.close()
         self.consumer.close()
         self.service.stop()
         self.publisher.close()
@@ -245,6 +242,9 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     consumer = ReplyConsumer(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
+    channel = settings.data_channel
+    receiver = (volume_receiver(host.name, host.libvirt_uri, host.storage_pool, channel)
+                if channel.enabled else None)
     return Runtime(
         settings=settings,
         service=service,
@@ -257,6 +257,8 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
             blocking_connection_factory(broker, connection_name=f"evacuator-digest-answers-{host.name}"),
             host=host.name, exchange=broker.peers_exchange,
             digest_volume=own_volume_digester(host.name, host.libvirt_uri, host.storage_pool),
+            issue_ticket=None if receiver is None else receiver.issue,
         ),
+        receiver=receiver,
         clock=clock,
     )

@@ -1,4 +1,5 @@
-"""A lab host's own evacuator daemon as its peers see it: the digest responder, in a thread or a process.
+"""A lab host's own evacuator daemon as its peers see it: digest answers and the data channel, in a thread
+or a process.
 
 Tests run it in a thread; the bench runs it as a process (`python -m evacuator.lab.peer ...`), because a real
 peer's daemon does not share the mover's interpreter."""
@@ -11,51 +12,90 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import SecretStr
 
 from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
-from evacuator.wiring import own_volume_digester
+from evacuator.own_host import own_volume_digester, volume_receiver
+from evacuator.settings import DataChannelSettings
+from evacuator.volume_receiver import VolumeReceiver
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 
+Encryption = Literal["tls", "none"]
 
-def digest_responder(name: str, uri: str, pool: str, *, broker_url: str, exchange: str) -> DigestResponder:
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabDaemon:
+    """What a peer's daemon runs for movers: its digest answers and, when on, its data channel."""
+
+    digests: DigestResponder
+    receiver: VolumeReceiver | None
+
+
+def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str,
+               data_channel: Encryption | None) -> LabDaemon:
     connect = blocking_connection_factory(BrokerSettings(url=SecretStr(broker_url)),
                                           connection_name=f"lab-digests-{name}")
-    return DigestResponder(connect, host=name, exchange=exchange,
-                           digest_volume=own_volume_digester(name, uri, pool))
+    receiver = None if data_channel is None else volume_receiver(
+        name, uri, pool, DataChannelSettings(listen_address="127.0.0.1", port=0, encryption=data_channel))
+    digests = DigestResponder(connect, host=name, exchange=exchange,
+                              digest_volume=own_volume_digester(name, uri, pool),
+                              issue_ticket=None if receiver is None else receiver.issue)
+    return LabDaemon(digests=digests, receiver=receiver)
+
+
+@contextmanager
+def host_daemon(host: LabHost, *, broker_url: str, exchange: str,
+                data_channel: Encryption | None = "tls") -> Iterator[LabDaemon]:
+    """`host`'s daemon serving its peers, until the block ends."""
+    daemon = lab_daemon(host.name, host.uri, host.pool, broker_url=broker_url, exchange=exchange,
+                        data_channel=data_channel)
+    if daemon.receiver is not None:
+        daemon.receiver.start()
+    daemon.digests.start()
+    try:
+        yield daemon
+    finally:
+        daemon.digests.close()
+        if daemon.receiver is not None:
+            daemon.receiver.close()
 
 
 @contextmanager
 def digest_peer(host: LabHost, *, broker_url: str, exchange: str) -> Iterator[DigestResponder]:
-    """`host`'s daemon answering digest requests, until the block ends."""
-    responder = digest_responder(host.name, host.uri, host.pool, broker_url=broker_url, exchange=exchange)
-    responder.start()
-    try:
-        yield responder
-    finally:
-        responder.close()
+    """`host`'s daemon answering digest requests (and no data channel), until the block ends."""
+    with host_daemon(host, broker_url=broker_url, exchange=exchange, data_channel=None) as daemon:
+        yield daemon.digests
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     for option in ("--name", "--uri", "--pool", "--broker-url", "--exchange"):
         parser.add_argument(option, required=True)
+    parser.add_argument("--data-channel", choices=("tls", "none", "off"), default="off")
     args = parser.parse_args(argv)
     configure_logging(level="warning")  # stdout carries only the lines the parent reads
-    responder = digest_responder(args.name, args.uri, args.pool, broker_url=args.broker_url,
-                                 exchange=args.exchange)
+    data_channel: Encryption | None = None if args.data_channel == "off" else args.data_channel
+    daemon = lab_daemon(args.name, args.uri, args.pool, broker_url=args.broker_url, exchange=args.exchange,
+                        data_channel=data_channel)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    responder.start()
+    if daemon.receiver is not None:
+        daemon.receiver.start()
+    daemon.digests.start()
     print("ready", flush=True)  # the parent waits for this line before it measures anything
     with suppress(KeyboardInterrupt):
         stop.wait()
-    responder.close()
-    print(f"answered {responder.answered}", flush=True)
+    daemon.digests.close()
+    received = 0 if daemon.receiver is None else daemon.receiver.received
+    if daemon.receiver is not None:
+        daemon.receiver.close()
+    print(f"answered {daemon.digests.answered} digest requests, received {received} copies", flush=True)
     return 0
 
 

@@ -6,6 +6,8 @@ import hashlib
 import random
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from xml.etree import ElementTree
@@ -15,10 +17,15 @@ import pytest
 
 from evacuator.hypervisor import DataChunk, HoleChunk, VmState
 from evacuator.lab.hosts import LabHost
+from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import sha256_of_volume
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import ColdMigrator
+from evacuator.peer_digests import PeerDigestClient
 from evacuator.vmmeta import MoveMethod, VmFacts, render_facts
+from evacuator.volume_sender import DataChannelClient
+from notifiers.connection import blocking_connection_factory
+from notifiers.settings import BrokerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +59,21 @@ def _domain(pool: str) -> str:
 </domain>"""
 
 
+@contextmanager
+def _destination_daemon(host: LabHost, broker_settings: BrokerSettings, *, on: bool,
+                        ) -> Iterator[DataChannelClient | None]:
+    """With `on`, host-b's daemon runs its data channel and the sender that writes through it is yielded."""
+    if not on:
+        yield None
+        return
+    asker = PeerDigestClient(blocking_connection_factory(broker_settings, connection_name="test-faithful"),
+                             exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
+                             min_bytes_per_second=10 * MIB)
+    with host_daemon(host, broker_url=broker_settings.url.get_secret_value(),
+                     exchange=broker_settings.peers_exchange):
+        yield DataChannelClient(asker, require_tls=True)
+
+
 def _canonical(xml: str) -> str:
     root = ElementTree.fromstring(xml)
     for element in root.iter():
@@ -60,8 +82,9 @@ def _canonical(xml: str) -> str:
     return ElementTree.tostring(root, encoding="unicode")
 
 
+@pytest.mark.parametrize("through", ["libvirt", "data_channel"])
 def test_moved_vm_keeps_its_definition_and_both_disk_formats(
-    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings, through: str,
 ) -> None:
     host_a, host_b = clean_lab_hosts
     data = random.Random(17).randbytes(2 * MIB)
@@ -83,11 +106,14 @@ def test_moved_vm_keeps_its_definition_and_both_disk_formats(
     reference.write_bytes(qcow2.read_bytes())
     assert sums["faithful.raw"] == hashlib.sha256(data + bytes(14 * MIB)).hexdigest()
 
-    with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
-            open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:  # fmt: skip
+    with _destination_daemon(host_b, broker_settings, on=through == "data_channel") as sender, \
+            open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
+            open_libvirt_host("host-b", host_b.uri, host_b.pool, volume_sender=sender) as b:  # fmt: skip
         migrator = ColdMigrator(source=a, destination=b, clock=lambda: datetime.now(UTC),
                                 shutdown_timeout_seconds=0.3, sleep=time.sleep, on_step=lambda e: None)
         report = migrator.move(UUID)
+        if sender is not None:
+            assert sender.sent_volumes == 2  # both formats went through host-b's own daemon
         after = b.vm_definition_xml(UUID)
         moved = b.find_vm(UUID)
         copies = {v: b.find_volume(host_b.pool, v) for v in sums}

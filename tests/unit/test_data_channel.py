@@ -1,0 +1,218 @@
+"""The data channel over real loopback sockets and real files: tickets, frames, TLS pinning, stalls."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from evacuator.data_wire import (
+    DATA,
+    DATA_HEADER,
+    MAGIC,
+    ChannelError,
+    ReceiveRequest,
+    ReceiveTicket,
+    client_tls,
+    read_answer,
+    server_tls,
+)
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
+from evacuator.peer_digests import PeerRequest, PeerUnanswered
+from evacuator.volume_receiver import ReceivableFile, VolumeReceiver
+from evacuator.volume_sender import DataChannelClient
+
+MIB = 1 << 20
+TLS = server_tls("host-b")  # one key for the module: making one costs milliseconds, not nothing
+
+
+class DirectAsker:
+    """The broker leg, replaced: hands the request to the receiver as its daemon would, and can tamper."""
+
+    def __init__(self, receiver: VolumeReceiver, *, tamper: dict[str, object] | None = None) -> None:
+        self._receiver = receiver
+        self._tamper = tamper or {}
+        self.asked: list[PeerRequest] = []
+        self.tickets: list[ReceiveTicket] = []
+
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        assert isinstance(request, ReceiveRequest) and message_type == "receive"
+        self.asked.append(request)
+        ticket = self._receiver.issue(request).model_copy(update=self._tamper)
+        self.tickets.append(ticket)
+        return ticket.model_dump_json().encode()
+
+
+class SilentAsker:
+    """A peer whose daemon is older, or gone: no ticket ever comes."""
+
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        raise PeerUnanswered("no daemon of host-b listens")
+
+
+@contextmanager
+def _receiver(target: Path, *, tls: bool = True, limit_bytes: int | None = None,
+              stall_timeout_seconds: float = 10.0, clock: object = time.monotonic,
+              ) -> Iterator[VolumeReceiver]:
+    def locate(pool: str, volume: str) -> ReceivableFile:
+        if (pool, volume) != ("evacuator", "vm-disk"):
+            raise HypervisorError(f"no volume {pool}/{volume} here")
+        return ReceivableFile(path=target, limit_bytes=limit_bytes)
+
+    receiver = VolumeReceiver(host="host-b", locate=locate, listen_address="127.0.0.1", port=0,
+                              tls=TLS if tls else None, stall_timeout_seconds=stall_timeout_seconds,
+                              clock=clock)  # type: ignore[arg-type]
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    path = tmp_path / "vm-disk"
+    with path.open("wb") as fresh:
+        fresh.truncate(64 * MIB)  # a fresh raw volume: its size, no data
+    return path
+
+
+def _chunks() -> list[Chunk]:
+    return [DataChunk(data=os.urandom(MIB)), HoleChunk(length_bytes=8 * MIB), DataChunk(data=b"x" * 4096),
+            DataChunk(data=os.urandom(3 * MIB)), HoleChunk(length_bytes=2 * MIB)]
+
+
+def _expected(chunks: list[Chunk]) -> bytes:
+    return b"".join(c.data if isinstance(c, DataChunk) else bytes(c.length_bytes) for c in chunks)
+
+
+def _send(asker: object, chunks: list[Chunk], *, require_tls: bool = True) -> int | None:
+    client = DataChannelClient(asker, require_tls=require_tls, stall_timeout_seconds=5.0,  # type: ignore[arg-type]
+                               connect_timeout_seconds=5.0)
+    return client.send(host="host-b", address="127.0.0.1", pool="evacuator", volume="vm-disk",
+                       chunks=iter(chunks))
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "clear"])
+def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Path, tls: bool) -> None:
+    chunks = _chunks()
+    with _receiver(target, tls=tls) as receiver:
+        written = _send(DirectAsker(receiver), chunks, require_tls=tls)
+        assert receiver.received == 1
+    assert written == MIB + 4096 + 3 * MIB
+    assert target.read_bytes() == _expected(chunks)  # the fresh file's 64 MiB length is cut to the copy's
+    assert target.stat().st_blocks * 512 < 6 * MIB  # the 10 MiB of holes were never written
+
+
+def test_a_ticket_is_good_for_one_transfer_only(target: Path) -> None:
+    with _receiver(target) as receiver:
+        asker = DirectAsker(receiver)
+        assert _send(asker, _chunks()) is not None
+        target.write_bytes(b"")  # fresh again, so a second ticket would be issued
+        replay = DirectAsker(receiver, tamper={"token": asker.tickets[0].token})
+        assert _send(replay, _chunks()) is None  # refused before any byte moved: the caller uses libvirt
+        assert receiver.received == 1
+
+
+def test_an_expired_ticket_is_refused(target: Path) -> None:
+    now = [1000.0]
+    with _receiver(target, clock=lambda: now[0]) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+        now[0] += 61.0
+        assert ticket.token is not None and ticket.port is not None
+        with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as raw:
+            sock = client_tls(raw, expected_sha256=TLS.sha256, timeout_seconds=5)
+            sock.sendall(MAGIC + bytes.fromhex(ticket.token))
+            with pytest.raises(ChannelError, match="expired"):
+                read_answer(sock)
+
+
+def test_a_receiver_whose_certificate_is_not_the_tickets_gets_no_token(target: Path) -> None:
+    with _receiver(target) as receiver:
+        assert _send(DirectAsker(receiver, tamper={"tls_sha256": "0" * 64}), _chunks()) is None
+        assert receiver.received == 0
+    assert target.read_bytes() == bytes(64 * MIB)
+
+
+def test_a_sender_that_requires_tls_sends_nothing_in_clear(target: Path) -> None:
+    with _receiver(target, tls=False) as receiver:
+        assert _send(DirectAsker(receiver), _chunks(), require_tls=True) is None
+        assert receiver.received == 0
+
+
+def test_no_ticket_from_an_older_or_absent_daemon_means_libvirt_does_the_copy() -> None:
+    chunks = iter(_chunks())
+    client = DataChannelClient(SilentAsker(), require_tls=True)
+    assert client.send(host="host-b", address="127.0.0.1", pool="evacuator", volume="vm-disk",
+                       chunks=chunks) is None
+    assert next(chunks) is not None  # nothing was taken from the copy
+
+
+@pytest.mark.parametrize(("pool", "volume", "host", "error"), [
+    ("other", "vm-disk", "host-b", "no volume other/vm-disk"),
+    ("evacuator", "vm-disk", "host-c", "this is host-b, not host-c"),
+])
+def test_tickets_only_for_this_hosts_own_volumes(target: Path, pool: str, volume: str, host: str,
+                                                 error: str) -> None:
+    with _receiver(target) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host=host, pool=pool, volume=volume))
+    assert ticket.token is None and ticket.error is not None and error in ticket.error
+
+
+def test_no_ticket_for_a_volume_that_holds_data(target: Path) -> None:
+    target.write_bytes(os.urandom(2 * MIB))
+    with _receiver(target) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+    assert ticket.token is None and "holds data already" in (ticket.error or "")
+
+
+def test_a_file_replaced_after_its_ticket_is_not_written(target: Path) -> None:
+    with _receiver(target) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+        target.unlink()
+        target.write_bytes(b"")
+        assert _send(DirectAsker(receiver, tamper={"token": ticket.token}), _chunks()) is None
+    assert target.read_bytes() == b""
+
+
+def test_writing_past_a_raw_volumes_capacity_fails_the_copy(target: Path) -> None:
+    with _receiver(target, limit_bytes=2 * MIB) as receiver:
+        with pytest.raises(HypervisorError, match="capacity"):
+            _send(DirectAsker(receiver), _chunks())
+        assert receiver.received == 0
+
+
+def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> None:
+    with _receiver(target, tls=False, stall_timeout_seconds=0.5) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+        assert ticket.token is not None and ticket.port is not None
+        with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
+            sock.sendall(MAGIC + bytes.fromhex(ticket.token))
+            assert read_answer(sock)[0] == b"G"
+            sock.sendall(DATA + DATA_HEADER.pack(0, MIB) + b"half")  # then nothing more
+            began = time.monotonic()
+            with pytest.raises(ChannelError, match="timed out"):
+                read_answer(sock)
+            assert time.monotonic() - began < 5
+        target.write_bytes(b"")
+        assert _send(DirectAsker(receiver), _chunks(), require_tls=False) is not None  # the slot is free
+
+
+def test_a_sender_that_dies_mid_copy_leaves_no_finished_transfer(target: Path) -> None:
+    with _receiver(target, tls=False) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+        assert ticket.token is not None and ticket.port is not None
+        with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
+            sock.sendall(MAGIC + bytes.fromhex(ticket.token))
+            read_answer(sock)
+            sock.sendall(DATA + DATA_HEADER.pack(0, MIB) + os.urandom(MIB // 2))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and receiver.received == 0:
+            time.sleep(0.05)
+        assert receiver.received == 0
