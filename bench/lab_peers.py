@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pika
 
+from evacuator.data_wire import Encryption
 from evacuator.lab.broker import ensure_broker
 from evacuator.lab.hosts import LabHost
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
@@ -36,7 +37,7 @@ class Peers:
 
 
 @contextmanager
-def peer_daemons(hosts: Sequence[LabHost], base: Path, data_channel: str) -> Iterator[Peers]:
+def peer_daemons(hosts: Sequence[LabHost], base: Path, data_channel: Encryption) -> Iterator[Peers]:
     """Each host's daemon in a process of its own, on a run-private exchange."""
     broker = ensure_broker(base / "broker")
     exchange = f"bench-{secrets.token_hex(3)}.peers"
@@ -55,7 +56,7 @@ def peer_daemons(hosts: Sequence[LabHost], base: Path, data_channel: str) -> Ite
                 raise SystemExit(f"{host.name}'s digest daemon did not start")
         client = PeerDigestClient(blocking_connection_factory(settings, connection_name="bench-digests"),
                                   exchange=exchange, timeout_base_seconds=60, min_bytes_per_second=10 * MIB)
-        sender = DataChannelClient(client, require_tls=data_channel == "tls")
+        sender = DataChannelClient(client, encryption=data_channel)
         yield Peers(
             channel=lambda peer: open_libvirt_host(peer.name, peer.uri, peer.pool, peer_digests=client,
                                                    volume_sender=sender),

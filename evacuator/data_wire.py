@@ -8,8 +8,9 @@ How a transfer is authorised: the mover asks the destination's daemon, over the 
 same trust as digest requests), for a ticket to one freshly created volume of its pool. The ticket holds a
 single-use random token, the port, and the SHA-256 fingerprint of the daemon's TLS certificate (made afresh
 at each start): the mover pins that fingerprint, so no certificate authority is needed, and proves itself
-with the token, sent only inside the checked TLS session. With `encryption: none` the ticket carries no
-fingerprint and the bytes travel in clear (the verification digest still checks them end to end).
+with the token, sent only inside the checked TLS session. A daemon whose settings allow it also takes
+copies in clear text, which a mover chooses when libvirt's own connection to that host is clear too (see
+`wants_tls`); the verification digest still checks every byte end to end.
 
 Frames, mover to daemon, after the hello (MAGIC and the 32 token bytes; the daemon answers GO or ERROR):
     DATA  b"D" u64 offset, u32 length, then length bytes (holes are simply skipped: the file starts empty)
@@ -29,6 +30,8 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evacuator.errors import EvacuatorError
 
 MAGIC = b"EVACDATA1\n"
+TLS_HANDSHAKE = b"\x16"  # the first byte of any TLS connection; MAGIC starts otherwise
 TOKEN_BYTES = 32
 RECEIVE_TYPE = "receive"  # the message type of a ticket request on the peers exchange
 DATA, END, GO, DONE, ERROR = b"D", b"E", b"G", b"K", b"X"
@@ -48,6 +52,28 @@ DONE_BODY = struct.Struct(">Q")
 ERROR_LENGTH = struct.Struct(">H")
 MAX_FRAME_BYTES = 4 << 20
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
+
+
+Encryption = Literal["auto", "tls", "none"]
+
+_ENCRYPTED_TRANSPORTS = frozenset({"tls", "ssh", "libssh", "libssh2"})
+
+
+def libvirt_transport_encrypted(uri: str) -> bool:
+    """Whether libvirt reaches the host at `uri` encrypted: `qemu+tls://`, `+ssh`, `+libssh(2)`, and a
+    remote `qemu://host/` (libvirt's default transport is TLS). `qemu+tcp://` is clear text."""
+    parts = urlsplit(uri)
+    _driver, _, transport = parts.scheme.partition("+")
+    if not transport:
+        return bool(parts.hostname)
+    return transport in _ENCRYPTED_TRANSPORTS
+
+
+def wants_tls(encryption: Encryption, uri: str) -> bool:
+    """Whether a copy to the host libvirt reaches at `uri` goes encrypted: always with "tls", never by
+    choice with "none", and with "auto" exactly when libvirt's own connection to that host is encrypted, so
+    the channel is never less protected than the libvirt upload it replaces."""
+    return encryption == "tls" or (encryption == "auto" and libvirt_transport_encrypted(uri))
 
 
 class ChannelError(EvacuatorError):
@@ -66,7 +92,9 @@ class ReceiveRequest(BaseModel):
 
 class ReceiveTicket(BaseModel):
     """A daemon's leave to write one volume once; `token` is None with a reason in `error` when refused.
-    `address` is None when the mover should use the address it reaches the host's libvirt at."""
+    `address` is None when the mover should use the address it reaches the host's libvirt at. The daemon
+    always serves TLS (its certificate's fingerprint in `tls_sha256`), and clear text too when
+    `clear_allowed`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +105,7 @@ class ReceiveTicket(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     address: str | None = Field(default=None, max_length=255)
     tls_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    clear_allowed: bool = False
     error: str | None = Field(default=None, max_length=1000)
 
 

@@ -57,6 +57,7 @@ def _settings(base: Path, host_a: LabHost, host_b: LabHost, broker: LabBroker) -
             },
             "broker": {"url": broker.url},
             "evacuation": {"default_window_seconds": 60, "shutdown_timeout_seconds": 3},
+            "data_channel": {"listen_address": "127.0.0.1", "port": 0},
             "state_dir": str(base / "state"),
         }
     )

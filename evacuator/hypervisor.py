@@ -149,8 +149,7 @@ class PeerDigests(Protocol):
 class VolumeSender(Protocol):
     """Writes a volume through a host's own evacuator daemon (evacuator/volume_sender.py)."""
 
-    def send(self, *, host: str, address: str | None, pool: str, volume: str, chunks: Iterable[Chunk],
-             ) -> int | None:
+    def send(self, *, host: str, uri: str, pool: str, volume: str, chunks: Iterable[Chunk]) -> int | None:
         """Data bytes written, durably; None when that host's daemon cannot take it now and nothing was
         taken from `chunks` (the caller then writes through libvirt)."""
         ...

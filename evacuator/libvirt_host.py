@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
@@ -214,8 +213,8 @@ class LibvirtHost:
         writes the file itself, about three times faster); else one plain libvirt upload per run of data (a
         sparse upload costs libvirtd four times the CPU), holes skipped, a trailing hole sent as a hole."""
         if self._volume_sender is not None:
-            written = self._volume_sender.send(host=self._name, address=urlsplit(self._uri).hostname,
-                                               pool=pool, volume=volume, chunks=chunks)
+            written = self._volume_sender.send(host=self._name, uri=self._uri, pool=pool, volume=volume,
+                                               chunks=chunks)
             if written is not None:
                 return written
         with self._mapped("write_volume", pool=pool, volume=volume):

@@ -54,6 +54,6 @@ def volume_receiver(name: str, uri: str, pool: str, channel: DataChannelSettings
     return VolumeReceiver(
         host=name, locate=own_volume_target(name, uri, pool), listen_address=channel.listen_address,
         port=channel.port, advertise_address=channel.advertise_address,
-        tls=server_tls(name) if channel.encryption == "tls" else None,
+        tls=server_tls(name), allow_clear=channel.encryption != "tls",
         stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
     )

@@ -78,9 +78,10 @@ class DataChannelSettings(_Strict):
     port: int = Field(default=16529, ge=0, le=65535)
     # Where peers reach this host's channel; None: the address they reach its libvirt at.
     advertise_address: str | None = Field(default=None, min_length=1, max_length=255)
-    # "tls": this host serves TLS, and sends only to peers that do. "none": clear text, for a trusted
-    # migration network only (as libvirt's qemu+tcp); the copy's digest still checks every byte.
-    encryption: Literal["tls", "none"] = "tls"
+    # "auto": copies go as libvirt reaches each peer, TLS unless its libvirt_uri is clear text (qemu+tcp);
+    # "tls": always TLS, and this host takes none in clear; "none": clear text wherever the peer allows, for
+    # a trusted migration network only. The copy's digest checks every byte end to end either way.
+    encryption: Literal["auto", "tls", "none"] = "auto"
     stall_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_transfers: int = Field(default=4, ge=1, le=64)
 

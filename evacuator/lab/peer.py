@@ -13,10 +13,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Literal
 
 from pydantic import SecretStr
 
+from evacuator.data_wire import Encryption
 from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
@@ -25,8 +25,6 @@ from evacuator.settings import DataChannelSettings
 from evacuator.volume_receiver import VolumeReceiver
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
-
-Encryption = Literal["tls", "none"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +49,7 @@ def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str
 
 @contextmanager
 def host_daemon(host: LabHost, *, broker_url: str, exchange: str,
-                data_channel: Encryption | None = "tls") -> Iterator[LabDaemon]:
+                data_channel: Encryption | None = "auto") -> Iterator[LabDaemon]:
     """`host`'s daemon serving its peers, until the block ends."""
     daemon = lab_daemon(host.name, host.uri, host.pool, broker_url=broker_url, exchange=exchange,
                         data_channel=data_channel)
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     for option in ("--name", "--uri", "--pool", "--broker-url", "--exchange"):
         parser.add_argument(option, required=True)
-    parser.add_argument("--data-channel", choices=("tls", "none", "off"), default="off")
+    parser.add_argument("--data-channel", choices=("auto", "tls", "none", "off"), default="off")
     args = parser.parse_args(argv)
     configure_logging(level="warning")  # stdout carries only the lines the parent reads
     data_channel: Encryption | None = None if args.data_channel == "off" else args.data_channel

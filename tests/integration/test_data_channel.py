@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from evacuator.data_wire import Encryption
 from evacuator.errors import MigrationError
 from evacuator.hypervisor import Chunk, DataChunk
 from evacuator.lab.hosts import LabHost, pool_volumes
-from evacuator.lab.peer import Encryption, host_daemon
+from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.migrator import ColdMigrator, MoveStep
@@ -35,19 +36,19 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def _sender(broker_settings: BrokerSettings, *, require_tls: bool = True,
+def _sender(broker_settings: BrokerSettings, *, encryption: Encryption = "auto",
             ) -> tuple[PeerDigestClient, DataChannelClient]:
     client = PeerDigestClient(
         blocking_connection_factory(broker_settings, connection_name="test-data-channel"),
         exchange=broker_settings.peers_exchange, timeout_base_seconds=30, min_bytes_per_second=10 * MIB)
-    return client, DataChannelClient(client, require_tls=require_tls, stall_timeout_seconds=5.0)
+    return client, DataChannelClient(client, encryption=encryption, stall_timeout_seconds=5.0)
 
 
 @contextmanager
-def _hosts(host_a: LabHost, host_b: LabHost, broker_settings: BrokerSettings, *, require_tls: bool = True,
-           ) -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
+def _hosts(host_a: LabHost, host_b: LabHost, broker_settings: BrokerSettings, *,
+           encryption: Encryption = "tls") -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
     """host-a as the mover's own host, host-b as its peer: digests and copies through host-b's daemon."""
-    digests, sender = _sender(broker_settings, require_tls=require_tls)
+    digests, sender = _sender(broker_settings, encryption=encryption)
     with open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as a, \
             open_libvirt_host("host-b", host_b.uri, host_b.pool, peer_digests=digests,
                               volume_sender=sender) as b:  # fmt: skip
@@ -85,7 +86,7 @@ def test_a_cold_move_copies_through_the_destinations_daemon_byte_for_byte(
 
     with host_daemon(host_b, broker_url=_url(broker_settings), exchange=broker_settings.peers_exchange,
                      data_channel=encryption) as daemon, \
-            _hosts(host_a, host_b, broker_settings, require_tls=encryption == "tls") as (a, b), \
+            _hosts(host_a, host_b, broker_settings, encryption=encryption) as (a, b), \
             capture_logs() as logs:  # fmt: skip
         report = _migrator(a, b).move(uuid)
         assert daemon.receiver is not None

@@ -117,6 +117,8 @@ def _write_config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSet
             "max_window_seconds": 600,
             "shutdown_timeout_seconds": 2,
         },
+        # Any free port: a test must not take the port of an evacuator that runs on this machine.
+        "data_channel": {"listen_address": "127.0.0.1", "port": 0},
         "state_dir": str(tmp / "state"),
         "logging": {"format": "json", "level": "info"},
     }

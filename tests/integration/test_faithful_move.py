@@ -71,7 +71,7 @@ def _destination_daemon(host: LabHost, broker_settings: BrokerSettings, *, on: b
                              min_bytes_per_second=10 * MIB)
     with host_daemon(host, broker_url=broker_settings.url.get_secret_value(),
                      exchange=broker_settings.peers_exchange):
-        yield DataChannelClient(asker, require_tls=True)
+        yield DataChannelClient(asker, encryption="tls")
 
 
 def _canonical(xml: str) -> str:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from evacuator.data_wire import (
     DATA,
     DATA_HEADER,
     MAGIC,
     ChannelError,
+    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
@@ -57,7 +59,7 @@ class SilentAsker:
 
 
 @contextmanager
-def _receiver(target: Path, *, tls: bool = True, limit_bytes: int | None = None,
+def _receiver(target: Path, *, allow_clear: bool = False, limit_bytes: int | None = None,
               stall_timeout_seconds: float = 10.0, clock: object = time.monotonic,
               ) -> Iterator[VolumeReceiver]:
     def locate(pool: str, volume: str) -> ReceivableFile:
@@ -66,7 +68,7 @@ def _receiver(target: Path, *, tls: bool = True, limit_bytes: int | None = None,
         return ReceivableFile(path=target, limit_bytes=limit_bytes)
 
     receiver = VolumeReceiver(host="host-b", locate=locate, listen_address="127.0.0.1", port=0,
-                              tls=TLS if tls else None, stall_timeout_seconds=stall_timeout_seconds,
+                              tls=TLS, allow_clear=allow_clear, stall_timeout_seconds=stall_timeout_seconds,
                               clock=clock)  # type: ignore[arg-type]
     receiver.start()
     try:
@@ -92,19 +94,25 @@ def _expected(chunks: list[Chunk]) -> bytes:
     return b"".join(c.data if isinstance(c, DataChunk) else bytes(c.length_bytes) for c in chunks)
 
 
-def _send(asker: object, chunks: list[Chunk], *, require_tls: bool = True) -> int | None:
-    client = DataChannelClient(asker, require_tls=require_tls, stall_timeout_seconds=5.0,  # type: ignore[arg-type]
+def _send(asker: object, chunks: list[Chunk], *, encryption: Encryption = "tls",
+          uri: str = "qemu+tcp://127.0.0.1/system") -> int | None:
+    client = DataChannelClient(asker, encryption=encryption, stall_timeout_seconds=5.0,  # type: ignore[arg-type]
                                connect_timeout_seconds=5.0)
-    return client.send(host="host-b", address="127.0.0.1", pool="evacuator", volume="vm-disk",
-                       chunks=iter(chunks))
+    return client.send(host="host-b", uri=uri, pool="evacuator", volume="vm-disk", chunks=iter(chunks))
 
 
-@pytest.mark.parametrize("tls", [True, False], ids=["tls", "clear"])
-def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Path, tls: bool) -> None:
+def _sent_with_tls(logs: Sequence[Mapping[str, object]]) -> list[object]:
+    return [event["tls"] for event in logs if event["event"] == "data_channel_sent"]
+
+
+@pytest.mark.parametrize("encryption", ["tls", "none"])
+def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Path, encryption: Encryption,
+                                                                      ) -> None:
     chunks = _chunks()
-    with _receiver(target, tls=tls) as receiver:
-        written = _send(DirectAsker(receiver), chunks, require_tls=tls)
+    with _receiver(target, allow_clear=True) as receiver, capture_logs() as logs:
+        written = _send(DirectAsker(receiver), chunks, encryption=encryption)
         assert receiver.received == 1
+    assert _sent_with_tls(logs) == [encryption == "tls"]
     assert written == MIB + 4096 + 3 * MIB
     assert target.read_bytes() == _expected(chunks)  # the fresh file's 64 MiB length is cut to the copy's
     assert target.stat().st_blocks * 512 < 6 * MIB  # the 10 MiB of holes were never written
@@ -140,16 +148,39 @@ def test_a_receiver_whose_certificate_is_not_the_tickets_gets_no_token(target: P
     assert target.read_bytes() == bytes(64 * MIB)
 
 
-def test_a_sender_that_requires_tls_sends_nothing_in_clear(target: Path) -> None:
-    with _receiver(target, tls=False) as receiver:
-        assert _send(DirectAsker(receiver), _chunks(), require_tls=True) is None
+@pytest.mark.parametrize(("encryption", "uri", "allow_clear", "tls"), [
+    ("auto", "qemu+tcp://hv-02/system", True, False),  # libvirt's own connection is clear: so is the copy
+    ("auto", "qemu+ssh://root@hv-02/system", True, True),
+    ("auto", "qemu://hv-02/system", True, True),  # libvirt's default remote transport is TLS
+    ("tls", "qemu+tcp://hv-02/system", True, True),
+    ("none", "qemu+tls://hv-02/system", True, False),
+    ("none", "qemu+tcp://hv-02/system", False, True),  # the receiver takes TLS only: TLS it is
+])
+def test_the_copy_is_encrypted_unless_both_sides_settle_for_clear_text(
+    target: Path, encryption: Encryption, uri: str, allow_clear: bool, tls: bool,
+) -> None:
+    with _receiver(target, allow_clear=allow_clear) as receiver, capture_logs() as logs:
+        # hv-02 resolves nowhere here: the daemon's advertised address stands in for it.
+        asker = DirectAsker(receiver, tamper={"address": "127.0.0.1"})
+        assert _send(asker, _chunks(), encryption=encryption, uri=uri) is not None
+    assert _sent_with_tls(logs) == [tls]
+
+
+def test_a_receiver_that_takes_tls_only_refuses_clear_text(target: Path) -> None:
+    with _receiver(target) as receiver:
+        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+        assert ticket.token is not None and ticket.port is not None and not ticket.clear_allowed
+        with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
+            sock.sendall(MAGIC + bytes.fromhex(ticket.token))
+            with pytest.raises(ChannelError, match="over TLS only"):
+                read_answer(sock)
         assert receiver.received == 0
 
 
 def test_no_ticket_from_an_older_or_absent_daemon_means_libvirt_does_the_copy() -> None:
     chunks = iter(_chunks())
-    client = DataChannelClient(SilentAsker(), require_tls=True)
-    assert client.send(host="host-b", address="127.0.0.1", pool="evacuator", volume="vm-disk",
+    client = DataChannelClient(SilentAsker(), encryption="auto")
+    assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator", volume="vm-disk",
                        chunks=chunks) is None
     assert next(chunks) is not None  # nothing was taken from the copy
 
@@ -189,7 +220,7 @@ def test_writing_past_a_raw_volumes_capacity_fails_the_copy(target: Path) -> Non
 
 
 def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> None:
-    with _receiver(target, tls=False, stall_timeout_seconds=0.5) as receiver:
+    with _receiver(target, allow_clear=True, stall_timeout_seconds=0.5) as receiver:
         ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
         assert ticket.token is not None and ticket.port is not None
         with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
@@ -201,11 +232,11 @@ def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> Non
                 read_answer(sock)
             assert time.monotonic() - began < 5
         target.write_bytes(b"")
-        assert _send(DirectAsker(receiver), _chunks(), require_tls=False) is not None  # the slot is free
+        assert _send(DirectAsker(receiver), _chunks(), encryption="none") is not None  # the slot is free
 
 
 def test_a_sender_that_dies_mid_copy_leaves_no_finished_transfer(target: Path) -> None:
-    with _receiver(target, tls=False) as receiver:
+    with _receiver(target, allow_clear=True) as receiver:
         ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
         assert ticket.token is not None and ticket.port is not None
         with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:

@@ -54,8 +54,8 @@ def test_example_settings_document_every_field() -> None:
 def test_minimal_settings_take_defaults() -> None:
     settings = parse_settings(MINIMAL, Path("minimal.yaml"))
     assert settings.evacuation.default_window_seconds == 600
-    channel = settings.data_channel  # on, and encrypted, unless the admin says otherwise
-    assert (channel.enabled, channel.encryption, channel.port) == (True, "tls", 16529)
+    channel = settings.data_channel  # on, encrypted as libvirt is, unless the admin says otherwise
+    assert (channel.enabled, channel.encryption, channel.port) == (True, "auto", 16529)
     assert settings.host.libvirt_uri == "qemu:///system"
 
 
@@ -72,7 +72,7 @@ def test_minimal_settings_take_defaults() -> None:
         ("monitors: {poll_interval_seconds: -1}", "monitors.poll_interval_seconds", "greater than 0"),
         ("colour: blue", "colour", "unknown field"),
         ("evacuation: {default_window_seconds: 7200}", "evacuation", "must not exceed max_window_seconds"),
-        ("data_channel: {encryption: aes}", "data_channel.encryption", "'tls' or 'none'"),
+        ("data_channel: {encryption: aes}", "data_channel.encryption", "'auto', 'tls' or 'none'"),
         ("data_channel: {port: 70000}", "data_channel.port", "less than or equal to 65535"),
         ("data_channel: {stall_timeout_seconds: 0}", "data_channel.stall_timeout_seconds", "greater than 0"),
     ],
