@@ -173,12 +173,14 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
         return transfer_alone(opener(source, local=True), opener(destination, local=False), host_a.pool,
                               volumes, streams=alone_streams, stagger_seconds=ALONE_STAGGER_SECONDS)
 
+    # For context only, so first: the baseline that counts is measured next to the evacuation (the disk's
+    # speed drifts over a run: later passes ran up to 30% slower than earlier ones).
+    cp_many = cp_many_seconds([host_a.pool_path / volume for volume in volumes], state / "cp-many")
+    piped = piped_many_seconds([host_a.pool_path / volume for volume in volumes], state / "piped")
     # Not counted: the first 8 GiB written after the 8 disks were (their own 8 GiB) runs at a fraction of
     # the speed of every later pass on this machine's virtual disk (272 then 442, 466, 441, 427 MiB/s).
     warm_up = copied_alone("host-a", "host-b")
     before = copied_alone("host-a", "host-b")
-    cp_many = cp_many_seconds([host_a.pool_path / volume for volume in volumes], state / "cp-many")
-    piped = piped_many_seconds([host_a.pool_path / volume for volume in volumes], state / "piped")
     power(host_a, vms.values(), on=True)
     subprocess.run(["sync"], check=True)
     with Journal(state / "journal.sqlite") as journal, \

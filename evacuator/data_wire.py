@@ -71,13 +71,17 @@ def libvirt_transport_encrypted(uri: str) -> bool:
 
 def wants_tls(encryption: Encryption, uri: str) -> bool:
     """Whether a copy to the host libvirt reaches at `uri` goes encrypted: always with "tls", never by
-    choice with "none", and with "auto" exactly when libvirt's own connection to that host is encrypted, so
-    the channel is never less protected than the libvirt upload it replaces."""
+    choice with "none", and with "auto" exactly when libvirt's URI for that host names an encrypted
+    transport (libvirt_transport_encrypted)."""
     return encryption == "tls" or (encryption == "auto" and libvirt_transport_encrypted(uri))
 
 
 class ChannelError(EvacuatorError):
     """The data channel failed or refused a transfer; the message says which side and why."""
+
+
+class ChannelRefused(ChannelError):
+    """The receiver said no (an ERROR frame), with its reason: before GO, nothing of the file was touched."""
 
 
 class ReceiveRequest(BaseModel):
@@ -178,7 +182,7 @@ def error_frame(message: str) -> bytes:
 
 
 def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The daemon's answer: (GO, b""), (DONE, body) or ChannelError carrying its ERROR's message."""
+    """The daemon's answer: (GO, b""), (DONE, body), or ChannelRefused carrying its ERROR's message."""
     kind = receive_exactly(sock, 1)
     if kind == GO:
         return kind, b""
@@ -186,5 +190,6 @@ def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
         return kind, receive_exactly(sock, DONE_BODY.size)
     if kind == ERROR:
         (length,) = ERROR_LENGTH.unpack(receive_exactly(sock, ERROR_LENGTH.size))
-        raise ChannelError(f"the receiver refused: {receive_exactly(sock, length).decode(errors='replace')}")
+        reason = receive_exactly(sock, length).decode(errors="replace")
+        raise ChannelRefused(f"the receiver refused: {reason}")
     raise ChannelError(f"the receiver answered an unknown frame {kind!r}")

@@ -61,6 +61,9 @@ class DigestResponder:
         self._exchange = exchange
         self._digest_volume = digest_volume
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
+        # Tickets on their own worker: a copy's ticket must not wait behind another copy's long digest.
+        self._ticket_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evacuator-ticket")
+        self._tickets_waiting = 0  # only the connection's thread touches it
         self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
         self._incarnation = ""  # names the current connection to askers (see peer_digests: "taken")
         self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
@@ -74,10 +77,12 @@ class DigestResponder:
     def close(self, *, timeout_seconds: float = 30.0) -> None:
         self._loop.close(timeout_seconds=timeout_seconds)
         self._workers.shutdown(wait=False, cancel_futures=True)
+        self._ticket_worker.shutdown(wait=False, cancel_futures=True)
 
     def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
         self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
+        self._tickets_waiting = 0
         try:
             self._incarnation = self._declare_alive(connection)
             channel = connection.channel()
@@ -190,10 +195,16 @@ class DigestResponder:
                                      error=f"no ticket: {exc!r}"[:1000])
 
         def send(done: Future[ReceiveTicket]) -> None:
+            self._tickets_waiting -= 1
             self._reply(channel, properties.reply_to, properties.correlation_id, done.result())
 
+        if self._tickets_waiting >= MAX_WAITING_REQUESTS:
+            self._reply(channel, properties.reply_to, properties.correlation_id, ReceiveTicket(
+                host=self._host, pool=request.pool, volume=request.volume, error="too many ticket requests"))
+            return
+        self._tickets_waiting += 1
         # Finding the volume asks libvirt: on a worker, never on the connection's thread.
-        self._workers.submit(ticket).add_done_callback(
+        self._ticket_worker.submit(ticket).add_done_callback(
             lambda done: self._hand_back(connection, partial(send, done)))
 
     @staticmethod

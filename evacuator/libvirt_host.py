@@ -129,6 +129,16 @@ class LibvirtHost:
         with self._mapped("undefine_vm", vm_uuid=uuid):
             self._domain(uuid).undefineFlags(0)
 
+    def disk_files(self) -> frozenset[Path]:
+        """Every file any defined VM names as a disk or in a disk's backing chain, running or persistent."""
+        with self._mapped("disk_files"):
+            files = set()
+            for dom in self._conn.listAllDomains(0):
+                for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+                    root = ElementTree.fromstring(dom.XMLDesc(flags))
+                    files |= {Path(s.get("file", "")) for s in root.iterfind("./devices/disk//source[@file]")}
+            return frozenset(files)
+
     def find_volume(self, pool: str, volume: str) -> VolumeInfo | None:
         with self._mapped("find_volume", pool=pool, volume=volume):
             vol = self._lookup_volume(pool, volume)

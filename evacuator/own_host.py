@@ -7,8 +7,9 @@ from evacuator.errors import HypervisorError
 from evacuator.hypervisor import VmState, VolumeRef
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.peer_digests import VolumeDigester
+from evacuator.receive_tickets import FileLocator, ReceivableFile
 from evacuator.settings import DataChannelSettings
-from evacuator.volume_receiver import FileLocator, ReceivableFile, VolumeReceiver
+from evacuator.volume_receiver import VolumeReceiver
 
 
 def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
@@ -30,7 +31,8 @@ def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
 
 
 def own_volume_target(name: str, uri: str, pool: str) -> FileLocator:
-    """This host's volumes as files its data channel may write: of its pool, and used by no defined VM."""
+    """This host's volumes as files its data channel may write: of its pool, and named by no defined VM
+    (as a volume, a file, or a file in a backing chain)."""
 
     def locate(asked_pool: str, volume: str) -> ReceivableFile:
         if asked_pool != pool:
@@ -42,18 +44,25 @@ def own_volume_target(name: str, uri: str, pool: str) -> FileLocator:
             path = None if info is None else own.local_file(pool, volume)
             if info is None or path is None:
                 raise HypervisorError(f"{name} has no file for {pool}/{volume} that this process sees")
-            # A raw file is the guest's disk, byte for byte; a qcow2 file may outgrow its virtual size.
-            limit_bytes = info.capacity_bytes if info.format == "raw" else None
-            return ReceivableFile(path=path, limit_bytes=limit_bytes)
+            if path.resolve() in {disk.resolve() for disk in own.disk_files()}:
+                raise HypervisorError(f"{pool}/{volume} on {name} is a disk of a defined VM")
+            # A raw file is the guest's disk, byte for byte. A qcow2 file holds metadata besides, and
+            # internal snapshots: twice the virtual size bounds it without refusing real disks.
+            raw = info.format == "raw"
+            return ReceivableFile(path=path, limit_bytes=info.capacity_bytes if raw else
+                                  2 * info.capacity_bytes + (64 << 20))
 
     return locate
 
 
-def volume_receiver(name: str, uri: str, pool: str, channel: DataChannelSettings) -> VolumeReceiver:
-    """This host's data channel as its settings describe it (not yet listening)."""
+def volume_receiver(name: str, uri: str, pool: str, channel: DataChannelSettings, *,
+                    min_bytes_per_second: float) -> VolumeReceiver:
+    """This host's data channel as its settings describe it (not yet listening); a transfer slower than
+    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped."""
     return VolumeReceiver(
         host=name, locate=own_volume_target(name, uri, pool), listen_address=channel.listen_address,
         port=channel.port, advertise_address=channel.advertise_address,
         tls=server_tls(name), allow_clear=channel.encryption != "tls",
         stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
+        min_bytes_per_second=min_bytes_per_second,
     )

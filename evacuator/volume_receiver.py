@@ -1,24 +1,20 @@
 """This host's daemon receiving a copy into its own volume file over the data channel (wire: data_wire.py).
 
-What a ticket lets a peer do is bounded: write once, within one connection, into one volume of this host's
-pool that no defined VM uses and that holds no data yet (`FRESH_LIMIT_BYTES`: a volume just created for the
-copy), never past a raw volume's capacity. A mover holding libvirt access to this host could do all that
-and more through libvirt; the channel is only faster.
+Who may write what is the ticket book's (receive_tickets.py). Here: connections. One that has not shown a
+valid ticket within `HELLO_TIMEOUT_SECONDS` is dropped, and at most `MAX_UNPROVEN` wait at once, so nobody
+without a ticket holds a transfer slot. A transfer whose bytes stop for the stall timeout, or that falls
+below `min_bytes_per_second` on average after that grace, is dropped too: no connection keeps a volume's
+file open for long.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
-import secrets
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -42,61 +38,38 @@ from evacuator.data_wire import (
     receive_exactly,
 )
 from evacuator.errors import EvacuatorError
+from evacuator.receive_tickets import FileLocator, Ticket, TicketBook
 from evacuator.volume_io import start_writeback
 
 log = structlog.get_logger(__name__)
 
-FRESH_LIMIT_BYTES = 1 << 20  # a fresh raw volume stores nothing; a fresh qcow2 its header (~200 KiB)
-MAX_OPEN_TICKETS = 64
+HELLO_TIMEOUT_SECONDS = 10.0
+MAX_UNPROVEN = 16
 # Every this many bytes written, their writeback starts: the disk writes while the network delivers, and
 # the final fsync finds little left (measured on the lab: 1 GiB durable in 0.60 s median instead of 0.80).
 WRITEBACK_EVERY_BYTES = 8 << 20
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReceivableFile:
-    """Where a volume's bytes go, and how far (None: a format whose file may outgrow its capacity)."""
-
-    path: Path
-    limit_bytes: int | None
-
-
-FileLocator = Callable[[str, str], ReceivableFile]
-"""(pool, volume) -> its file, when this host's pool holds it and no VM uses it; else EvacuatorError."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Ticket:
-    pool: str
-    volume: str
-    path: Path
-    # (st_dev, st_ino, st_ctime_ns) at issue: the same file, untouched since (an inode number is reused at
-    # once after a delete, and a fresh volume is changed by nobody before its copy arrives).
-    file_id: tuple[int, int, int]
-    limit_bytes: int | None
-    expires_at: float
-
-
 class VolumeReceiver:
-    """Listens for movers holding a ticket; each transfer runs on a thread of its own (at most
-    `max_transfers` at once), and every read waits at most `stall_timeout_seconds`."""
+    """Listens for movers holding a ticket; each connection runs on a thread of its own, at most
+    `max_transfers` of them writing at once."""
 
     def __init__(
         self, *, host: str, locate: FileLocator, listen_address: str, port: int, tls: ServerTls,
         allow_clear: bool = False, advertise_address: str | None = None, stall_timeout_seconds: float = 60.0,
-        max_transfers: int = 4, ticket_ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
+        min_bytes_per_second: float = 10 * 1024 * 1024, max_transfers: int = 4,
+        ticket_ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
-        self._locate = locate
+        self._book = TicketBook(locate=locate, ttl_seconds=ticket_ttl_seconds, clock=clock)
         self._listen = (listen_address, port)
         self._tls = tls
         self._allow_clear = allow_clear
         self._advertise_address = advertise_address
         self._stall_timeout_seconds = stall_timeout_seconds
+        self._min_bytes_per_second = min_bytes_per_second
         self._slots = threading.BoundedSemaphore(max_transfers)
-        self._ticket_ttl_seconds = ticket_ttl_seconds
-        self._clock = clock
-        self._tickets: dict[bytes, _Ticket] = {}
+        self._unproven = threading.BoundedSemaphore(MAX_UNPROVEN)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
@@ -113,7 +86,7 @@ class VolumeReceiver:
     def start(self) -> None:
         """Listens; ChannelError when the address cannot be bound (the daemon then fails to start)."""
         try:
-            self._listener = socket.create_server(self._listen, reuse_port=False)
+            self._listener = socket.create_server(self._listen)
         except OSError as exc:
             raise ChannelError(f"data channel cannot listen on {self._listen[0]} port {self._listen[1]}: "
                                f"{exc.strerror}") from exc
@@ -129,37 +102,19 @@ class VolumeReceiver:
             self._thread.join(5.0)
         if self._listener is not None:
             self._listener.close()
+        self._book.close()
 
     def issue(self, request: ReceiveRequest) -> ReceiveTicket:
         """A ticket for the requested volume, or one that says why not. Safe from any thread."""
-
-        def refuse(error: str) -> ReceiveTicket:
+        try:
+            if request.host != self._host:
+                raise ChannelError(f"this is {self._host}, not {request.host}")
+            token, _ticket = self._book.issue(request.pool, request.volume)
+        except (EvacuatorError, OSError) as exc:
+            error = str(exc) or repr(exc)
             log.warning("receive_ticket_refused", host=self._host, pool=request.pool, volume=request.volume,
                         error=error)
             return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume, error=error)
-
-        if request.host != self._host:
-            return refuse(f"this is {self._host}, not {request.host}")
-        try:
-            target = self._locate(request.pool, request.volume)
-            found = os.stat(target.path, follow_symlinks=False)
-        except (EvacuatorError, OSError) as exc:
-            return refuse(str(exc))
-        if not stat.S_ISREG(found.st_mode):
-            return refuse(f"{target.path} is not a regular file")
-        if found.st_blocks * 512 > FRESH_LIMIT_BYTES:
-            return refuse(f"{request.pool}/{request.volume} holds data already: only a fresh volume is "
-                          "written")
-        token = secrets.token_bytes(TOKEN_BYTES)
-        now = self._clock()
-        with self._lock:
-            self._tickets = {k: t for k, t in self._tickets.items() if t.expires_at > now}
-            if len(self._tickets) >= MAX_OPEN_TICKETS:
-                return refuse("too many tickets open")
-            self._tickets[token] = _Ticket(
-                pool=request.pool, volume=request.volume, path=target.path,
-                file_id=(found.st_dev, found.st_ino, found.st_ctime_ns), limit_bytes=target.limit_bytes,
-                expires_at=now + self._ticket_ttl_seconds)
         return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume, token=token.hex(),
                              port=self.port, address=self._advertise_address, tls_sha256=self._tls.sha256,
                              clear_allowed=self._allow_clear)
@@ -175,68 +130,76 @@ class VolumeReceiver:
                 log.error("data_channel_accept_failed", host=self._host, error=str(exc))
                 self._stop.wait(1.0)
                 continue
-            if not self._slots.acquire(blocking=False):
-                with contextlib.suppress(OSError):
-                    conn.settimeout(1.0)
-                    conn.sendall(error_frame("too many transfers at once"))
-                conn.close()
+            if not self._unproven.acquire(blocking=False):
+                conn.close()  # a flood of connections without tickets: nobody's copy waits behind it
                 continue
-            threading.Thread(target=self._serve, args=(conn, peer[0]), name="evacuator-data-receive",
-                             daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(conn, peer[0]), name="evacuator-data-receive",
+                                 daemon=True).start()
+            except RuntimeError as exc:  # no thread to be had: this one connection is refused
+                log.error("data_channel_accept_failed", host=self._host, error=str(exc))
+                self._unproven.release()
+                conn.close()
 
     def _serve(self, raw: socket.socket, peer: str) -> None:
-        conn = raw
-        ticket: _Ticket | None = None
+        conn, ticket, proven, slot, written = raw, None, False, False, False
         try:
+            deadline = time.monotonic() + HELLO_TIMEOUT_SECONDS
+            conn = self._secure(raw, deadline)
+            ticket = self._redeem_hello(conn, deadline)
+            self._unproven.release()
+            proven = True
+            if not self._slots.acquire(blocking=False):
+                raise ChannelError("too many transfers at once")
+            slot = True
             conn.settimeout(self._stall_timeout_seconds)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if raw.recv(1, socket.MSG_PEEK) == TLS_HANDSHAKE:
-                conn = self._tls.context.wrap_socket(raw, server_side=True)
-            elif not self._allow_clear:
-                raise ChannelError("this host takes copies over TLS only")
-            ticket = self._redeem(receive_exactly(conn, len(MAGIC) + TOKEN_BYTES))
             began = time.monotonic()
-            written = self._receive_into(conn, ticket)
-            conn.sendall(DONE + DONE_BODY.pack(written))
+            conn.sendall(GO)
+            written_bytes = self._receive_into(conn, ticket)
+            written = True
+            conn.sendall(DONE + DONE_BODY.pack(written_bytes))
             with self._lock:
                 self.received += 1
             log.info("volume_received", host=self._host, pool=ticket.pool, volume=ticket.volume, peer=peer,
-                     bytes_written=written, seconds=round(time.monotonic() - began, 3))
-        except (ChannelError, OSError) as exc:
+                     bytes_written=written_bytes, seconds=round(time.monotonic() - began, 3))
+        except Exception as exc:  # this transfer fails, said so to its sender; the daemon goes on
+            known = isinstance(exc, ChannelError | OSError | ValueError | OverflowError)
             log.warning("volume_receive_failed", host=self._host, peer=peer, error=str(exc) or repr(exc),
                         pool=None if ticket is None else ticket.pool,
-                        volume=None if ticket is None else ticket.volume)
+                        volume=None if ticket is None else ticket.volume, exc_info=not known)
             with contextlib.suppress(OSError, ValueError):
                 conn.sendall(error_frame(str(exc) or repr(exc)))
         finally:
             conn.close()
-            self._slots.release()
+            if ticket is not None:
+                self._book.finish(ticket, written=written)
+            if slot:
+                self._slots.release()
+            if not proven:
+                self._unproven.release()
 
-    def _redeem(self, hello: bytes) -> _Ticket:
-        if not hmac.compare_digest(hello[:len(MAGIC)], MAGIC):
+    def _secure(self, raw: socket.socket, deadline: float) -> socket.socket:
+        """The connection as its first byte asks: TLS, or clear text where this host allows it."""
+        raw.settimeout(_left(deadline))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if raw.recv(1, socket.MSG_PEEK) == TLS_HANDSHAKE:
+            return self._tls.context.wrap_socket(raw, server_side=True)
+        if not self._allow_clear:
+            raise ChannelError("this host takes copies over TLS only")
+        return raw
+
+    def _redeem_hello(self, conn: socket.socket, deadline: float) -> Ticket:
+        conn.settimeout(_left(deadline))
+        hello = receive_exactly(conn, len(MAGIC) + TOKEN_BYTES)
+        if hello[:len(MAGIC)] != MAGIC:
             raise ChannelError("not an evacuator data channel")
-        offered = hello[len(MAGIC):]
-        with self._lock:
-            # compare_digest over every open ticket: which token is right must not show in the timing.
-            match = next((t for t in self._tickets if hmac.compare_digest(t, offered)), None)
-            ticket = None if match is None else self._tickets.pop(match)
-        if ticket is None or ticket.expires_at <= self._clock():
-            raise ChannelError("no such ticket (never issued, used already or expired)")
-        return ticket
+        return self._book.redeem(hello[len(MAGIC):])
 
-    def _receive_into(self, conn: socket.socket, ticket: _Ticket) -> int:
-        fd = os.open(ticket.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            found = os.fstat(fd)
-            if (found.st_dev, found.st_ino, found.st_ctime_ns) != ticket.file_id:
-                raise ChannelError(f"{ticket.path} was replaced or changed since the ticket was issued")
-            conn.sendall(GO)
-            os.ftruncate(fd, 0)  # an exact copy: no byte of the fresh file (a qcow2 header) outlives it
-            written = _write_frames(conn, fd, ticket.limit_bytes)
-            # Durable before DONE: the mover removes the source once the copy is verified.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _receive_into(self, conn: socket.socket, ticket: Ticket) -> int:
+        os.ftruncate(ticket.fd, 0)  # an exact copy: no byte of the fresh file (a qcow2 header) outlives it
+        written = _write_frames(conn, ticket.fd, ticket.limit_bytes, self._floor())
+        # Durable before DONE, the file and its name: the mover removes the source once it is verified.
+        os.fsync(ticket.fd)
         directory = os.open(ticket.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(directory)
@@ -244,8 +207,20 @@ class VolumeReceiver:
             os.close(directory)
         return written
 
+    def _floor(self) -> Callable[[int], None]:
+        """Raises once a transfer has been slower than `min_bytes_per_second` on average, after a grace of
+        the stall timeout: a sender that trickles bytes holds no file open for long."""
+        began = time.monotonic()
 
-def _write_frames(conn: socket.socket, fd: int, limit_bytes: int | None) -> int:
+        def check(written_bytes: int) -> None:
+            allowed = self._stall_timeout_seconds + written_bytes / self._min_bytes_per_second
+            if time.monotonic() - began > allowed:
+                raise ChannelError(f"the transfer ran below {self._min_bytes_per_second / 2**20:.0f} MiB/s")
+
+        return check
+
+
+def _write_frames(conn: socket.socket, fd: int, limit_bytes: int, floor: Callable[[int], None]) -> int:
     """Writes DATA frames at their offsets until END; returns the data bytes written."""
     buffer = memoryview(bytearray(MAX_FRAME_BYTES))
     written = 0
@@ -275,6 +250,7 @@ def _write_frames(conn: socket.socket, fd: int, limit_bytes: int | None) -> int:
         while done < length:  # a regular file takes it all unless the disk fills (then OSError ENOSPC)
             done += os.pwrite(fd, buffer[done:length], offset + done)
         written += length
+        floor(written)
         start = offset if unflushed is None else min(unflushed[0], offset)
         unflushed = (start, max(offset + length, 0 if unflushed is None else unflushed[1]))
         if unflushed[1] - unflushed[0] >= WRITEBACK_EVERY_BYTES:
@@ -282,6 +258,10 @@ def _write_frames(conn: socket.socket, fd: int, limit_bytes: int | None) -> int:
             unflushed = None
 
 
-def _within(limit_bytes: int | None, end_bytes: int) -> None:
-    if limit_bytes is not None and end_bytes > limit_bytes:
-        raise ChannelError(f"writing up to byte {end_bytes} would pass the volume's capacity {limit_bytes}")
+def _left(deadline: float) -> float:
+    return max(0.01, deadline - time.monotonic())
+
+
+def _within(limit_bytes: int, end_bytes: int) -> None:
+    if end_bytes > limit_bytes:
+        raise ChannelError(f"writing up to byte {end_bytes} would pass the volume's limit of {limit_bytes}")

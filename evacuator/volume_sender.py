@@ -1,9 +1,11 @@
 """The mover's side of the data channel: a ticket from the destination's daemon, then the volume's frames.
 
-Anything that goes wrong before the daemon says GO (no daemon, an older one, no ticket, no connection, a
-certificate other than the ticket's) leaves the chunks untouched and returns None: the caller uploads through
-libvirt instead, which is slower but needs nothing of the peer's daemon. Once bytes flow, a failure is the
-copy's failure (HypervisorError), handled as any failed copy: the partial volume is removed and redone.
+Anything that goes wrong before the token is sent (no daemon, an older one, no ticket, no connection, a
+certificate other than the ticket's), or the daemon's explicit refusal of it, leaves the chunks and the file
+untouched and returns None: the caller uploads through libvirt instead, which is slower but needs nothing of
+the peer's daemon. Any other failure after the token went is the copy's failure (HypervisorError), handled as
+any failed copy (the partial volume is removed and redone): a daemon that did not answer in time may still
+be about to write the file, so libvirt must not write it too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from evacuator.data_wire import (
     MAX_FRAME_BYTES,
     RECEIVE_TYPE,
     ChannelError,
+    ChannelRefused,
     Encryption,
     ReceiveRequest,
     ReceiveTicket,
@@ -86,11 +89,16 @@ class DataChannelClient:
                      **context)
             return None
         try:
-            sock = self._open(to, ticket.port, ticket.token, tls_sha256=ticket.tls_sha256 if tls else None)
+            sock = self._connect(to, ticket.port, tls_sha256=ticket.tls_sha256 if tls else None)
         except (ChannelError, OSError) as exc:
             log.warning("data_channel_unavailable", reason=str(exc) or repr(exc), address=to, **context)
             return None
         with contextlib.closing(sock):
+            try:
+                self._hello(sock, ticket.token)
+            except ChannelRefused as exc:
+                log.warning("data_channel_unavailable", reason=str(exc), address=to, **context)
+                return None
             try:
                 written = self._send_frames(sock, chunks)
             except (ChannelError, OSError) as exc:
@@ -120,22 +128,30 @@ class DataChannelClient:
             return None
         return ticket
 
-    def _open(self, address: str, port: int, token: str, *, tls_sha256: str | None) -> socket.socket:
+    def _connect(self, address: str, port: int, *, tls_sha256: str | None) -> socket.socket:
         sock = socket.create_connection((address, port), timeout=self._connect_timeout_seconds)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls_sha256 is not None:
                 sock = client_tls(sock, expected_sha256=tls_sha256,
                                   timeout_seconds=self._connect_timeout_seconds)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _hello(self, sock: socket.socket, token: str) -> None:
+        """Shows the token and waits for GO; past this point only the daemon's refusal allows a fallback."""
+        try:
             sock.sendall(MAGIC + bytes.fromhex(token))
             kind, _ = read_answer(sock)
             if kind != GO:
                 raise ChannelError(f"the receiver answered {kind!r} to the hello")
-        except BaseException:
-            sock.close()
+        except ChannelRefused:
             raise
+        except (ChannelError, OSError) as exc:
+            raise HypervisorError(f"the data channel's receiver did not let the copy start: {exc!r}") from exc
         sock.settimeout(self._stall_timeout_seconds)
-        return sock
 
     def _send_frames(self, sock: socket.socket, chunks: Iterable[Chunk]) -> int:
         offset = sent = 0

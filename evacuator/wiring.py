@@ -243,8 +243,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
     channel = settings.data_channel
-    receiver = (volume_receiver(host.name, host.libvirt_uri, host.storage_pool, channel)
-                if channel.enabled else None)
+    receiver = volume_receiver(
+        host.name, host.libvirt_uri, host.storage_pool, channel,
+        min_bytes_per_second=evacuation.copy_min_bytes_per_second,
+    ) if channel.enabled else None
     return Runtime(
         settings=settings,
         service=service,

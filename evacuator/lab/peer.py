@@ -40,7 +40,8 @@ def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str
     connect = blocking_connection_factory(BrokerSettings(url=SecretStr(broker_url)),
                                           connection_name=f"lab-digests-{name}")
     receiver = None if data_channel is None else volume_receiver(
-        name, uri, pool, DataChannelSettings(listen_address="127.0.0.1", port=0, encryption=data_channel))
+        name, uri, pool, DataChannelSettings(listen_address="127.0.0.1", port=0, encryption=data_channel),
+        min_bytes_per_second=10 * 1024 * 1024)
     digests = DigestResponder(connect, host=name, exchange=exchange,
                               digest_volume=own_volume_digester(name, uri, pool),
                               issue_ticket=None if receiver is None else receiver.issue)

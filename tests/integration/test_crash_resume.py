@@ -17,12 +17,14 @@ import yaml
 from evacuator.hypervisor import VmState
 from evacuator.journal import Journal
 from evacuator.lab.hosts import LabHost, pool_volumes
+from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.migrator import MoveStep
 from evacuator.movestate import MoveState
 from evacuator.vmmeta import MoveMethod, VmFacts
 from evacuator.wiring import CRASH_AT_ENV
+from notifiers.settings import BrokerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +44,8 @@ LIVE_CRASH_POINTS = (
 )
 
 
-def _config(tmp: Path, host_a: LabHost, host_b: LabHost) -> Path:
-    config = {
+def _config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings | None = None) -> Path:
+    config: dict[str, object] = {
         "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
         "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
         # The lab guests have no OS and ignore ACPI: every quiesce waits out this timeout.
@@ -51,6 +53,8 @@ def _config(tmp: Path, host_a: LabHost, host_b: LabHost) -> Path:
         "state_dir": str(tmp / "state"),
         "logging": {"format": "json", "level": "warning"},
     }
+    if broker is not None:  # host-b's daemon listens there: copies go through its data channel
+        config["broker"] = {"url": broker.url.get_secret_value(), "peers_exchange": broker.peers_exchange}
     path = tmp / "evacuator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -67,9 +71,16 @@ def _move(config: Path, *vm_uuids: str, crash_at: str | None = None) -> subproce
 
 
 def test_killed_at_every_journaled_step_and_restarted_no_vm_is_lost(
-    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
 ) -> None:
-    _crash_and_resume(tmp_path, clean_lab_hosts, CRASH_POINTS, method=MoveMethod.COLD, seed=5)
+    # host-b's own daemon runs, as in production: the disks travel through its data channel.
+    with host_daemon(clean_lab_hosts[1], broker_url=broker_settings.url.get_secret_value(),
+                     exchange=broker_settings.peers_exchange) as daemon:
+        _crash_and_resume(tmp_path, clean_lab_hosts, CRASH_POINTS, method=MoveMethod.COLD, seed=5,
+                          broker=broker_settings)
+        assert daemon.receiver is not None
+        # Every trial copies its disk once at least (twice when the kill lands between copy and define).
+        assert daemon.receiver.received >= len(CRASH_POINTS) * TRIALS
 
 
 def test_a_live_move_killed_at_every_journaled_step_and_restarted_loses_no_vm(
@@ -126,10 +137,11 @@ def _start_move(config: Path, *vm_uuids: str) -> subprocess.Popen[str]:
 
 
 def _crash_and_resume(
-    tmp_path: Path, hosts: tuple[LabHost, ...], points: list[str], *, method: MoveMethod, seed: int
+    tmp_path: Path, hosts: tuple[LabHost, ...], points: list[str], *, method: MoveMethod, seed: int,
+    broker: BrokerSettings | None = None,
 ) -> None:
     host_a, host_b = hosts
-    config = _config(tmp_path, host_a, host_b)
+    config = _config(tmp_path, host_a, host_b, broker)
     rng = random.Random(seed)
     began = time.monotonic()
     trials = 0

@@ -27,7 +27,8 @@ from evacuator.data_wire import (
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
 from evacuator.peer_digests import PeerRequest, PeerUnanswered
-from evacuator.volume_receiver import ReceivableFile, VolumeReceiver
+from evacuator.receive_tickets import FRESH_SECONDS, ReceivableFile, TicketBook
+from evacuator.volume_receiver import VolumeReceiver
 from evacuator.volume_sender import DataChannelClient
 
 MIB = 1 << 20
@@ -59,9 +60,9 @@ class SilentAsker:
 
 
 @contextmanager
-def _receiver(target: Path, *, allow_clear: bool = False, limit_bytes: int | None = None,
-              stall_timeout_seconds: float = 10.0, clock: object = time.monotonic,
-              ) -> Iterator[VolumeReceiver]:
+def _receiver(target: Path, *, allow_clear: bool = False, limit_bytes: int = 1 << 40,
+              stall_timeout_seconds: float = 10.0, clock: object = time.monotonic, max_transfers: int = 4,
+              min_bytes_per_second: float = 1.0) -> Iterator[VolumeReceiver]:
     def locate(pool: str, volume: str) -> ReceivableFile:
         if (pool, volume) != ("evacuator", "vm-disk"):
             raise HypervisorError(f"no volume {pool}/{volume} here")
@@ -69,6 +70,7 @@ def _receiver(target: Path, *, allow_clear: bool = False, limit_bytes: int | Non
 
     receiver = VolumeReceiver(host="host-b", locate=locate, listen_address="127.0.0.1", port=0,
                               tls=TLS, allow_clear=allow_clear, stall_timeout_seconds=stall_timeout_seconds,
+                              max_transfers=max_transfers, min_bytes_per_second=min_bytes_per_second,
                               clock=clock)  # type: ignore[arg-type]
     receiver.start()
     try:
@@ -94,11 +96,21 @@ def _expected(chunks: list[Chunk]) -> bytes:
     return b"".join(c.data if isinstance(c, DataChunk) else bytes(c.length_bytes) for c in chunks)
 
 
-def _send(asker: object, chunks: list[Chunk], *, encryption: Encryption = "tls",
-          uri: str = "qemu+tcp://127.0.0.1/system") -> int | None:
+def _send(asker: object, chunks: list[Chunk] | Iterator[Chunk], *, encryption: Encryption = "tls",
+          uri: str = "qemu+tcp://127.0.0.1/system", connect_timeout_seconds: float = 5.0) -> int | None:
     client = DataChannelClient(asker, encryption=encryption, stall_timeout_seconds=5.0,  # type: ignore[arg-type]
-                               connect_timeout_seconds=5.0)
+                               connect_timeout_seconds=connect_timeout_seconds)
     return client.send(host="host-b", uri=uri, pool="evacuator", volume="vm-disk", chunks=iter(chunks))
+
+
+def _hello(receiver: VolumeReceiver) -> socket.socket:
+    """A clear-text connection that showed a fresh ticket and got GO, then holds still."""
+    ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
+    assert ticket.token is not None and ticket.port is not None, ticket.error
+    sock = socket.create_connection(("127.0.0.1", ticket.port), timeout=5)
+    sock.sendall(MAGIC + bytes.fromhex(ticket.token))
+    assert read_answer(sock)[0] == b"G"
+    return sock
 
 
 def _sent_with_tls(logs: Sequence[Mapping[str, object]]) -> list[object]:
@@ -118,14 +130,31 @@ def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Pa
     assert target.stat().st_blocks * 512 < 6 * MIB  # the 10 MiB of holes were never written
 
 
-def test_a_ticket_is_good_for_one_transfer_only(target: Path) -> None:
+def test_a_ticket_is_good_for_one_transfer_only_and_a_written_file_gets_no_other(target: Path) -> None:
     with _receiver(target) as receiver:
         asker = DirectAsker(receiver)
-        assert _send(asker, _chunks()) is not None
-        target.write_bytes(b"")  # fresh again, so a second ticket would be issued
+        # A copy that leaves the file looking fresh still: a sparse disk's few KiB of data.
+        assert _send(asker, [DataChunk(data=b"boot" * 1024), HoleChunk(length_bytes=8 * MIB)]) is not None
+        assert "is being written, or was" in (receiver.issue(
+            ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk")).error or "")
         replay = DirectAsker(receiver, tamper={"token": asker.tickets[0].token})
         assert _send(replay, _chunks()) is None  # refused before any byte moved: the caller uses libvirt
         assert receiver.received == 1
+
+
+def test_no_second_ticket_for_a_file_under_an_open_ticket(target: Path) -> None:
+    with _receiver(target) as receiver:
+        request = ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk")
+        assert receiver.issue(request).token is not None
+        second = receiver.issue(request)
+    assert second.token is None and "is being written, or was" in (second.error or "")
+
+
+def test_no_ticket_for_a_file_not_created_for_this_copy(target: Path) -> None:
+    book = TicketBook(locate=lambda pool, volume: ReceivableFile(path=target, limit_bytes=1 << 30),
+                      ttl_seconds=60, wall_clock=lambda: time.time() + FRESH_SECONDS + 1)
+    with pytest.raises(ChannelError, match="not created for this copy"):
+        book.issue("evacuator", "vm-disk")
 
 
 def test_an_expired_ticket_is_refused(target: Path) -> None:
@@ -203,24 +232,24 @@ def test_no_ticket_for_a_volume_that_holds_data(target: Path) -> None:
     assert ticket.token is None and "holds data already" in (ticket.error or "")
 
 
-def test_a_file_replaced_after_its_ticket_is_not_written(target: Path) -> None:
+def test_the_bytes_go_to_the_file_that_was_checked_whatever_its_name_now_names(target: Path) -> None:
     with _receiver(target) as receiver:
         ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
         target.unlink()
-        target.write_bytes(b"")
-        assert _send(DirectAsker(receiver, tamper={"token": ticket.token}), _chunks()) is None
+        target.write_bytes(b"")  # another file under the name: never checked, so never written
+        assert _send(DirectAsker(receiver, tamper={"token": ticket.token}), _chunks()) is not None
     assert target.read_bytes() == b""
 
 
 def test_writing_past_a_raw_volumes_capacity_fails_the_copy(target: Path) -> None:
     with _receiver(target, limit_bytes=2 * MIB) as receiver:
-        with pytest.raises(HypervisorError, match="capacity"):
+        with pytest.raises(HypervisorError, match="would pass the volume's limit of 2097152"):
             _send(DirectAsker(receiver), _chunks())
         assert receiver.received == 0
 
 
 def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> None:
-    with _receiver(target, allow_clear=True, stall_timeout_seconds=0.5) as receiver:
+    with _receiver(target, allow_clear=True, stall_timeout_seconds=0.5, max_transfers=1) as receiver:
         ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
         assert ticket.token is not None and ticket.port is not None
         with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
@@ -235,15 +264,60 @@ def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> Non
         assert _send(DirectAsker(receiver), _chunks(), encryption="none") is not None  # the slot is free
 
 
-def test_a_sender_that_dies_mid_copy_leaves_no_finished_transfer(target: Path) -> None:
-    with _receiver(target, allow_clear=True) as receiver:
-        ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
-        assert ticket.token is not None and ticket.port is not None
-        with socket.create_connection(("127.0.0.1", ticket.port), timeout=5) as sock:
-            sock.sendall(MAGIC + bytes.fromhex(ticket.token))
-            read_answer(sock)
+def test_a_sender_that_dies_mid_copy_fails_its_transfer_and_frees_the_slot(target: Path) -> None:
+    with _receiver(target, allow_clear=True, max_transfers=1) as receiver, capture_logs() as logs:
+        with _hello(receiver) as sock:
             sock.sendall(DATA + DATA_HEADER.pack(0, MIB) + os.urandom(MIB // 2))
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and receiver.received == 0:
+        while time.monotonic() < deadline and not _events(logs, "volume_receive_failed"):
             time.sleep(0.05)
+        assert "closed the channel" in str(_events(logs, "volume_receive_failed")[0]["error"])
         assert receiver.received == 0
+        target.write_bytes(b"")  # a new file, as the mover's retry makes
+        assert _send(DirectAsker(receiver), _chunks(), encryption="none") is not None  # the slot is free
+
+
+def test_a_busy_receiver_refuses_before_go_and_the_copy_goes_through_libvirt(target: Path,
+                                                                             tmp_path: Path) -> None:
+    other = tmp_path / "other-disk"
+    other.write_bytes(b"")
+    files = {"vm-disk": target, "other-disk": other}
+
+    def locate(pool: str, volume: str) -> ReceivableFile:
+        return ReceivableFile(path=files[volume], limit_bytes=1 << 40)
+
+    receiver = VolumeReceiver(host="host-b", locate=locate, listen_address="127.0.0.1", port=0, tls=TLS,
+                              allow_clear=True, max_transfers=1)
+    receiver.start()
+    try:
+        with _hello(receiver):  # holds the only slot
+            chunks = iter(_chunks())
+            client = DataChannelClient(DirectAsker(receiver), encryption="none")
+            assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator",
+                               volume="other-disk", chunks=chunks) is None
+            assert isinstance(next(chunks), DataChunk)  # nothing was taken from the copy
+    finally:
+        receiver.close()
+
+
+def test_a_receiver_silent_after_the_token_fails_the_copy_rather_than_racing_libvirt(target: Path) -> None:
+    with _receiver(target, allow_clear=True) as receiver, socket.create_server(("127.0.0.1", 0)) as mute:
+        asker = DirectAsker(receiver, tamper={"port": mute.getsockname()[1]})
+        with pytest.raises(HypervisorError, match="did not let the copy start"):
+            _send(asker, _chunks(), encryption="none", connect_timeout_seconds=0.5)
+
+
+def test_a_sender_that_trickles_is_cut_off(target: Path) -> None:
+    with _receiver(target, allow_clear=True, stall_timeout_seconds=0.3, min_bytes_per_second=100 * MIB,
+                   ) as receiver, capture_logs() as logs, _hello(receiver) as sock:
+        began = time.monotonic()
+        with pytest.raises(OSError):
+            for offset in range(0, 4 * MIB, 8192):  # never still for the stall timeout, but far too slow
+                sock.sendall(DATA + DATA_HEADER.pack(offset, 8192) + bytes(8192))
+                time.sleep(0.05)
+        assert time.monotonic() - began < 3
+    assert "ran below 100 MiB/s" in str(_events(logs, "volume_receive_failed")[0]["error"])
+
+
+def _events(logs: Sequence[Mapping[str, object]], name: str) -> list[Mapping[str, object]]:
+    return [event for event in logs if event["event"] == name]
