@@ -23,7 +23,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pika
 import pika.exceptions
@@ -135,12 +135,12 @@ class PeerDigestClient:
         context = {"host": host, "pool": pool, "volume": volume}
         try:
             request = DigestRequest(host=host, pool=pool, volume=volume, algorithm=BLOCK_DIGEST_ALGORITHM)
-            reply = DigestReply.model_validate_json(self.ask(request, timeout_seconds=timeout_seconds))
-        except ValidationError as exc:
+        except ValidationError as exc:  # a name no daemon answers for: read back instead
             log.info("peer_digest_unavailable", reason=str(exc).splitlines()[0], **context)
             return None
-        except PeerUnanswered as exc:
-            log.info("peer_digest_unavailable", reason=str(exc), **context)
+        reply = ask_for(self, request, DigestReply, timeout_seconds=timeout_seconds)
+        if isinstance(reply, str):
+            log.info("peer_digest_unavailable", reason=reply, **context)
             return None
         if reply.digest is None or (reply.host, reply.pool, reply.volume, reply.algorithm) != (
                 host, pool, volume, BLOCK_DIGEST_ALGORITHM):
@@ -233,6 +233,28 @@ class _Awaited:
         if self._taken_by is not None:
             return alive_queue(exchange, self.request.host, self._taken_by)
         return responder_queue(exchange, self.request.host)
+
+
+class PeerAsker(Protocol):
+    """Asks a host's own daemon over the broker (PeerDigestClient; the tests' fakes)."""
+
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        ...
+
+
+Reply = TypeVar("Reply", bound=BaseModel)
+
+
+def ask_for(asker: PeerAsker, request: PeerRequest, reply_type: type[Reply], *, timeout_seconds: float,
+            message_type: str | None = None) -> Reply | str:
+    """The daemon's valid reply, or why there is none (for the caller's log)."""
+    try:
+        body = asker.ask(request, timeout_seconds=timeout_seconds, message_type=message_type)
+        return reply_type.model_validate_json(body)
+    except ValidationError as exc:
+        return str(exc).splitlines()[0]
+    except PeerUnanswered as exc:
+        return str(exc)
 
 
 def declare_exchange(channel: Any, exchange: str) -> None:

@@ -157,9 +157,9 @@ class VolumeReceiver:
             conn.sendall(GO)
             written_bytes = self._receive_into(conn, ticket)
             written = True
-            conn.sendall(DONE + DONE_BODY.pack(written_bytes))
-            with self._lock:
+            with self._lock:  # counted before DONE, which lets the sender (and a test) go on
                 self.received += 1
+            conn.sendall(DONE + DONE_BODY.pack(written_bytes))
             log.info("volume_received", host=self._host, pool=ticket.pool, volume=ticket.volume, peer=peer,
                      bytes_written=written_bytes, seconds=round(time.monotonic() - began, 3))
         except Exception as exc:  # this transfer fails, said so to its sender; the daemon goes on

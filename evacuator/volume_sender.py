@@ -14,7 +14,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterable
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -42,16 +41,9 @@ from evacuator.data_wire import (
 )
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, HoleChunk
-from evacuator.peer_digests import PeerRequest, PeerUnanswered
+from evacuator.peer_digests import PeerAsker, ask_for
 
 log = structlog.get_logger(__name__)
-
-
-class PeerAsker(Protocol):
-    """Asks a host's own daemon over the broker (PeerDigestClient)."""
-
-    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
-        ...
 
 
 class DataChannelClient:
@@ -113,14 +105,13 @@ class DataChannelClient:
         context = {"host": host, "pool": pool, "volume": volume}
         try:
             request = ReceiveRequest(host=host, pool=pool, volume=volume)
-            body = self._peers.ask(request, timeout_seconds=self._ticket_timeout_seconds,
-                                   message_type=RECEIVE_TYPE)
-            ticket = ReceiveTicket.model_validate_json(body)
-        except ValidationError as exc:
+        except ValidationError as exc:  # a name no daemon takes: upload through libvirt instead
             log.info("data_channel_unavailable", reason=str(exc).splitlines()[0], **context)
             return None
-        except PeerUnanswered as exc:
-            log.info("data_channel_unavailable", reason=str(exc), **context)
+        ticket = ask_for(self._peers, request, ReceiveTicket, timeout_seconds=self._ticket_timeout_seconds,
+                         message_type=RECEIVE_TYPE)
+        if isinstance(ticket, str):
+            log.info("data_channel_unavailable", reason=ticket, **context)
             return None
         if ticket.token is None or (ticket.host, ticket.pool, ticket.volume) != (host, pool, volume):
             log.info("data_channel_unavailable", reason=ticket.error or "the ticket is for something else",

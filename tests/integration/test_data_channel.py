@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from evacuator.data_wire import Encryption
 from evacuator.errors import MigrationError
-from evacuator.hypervisor import Chunk, DataChunk
+from evacuator.hypervisor import Chunk
 from evacuator.lab.hosts import LabHost, pool_volumes
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
@@ -30,6 +30,7 @@ from evacuator.peer_digests import PeerDigestClient
 from evacuator.volume_sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
+from tests.fixtures.chunk_faults import acting_after_first_mib
 
 pytestmark = pytest.mark.integration
 
@@ -145,16 +146,11 @@ class KillsItsDaemonMidCopy:
         return getattr(self._host, name)
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
-        def chunks_then_kill() -> Iterator[Chunk]:
-            sent = 0
-            for chunk in chunks:
-                yield chunk
-                sent += len(chunk.data) if isinstance(chunk, DataChunk) else 0
-                if sent >= MIB and self._daemon.poll() is None:
-                    os.kill(self._daemon.pid, signal.SIGKILL)
-                    self._daemon.wait(10)
+        def kill() -> None:
+            os.kill(self._daemon.pid, signal.SIGKILL)
+            self._daemon.wait(10)
 
-        return self._host.write_volume(pool, volume, chunks_then_kill())
+        return self._host.write_volume(pool, volume, acting_after_first_mib(chunks, kill))
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import pytest
 
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, DataChunk, Hypervisor, VmState
+from evacuator.hypervisor import Chunk, Hypervisor, VmState
 from evacuator.journal import Journal
 from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
@@ -24,6 +24,7 @@ from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.moverun import RecordedOutcomes
 from evacuator.movestate import MoveRecord, MoveState, Phase
 from evacuator.planner import PlannedMove
+from tests.fixtures.chunk_faults import acting_after_first_mib
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +42,13 @@ class KillsDuringUpload:
         return getattr(self._host, name)
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
-        def chunks_then_kill() -> Iterator[Chunk]:
-            sent = 0
-            for chunk in chunks:
-                yield chunk
-                sent += len(chunk.data) if isinstance(chunk, DataChunk) else 0
-                if sent >= MIB:
-                    if self._hang:
-                        os.kill(_libvirtd_pid(_by_name(self._lab)["host-c"]), signal.SIGSTOP)
-                    else:
-                        self._lab.stop_host("host-c")
-                    sent = -(1 << 62)
+        def kill() -> None:
+            if self._hang:
+                os.kill(_libvirtd_pid(_by_name(self._lab)["host-c"]), signal.SIGSTOP)
+            else:
+                self._lab.stop_host("host-c")
 
-        return self._host.write_volume(pool, volume, chunks_then_kill())
+        return self._host.write_volume(pool, volume, acting_after_first_mib(chunks, kill))
 
 
 def _libvirtd_pid(host: LabHost) -> int:

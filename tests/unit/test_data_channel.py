@@ -214,6 +214,13 @@ def test_no_ticket_from_an_older_or_absent_daemon_means_libvirt_does_the_copy() 
     assert next(chunks) is not None  # nothing was taken from the copy
 
 
+def test_a_volume_name_no_daemon_would_take_goes_through_libvirt_without_asking() -> None:
+    asker = SilentAsker()
+    client = DataChannelClient(asker, encryption="auto")
+    assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator",
+                       volume="../etc/passwd", chunks=iter(_chunks())) is None
+
+
 @pytest.mark.parametrize(("pool", "volume", "host", "error"), [
     ("other", "vm-disk", "host-b", "no volume other/vm-disk"),
     ("evacuator", "vm-disk", "host-c", "this is host-b, not host-c"),
