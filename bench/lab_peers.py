@@ -48,7 +48,7 @@ def peer_daemons(hosts: Sequence[LabHost], base: Path, data_channel: Encryption)
             daemon = daemons[host.name] = subprocess.Popen(
                 [sys.executable, "-m", "evacuator.lab.peer", "--name", host.name, "--uri", host.uri,
                  "--pool", host.pool, "--broker-url", broker.url, "--exchange", exchange,
-                 "--data-channel", data_channel],
+                 "--data-channel", data_channel, "--log-level", "info"],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert daemon.stdout is not None

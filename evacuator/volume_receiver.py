@@ -155,13 +155,14 @@ class VolumeReceiver:
             conn.settimeout(self._stall_timeout_seconds)
             began = time.monotonic()
             conn.sendall(GO)
-            written_bytes = self._receive_into(conn, ticket)
+            written_bytes, flush_seconds = self._receive_into(conn, ticket)
             written = True
             with self._lock:  # counted before DONE, which lets the sender (and a test) go on
                 self.received += 1
             conn.sendall(DONE + DONE_BODY.pack(written_bytes))
             log.info("volume_received", host=self._host, pool=ticket.pool, volume=ticket.volume, peer=peer,
-                     bytes_written=written_bytes, seconds=round(time.monotonic() - began, 3))
+                     bytes_written=written_bytes, seconds=round(time.monotonic() - began, 3),
+                     flush_seconds=round(flush_seconds, 3))
         except Exception as exc:  # this transfer fails, said so to its sender; the daemon goes on
             known = isinstance(exc, ChannelError | OSError | ValueError | OverflowError)
             log.warning("volume_receive_failed", host=self._host, peer=peer, error=str(exc) or repr(exc),
@@ -195,9 +196,11 @@ class VolumeReceiver:
             raise ChannelError("not an evacuator data channel")
         return self._book.redeem(hello[len(MAGIC):])
 
-    def _receive_into(self, conn: socket.socket, ticket: Ticket) -> int:
+    def _receive_into(self, conn: socket.socket, ticket: Ticket) -> tuple[int, float]:
+        """(data bytes written, seconds the final flush took)."""
         os.ftruncate(ticket.fd, 0)  # an exact copy: no byte of the fresh file (a qcow2 header) outlives it
         written = _write_frames(conn, ticket.fd, ticket.limit_bytes, self._floor())
+        flushing = time.monotonic()
         # Durable before DONE, the file and its name: the mover removes the source once it is verified.
         os.fsync(ticket.fd)
         directory = os.open(ticket.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -205,7 +208,7 @@ class VolumeReceiver:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return written
+        return written, time.monotonic() - flushing
 
     def _floor(self) -> Callable[[int], None]:
         """Raises once a transfer has been slower than `min_bytes_per_second` on average, after a grace of

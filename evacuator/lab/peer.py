@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("--name", "--uri", "--pool", "--broker-url", "--exchange"):
         parser.add_argument(option, required=True)
     parser.add_argument("--data-channel", choices=("auto", "tls", "none", "off"), default="off")
+    parser.add_argument("--log-level", choices=("info", "warning"), default="warning")
     args = parser.parse_args(argv)
-    configure_logging(level="warning")  # stdout carries only the lines the parent reads
+    configure_logging(level=args.log_level)  # to stderr: stdout carries only the lines the parent reads
     data_channel: Encryption | None = None if args.data_channel == "off" else args.data_channel
     daemon = lab_daemon(args.name, args.uri, args.pool, broker_url=args.broker_url, exchange=args.exchange,
                         data_channel=data_channel)
