@@ -36,7 +36,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from bench.lab_peers import OpenPeer, Peers, peer_daemons
-from bench.lab_vms import define_vm, power
+from bench.lab_vms import define_vm, power, precondition
 from bench.transfer_baseline import Transfers, cp_many_seconds, cp_seconds, piped_many_seconds, transfer_alone
 from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.hypervisor import Hypervisor
@@ -241,6 +241,8 @@ def main() -> None:
                         help="the hosts' data_channel.encryption (auto, the default setting: as libvirt's "
                              "qemu+tcp between the lab hosts, clear text)")
     parser.add_argument("--ahead", type=int, default=2, help="quiesce_ahead_moves in (c) (default 2)")
+    parser.add_argument("--precondition-gib", type=int, default=24,
+                        help="GiB written and deleted first, so no copy pays the thin disk's first writes")
     parser.add_argument("--alone-streams", type=int, default=2,
                         help="disks copied at once in (c)'s baseline (default 2, the default cap)")
     args = parser.parse_args()
@@ -250,6 +252,10 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-migrate-", dir="/var/tmp"))
     lab = LabHosts(base / "hosts", names=("host-a", "host-b"), base_port=free_port_pair())
     try:
+        if args.precondition_gib:
+            seconds = precondition(base / "precondition", args.precondition_gib)
+            print(f"    (preconditioned the disk: {args.precondition_gib} GiB written and deleted in "
+                  f"{seconds:.0f} s)")
         host_a, host_b = lab.start()
         with peer_daemons((host_a, host_b), base, args.data_channel) as peers:
             bandwidths = bench_dense(host_a, host_b, peers, args.dense_mib, base, args.trials,
