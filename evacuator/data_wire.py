@@ -30,7 +30,6 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -40,6 +39,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
 
 from evacuator.errors import EvacuatorError
+from evacuator.settings import Encryption
 
 MAGIC = b"EVACDATA1\n"
 TLS_HANDSHAKE = b"\x16"  # the first byte of any TLS connection; MAGIC starts otherwise
@@ -54,7 +54,6 @@ MAX_FRAME_BYTES = 4 << 20
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
 
 
-Encryption = Literal["auto", "tls", "none"]
 
 _ENCRYPTED_TRANSPORTS = frozenset({"tls", "ssh", "libssh", "libssh2"})
 
@@ -163,16 +162,20 @@ def client_tls(sock: socket.socket, *, expected_sha256: str, timeout_seconds: fl
     return wrapped
 
 
+def receive_into(sock: socket.socket, view: memoryview) -> None:
+    """Fills `view` from the socket, or ChannelError when the peer closes first."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ChannelError(f"the peer closed the channel ({got} of {len(view)} bytes of a frame came)")
+        got += n
+
+
 def receive_exactly(sock: socket.socket, length: int) -> bytes:
     """`length` bytes, or ChannelError when the peer closes first."""
     buffer = bytearray(length)
-    view = memoryview(buffer)
-    got = 0
-    while got < length:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise ChannelError(f"the peer closed the channel ({got} of {length} bytes of a frame came)")
-        got += n
+    receive_into(sock, memoryview(buffer))
     return bytes(buffer)
 
 

@@ -68,8 +68,8 @@ class TicketBook:
         self._written: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=_WRITTEN_REMEMBERED)
         self._lock = threading.Lock()
 
-    def issue(self, pool: str, volume: str) -> tuple[bytes, Ticket]:
-        """A new token and its ticket; EvacuatorError saying why not."""
+    def issue(self, pool: str, volume: str) -> bytes:
+        """A new ticket's token; EvacuatorError saying why not."""
         target = self._locate(pool, volume)
         fd = os.open(target.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
@@ -96,7 +96,7 @@ class TicketBook:
         except BaseException:
             os.close(fd)
             raise
-        return token, ticket
+        return token
 
     def redeem(self, offered: bytes) -> Ticket:
         """The ticket `offered` names, taken from the book: the caller owns its descriptor and must

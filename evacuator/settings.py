@@ -12,6 +12,8 @@ from evacuator.errors import ConfigError
 from monitors.settings import MonitorsSettings
 from notifiers.settings import BrokerSettings
 
+Encryption = Literal["auto", "tls", "none"]
+
 _NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
@@ -81,7 +83,7 @@ class DataChannelSettings(_Strict):
     # "auto": copies go as libvirt reaches each peer, TLS unless its libvirt_uri is clear text (qemu+tcp);
     # "tls": always TLS, and this host takes none in clear; "none": clear text wherever the peer allows, for
     # a trusted migration network only. The copy's digest checks every byte end to end either way.
-    encryption: Literal["auto", "tls", "none"] = "auto"
+    encryption: Encryption = "auto"
     stall_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_transfers: int = Field(default=4, ge=1, le=64)
 

@@ -59,14 +59,23 @@ def file_chunks(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk
 def flush_file(path: Path) -> None:
     """Writes the file's dirty pages to its disk (fsync), whoever wrote them (here: libvirtd's upload), and
     its directory's entry (a freshly created volume's name would otherwise not survive a power loss)."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise HypervisorError(f"cannot flush {target} to disk: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+    _fsync(path, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes the entries of `directory` durable: a new file's name survives a power loss only so."""
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(target: Path, flags: int) -> None:
+    fd = os.open(target, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise HypervisorError(f"cannot flush {target} to disk: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)

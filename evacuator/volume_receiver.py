@@ -36,10 +36,11 @@ from evacuator.data_wire import (
     ServerTls,
     error_frame,
     receive_exactly,
+    receive_into,
 )
 from evacuator.errors import EvacuatorError
 from evacuator.receive_tickets import FileLocator, Ticket, TicketBook
-from evacuator.volume_io import start_writeback
+from evacuator.volume_io import fsync_directory, start_writeback
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +110,7 @@ class VolumeReceiver:
         try:
             if request.host != self._host:
                 raise ChannelError(f"this is {self._host}, not {request.host}")
-            token, _ticket = self._book.issue(request.pool, request.volume)
+            token = self._book.issue(request.pool, request.volume)
         except (EvacuatorError, OSError) as exc:
             error = str(exc) or repr(exc)
             log.warning("receive_ticket_refused", host=self._host, pool=request.pool, volume=request.volume,
@@ -203,11 +204,7 @@ class VolumeReceiver:
         flushing = time.monotonic()
         # Durable before DONE, the file and its name: the mover removes the source once it is verified.
         os.fsync(ticket.fd)
-        directory = os.open(ticket.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_directory(ticket.path.parent)
         return written, time.monotonic() - flushing
 
     def _floor(self) -> Callable[[int], None]:
@@ -243,12 +240,7 @@ def _write_frames(conn: socket.socket, fd: int, limit_bytes: int, floor: Callabl
         if length > MAX_FRAME_BYTES:
             raise ChannelError(f"a frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
         _within(limit_bytes, offset + length)
-        got = 0
-        while got < length:
-            n = conn.recv_into(buffer[got:length])
-            if n == 0:
-                raise ChannelError(f"the sender closed the channel after {written + got} bytes")
-            got += n
+        receive_into(conn, buffer[:length])
         done = 0
         while done < length:  # a regular file takes it all unless the disk fills (then OSError ENOSPC)
             done += os.pwrite(fd, buffer[done:length], offset + done)

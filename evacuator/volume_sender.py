@@ -33,7 +33,6 @@ from evacuator.data_wire import (
     RECEIVE_TYPE,
     ChannelError,
     ChannelRefused,
-    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
@@ -43,6 +42,7 @@ from evacuator.data_wire import (
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, HoleChunk
 from evacuator.peer_digests import PeerAsker, ask_for
+from evacuator.settings import Encryption
 
 log = structlog.get_logger(__name__)
 

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from evacuator.data_wire import Encryption
 from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
 from evacuator.own_host import own_volume_digester, volume_receiver
-from evacuator.settings import DataChannelSettings
+from evacuator.settings import DataChannelSettings, Encryption
 from evacuator.volume_receiver import VolumeReceiver
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
@@ -33,6 +32,16 @@ class LabDaemon:
 
     digests: DigestResponder
     receiver: VolumeReceiver | None
+
+    def start(self) -> None:
+        if self.receiver is not None:
+            self.receiver.start()  # before the digests' consumer, which hands out its tickets
+        self.digests.start()
+
+    def close(self) -> None:
+        self.digests.close()
+        if self.receiver is not None:
+            self.receiver.close()
 
 
 def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str,
@@ -54,15 +63,11 @@ def host_daemon(host: LabHost, *, broker_url: str, exchange: str,
     """`host`'s daemon serving its peers, until the block ends."""
     daemon = lab_daemon(host.name, host.uri, host.pool, broker_url=broker_url, exchange=exchange,
                         data_channel=data_channel)
-    if daemon.receiver is not None:
-        daemon.receiver.start()
-    daemon.digests.start()
+    daemon.start()
     try:
         yield daemon
     finally:
-        daemon.digests.close()
-        if daemon.receiver is not None:
-            daemon.receiver.close()
+        daemon.close()
 
 
 @contextmanager
@@ -85,16 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                         data_channel=data_channel)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if daemon.receiver is not None:
-        daemon.receiver.start()
-    daemon.digests.start()
+    daemon.start()
     print("ready", flush=True)  # the parent waits for this line before it measures anything
     with suppress(KeyboardInterrupt):
         stop.wait()
-    daemon.digests.close()
+    daemon.close()
     received = 0 if daemon.receiver is None else daemon.receiver.received
-    if daemon.receiver is not None:
-        daemon.receiver.close()
     print(f"answered {daemon.digests.answered} digest requests, received {received} copies", flush=True)
     return 0
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.data_wire import Encryption
 from evacuator.errors import MigrationError
 from evacuator.hypervisor import Chunk
 from evacuator.lab.hosts import LabHost, pool_volumes
@@ -27,6 +26,7 @@ from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.migrator import ColdMigrator, MoveStep
 from evacuator.peer_digests import PeerDigestClient
+from evacuator.settings import Encryption
 from evacuator.volume_sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

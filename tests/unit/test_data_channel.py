@@ -17,7 +17,6 @@ from evacuator.data_wire import (
     DATA_HEADER,
     MAGIC,
     ChannelError,
-    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
@@ -28,6 +27,7 @@ from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
 from evacuator.peer_digests import PeerRequest, PeerUnanswered
 from evacuator.receive_tickets import FRESH_SECONDS, ReceivableFile, TicketBook
+from evacuator.settings import Encryption
 from evacuator.volume_receiver import VolumeReceiver
 from evacuator.volume_sender import DataChannelClient
 
