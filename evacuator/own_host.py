@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from evacuator.data_wire import server_tls
+from evacuator.digest_responder import DigestResponder
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import VmState, VolumeRef
 from evacuator.libvirt_host import open_libvirt_host
@@ -10,6 +13,24 @@ from evacuator.peer_digests import VolumeDigester
 from evacuator.receive_tickets import FileLocator, ReceivableFile
 from evacuator.settings import DataChannelSettings
 from evacuator.volume_receiver import VolumeReceiver
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerServices:
+    """What this host's daemon runs for its peers' movers: digest answers and, when on, its data channel."""
+
+    digests: DigestResponder
+    receiver: VolumeReceiver | None
+
+    def start(self) -> None:
+        if self.receiver is not None:
+            self.receiver.start()  # before the digests' consumer, which hands out its tickets
+        self.digests.start()
+
+    def close(self) -> None:
+        self.digests.close()
+        if self.receiver is not None:
+            self.receiver.close()
 
 
 def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:

@@ -22,7 +22,7 @@ from evacuator.journal import Journal
 from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
 from evacuator.movestate import Phase
 from evacuator.notices import AmqpNotifier
-from evacuator.own_host import own_volume_digester, volume_receiver
+from evacuator.own_host import PeerServices, own_volume_digester, volume_receiver
 from evacuator.peer_digests import PeerDigestClient
 from evacuator.planner import WindowPolicy
 from evacuator.replies import ReplyPolicy
@@ -32,7 +32,6 @@ from evacuator.settings import Settings
 from evacuator.timers import ApschedulerTimers
 from evacuator.transfers import ClusterSlots, NoClusterCap
 from evacuator.vm_windows import libvirt_window_store
-from evacuator.volume_receiver import VolumeReceiver
 from evacuator.volume_sender import DataChannelClient
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
@@ -151,8 +150,7 @@ class Runtime:
     hypervisor: LibvirtHost
     publisher: OutboxPublisher
     consumer: ReplyConsumer
-    digests: DigestResponder
-    receiver: VolumeReceiver | None
+    peers: PeerServices
     clock: Callable[[], datetime]
 
     def start(self) -> None:
@@ -166,14 +164,10 @@ class Runtime:
             self.publisher.ensure_tenant_queue(tenant).result(timeout=30)
         self.service.start()
         self.consumer.start()
-        if self.receiver is not None:
-            self.receiver.start()  # before the digests' consumer, which hands out its tickets
-        self.digests.start()
+        self.peers.start()
 
     def stop(self) -> None:
-        self.digests.close()
-        if self.receiver is not None:
-            self.receiver.close()
+        self.peers.close()
         self.consumer.close()
         self.service.stop()
         self.publisher.close()
@@ -255,12 +249,14 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         hypervisor=hypervisor,
         publisher=publisher,
         consumer=consumer,
-        digests=DigestResponder(
-            blocking_connection_factory(broker, connection_name=f"evacuator-digest-answers-{host.name}"),
-            host=host.name, exchange=broker.peers_exchange,
-            digest_volume=own_volume_digester(host.name, host.libvirt_uri, host.storage_pool),
-            issue_ticket=None if receiver is None else receiver.issue,
+        peers=PeerServices(
+            digests=DigestResponder(
+                blocking_connection_factory(broker, connection_name=f"evacuator-digest-answers-{host.name}"),
+                host=host.name, exchange=broker.peers_exchange,
+                digest_volume=own_volume_digester(host.name, host.libvirt_uri, host.storage_pool),
+                issue_ticket=None if receiver is None else receiver.issue,
+            ),
+            receiver=receiver,
         ),
-        receiver=receiver,
         clock=clock,
     )

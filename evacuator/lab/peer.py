@@ -12,40 +12,20 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 from pydantic import SecretStr
 
 from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
-from evacuator.own_host import own_volume_digester, volume_receiver
+from evacuator.own_host import PeerServices, own_volume_digester, volume_receiver
 from evacuator.settings import DataChannelSettings, Encryption
-from evacuator.volume_receiver import VolumeReceiver
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LabDaemon:
-    """What a peer's daemon runs for movers: its digest answers and, when on, its data channel."""
-
-    digests: DigestResponder
-    receiver: VolumeReceiver | None
-
-    def start(self) -> None:
-        if self.receiver is not None:
-            self.receiver.start()  # before the digests' consumer, which hands out its tickets
-        self.digests.start()
-
-    def close(self) -> None:
-        self.digests.close()
-        if self.receiver is not None:
-            self.receiver.close()
-
-
 def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str,
-               data_channel: Encryption | None) -> LabDaemon:
+               data_channel: Encryption | None) -> PeerServices:
     connect = blocking_connection_factory(BrokerSettings(url=SecretStr(broker_url)),
                                           connection_name=f"lab-digests-{name}")
     receiver = None if data_channel is None else volume_receiver(
@@ -54,12 +34,12 @@ def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str
     digests = DigestResponder(connect, host=name, exchange=exchange,
                               digest_volume=own_volume_digester(name, uri, pool),
                               issue_ticket=None if receiver is None else receiver.issue)
-    return LabDaemon(digests=digests, receiver=receiver)
+    return PeerServices(digests=digests, receiver=receiver)
 
 
 @contextmanager
 def host_daemon(host: LabHost, *, broker_url: str, exchange: str,
-                data_channel: Encryption | None = "auto") -> Iterator[LabDaemon]:
+                data_channel: Encryption | None = "auto") -> Iterator[PeerServices]:
     """`host`'s daemon serving its peers, until the block ends."""
     daemon = lab_daemon(host.name, host.uri, host.pool, broker_url=broker_url, exchange=exchange,
                         data_channel=data_channel)
