@@ -27,11 +27,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from structlog.testing import capture_logs
 
@@ -143,7 +144,7 @@ def bench_sparse(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, trials: 
 
 
 def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Path,
-                bandwidths: Bandwidths, vm_mib: int, ahead: int, alone_streams: int) -> None:
+                bandwidths: Bandwidths | None, vm_mib: int, ahead: int, alone_streams: int) -> None:
     """The evacuation's time against its bytes / the bandwidth of the same 8 disks copied and verified
     alone (bench/transfer_baseline.py), measured just before it (host-a to host-b) and just after (the
     copies, host-b back to host-a), so that the disk's drift over the run weighs on both sides alike.
@@ -197,7 +198,7 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
         for vm_uuid in vms.values():
             engine.submit(vm_uuid)
         began = time.monotonic()
-        with capture_logs() as logs:
+        with capture_logs(processors=[_stamp]) as logs:
             engine.start(timer_pending=lambda _: False)
             engine.wait_idle(3600)
             seconds = time.monotonic() - began
@@ -207,19 +208,22 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
     after = copied_alone("host-b", "host-a")
     # The faster of the two passes over the very same bytes: the strictest baseline this run measured.
     ideal = min(before.seconds, after.seconds)
-    durable_ideal, disk_ideal = (8 * vm_mib * MIB / bandwidth for bandwidth in (bandwidths.durable,
-                                                                              bandwidths.disk))
+    against_a = ""
+    if bandwidths is not None:
+        durable_ideal, disk_ideal = (8 * vm_mib * MIB / bandwidth for bandwidth in (bandwidths.durable,
+                                                                                  bandwidths.disk))
+        against_a = (f" Against (a)'s 1 GiB durable copy ({durable_ideal:.2f} s): "
+                     f"{seconds / durable_ideal:.2f}; against cp + sync ({disk_ideal:.2f} s): "
+                     f"{seconds / disk_ideal:.2f};")
     print(f"(c) 8 VMs x {vm_mib} MiB, caps: 2 transfers, {ahead} ahead, {done}/8 done: {seconds:.2f} s; "
           f"bytes / the bandwidth of the same disks copied and verified alone ({ideal:.2f} s): ratio "
           f"{seconds / ideal:.2f} (goal <= 1.15). Alone, {alone_streams} at a time, "
           f"{ALONE_STAGGER_SECONDS} s apart: {before.seconds:.2f} s "
           f"before ({before.bytes_per_second / MIB:.0f} MiB/s), {after.seconds:.2f} s after "
           f"({after.bytes_per_second / MIB:.0f} MiB/s; the faster pass counts), after a warm-up pass of "
-          f"{warm_up.seconds:.2f} s not counted. Against (a)'s 1 GiB durable copy ({durable_ideal:.2f} s): "
-          f"{seconds / durable_ideal:.2f}; against cp + sync ({disk_ideal:.2f} s): "
-          f"{seconds / disk_ideal:.2f}; against cp + sync of the same 8 disks ({cp_many:.2f} s): "
-          f"{seconds / cp_many:.2f} (an in-kernel copy_file_range, which no copy between hosts can "
-          f"use); against cat | dd + sync of them, one at a time ({piped:.2f} s): "
+          f"{warm_up.seconds:.2f} s not counted.{against_a} against cp + sync of the same 8 disks "
+          f"({cp_many:.2f} s): {seconds / cp_many:.2f} (an in-kernel copy_file_range, which no copy between "
+          f"hosts can use); against cat | dd + sync of them, one at a time ({piped:.2f} s): "
           f"{seconds / piped:.2f}. Each guest ignores its shutdown request: "
           f"{SHUTDOWN_TIMEOUT_SECONDS} s each")
     steps: dict[str, float] = {}
@@ -228,6 +232,25 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
             steps[event["step"]] = steps.get(event["step"], 0.0) + float(event["seconds"])
     print("    step seconds summed over the 8 moves: "
           + ", ".join(f"{step} {total:.2f}" for step, total in steps.items()))
+    print("    " + _timeline(logs, began, seconds))
+
+
+def _stamp(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["monotonic"] = time.monotonic()
+    return event
+
+
+def _timeline(logs: list[MutableMapping[str, Any]], began: float, seconds: float) -> str:
+    """Where the evacuation's time went beyond its copies: before the first began, and after the last."""
+    def at(event: str, step: str) -> list[float]:
+        return [e["monotonic"] - began for e in logs if e["event"] == event and e.get("step") == step]
+
+    copies, verified = at("move_step_started", "copy_disks"), at("move_step_finished", "verify_disks")
+    if not copies or not verified:
+        return "timeline: no copy finished"
+    return (f"timeline: first copy began at {min(copies):.2f} s, the last verified copy ended at "
+            f"{max(verified):.2f} s, the evacuation at {seconds:.2f} s "
+            f"(copy phase {max(verified) - min(copies):.2f} s)")
 
 
 def main() -> None:
@@ -245,7 +268,10 @@ def main() -> None:
                         help="GiB written and deleted first, so no copy pays the thin disk's first writes")
     parser.add_argument("--alone-streams", type=int, default=2,
                         help="disks copied at once in (c)'s baseline (default 2, the default cap)")
+    parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run (default abc)")
     args = parser.parse_args()
+    if not args.parts or set(args.parts) - set("abc"):
+        parser.error("--parts takes letters of abc")
     if args.trials < 3 or args.trials % 3:
         parser.error("--trials must be a multiple of 3: each copy goes first as often")
     configure_logging()  # to stderr: stdout carries only the results
@@ -258,11 +284,15 @@ def main() -> None:
                   f"{seconds:.0f} s)")
         host_a, host_b = lab.start()
         with peer_daemons((host_a, host_b), base, args.data_channel) as peers:
-            bandwidths = bench_dense(host_a, host_b, peers, args.dense_mib, base, args.trials,
-                                     args.data_channel)
-            bench_sparse(host_a, host_b, peers.channel)
-            bench_eight(host_a, host_b, peers.channel, base, bandwidths, args.vm_mib, args.ahead,
-                        args.alone_streams)
+            bandwidths = None
+            if "a" in args.parts:
+                bandwidths = bench_dense(host_a, host_b, peers, args.dense_mib, base, args.trials,
+                                         args.data_channel)
+            if "b" in args.parts:
+                bench_sparse(host_a, host_b, peers.channel)
+            if "c" in args.parts:
+                bench_eight(host_a, host_b, peers.channel, base, bandwidths, args.vm_mib, args.ahead,
+                            args.alone_streams)
     finally:
         lab.stop()
         shutil.rmtree(base, ignore_errors=True)
