@@ -14,7 +14,7 @@ import errno
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 from xml.etree import ElementTree
@@ -32,28 +32,68 @@ COALESCE_HOLE_BYTES = 1 << 20
 _ZEROS = bytes(COALESCE_HOLE_BYTES)
 
 
-def file_chunks(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-    """A file's content as data and hole chunks, found with SEEK_DATA/SEEK_HOLE (holes are never read).
+def file_chunks(
+    path: Path, *, chunk_bytes: int = CHUNK_BYTES, start_bytes: int = 0, end_bytes: int | None = None,
+) -> Iterator[Chunk]:
+    """A file's content as data and hole chunks, found with SEEK_DATA/SEEK_HOLE (holes are never read);
+    from `start_bytes` to `end_bytes` (None: its end), HypervisorError if it ends before `end_bytes`.
 
     Data chunks end on `chunk_bytes` boundaries, so a block digest hashes them without re-buffering. A file
     that shrinks while read is an error: the VM is off, so something else is writing its disk."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size_bytes = os.fstat(fd).st_size
-        for start, end, is_data in _extents(fd, size_bytes):
-            if not is_data:
-                yield HoleChunk(length_bytes=end - start)
-                continue
-            offset = start
-            while offset < end:
-                take = min(end, (offset // chunk_bytes + 1) * chunk_bytes) - offset
-                data = os.pread(fd, take, offset)
-                if len(data) != take:
-                    raise HypervisorError(f"{path} shrank while it was read (at byte {offset + len(data)})")
-                yield DataChunk(data=data)
-                offset += take
+        yield from _fd_chunks(fd, path, chunk_bytes, start_bytes, end_bytes)
     finally:
         os.close(fd)
+
+
+class LiveFile:
+    """file_chunks of a file whose VM may still be writing it (a pre-copy), from a descriptor opened at
+    once: `identity` (device, inode) says which file the bytes come from, so that once the VM is off the
+    caller can check it was the very file libvirt names. Each chunk is read only when asked for, never
+    ahead, so what it holds is the file as it was at that moment. Close it (or read it to its end)."""
+
+    def __init__(self, path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        found = os.fstat(self._fd)
+        self.identity = (found.st_dev, found.st_ino)
+        self._chunks: Generator[Chunk, None, None] = _fd_chunks(self._fd, path, chunk_bytes, 0, None)
+
+    def __iter__(self) -> LiveFile:
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._chunks.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fd_chunks(fd: int, path: Path, chunk_bytes: int, start_bytes: int, end_bytes: int | None,
+               ) -> Generator[Chunk, None, None]:
+    size_bytes = os.fstat(fd).st_size
+    if end_bytes is not None and end_bytes > size_bytes:
+        raise HypervisorError(f"{path} ends at byte {size_bytes}, before byte {end_bytes}")
+    end = size_bytes if end_bytes is None else end_bytes
+    for start, stop, is_data in _extents(fd, start_bytes, end):
+        if not is_data:
+            yield HoleChunk(length_bytes=stop - start)
+            continue
+        offset = start
+        while offset < stop:
+            take = min(stop, (offset // chunk_bytes + 1) * chunk_bytes) - offset
+            data = os.pread(fd, take, offset)
+            if len(data) != take:
+                raise HypervisorError(f"{path} shrank while it was read (at byte {offset + len(data)})")
+            yield DataChunk(data=data)
+            offset += take
 
 
 def flush_file(path: Path) -> None:
@@ -93,9 +133,9 @@ def start_writeback(fd: int, offset: int, length_bytes: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length_bytes, _SYNC_FILE_RANGE_WRITE)
 
 
-def _extents(fd: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:
-    """(start, end, is_data) ranges covering [0, size)."""
-    offset = 0
+def _extents(fd: int, start_bytes: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, is_data) ranges covering [start_bytes, size_bytes)."""
+    offset = start_bytes
     while offset < size_bytes:
         try:
             data_at = os.lseek(fd, offset, os.SEEK_DATA)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
-from evacuator.volume_io import file_chunks, file_identity, prefetched, write_in_runs
+from evacuator.volume_io import LiveFile, file_chunks, file_identity, prefetched, write_in_runs
 
 MIB = 1 << 20
 
@@ -68,6 +68,39 @@ def test_file_chunks_cover_the_whole_file(tmp_path: Path, size_bytes: int, write
     path = tmp_path / "disk.raw"
     expected = _sparse_file(path, size_bytes, writes)
     assert _content(list(file_chunks(path))) == expected
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    (0, 16 * MIB), (3 * MIB, 5 * MIB), (3 * MIB + 5, 4 * MIB + 1), (6 * MIB, 15 * MIB + 4),
+    (8 * MIB, 8 * MIB),
+])  # fmt: skip
+def test_file_chunks_read_a_range_of_the_file(tmp_path: Path, start: int, end: int) -> None:
+    path = tmp_path / "disk.raw"
+    expected = _sparse_file(path, 16 * MIB, {3 * MIB + 5: os.urandom(MIB + MIB // 2), 15 * MIB: b"tail"})
+    assert _content(list(file_chunks(path, start_bytes=start, end_bytes=end))) == expected[start:end]
+
+
+def test_file_chunks_refuse_a_range_past_the_end_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "disk.raw"
+    _sparse_file(path, 2 * MIB, {})
+    with pytest.raises(HypervisorError, match="ends at byte 2097152, before byte 2097153"):
+        list(file_chunks(path, start_bytes=MIB, end_bytes=2 * MIB + 1))
+
+
+def test_a_live_file_reads_each_chunk_when_asked_and_names_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "disk.raw"
+    _sparse_file(path, 0, {0: bytes(3 * MIB)})
+    live = LiveFile(path)
+    assert live.identity == (os.stat(path).st_dev, os.stat(path).st_ino)
+    first = next(live)
+    with path.open("r+b") as guest:  # a write after the first chunk was read shows in the next ones only
+        guest.write(b"early")
+        guest.seek(2 * MIB)
+        guest.write(b"late")
+    rest = list(live)
+    assert isinstance(first, DataChunk) and first.data[:5] == bytes(5)
+    assert _content(rest)[MIB : MIB + 4] == b"late"
+    live.close()  # twice is harmless: reading to the end closed it already
 
 
 def test_file_chunks_fail_loudly_when_the_file_shrinks_under_them(tmp_path: Path) -> None:
