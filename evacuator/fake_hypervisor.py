@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from evacuator.chunk_digests import block_digest_of_chunks
@@ -12,6 +13,8 @@ from evacuator.hypervisor import (
     DataChunk,
     HoleChunk,
     Hypervisor,
+    LiveRead,
+    StoredFile,
     VmInfo,
     VmState,
     VolumeInfo,
@@ -21,7 +24,7 @@ from evacuator.hypervisor import (
 OPERATIONS = frozenset({
     "list_vms", "find_vm", "vm_definition_xml", "define_vm", "start_vm", "request_shutdown", "destroy_vm",
     "undefine_vm", "find_volume", "create_volume", "read_volume", "write_volume", "delete_volume",
-    "migrate_live",
+    "migrate_live", "read_volume_live", "stored_file", "read_volume_range", "patch_volume",
 })
 _BLOCK_BYTES = 4096
 
@@ -45,6 +48,10 @@ class FakeHypervisor:
         self._formats: dict[tuple[str, str], str] = {}
         self._errors: dict[str, list[BaseException]] = {}
         self._passes: dict[str, int] = {}
+        self._files: dict[tuple[str, str], int] = {}  # which "file" holds a volume: new at each creation
+        self._file_numbers = itertools.count(1)
+        # Called with each offset a live read is about to read: a test writes there as a guest would.
+        self.before_live_read: Callable[[int], None] | None = None
 
     @property
     def name(self) -> str:
@@ -70,6 +77,11 @@ class FakeHypervisor:
         self._volumes[(pool, volume)] = content
         self._allocated[(pool, volume)] = len(data)
         self._formats[(pool, volume)] = format
+        self._files[(pool, volume)] = next(self._file_numbers)
+
+    def guest_write(self, pool: str, volume: str, offset: int, data: bytes) -> None:
+        """Changes a volume's bytes behind the migrator's back, as a running guest writes its disk."""
+        self._content(pool, volume)[offset : offset + len(data)] = data
 
     def add_vm(self, definition_xml: str, *, state: VmState = VmState.SHUT_OFF) -> VmInfo:
         info = self._define(definition_xml)
@@ -175,12 +187,51 @@ class FakeHypervisor:
         self._allocated[(pool, volume)] = written_bytes
         return written_bytes
 
+    def read_volume_live(self, pool: str, volume: str) -> LiveRead | None:
+        self._enter("read_volume_live", pool, volume)
+        content = self._content(pool, volume)
+
+        def each_block_when_asked() -> Iterator[Chunk]:
+            for offset in range(0, len(content), _BLOCK_BYTES):
+                if self.before_live_read is not None:
+                    self.before_live_read(offset)
+                yield from _chunks(bytes(content[offset : offset + _BLOCK_BYTES]))
+
+        return LiveRead(chunks=each_block_when_asked(), identity=str(self._files[(pool, volume)]))
+
+    def stored_file(self, pool: str, volume: str) -> StoredFile | None:
+        self._enter("stored_file", pool, volume)
+        content = self._content(pool, volume)
+        return StoredFile(identity=str(self._files[(pool, volume)]), length_bytes=len(content))
+
+    def read_volume_range(
+        self, pool: str, volume: str, *, offset_bytes: int, length_bytes: int
+    ) -> Iterator[Chunk]:
+        self._enter("read_volume_range", pool, volume)
+        content = self._content(pool, volume)
+        if offset_bytes + length_bytes > len(content):
+            raise HypervisorError(f"host {self._name}: {pool}/{volume} ends before byte "
+                                  f"{offset_bytes + length_bytes}")
+        return iter(_chunks(bytes(content[offset_bytes : offset_bytes + length_bytes])))
+
+    def patch_volume(self, pool: str, volume: str, patches: Iterable[tuple[int, bytes]]) -> int:
+        self._enter("patch_volume", pool, volume)
+        content = self._content(pool, volume)
+        written = 0
+        for offset, data in patches:
+            if offset > len(content):
+                content.extend(bytes(offset - len(content)))
+            content[offset : offset + len(data)] = data
+            written += len(data)
+        return written
+
     def delete_volume(self, pool: str, volume: str) -> None:
         self._enter("delete_volume", pool, volume)
         self._content(pool, volume)
         del self._volumes[(pool, volume)]
         del self._allocated[(pool, volume)]
         del self._formats[(pool, volume)]
+        del self._files[(pool, volume)]
 
     def migrate_live(self, uuid: str, destination: Hypervisor) -> None:
         self._enter("migrate_live", uuid)

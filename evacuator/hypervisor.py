@@ -81,6 +81,23 @@ class HoleChunk:
 Chunk = DataChunk | HoleChunk
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveRead:
+    """A volume read while its VM may still be writing it (a pre-copy): each chunk is read only when asked
+    for, never ahead, and `identity` names the stored file the bytes come from."""
+
+    chunks: Iterator[Chunk]
+    identity: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredFile:
+    """The file a volume is stored in, as this host reads it: which file, and how long it is."""
+
+    identity: str
+    length_bytes: int
+
+
 class Hypervisor(Protocol):
     """One hypervisor host as the migrator sees it. Every failure raises HypervisorError."""
 
@@ -123,6 +140,28 @@ class Hypervisor(Protocol):
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
         """Writes chunks from offset 0 into an existing volume; returns data bytes written, holes excluded."""
+        ...
+
+    def read_volume_live(self, pool: str, volume: str) -> LiveRead | None:
+        """The volume's stored bytes from offset 0 to the end of its file, each chunk read only when asked
+        for; None when this host cannot promise that (a libvirt download reads ahead)."""
+        ...
+
+    def stored_file(self, pool: str, volume: str) -> StoredFile | None:
+        """The file the volume is stored in, checked as read_volume checks it; None when this host reads
+        the volume through libvirt."""
+        ...
+
+    def read_volume_range(
+        self, pool: str, volume: str, *, offset_bytes: int, length_bytes: int
+    ) -> Iterator[Chunk]:
+        """The volume's stored bytes over [offset, offset + length), holes as holes; HypervisorError when the
+        volume ends before."""
+        ...
+
+    def patch_volume(self, pool: str, volume: str, patches: Iterable[tuple[int, bytes]]) -> int:
+        """Writes each (offset, bytes) into an existing volume, leaving every other byte as it is (a write
+        past the end lengthens it); returns the bytes written."""
         ...
 
     def volume_digest(self, pool: str, volume: str) -> str:
