@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import pika.exceptions
@@ -60,6 +60,11 @@ class BrokerCloudCaps:
                                               retry_seconds=self._retry_seconds)
                     held.enter_context(pool.hold(vm_uuid=vm_uuid))
             yield
+
+    def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
+        """Holds nothing: trying costs a broker round trip per slot queue, and the slot may be one that a VM
+        already off on another host waits for. So there is no pre-copy under cloud-wide caps."""
+        return nullcontext(False)
 
 
 def slot_queue(prefix: str, index: int) -> str:

@@ -28,6 +28,10 @@ TRANSFER_STEPS = frozenset({MoveStep.COPY_DISKS, MoveStep.VERIFY_DISKS})
 TransferSlot = Callable[[str], AbstractContextManager[None]]
 
 
+# As TransferSlot, but never waits: the block holds a slot (True) only if one was free at once (a pre-copy).
+TryTransferSlot = Callable[[str], AbstractContextManager[bool]]
+
+
 def no_slot(vm_uuid: str) -> AbstractContextManager[None]:
     """Without an engine (the `move` command, tests): no cap to wait for."""
     return nullcontext()

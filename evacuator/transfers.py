@@ -14,13 +14,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
-from evacuator.movesteps import TransferSlot
+from evacuator.movesteps import TransferSlot, TryTransferSlot
 
 log = structlog.get_logger(__name__)
 
@@ -30,12 +30,19 @@ class ClusterSlots(Protocol):
         """Waits for the cloud-wide slots a transfer to `destination` needs and holds them for the block."""
         ...
 
+    def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
+        """Holds them for the block if that needs no waiting (True), else holds nothing (False)."""
+        ...
+
 
 class NoClusterCap:
     """No cloud-wide caps (the default): the per-host caps alone."""
 
     def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
         return nullcontext()
+
+    def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
+        return nullcontext(True)
 
 
 class TransferSlots:
@@ -74,6 +81,26 @@ class TransferSlots:
                 self._incoming[destination] -= 1
                 self._changed.notify_all()
 
+    @contextmanager
+    def slot_now(self, destination: str, *, vm_uuid: str = "") -> Iterator[bool]:
+        """Holds one transfer to `destination` for the block (True) when one is free and nobody waits who
+        could take it; else holds nothing (False). For work that may be done or not, such as a pre-copy."""
+        with self._changed:
+            free = (sum(self._incoming.values()) < self._max_outgoing and self._room(destination)
+                    and not any(self._room(w.destination) for w in self._queue))
+            if free:
+                self._incoming[destination] += 1
+        if not free:
+            yield False
+            return
+        log.info("transfer_slot_taken_at_once", vm_uuid=vm_uuid, destination=destination)
+        try:
+            yield True
+        finally:
+            with self._changed:
+                self._incoming[destination] -= 1
+                self._changed.notify_all()
+
     def in_use(self) -> dict[str, int]:
         with self._changed:
             return {peer: count for peer, count in self._incoming.items() if count}
@@ -100,6 +127,21 @@ def held_transfer(
         with slots.slot(destination, vm_uuid=vm_uuid, priority=priority), \
                 cluster.hold(destination=destination, vm_uuid=vm_uuid):  # fmt: skip
             yield
+
+    return hold
+
+
+def held_transfer_now(slots: TransferSlots, cluster: ClusterSlots, destination: str) -> TryTransferSlot:
+    """As held_transfer, without waiting: the block holds both slots (True) or neither (False)."""
+
+    @contextmanager
+    def hold(vm_uuid: str) -> Iterator[bool]:
+        with ExitStack() as held:
+            got = (held.enter_context(slots.slot_now(destination, vm_uuid=vm_uuid))
+                   and held.enter_context(cluster.hold_now(destination=destination, vm_uuid=vm_uuid)))
+            if not got:
+                held.close()  # this host's slot too: the block runs holding nothing
+            yield got
 
     return hold
 

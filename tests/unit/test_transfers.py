@@ -7,11 +7,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pytest
 
-from evacuator.transfers import TransferSlots, held_transfer
+from evacuator.transfers import NoClusterCap, TransferSlots, held_transfer, held_transfer_now
 
 
 def test_caps_hold_under_many_threads() -> None:
@@ -130,4 +130,66 @@ def test_a_transfer_takes_this_hosts_slot_before_the_clouds_and_gives_both_back(
     one.join(10)
     two.join(10)
     assert events == ["cluster+vm-1", "cluster-vm-1", "cluster+vm-2", "vm-2 transfers", "cluster-vm-2"]
+    assert slots.in_use() == {}
+
+
+def test_a_slot_now_is_had_only_when_free_and_nobody_who_could_use_it_waits() -> None:
+    slots = TransferSlots(max_outgoing=2, max_incoming_per_peer=2)
+    with slots.slot_now("host-b") as first, slots.slot_now("host-c") as second:
+        assert first and second and slots.in_use() == {"host-b": 1, "host-c": 1}
+        with slots.slot_now("host-b") as third:
+            assert not third, "the cap is reached"
+    assert slots.in_use() == {}
+
+    one = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    release, order = threading.Event(), []
+    holder = threading.Thread(target=lambda: _hold_until(one, "host-b", release))
+    holder.start()
+    time.sleep(0.05)
+    waiter = _waiting(one, order, "off-vm", "host-b", 0)  # a VM already off, queued for the slot
+    release.set()
+    holder.join(5)
+    with one.slot_now("host-b") as jumped:  # between the release and the waiter's turn, or after it
+        assert not jumped or order == ["off-vm"]
+    waiter.join(5)
+    assert order == ["off-vm"]
+
+
+def _hold_until(slots: TransferSlots, peer: str, release: threading.Event) -> None:
+    with slots.slot(peer):
+        release.wait(5)
+
+
+def test_a_waiter_queued_for_a_full_peer_does_not_keep_a_pre_copy_from_another() -> None:
+    slots = TransferSlots(max_outgoing=3, max_incoming_per_peer=1)
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: _hold_until(slots, "host-b", release))
+    holder.start()
+    time.sleep(0.05)
+    order: list[str] = []
+    waiter = _waiting(slots, order, "for-b", "host-b", 0)
+    with slots.slot_now("host-b") as to_b, slots.slot_now("host-c") as to_c:
+        assert not to_b and to_c
+    release.set()
+    holder.join(5)
+    waiter.join(5)
+    assert order == ["for-b"]
+
+
+class _CloudBusy:
+    """Cloud-wide caps whose slots are all taken."""
+
+    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
+        raise AssertionError("a pre-copy never waits for a slot")
+
+    def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
+        return nullcontext(False)
+
+
+def test_held_transfer_now_holds_neither_slot_when_the_cloud_wide_one_is_not_free() -> None:
+    slots = TransferSlots(max_outgoing=2, max_incoming_per_peer=2)
+    with held_transfer_now(slots, _CloudBusy(), "host-b")("vm-1") as held:
+        assert not held and slots.in_use() == {}, "neither slot is held"
+    with held_transfer_now(slots, NoClusterCap(), "host-b")("vm-1") as held:
+        assert held and slots.in_use() == {"host-b": 1}
     assert slots.in_use() == {}
