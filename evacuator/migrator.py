@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState, VolumeRef
+from evacuator.hypervisor import Hypervisor, VmInfo, VmState, VolumeInfo, VolumeRef
 from evacuator.movesteps import (
     EVENT_NAMES,
     TRANSFER_STEPS,
@@ -20,10 +20,12 @@ from evacuator.movesteps import (
     StepPhase,
     StepTiming,
     TransferSlot,
+    TryTransferSlot,
     copy_timeout_seconds,
     no_slot,
 )
-from evacuator.volume_copy import copy_volume
+from evacuator.precopy import PrecopiedVolume, copy_after_shutdown, precopy_during_shutdown
+from evacuator.shutdown_watch import ShutdownWatch
 
 __all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
 
@@ -44,6 +46,11 @@ class _Move:
     bytes_copied: int = 0
     forced_off: bool = False
     sent_sha256: dict[VolumeRef, str] = field(default_factory=dict)
+    precopied: dict[VolumeRef, PrecopiedVolume] = field(default_factory=dict)
+    # The transfer slot the steps hold: taken for the disks' steps, or kept from a pre-copy that ended
+    # with the VM off, so its last blocks follow at once.
+    slot: ExitStack = field(default_factory=ExitStack)
+    holding: bool = False
 
 
 class ColdMigrator:
@@ -67,8 +74,11 @@ class ColdMigrator:
         copy_timeout_base_seconds: float = 60.0,
         copy_min_bytes_per_second: float = 10 * 1024 * 1024,
         transfer_slot: TransferSlot = no_slot,
+        precopy_slot: TryTransferSlot | None = None,
     ) -> None:
         self._transfer_slot = transfer_slot
+        # Set: a running VM's disks are copied while it shuts down, when a slot is free at once (precopy.py).
+        self._precopy_slot = precopy_slot
         self._src = source
         self._dst = destination
         self._clock = clock
@@ -92,16 +102,15 @@ class ColdMigrator:
                  destination=self._dst.name, start_on_destination=move.run_after)
         chosen = [(step, action) for step, action in self._plan() if steps is None or step in steps]
         timings = []
-        with ExitStack() as held:
-            holding = False
+        with move.slot:
             for step, action in chosen:
                 # The disks travel under a transfer slot (the engine's caps); shutdown and start do not.
-                if (step in TRANSFER_STEPS) != holding:
-                    if holding:
-                        held.close()
+                if (step in TRANSFER_STEPS) != move.holding:
+                    if move.holding:
+                        move.slot.close()
                     else:
-                        held.enter_context(self._transfer_slot(move.uuid))
-                    holding = not holding
+                        move.slot.enter_context(self._transfer_slot(move.uuid))
+                    move.holding = not move.holding
                 timings.append(self._run(move, step, action))
         report = MoveReport(
             vm_uuid=move.uuid, vm_name=move.name, source=self._src.name, destination=self._dst.name,
@@ -180,39 +189,41 @@ class ColdMigrator:
             # A paused guest, for one, cannot take the request: waiting for it would be pointless.
             log.warning("vm_shutdown_request_refused", vm_uuid=move.uuid, error=str(exc))
             wait_seconds = 0.0
-        waited_from = self._clock()
-        while (self._clock() - waited_from).total_seconds() < wait_seconds:
-            self._sleep(self._poll_interval_seconds)
-            if not _active(self._src.find_vm(move.uuid)):
-                return True
-        if _active(self._src.find_vm(move.uuid)):
-            log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name, waited_seconds=wait_seconds)
-            self._src.destroy_vm(move.uuid)
-            move.forced_off = True
+        watch = ShutdownWatch(host=self._src, vm_uuid=move.uuid, clock=self._clock,
+                              deadline=self._clock() + timedelta(seconds=wait_seconds),
+                              poll_interval_seconds=self._poll_interval_seconds)
+        if wait_seconds > 0 and self._precopy_slot is not None and src is not None:
+            self._precopy(move, src, self._precopy_slot, watch)
+        watch.wait(self._sleep)
+        move.forced_off = watch.forced_off
         return True
+
+    def _precopy(self, move: _Move, src: VmInfo, slot: TryTransferSlot, watch: ShutdownWatch) -> None:
+        """Copies the disks while the VM shuts down, if a transfer slot is free at once; when the VM is off
+        by the end, the slot stays held for the last blocks."""
+        with ExitStack() as stack:
+            if not stack.enter_context(slot(move.uuid)):
+                return
+            move.precopied = precopy_during_shutdown(
+                self._src, self._dst, src, watch=watch, clock=self._clock, limit_for=self._limit_seconds)
+            if watch.off.is_set() and move.precopied:
+                move.slot.enter_context(stack.pop_all())
+                move.holding = True
 
     def _copy_disks(self, move: _Move) -> bool:
         if self._dst.find_vm(move.uuid) is not None:
             return False
-        src = self._source_off(move)
-        in_use = {ref for vm in self._dst.list_vms() for ref in vm.volumes}
-        for ref in src.volumes:
-            source_volume = self._src.find_volume(ref.pool, ref.volume)
-            if source_volume is None:
-                raise _Refused(f"source volume {ref.pool}/{ref.volume} is missing")
-            if self._dst.find_volume(ref.pool, ref.volume) is not None:
-                if ref in in_use:
-                    raise _Refused(f"{ref.pool}/{ref.volume} on {self._dst.name} belongs to another VM")
-                # A copy left by an interrupted attempt: its completeness is unknown, so it is redone.
-                self._dst.delete_volume(ref.pool, ref.volume)
-            limit_seconds = copy_timeout_seconds(source_volume.allocation_bytes,
-                                                 self._copy_timeout_base_seconds,
-                                                 self._copy_min_bytes_per_second)
-            copied = copy_volume(self._src, self._dst, source_volume, limit_seconds=limit_seconds,
-                                 clock=self._clock)
-            move.bytes_copied += copied.bytes_written
-            move.sent_sha256[ref] = copied.sent_digest
+        copied = copy_after_shutdown(self._src, self._dst, self._source_off(move).volumes,
+                                     precopied=move.precopied, limit_for=self._limit_seconds,
+                                     clock=self._clock)
+        move.precopied = {}
+        move.bytes_copied += sum(c.bytes_written for c in copied.values())
+        move.sent_sha256.update((ref, c.sent_digest) for ref, c in copied.items())
         return True
+
+    def _limit_seconds(self, volume: VolumeInfo) -> float:
+        return copy_timeout_seconds(volume.allocation_bytes, self._copy_timeout_base_seconds,
+                                    self._copy_min_bytes_per_second)
 
     def _verify_disks(self, move: _Move) -> bool:
         if self._dst.find_vm(move.uuid) is not None:
