@@ -19,7 +19,7 @@ from evacuator.migrator import ColdMigrator
 from evacuator.movestate import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
 from evacuator.movesteps import StepEvent, StepPhase, TransferSlot
 from evacuator.rollback import Rollback, RollbackOutcome, roll_back
-from evacuator.transfers import ClusterSlots, NoClusterCap, TransferSlots, held_transfer
+from evacuator.transfers import ClusterSlots, NoClusterCap, TransferSlots, held_transfer, held_transfer_now
 from evacuator.vmmeta import MoveMethod
 
 log = structlog.get_logger(__name__)
@@ -72,6 +72,8 @@ class EngineConfig:
     max_incoming_moves_per_peer: int = 2
     # Moves beyond those that may shut down, wait for a transfer slot, or start meanwhile.
     quiesce_ahead_moves: int = 2
+    # A running VM's disks are copied while it shuts down when a transfer slot is free at once (precopy.py).
+    precopy_during_shutdown: bool = True
 
 
 class MoveRunner:
@@ -192,6 +194,8 @@ class MoveRunner:
             copy_timeout_base_seconds=config.copy_timeout_base_seconds,
             copy_min_bytes_per_second=config.copy_min_bytes_per_second,
             transfer_slot=self.transfer_slot(dest.name, priority),
+            precopy_slot=held_transfer_now(self._slots, self._cluster_slots, dest.name)
+            if config.precopy_during_shutdown else None,
         )  # fmt: skip
 
     def transfer_slot(self, destination: str, priority: int) -> TransferSlot:

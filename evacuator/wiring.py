@@ -117,6 +117,7 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
             max_outgoing_moves=evacuation.max_outgoing_moves,
             max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
             quiesce_ahead_moves=evacuation.quiesce_ahead_moves,
+            precopy_during_shutdown=evacuation.precopy_during_shutdown,
         ),
         journal=Journal(settings.state_dir / "journal.sqlite"),
         hypervisor=hypervisor,

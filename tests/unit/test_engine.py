@@ -194,14 +194,16 @@ def run_one(
 def test_pool_full_on_the_only_peer_restores_the_vm_running_on_its_source(tmp_path: Path) -> None:
     hosts = Hosts()
     web = hosts.add_vm("web")
-    hosts.destination.inject_error("write_volume", HypervisorError("host-b: no space left"), times=3)
+    # The pool stays full: every write fails, the pre-copy's (while the VM shuts down) and each attempt's.
+    hosts.destination.inject_error("write_volume", HypervisorError("host-b: no space left"), times=100)
     record, told, history = run_one(tmp_path, hosts, web)
     assert record.state is MoveState.RESTORED_ON_SOURCE and "no space left" in (record.error or "")
     assert MoveState.ROLLING_BACK in [state for state, _, _ in history]
     back = hosts.source.peek_vm(web)
     assert back is not None and back.state is VmState.RUNNING
     assert hosts.destination.list_vms() == () and hosts.destination.volume_names() == ()
-    assert hosts.destination.calls.count(f"write_volume {POOL} web.raw") == 3, "three attempts, then rollback"
+    assert hosts.destination.calls.count(f"write_volume {POOL} web.raw") == 4, \
+        "a pre-copy, three attempts, then rollback"
     assert [(r.vm_uuid, r.state) for r, _ in told.failures] == [(web, MoveState.RESTORED_ON_SOURCE)]
 
 
@@ -229,7 +231,7 @@ def test_start_refused_moves_on_to_the_next_candidate(tmp_path: Path) -> None:
 def test_a_failed_host_does_not_get_its_vm_back(tmp_path: Path) -> None:
     hosts = Hosts()
     web = hosts.add_vm("web")
-    hosts.destination.inject_error("create_volume", HypervisorError("host-b: pool full"), times=3)
+    hosts.destination.inject_error("create_volume", HypervisorError("host-b: pool full"), times=100)
     record, told, _ = run_one(tmp_path, hosts, web, may_restart_on_source=False)
     assert record.state is MoveState.FAILED
     off = hosts.source.peek_vm(web)
