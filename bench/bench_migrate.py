@@ -11,8 +11,9 @@ Run: `PYTHONPATH=. .venv/bin/python bench/bench_migrate.py [--dense-mib 1024]` a
     their bytes / the bandwidth of the same 8 disks copied and verified alone (bench/transfer_baseline.py:
     the mover's own copy path, 2 at a time, nothing else), measured just before the evacuation and just
     after it (the faster pass counts), after an uncounted warm-up pass (time ratio, goal <= 1.15; each VM's
-    shutdown timeout is part of the real cost); also against (a)'s durable copy, (a)'s cp + sync, and cp +
-    sync and cat | dd + sync of the same 8 disks.
+    shutdown timeout is part of the real cost, which the first moves' pre-copies overlap, as in production);
+    also against (a)'s durable copy, (a)'s cp + sync, and cp + sync and cat | dd + sync of the same 8
+    disks. Its timeline shows when the first copy began and what the pre-copies read and wrote again.
 Each host's daemon, as far as a mover sees it, runs as a process of its own (evacuator.lab.peer) on the broker
 (the machine's, else a private one): it receives copies and verifies them by its digest of its own file, as
 in production.
@@ -241,16 +242,24 @@ def _stamp(logger: object, method: str, event: MutableMapping[str, Any]) -> Muta
 
 
 def _timeline(logs: list[MutableMapping[str, Any]], began: float, seconds: float) -> str:
-    """Where the evacuation's time went beyond its copies: before the first began, and after the last."""
-    def at(event: str, step: str) -> list[float]:
-        return [e["monotonic"] - began for e in logs if e["event"] == event and e.get("step") == step]
+    """Where the evacuation's time went beyond its copies: before the first began (a pre-copy during a
+    shutdown, or a copy after it), and after the last; and what the pre-copies read and wrote again."""
+    def at(event: str, step: str | None = None) -> list[float]:
+        return [e["monotonic"] - began for e in logs
+                if e["event"] == event and (step is None or e.get("step") == step)]
 
     copies, verified = at("move_step_started", "copy_disks"), at("move_step_finished", "verify_disks")
     if not copies or not verified:
         return "timeline: no copy finished"
-    return (f"timeline: first copy began at {min(copies):.2f} s, the last verified copy ended at "
+    first = min(copies + at("transfer_slot_taken_at_once"))
+    finished = [e for e in logs if e["event"] == "precopy_finished"]
+    doubted = len([e for e in logs if e["event"] in ("precopy_unusable", "precopy_abandoned")])
+    return (f"timeline: first copy began at {first:.2f} s, the last verified copy ended at "
             f"{max(verified):.2f} s, the evacuation at {seconds:.2f} s "
-            f"(copy phase {max(verified) - min(copies):.2f} s)")
+            f"(copy phase {max(verified) - first:.2f} s); {len(finished)} disks pre-copied during their "
+            f"guest's shutdown, {sum(e['reread_bytes'] for e in finished) / MIB:.0f} MiB of them read again "
+            f"once off and {sum(e['patched_bytes'] for e in finished) / MIB:.0f} MiB written again; "
+            f"{doubted} pre-copies not used")
 
 
 def main() -> None:
