@@ -44,12 +44,13 @@ LIVE_CRASH_POINTS = (
 )
 
 
-def _config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings | None = None) -> Path:
+def _config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings | None = None, *,
+            shutdown_timeout_seconds: float = 0.3) -> Path:
     config: dict[str, object] = {
         "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
         "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
         # The lab guests have no OS and ignore ACPI: every quiesce waits out this timeout.
-        "evacuation": {"shutdown_timeout_seconds": 0.3},
+        "evacuation": {"shutdown_timeout_seconds": shutdown_timeout_seconds},
         "state_dir": str(tmp / "state"),
         "logging": {"format": "json", "level": "warning"},
     }
@@ -119,6 +120,48 @@ def test_a_live_move_killed_while_libvirt_migrates_resumes_and_runs_once(
     print(f"\nkilled during a live migration: {TRIALS} trials, {caught_midway} with the incoming guest "
           "paused")
     assert caught_midway >= 1  # at least one kill really landed while the migration ran
+
+
+def test_killed_mid_pre_copy_and_restarted_the_partial_copy_is_replaced_and_no_vm_is_lost(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...]
+) -> None:
+    """Not a journaled step either: the mover dies while it copies a running VM's disk during its shutdown
+    (the journal says quiescing, the destination holds part of the disk). The restarted mover must remove
+    that part, copy the disk again and move the VM once."""
+    host_a, host_b = clean_lab_hosts
+    # Long enough for the kill to land while the guest (which ignores ACPI) still runs.
+    config = _config(tmp_path, host_a, host_b, shutdown_timeout_seconds=4.0)
+    disk_bytes = 96 * MIB  # dense: libvirt's upload of it takes about a second here
+    caught_running = 0
+    for trial in range(TRIALS):
+        name, mac = f"midcopy-{trial}", f"52:54:00:ce:00:{trial:02x}"
+        data = random.Random(100 + trial).randbytes(disk_bytes)
+        uuid = create_vm(host_a.uri, host_a.pool, name=name, tenant="acme", window_seconds=0,
+                         disk_bytes=disk_bytes, data=data, mac=mac)
+        partial = host_b.pool_path / volume_name(name)
+        mover = _start_move(config, uuid)
+        deadline = time.monotonic() + 60
+        while mover.poll() is None and time.monotonic() < deadline and not (
+                partial.exists() and partial.stat().st_blocks * 512 >= 8 * MIB):
+            time.sleep(0.002)
+        mover.kill()
+        mover.communicate(timeout=60)
+        assert partial.exists() and partial.stat().st_blocks * 512 < disk_bytes, "killed mid-copy"
+        with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+            at_kill = journal.get(uuid)
+        assert at_kill is not None and at_kill.state is MoveState.QUIESCING, (trial, at_kill)
+        with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a:
+            still = a.find_vm(uuid)
+        caught_running += still is not None and still.state is VmState.RUNNING
+        resumed = _move(config)
+        assert resumed.returncode == 0, (trial, resumed.stderr[-3000:])
+        with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+            record = journal.get(uuid)
+        assert record is not None and record.state is MoveState.DONE, (trial, record)
+        _assert_exactly_once_on_b(host_a, host_b, uuid, name, mac, hashlib.sha256(data).hexdigest(),
+                                  f"mid pre-copy {trial}")
+    print(f"\nkilled during a pre-copy: {TRIALS} trials, {caught_running} with the guest still running")
+    assert caught_running >= 1  # at least one kill landed while the guest still ran: a pre-copy proper
 
 
 def _vm(host: LabHost, name: str, mac: str, rng: random.Random, method: MoveMethod) -> tuple[str, str]:
