@@ -77,9 +77,7 @@ class LibvirtStorage:
         both): which file it was is checked once the VM is off (`stored_file`)."""
         if not self._local_files:
             return None
-        with self._mapped("read_volume_live", pool=pool, volume=volume):
-            xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
-        identity = file_identity(xml)
+        identity = file_identity(self._volume_xml("read_volume_live", pool, volume))
         if identity is None:
             return None
         try:
@@ -91,9 +89,7 @@ class LibvirtStorage:
     def stored_file(self, pool: str, volume: str) -> StoredFile | None:
         if not self._local_files:
             return None
-        with self._mapped("stored_file", pool=pool, volume=volume):
-            xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
-        seen = seen_file_stat(xml)
+        seen = seen_file_stat(self._volume_xml("stored_file", pool, volume))
         if seen is None:
             return None
         _identity, found = seen
@@ -184,13 +180,15 @@ class LibvirtStorage:
             yield from download_chunks(self._conn, vol, host=self._name)
 
     def _local_file(self, pool: str, volume: str) -> tuple[Path, int, int] | None:
-        with self._mapped("read_volume", pool=pool, volume=volume):
-            xml = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0)
-        seen = seen_file(xml)
+        seen = seen_file(self._volume_xml("read_volume", pool, volume))
         if seen is None:
             # Another mount namespace, a stale view or no file at all: libvirt's download is right.
             log.info("volume_read_streamed", host=self._name, pool=pool, volume=volume)
         return seen
+
+    def _volume_xml(self, operation: str, pool: str, volume: str) -> str:
+        with self._mapped(operation, pool=pool, volume=volume):
+            return str(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).XMLDesc(0))
 
     def _lookup_volume(self, pool: str, volume: str) -> Any | None:
         try:
