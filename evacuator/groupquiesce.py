@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import structlog
+from datetime import timedelta
 
 from evacuator.errors import EvacuatorError, MigrationError
 from evacuator.migrator import ColdMigrator, _active, _Refused
 from evacuator.movesteps import MoveStep, StepPhase
-
-log = structlog.get_logger(__name__)
 
 
 class GroupColdMigrator(ColdMigrator):
@@ -29,14 +26,10 @@ class GroupColdMigrator(ColdMigrator):
                 if _active(self._dst.find_vm(move.uuid)):
                     raise _Refused(f"VM {move.uuid} runs on both hosts: refusing to touch either")
                 self._src.request_shutdown(move.uuid)
-            while running and (self._clock() - started_at).total_seconds() < self._shutdown_timeout_seconds:
-                self._sleep(self._poll_interval_seconds)
-                if not any(_active(self._src.find_vm(move.uuid)) for move in running):
-                    break
+            # One deadline for all: each wait ends when its VM is off or, at the latest, then.
+            deadline = started_at + timedelta(seconds=self._shutdown_timeout_seconds)
             for move in running:
-                if _active(self._src.find_vm(move.uuid)):
-                    log.warning("vm_forced_off", vm_uuid=move.uuid, host=self._src.name)
-                    self._src.destroy_vm(move.uuid)
+                self._shutdown_watch(move.uuid, deadline).wait(self._sleep)
         except (EvacuatorError, _Refused) as exc:
             for move in moves:
                 self._emit(move, MoveStep.QUIESCE, StepPhase.FAILED, self._clock(), None, error=str(exc))

@@ -189,14 +189,16 @@ class ColdMigrator:
             # A paused guest, for one, cannot take the request: waiting for it would be pointless.
             log.warning("vm_shutdown_request_refused", vm_uuid=move.uuid, error=str(exc))
             wait_seconds = 0.0
-        watch = ShutdownWatch(host=self._src, vm_uuid=move.uuid, clock=self._clock,
-                              deadline=self._clock() + timedelta(seconds=wait_seconds),
-                              poll_interval_seconds=self._poll_interval_seconds)
+        watch = self._shutdown_watch(move.uuid, self._clock() + timedelta(seconds=wait_seconds))
         if wait_seconds > 0 and self._precopy_slot is not None and src is not None:
             self._precopy(move, src, self._precopy_slot, watch)
         watch.wait(self._sleep)
         move.forced_off = watch.forced_off
         return True
+
+    def _shutdown_watch(self, vm_uuid: str, deadline: datetime) -> ShutdownWatch:
+        return ShutdownWatch(host=self._src, vm_uuid=vm_uuid, deadline=deadline, clock=self._clock,
+                             poll_interval_seconds=self._poll_interval_seconds)
 
     def _precopy(self, move: _Move, src: VmInfo, slot: TryTransferSlot, watch: ShutdownWatch) -> None:
         """Copies the disks while the VM shuts down, if a transfer slot is free at once; when the VM is off

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 
@@ -26,7 +26,6 @@ class ShutdownWatch:
         self._deadline = deadline
         self._clock = clock
         self._interval_seconds = poll_interval_seconds
-        self._interval = timedelta(seconds=poll_interval_seconds)
         self._looked_at: datetime | None = None
         self._during = "shutdown"
         self.off = threading.Event()
@@ -42,7 +41,8 @@ class ShutdownWatch:
         self._during = "precopy"
         try:
             for chunk in chunks:
-                if self._looked_at is None or self._clock() - self._looked_at >= self._interval:
+                if self._looked_at is None or (
+                        (self._clock() - self._looked_at).total_seconds() >= self._interval_seconds):
                     self._look()
                 yield chunk
         finally:
