@@ -35,6 +35,14 @@ class _Vm:
     info: VmInfo
 
 
+@dataclass(slots=True, kw_only=True)
+class _Volume:
+    content: bytearray
+    allocated_bytes: int
+    format: str
+    file: int  # which "file" holds the volume: new at each creation, as a live read's identity
+
+
 class FakeHypervisor:
     """A hypervisor host in memory. Guests ignore ACPI unless `honours_acpi`; `calls` lists what was done."""
 
@@ -43,12 +51,9 @@ class FakeHypervisor:
         self.honours_acpi = honours_acpi
         self.calls: list[str] = []
         self._vms: dict[str, _Vm] = {}
-        self._volumes: dict[tuple[str, str], bytearray] = {}
-        self._allocated: dict[tuple[str, str], int] = {}
-        self._formats: dict[tuple[str, str], str] = {}
+        self._volumes: dict[tuple[str, str], _Volume] = {}
         self._errors: dict[str, list[BaseException]] = {}
         self._passes: dict[str, int] = {}
-        self._files: dict[tuple[str, str], int] = {}  # which "file" holds a volume: new at each creation
         self._file_numbers = itertools.count(1)
         # Called with each offset a live read is about to read: a test writes there as a guest would.
         self.before_live_read: Callable[[int], None] | None = None
@@ -74,14 +79,12 @@ class FakeHypervisor:
     ) -> None:
         content = bytearray(capacity_bytes)
         content[: len(data)] = data
-        self._volumes[(pool, volume)] = content
-        self._allocated[(pool, volume)] = len(data)
-        self._formats[(pool, volume)] = format
-        self._files[(pool, volume)] = next(self._file_numbers)
+        self._volumes[(pool, volume)] = _Volume(content=content, allocated_bytes=len(data), format=format,
+                                                file=next(self._file_numbers))
 
     def guest_write(self, pool: str, volume: str, offset: int, data: bytes) -> None:
         """Changes a volume's bytes behind the migrator's back, as a running guest writes its disk."""
-        self._content(pool, volume)[offset : offset + len(data)] = data
+        self._volume(pool, volume).content[offset : offset + len(data)] = data
 
     def add_vm(self, definition_xml: str, *, state: VmState = VmState.SHUT_OFF) -> VmInfo:
         info = self._define(definition_xml)
@@ -94,7 +97,7 @@ class FakeHypervisor:
         return None if vm is None else vm.info
 
     def volume_bytes(self, pool: str, volume: str) -> bytes:
-        return bytes(self._volumes[(pool, volume)])
+        return bytes(self._volumes[(pool, volume)].content)
 
     def volume_names(self) -> tuple[tuple[str, str], ...]:
         return tuple(sorted(self._volumes))
@@ -163,8 +166,7 @@ class FakeHypervisor:
 
     def read_volume(self, pool: str, volume: str) -> Iterator[Chunk]:
         self._enter("read_volume", pool, volume)
-        content = bytes(self._content(pool, volume))
-        return iter(_chunks(content))
+        return iter(_chunks(bytes(self._volume(pool, volume).content)))
 
     def volume_digest(self, pool: str, volume: str) -> str:
         # Through read_volume, so a fault armed there also hits verification, as a real read-back would.
@@ -172,7 +174,8 @@ class FakeHypervisor:
 
     def write_volume(self, pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
         self._enter("write_volume", pool, volume)
-        content = self._content(pool, volume)
+        stored = self._volume(pool, volume)
+        content = stored.content
         offset = written_bytes = 0
         for chunk in chunks:
             if isinstance(chunk, HoleChunk):
@@ -184,12 +187,13 @@ class FakeHypervisor:
                 written_bytes += len(chunk.data)
             if offset > len(content):
                 raise HypervisorError(f"host {self._name}: write_volume {pool}/{volume}: past its capacity")
-        self._allocated[(pool, volume)] = written_bytes
+        stored.allocated_bytes = written_bytes
         return written_bytes
 
     def read_volume_live(self, pool: str, volume: str) -> LiveRead | None:
         self._enter("read_volume_live", pool, volume)
-        content = self._content(pool, volume)
+        stored = self._volume(pool, volume)
+        content = stored.content
 
         def each_block_when_asked() -> Iterator[Chunk]:
             for offset in range(0, len(content), _BLOCK_BYTES):
@@ -197,18 +201,18 @@ class FakeHypervisor:
                     self.before_live_read(offset)
                 yield from _chunks(bytes(content[offset : offset + _BLOCK_BYTES]))
 
-        return LiveRead(chunks=each_block_when_asked(), identity=str(self._files[(pool, volume)]))
+        return LiveRead(chunks=each_block_when_asked(), identity=str(stored.file))
 
     def stored_file(self, pool: str, volume: str) -> StoredFile | None:
         self._enter("stored_file", pool, volume)
-        content = self._content(pool, volume)
-        return StoredFile(identity=str(self._files[(pool, volume)]), length_bytes=len(content))
+        stored = self._volume(pool, volume)
+        return StoredFile(identity=str(stored.file), length_bytes=len(stored.content))
 
     def read_volume_range(
         self, pool: str, volume: str, *, offset_bytes: int, length_bytes: int
     ) -> Iterator[Chunk]:
         self._enter("read_volume_range", pool, volume)
-        content = self._content(pool, volume)
+        content = self._volume(pool, volume).content
         if offset_bytes + length_bytes > len(content):
             raise HypervisorError(f"host {self._name}: {pool}/{volume} ends before byte "
                                   f"{offset_bytes + length_bytes}")
@@ -216,7 +220,7 @@ class FakeHypervisor:
 
     def patch_volume(self, pool: str, volume: str, patches: Iterable[tuple[int, bytes]]) -> int:
         self._enter("patch_volume", pool, volume)
-        content = self._content(pool, volume)
+        content = self._volume(pool, volume).content
         written = 0
         for offset, data in patches:
             if offset > len(content):
@@ -227,11 +231,8 @@ class FakeHypervisor:
 
     def delete_volume(self, pool: str, volume: str) -> None:
         self._enter("delete_volume", pool, volume)
-        self._content(pool, volume)
+        self._volume(pool, volume)
         del self._volumes[(pool, volume)]
-        del self._allocated[(pool, volume)]
-        del self._formats[(pool, volume)]
-        del self._files[(pool, volume)]
 
     def migrate_live(self, uuid: str, destination: Hypervisor) -> None:
         self._enter("migrate_live", uuid)
@@ -241,9 +242,9 @@ class FakeHypervisor:
         if vm.info.state is not VmState.RUNNING:
             raise HypervisorError(f"host {self._name}: migrate_live {uuid}: domain is not running")
         for ref in vm.info.volumes:
-            key = (ref.pool, ref.volume)
-            destination.add_volume(ref.pool, ref.volume, capacity_bytes=len(self._volumes[key]),
-                                   data=bytes(self._volumes[key]), format=self._formats[key])
+            stored = self._volumes[(ref.pool, ref.volume)]
+            destination.add_volume(ref.pool, ref.volume, capacity_bytes=len(stored.content),
+                                   data=bytes(stored.content), format=stored.format)
         destination.add_vm(vm.xml, state=VmState.RUNNING)
         del self._vms[uuid]  # like libvirt: the source volumes stay behind
 
@@ -288,20 +289,16 @@ class FakeHypervisor:
         if self._vm(uuid).info.state is VmState.SHUT_OFF:
             raise HypervisorError(f"host {self._name}: {operation} {uuid}: domain is not running")
 
-    def _content(self, pool: str, volume: str) -> bytearray:
-        content = self._volumes.get((pool, volume))
-        if content is None:
+    def _volume(self, pool: str, volume: str) -> _Volume:
+        stored = self._volumes.get((pool, volume))
+        if stored is None:
             raise HypervisorError(f"host {self._name}: no volume {pool}/{volume}")
-        return content
+        return stored
 
     def _volume_info(self, pool: str, volume: str) -> VolumeInfo:
-        return VolumeInfo(
-            pool=pool,
-            volume=volume,
-            capacity_bytes=len(self._volumes[(pool, volume)]),
-            allocation_bytes=self._allocated[(pool, volume)],
-            format=self._formats[(pool, volume)],
-        )
+        stored = self._volumes[(pool, volume)]
+        return VolumeInfo(pool=pool, volume=volume, capacity_bytes=len(stored.content),
+                          allocation_bytes=stored.allocated_bytes, format=stored.format)
 
 
 def _chunks(content: bytes) -> list[Chunk]:
