@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.migrator import ColdMigrator, _active, _Refused
+from evacuator.hypervisor import is_active
+from evacuator.migrator import ColdMigrator, _Refused
 from evacuator.movesteps import MoveStep, StepPhase
 
 
@@ -21,9 +22,9 @@ class GroupColdMigrator(ColdMigrator):
         for move in moves:
             self._emit(move, MoveStep.QUIESCE, StepPhase.STARTED, started_at, None)
         try:
-            running = [move for move in moves if _active(self._src.find_vm(move.uuid))]
+            running = [move for move in moves if is_active(self._src.find_vm(move.uuid))]
             for move in running:
-                if _active(self._dst.find_vm(move.uuid)):
+                if is_active(self._dst.find_vm(move.uuid)):
                     raise _Refused(f"VM {move.uuid} runs on both hosts: refusing to touch either")
                 self._src.request_shutdown(move.uuid)
             # One deadline for all: each wait ends when its VM is off or, at the latest, then.

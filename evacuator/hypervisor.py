@@ -64,6 +64,11 @@ class VmInfo:
     facts: VmFacts
 
 
+def is_active(vm: VmInfo | None) -> bool:
+    """Whether the VM exists and is anything but shut off (paused and crashed still hold their disks)."""
+    return vm is not None and vm.state is not VmState.SHUT_OFF
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataChunk:
     """Bytes of a volume, in order."""

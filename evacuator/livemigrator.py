@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import structlog
 
-from evacuator.hypervisor import VmState
-from evacuator.migrator import ColdMigrator, _active, _Move, _Refused
+from evacuator.hypervisor import VmState, is_active
+from evacuator.migrator import ColdMigrator, _Move, _Refused
 from evacuator.movesteps import MoveStep
 
 log = structlog.get_logger(__name__)
@@ -31,7 +31,7 @@ class LiveMigrator(ColdMigrator):
         src = self._src.find_vm(move.uuid)
         if src is None and dst is not None:
             return False  # switched over already (a retry after the migration finished)
-        if not _active(src):
+        if not is_active(src):
             raise _Refused(f"is not running on {self._src.name}: a live move needs a running guest")
         if dst is not None and dst.state is VmState.RUNNING:
             raise _Refused(f"runs on both {self._src.name} and {self._dst.name}: resolve by hand")

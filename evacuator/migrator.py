@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from evacuator.errors import EvacuatorError, MigrationError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState, VolumeInfo, VolumeRef
+from evacuator.hypervisor import Hypervisor, VmInfo, VmState, VolumeInfo, VolumeRef, is_active
 from evacuator.movesteps import (
     EVENT_NAMES,
     TRANSFER_STEPS,
@@ -141,14 +141,14 @@ class ColdMigrator:
             raise refuse(f"cannot be located: {exc}") from exc
         if src is None and dst is None:
             raise refuse(f"is defined on neither {self._src.name} nor {self._dst.name}")
-        if dst is not None and _active(src):
+        if dst is not None and is_active(src):
             raise refuse(f"runs on {self._src.name} while also defined on {self._dst.name} (running there "
                          "too, or a copy that may be stale): refusing to touch either, resolve by hand")
         known = src if src is not None else dst
         assert known is not None
         run_after = start_on_destination
         if run_after is None:
-            run_after = _active(src) or _active(dst)
+            run_after = is_active(src) or is_active(dst)
         return _Move(uuid=uuid, name=known.name, run_after=run_after)
 
     def _run(self, move: _Move, step: MoveStep, action: Callable[[_Move], bool]) -> StepTiming:
@@ -178,9 +178,9 @@ class ColdMigrator:
 
     def _quiesce(self, move: _Move) -> bool:
         src = self._src.find_vm(move.uuid)
-        if not _active(src):
+        if not is_active(src):
             return False
-        if _active(self._dst.find_vm(move.uuid)):
+        if is_active(self._dst.find_vm(move.uuid)):
             raise _Refused("runs on both hosts: refusing to touch either")
         wait_seconds = self._shutdown_timeout_seconds
         try:
@@ -258,7 +258,7 @@ class ColdMigrator:
         dst = self._dst.find_vm(move.uuid)
         if not move.run_after or (dst is not None and dst.state is VmState.RUNNING):
             return False
-        if _active(self._src.find_vm(move.uuid)):
+        if is_active(self._src.find_vm(move.uuid)):
             raise _Refused(f"runs again on {self._src.name}: not starting a second copy")
         self._dst.start_vm(move.uuid)
         return True
@@ -289,7 +289,7 @@ class ColdMigrator:
         if src is None and not leftovers:
             return False
         if src is not None:
-            if _active(src):
+            if is_active(src):
                 raise _Refused(f"runs on {self._src.name}: not undefining it")
             self._src.undefine_vm(move.uuid)
         for ref in leftovers:
@@ -300,10 +300,7 @@ class ColdMigrator:
         src = self._src.find_vm(move.uuid)
         if src is None:
             raise _Refused(f"is defined on neither {self._src.name} nor {self._dst.name}")
-        if _active(src):
+        if is_active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
 
-
-def _active(vm: VmInfo | None) -> bool:
-    return vm is not None and vm.state is not VmState.SHUT_OFF

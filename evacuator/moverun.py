@@ -12,7 +12,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState
+from evacuator.hypervisor import Hypervisor, VmInfo, is_active
 from evacuator.journal import Journal
 from evacuator.livemigrator import LiveMigrator
 from evacuator.migrator import ColdMigrator
@@ -178,7 +178,7 @@ class MoveRunner:
             # while it can still be read (after quiescing it runs nowhere).
             start = record.start_on_destination
             if start is None:
-                start = _active(source.find_vm(record.vm_uuid)) or _active(dest.find_vm(record.vm_uuid))
+                start = is_active(source.find_vm(record.vm_uuid)) or is_active(dest.find_vm(record.vm_uuid))
             record = self._journal.advance(record, record.state, record.phase, self._clock(),
                                            destination=destination, start_on_destination=start)
         return record
@@ -306,6 +306,3 @@ class _Unreachable:
 
         return fail
 
-
-def _active(vm: VmInfo | None) -> bool:
-    return vm is not None and vm.state is not VmState.SHUT_OFF

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from evacuator.errors import JournalError
-from evacuator.hypervisor import VmInfo, VmState
+from evacuator.hypervisor import VmInfo, is_active
 from evacuator.migrator import MoveStep
 
 
@@ -130,10 +130,7 @@ def invariant_violations(vm_uuid: str, source: VmInfo | None, destination: VmInf
     problems = []
     if source is None and destination is None:
         problems.append(f"VM {vm_uuid} is defined nowhere")
-    if _running(source) and _running(destination):
+    if is_active(source) and is_active(destination):
         problems.append(f"VM {vm_uuid} runs on both hosts")
     return tuple(problems)
 
-
-def _running(vm: VmInfo | None) -> bool:
-    return vm is not None and vm.state is not VmState.SHUT_OFF
