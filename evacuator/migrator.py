@@ -303,4 +303,3 @@ class ColdMigrator:
         if is_active(src):
             raise _Refused(f"runs on {self._src.name}: its disks must not be copied while in use")
         return src
-

@@ -305,4 +305,3 @@ class _Unreachable:
             raise HypervisorError(f"host {self.name}: {operation}: unreachable: {self._error}")
 
         return fail
-

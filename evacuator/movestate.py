@@ -133,4 +133,3 @@ def invariant_violations(vm_uuid: str, source: VmInfo | None, destination: VmInf
     if is_active(source) and is_active(destination):
         problems.append(f"VM {vm_uuid} runs on both hosts")
     return tuple(problems)
-
