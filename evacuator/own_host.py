@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from evacuator.data_wire import server_tls
 from evacuator.digest_responder import DigestResponder
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import VmState, VolumeRef
+from evacuator.hypervisor import VolumeRef, is_active
 from evacuator.libvirt_host import open_libvirt_host
 from evacuator.peer_digests import VolumeDigester
 from evacuator.receive_tickets import FileLocator, ReceivableFile
@@ -43,7 +43,7 @@ def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
         with open_libvirt_host(name, uri, pool, local_files=True) as own:
             # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
             if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
-                   for vm in own.list_vms() if vm.state is not VmState.SHUT_OFF):
+                   for vm in own.list_vms() if is_active(vm)):
                 raise HypervisorError(f"{pool}/{volume} on {name} belongs to a running VM")
             # Durable first: the mover removes the source once this copy is verified and runs here.
             return own.local_digest(pool, volume, flush=True)

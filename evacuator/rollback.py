@@ -8,7 +8,7 @@ from enum import StrEnum
 import structlog
 
 from evacuator.errors import EvacuatorError
-from evacuator.hypervisor import Hypervisor, VmInfo, VmState
+from evacuator.hypervisor import Hypervisor, VmInfo, is_active
 from evacuator.movestate import MoveState
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ def roll_back(
         # The destination may run a copy we cannot see: starting the source too could make two.
         return Rollback(outcome=RollbackOutcome.ON_SOURCE_LEFTOVERS, running_on_source=False,
                         detail=leftovers)
-    running = src.state is not VmState.SHUT_OFF
+    running = is_active(src)
     if restart_on_source and not running:
         source.start_vm(vm_uuid)
         running = True
@@ -72,7 +72,7 @@ def _clean_destination(vm_uuid: str, src: VmInfo, destination: Hypervisor) -> st
     """Removes the destination's definition and copies of the VM's volumes; returns what could not be."""
     try:
         dst = destination.find_vm(vm_uuid)
-        if dst is not None and dst.state is not VmState.SHUT_OFF:
+        if is_active(dst):
             destination.destroy_vm(vm_uuid)
         if dst is not None:
             destination.undefine_vm(vm_uuid)
