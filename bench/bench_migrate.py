@@ -40,14 +40,14 @@ from structlog.testing import capture_logs
 from bench.lab_peers import OpenPeer, Peers, peer_daemons
 from bench.lab_vms import define_vm, power, precondition
 from bench.transfer_baseline import Transfers, cp_many_seconds, cp_seconds, piped_many_seconds, transfer_alone
-from evacuator.engine import EngineConfig, MoveEngine
-from evacuator.hypervisor import Hypervisor
-from evacuator.journal import Journal
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import Hypervisor
+from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
-from evacuator.libvirt_host import open_libvirt_host
 from evacuator.logs import configure_logging
-from evacuator.migrator import ColdMigrator, MoveStep
-from evacuator.planner import PlannedMove
+from evacuator.migrate.cold import ColdMigrator, MoveStep
+from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.journal import Journal
 
 MIB = 1 << 20
 SHUTDOWN_TIMEOUT_SECONDS = 0.5

@@ -5,7 +5,7 @@ Run: `.venv/bin/python bench/bench_writeback.py [--dir /var/tmp] [--rounds 10]`,
 storage pools. Each round writes one fresh file per variant, in an order that rotates from round to round
 (the disk's speed drifts), and deletes it; medians are compared. The baseline, measured in the same run, is
 the same write with writeback left to the kernel until the fsync. It isolates the disk's side of
-evacuator/volume_receiver.py (WRITEBACK_EVERY_BYTES) from the network and the sender. About 2 minutes.
+evacuator/transfer/receiver.py (WRITEBACK_EVERY_BYTES) from the network and the sender. About 2 minutes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from evacuator.volume_io import start_writeback
-from evacuator.volume_receiver import WRITEBACK_EVERY_BYTES
+from evacuator.transfer.files import start_writeback
+from evacuator.transfer.receiver import WRITEBACK_EVERY_BYTES
 
 MIB = 1 << 20
 FRAME_BYTES = MIB  # as the receiver writes what one data frame carries

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pika
 
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.lab.broker import ensure_broker
 from evacuator.lab.hosts import LabHost
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.peer_digests import PeerDigestClient
+from evacuator.peers.rpc import PeerDigestClient
 from evacuator.settings import Encryption
-from evacuator.volume_sender import DataChannelClient
+from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import libvirt
 
+from evacuator.hypervisor.facts import VmFacts
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import domain_xml
-from evacuator.vmmeta import VmFacts
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evacuator.hypervisor import Hypervisor
-from evacuator.volume_copy import copy_volume
+from evacuator.hypervisor.model import Hypervisor
+from evacuator.migrate.volume_copy import copy_volume
 
 OpenHost = Callable[[], AbstractContextManager[Hypervisor]]
 

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from evacuator.commands.tenant import add_tenant_parser
 from evacuator.errors import ConfigError, EvacuatorError
 from evacuator.logs import configure_logging
 from evacuator.settings import load_settings
-from evacuator.tenantcmd import add_tenant_parser
 from monitors.errors import MonitorError
 from monitors.settings import MonitorsSettings
 from notifiers.errors import NotifierError
@@ -68,25 +68,25 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from evacuator.demo import run_demo
+    from evacuator.commands.demo import run_demo
 
     return run_demo(state_dir=Path(args.state_dir) if args.state_dir else None, keep=args.keep)
 
 
 def _move(args: argparse.Namespace) -> int:
-    from evacuator.movecmd import run_moves
+    from evacuator.commands.move import run_moves
 
     return run_moves(load_settings(Path(args.config)), list(args.vm_uuid))
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from evacuator.cancelcmd import run_cancel
+    from evacuator.commands.cancel import run_cancel
 
     return run_cancel(load_settings(Path(args.config)), args.vm_uuid, args.reason)
 
 
 def _peers(args: argparse.Namespace) -> int:
-    from evacuator.peerscmd import run_peers
+    from evacuator.commands.peers import run_peers
 
     return run_peers(load_settings(Path(args.config)), as_json=args.json)
 

@@ -54,7 +54,7 @@ class EvacuationSettings(_Strict):
     # Copy a running VM's disks while it shuts down, when a transfer slot is free at once; once it is off,
     # only the blocks read before that are read again, and those that changed written (docs/moves.md).
     precopy_during_shutdown: bool = True
-    # Counted on the broker (evacuator/cluster_slots.py): transfers at once in the whole cloud (None: no
+    # Counted on the broker (evacuator/peers/cloud_slots.py): transfers at once in the whole cloud (None: no
     # cap), and whether max_incoming_moves_per_peer holds for all sources together, not each on its own.
     max_total_transfers: int | None = Field(default=None, ge=1)
     incoming_caps_cloud_wide: bool = False

@@ -13,26 +13,26 @@ from datetime import UTC, datetime
 
 import structlog
 
-from evacuator.cluster_slots import BrokerCloudCaps
-from evacuator.digest_responder import DigestResponder
-from evacuator.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor import Hypervisor
-from evacuator.journal import Journal
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.movestate import Phase
-from evacuator.notices import AmqpNotifier
-from evacuator.own_host import PeerServices, own_volume_digester, volume_receiver
-from evacuator.peer_digests import PeerDigestClient
-from evacuator.planner import WindowPolicy
-from evacuator.replies import ReplyPolicy
-from evacuator.reply_desk import ReplyDesk
-from evacuator.service import Service, ServiceConfig
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
+from evacuator.hypervisor.model import Hypervisor
+from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.planner import WindowPolicy
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import ReplyPolicy
+from evacuator.incident.scheduler import ApschedulerTimers
+from evacuator.incident.service import Service, ServiceConfig
+from evacuator.moves.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import Phase
+from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap
+from evacuator.peers.cloud_slots import BrokerCloudCaps
+from evacuator.peers.own_host import PeerServices, own_volume_digester, volume_receiver
+from evacuator.peers.responder import DigestResponder
+from evacuator.peers.rpc import PeerDigestClient
 from evacuator.settings import Settings
-from evacuator.timers import ApschedulerTimers
-from evacuator.transfers import ClusterSlots, NoClusterCap
-from evacuator.vm_windows import libvirt_window_store
-from evacuator.volume_sender import DataChannelClient
+from evacuator.transfer.sender import DataChannelClient
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict

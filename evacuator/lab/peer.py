@@ -15,10 +15,10 @@ from contextlib import contextmanager, suppress
 
 from pydantic import SecretStr
 
-from evacuator.digest_responder import DigestResponder
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
-from evacuator.own_host import PeerServices, own_volume_digester, volume_receiver
+from evacuator.peers.own_host import PeerServices, own_volume_digester, volume_receiver
+from evacuator.peers.responder import DigestResponder
 from evacuator.settings import DataChannelSettings, Encryption
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from evacuator.chunk_digests import sha256_of_chunks
 from evacuator.errors import LabError
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.vmmeta import VmFacts, render_facts
+from evacuator.hypervisor.facts import VmFacts, render_facts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
+from evacuator.transfer.digests import sha256_of_chunks
 
 MEMORY_MIB = 64
 _WRITE_CHUNK_BYTES = 1 << 20

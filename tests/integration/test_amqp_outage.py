@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from evacuator.incident.notices import AmqpNotifier
 from evacuator.lab.tls import make_test_ca
-from evacuator.notices import AmqpNotifier
 from notifiers.delivery import OutboxPublisher
 from notifiers.errors import BrokerUnavailable
 from notifiers.messages import EvacuationFailed, Notice

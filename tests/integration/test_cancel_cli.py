@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evacuator.journal import Journal
-from evacuator.movestate import MoveRecord, MoveState, Phase
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveRecord, MoveState, Phase
 from notifiers.messages import EvacuationCancelled
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient

@@ -17,8 +17,8 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from evacuator.cluster_slots import BrokerCloudCaps, BrokerClusterSlots, slot_queue
 from evacuator.lab.broker import _free_port
+from evacuator.peers.cloud_slots import BrokerCloudCaps, BrokerClusterSlots, slot_queue
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 from tests.fixtures.broker import BrokerJanitor
@@ -105,7 +105,7 @@ def test_a_host_killed_while_holding_its_slot_frees_it(broker_settings: BrokerSe
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
             from pydantic import SecretStr
-            from evacuator.cluster_slots import BrokerClusterSlots
+            from evacuator.peers.cloud_slots import BrokerClusterSlots
             from notifiers.connection import blocking_connection_factory
             from notifiers.settings import BrokerSettings
             settings = BrokerSettings(url=SecretStr({broker_settings.url.get_secret_value()!r}))

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evacuator.hypervisor import VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.facts import MoveMethod, VmFacts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost, pool_volumes
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.migrator import MoveStep
-from evacuator.movestate import MoveState
-from evacuator.vmmeta import MoveMethod, VmFacts
+from evacuator.migrate.cold import MoveStep
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState
 from evacuator.wiring import CRASH_AT_ENV
 from notifiers.settings import BrokerSettings
 
@@ -35,7 +35,7 @@ CRASH_POINTS = (
     + [f"{step}:{phase}" for step in MoveStep for phase in ("started", "finished")]
     + ["done:finished"]
 )
-# A live move journals fewer steps: the migration is its copy (evacuator/livemigrator.py).
+# A live move journals fewer steps: the migration is its copy (evacuator/migrate/live.py).
 LIVE_STEPS = (MoveStep.COPY_DISKS, MoveStep.VERIFY, MoveStep.CLEAN_UP)
 LIVE_CRASH_POINTS = (
     ["due:due"]

@@ -18,10 +18,10 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
-from evacuator.digest_responder import DigestResponder
 from evacuator.lab.broker import LabBroker
-from evacuator.peer_digests import TAKEN_TYPE, DigestReply, DigestRequest, PeerDigestClient, declare_exchange
+from evacuator.peers.responder import DigestResponder
+from evacuator.peers.rpc import TAKEN_TYPE, DigestReply, DigestRequest, PeerDigestClient, declare_exchange
+from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 

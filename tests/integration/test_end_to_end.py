@@ -20,11 +20,11 @@ import pika.exceptions
 import pytest
 import yaml
 
-from evacuator.hypervisor import VmState
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.sysfs import HeatableHwmon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import open_libvirt_host
 from notifiers.messages import EvacuationScheduled, Notice, ReadyReply, VmEvacuated, encode
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient

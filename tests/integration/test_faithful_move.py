@@ -15,15 +15,15 @@ from xml.etree import ElementTree
 import libvirt
 import pytest
 
-from evacuator.hypervisor import DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.facts import MoveMethod, VmFacts, render_facts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import DataChunk, HoleChunk, VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import sha256_of_volume
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.migrator import ColdMigrator
-from evacuator.peer_digests import PeerDigestClient
-from evacuator.vmmeta import MoveMethod, VmFacts, render_facts
-from evacuator.volume_sender import DataChannelClient
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.peers.rpc import PeerDigestClient
+from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from evacuator.engine import EngineConfig, MoveEngine
-from evacuator.hypervisor import Hypervisor, VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.movestate import MoveState
-from evacuator.planner import PlannedMove
-from evacuator.vmmeta import VmFacts
+from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState
 
 pytestmark = pytest.mark.integration
 

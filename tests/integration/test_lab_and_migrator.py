@@ -13,15 +13,15 @@ from xml.etree import ElementTree
 import libvirt
 import pytest
 
-from evacuator.chunk_digests import sha256_of_chunks
 from evacuator.errors import HypervisorError
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition
+from evacuator.hypervisor.facts import NAMESPACE_URI, VmFacts, parse_facts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition
 from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.migrator import ColdMigrator, MoveStep, StepEvent, StepPhase
-from evacuator.vmmeta import NAMESPACE_URI, VmFacts, parse_facts
+from evacuator.migrate.cold import ColdMigrator, MoveStep, StepEvent, StepPhase
+from evacuator.transfer.digests import sha256_of_chunks
+from tests.fakes.hypervisor import FakeHypervisor
 from tests.fixtures.libvirt_lab import free_port_pair
 
 pytestmark = pytest.mark.integration

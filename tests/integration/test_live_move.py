@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evacuator.hypervisor import VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.facts import MoveMethod, VmFacts
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.movestate import MoveState
-from evacuator.vmmeta import MoveMethod, VmFacts
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState
 
 pytestmark = pytest.mark.integration
 

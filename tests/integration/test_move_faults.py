@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from evacuator.engine import EngineConfig, MoveEngine
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, Hypervisor, VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.hypervisor.model import Chunk, Hypervisor, VmState
+from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.moverun import RecordedOutcomes
-from evacuator.movestate import MoveRecord, MoveState, Phase
-from evacuator.planner import PlannedMove
+from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.journal import Journal
+from evacuator.moves.runner import RecordedOutcomes
+from evacuator.moves.state import MoveRecord, MoveState, Phase
+from tests.fakes.hypervisor import FakeHypervisor
 from tests.fixtures.chunk_faults import acting_after_first_mib
 
 pytestmark = pytest.mark.integration

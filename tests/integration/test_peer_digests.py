@@ -18,16 +18,16 @@ import pika
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
-from evacuator.digest_responder import DigestResponder
 from evacuator.errors import MigrationError
-from evacuator.hypervisor import DataChunk, HoleChunk
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.hypervisor.model import DataChunk, HoleChunk
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import digest_peer
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.migrator import ColdMigrator, MoveStep
-from evacuator.peer_digests import DigestRequest, PeerDigestClient
+from evacuator.migrate.cold import ColdMigrator, MoveStep
+from evacuator.peers.responder import DigestResponder
+from evacuator.peers.rpc import DigestRequest, PeerDigestClient
+from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 from tests.fixtures.broker import BrokerJanitor

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from evacuator.cli import main
-from evacuator.cluster_slots import BrokerCloudCaps, incoming_prefix, slot_queue, total_prefix
-from evacuator.digest_responder import DigestResponder
-from evacuator.peerscmd import CloudStatus, HostStatus, read_status
+from evacuator.commands.peers import CloudStatus, HostStatus, read_status
+from evacuator.peers.cloud_slots import BrokerCloudCaps, incoming_prefix, slot_queue, total_prefix
+from evacuator.peers.responder import DigestResponder
 from evacuator.settings import load_settings
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

@@ -17,15 +17,15 @@ import libvirt
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.hypervisor import DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.hypervisor.model import DataChunk, HoleChunk, VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import domain_xml, sha256_of_volume
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.migrator import ColdMigrator, MoveStep, StepEvent, StepPhase
-from evacuator.peer_digests import PeerDigestClient
-from evacuator.vmmeta import VmFacts
-from evacuator.volume_sender import DataChannelClient
+from evacuator.migrate.cold import ColdMigrator, MoveStep, StepEvent, StepPhase
+from evacuator.peers.rpc import PeerDigestClient
+from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 

@@ -17,15 +17,14 @@ from typing import Any
 import pika
 import pytest
 
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
+from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.planner import PlannedMove
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm
-from evacuator.libvirt_host import LibvirtHost, open_libvirt_host
-from evacuator.notices import AmqpNotifier
-from evacuator.planner import PlannedMove
-from evacuator.replies import ReplyPolicy
-from evacuator.reply_desk import ReplyDesk
-from evacuator.timers import ManualTimers
-from evacuator.vm_windows import libvirt_window_store
 from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers.delivery import OutboxPublisher
 from notifiers.messages import EvacuationScheduled, EvacuationUpdated, Notice, ReplyRejected
@@ -36,6 +35,7 @@ from notifiers.replies import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue, reply_routing_key
+from tests.fakes.timers import ManualTimers
 from tests.fixtures.broker import BrokerJanitor, LabTenant
 
 pytestmark = pytest.mark.integration

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm
-from evacuator.libvirt_host import open_libvirt_host
-from evacuator.vm_windows import libvirt_window_store
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evacuator.cancelcmd import cancel_moves, tell_tenants
-from evacuator.journal import Journal
-from evacuator.movestate import MoveRecord, MoveState, Phase
-from evacuator.notices import RecordingNotifier
+from evacuator.commands.cancel import cancel_moves, tell_tenants
+from evacuator.incident.notices import RecordingNotifier
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveRecord, MoveState, Phase
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.data_wire import (
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
+from evacuator.peers.rpc import PeerRequest, PeerUnanswered
+from evacuator.settings import Encryption
+from evacuator.transfer.receiver import VolumeReceiver
+from evacuator.transfer.sender import DataChannelClient
+from evacuator.transfer.tickets import FRESH_SECONDS, ReceivableFile, TicketBook
+from evacuator.transfer.wire import (
     DATA,
     DATA_HEADER,
     MAGIC,
@@ -23,13 +30,6 @@ from evacuator.data_wire import (
     read_answer,
     server_tls,
 )
-from evacuator.errors import HypervisorError
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk
-from evacuator.peer_digests import PeerRequest, PeerUnanswered
-from evacuator.receive_tickets import FRESH_SECONDS, ReceivableFile, TicketBook
-from evacuator.settings import Encryption
-from evacuator.volume_receiver import VolumeReceiver
-from evacuator.volume_sender import DataChannelClient
 
 MIB = 1 << 20
 TLS = server_tls("host-b")  # one key for the module: making one costs milliseconds, not nothing

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from evacuator.engine import EngineConfig, MoveEngine
 from evacuator.errors import HypervisorError, JournalError
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, Hypervisor, VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.facts import MoveMethod, VmFacts
+from evacuator.hypervisor.model import Chunk, Hypervisor, VmState
+from evacuator.incident.planner import PlannedMove
 from evacuator.lab.vms import domain_xml
-from evacuator.migrator import MoveStep
-from evacuator.moverun import RecordedOutcomes
-from evacuator.movestate import MoveRecord, MoveState, Phase
-from evacuator.planner import PlannedMove
-from evacuator.vmmeta import MoveMethod, VmFacts
+from evacuator.migrate.cold import MoveStep
+from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.journal import Journal
+from evacuator.moves.runner import RecordedOutcomes
+from evacuator.moves.state import MoveRecord, MoveState, Phase
+from tests.fakes.hypervisor import FakeHypervisor
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 POOL = "evacuator"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evacuator.movequeue import Unit, next_unit
+from evacuator.moves.queue import Unit, next_unit
 
 
 def unit(key: str, priority: int = 0, seq: int = 0, destination: str | None = None) -> Unit:

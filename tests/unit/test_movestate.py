@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import pytest
 
 from evacuator.errors import JournalError
-from evacuator.hypervisor import VmInfo, VmState
-from evacuator.migrator import MoveStep
-from evacuator.movestate import (
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import VmInfo, VmState
+from evacuator.migrate.cold import MoveStep
+from evacuator.moves.state import (
     STEP_STATE,
     MoveRecord,
     MoveState,
@@ -20,7 +21,6 @@ from evacuator.movestate import (
     invariant_violations,
     resume_action,
 )
-from evacuator.vmmeta import VmFacts
 
 S = MoveState
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)

@@ -7,10 +7,9 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from evacuator.chunk_digests import BLOCK_DIGEST_ALGORITHM
-from evacuator.cluster_slots import BrokerCloudCaps
 from evacuator.errors import HypervisorError
-from evacuator.peer_digests import (
+from evacuator.peers.cloud_slots import BrokerCloudCaps
+from evacuator.peers.rpc import (
     TAKEN_TYPE,
     DigestReply,
     DigestRequest,
@@ -22,7 +21,8 @@ from evacuator.peer_digests import (
     request_routing_key,
     responder_queue,
 )
-from evacuator.peer_digests import _Awaited as Awaited  # the asker's bookkeeping, tested alone
+from evacuator.peers.rpc import _Awaited as Awaited  # the asker's bookkeeping, tested alone
+from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from notifiers.errors import BrokerUnavailable, InvalidName
 
 DIGEST = "ab" * 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evacuator.peerscmd import CloudStatus, HostStatus, format_status
+from evacuator.commands.peers import CloudStatus, HostStatus, format_status
 
 
 def test_peers_report_says_when_caps_are_not_counted_on_the_broker() -> None:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evacuator.hypervisor import VmInfo, VmState
-from evacuator.planner import WindowPolicy, choose_destination, plan_evacuation, window_for
-from evacuator.vmmeta import VmFacts
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import VmInfo, VmState
+from evacuator.incident.planner import WindowPolicy, choose_destination, plan_evacuation, window_for
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = WindowPolicy(default_window_seconds=600, max_window_seconds=3600)

@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.chunk_digests import BlockDigest, block_digest_of_chunks, digest_of_blocks
 from evacuator.errors import HypervisorError, MigrationError
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Chunk, DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk, VmState
 from evacuator.lab.vms import domain_xml
-from evacuator.migrator import ColdMigrator, MoveReport, MoveStep, StepEvent, StepPhase
-from evacuator.precopy import changed_blocks, unsettled_ranges
-from evacuator.vmmeta import VmFacts
+from evacuator.migrate.cold import ColdMigrator, MoveReport, MoveStep, StepEvent, StepPhase
+from evacuator.migrate.precopy import changed_blocks, unsettled_ranges
+from evacuator.transfer.digests import BlockDigest, block_digest_of_chunks, digest_of_blocks
+from tests.fakes.hypervisor import FakeHypervisor
 
 MIB = 1 << 20
 UUID = "5d0e3c1a-2b7f-4e58-9f1d-6a4c2b8e7d11"

@@ -6,18 +6,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import VmState
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import VmState
+from evacuator.incident.notices import RecordingNotifier
+from evacuator.incident.planner import PlannedMove
+from evacuator.incident.reply_desk import ReplyDesk, ScheduledLedger
+from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.lab.vms import domain_xml
-from evacuator.notices import RecordingNotifier
-from evacuator.planner import PlannedMove
-from evacuator.replies import ReplyPolicy
-from evacuator.reply_desk import ReplyDesk, ScheduledLedger
-from evacuator.timers import ManualTimers
-from evacuator.vmmeta import VmFacts
 from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
 from notifiers.replies import RejectedDelivery, TenantReply
+from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.timers import ManualTimers
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"

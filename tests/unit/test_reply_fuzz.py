@@ -9,7 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from evacuator.replies import (
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.incident.reply_policy import (
     Expedite,
     NewDeadline,
     PendingEvacuation,
@@ -19,7 +20,6 @@ from evacuator.replies import (
     StoreWindow,
     decide_delivery,
 )
-from evacuator.vmmeta import VmFacts
 from monitors.verdicts import Severity
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)

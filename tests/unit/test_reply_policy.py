@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evacuator.replies import (
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.incident.reply_policy import (
     Decision,
     Expedite,
     NewDeadline,
@@ -21,7 +22,6 @@ from evacuator.replies import (
     decide_delivery,
     decide_reply,
 )
-from evacuator.vmmeta import VmFacts
 from monitors.verdicts import Severity
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)

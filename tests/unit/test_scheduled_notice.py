@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from evacuator.notices import scheduled_notice
-from evacuator.planner import PlannedMove
-from evacuator.replies import ReplyPolicy
+from evacuator.incident.notices import scheduled_notice
+from evacuator.incident.planner import PlannedMove
+from evacuator.incident.reply_policy import ReplyPolicy
 from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers.messages import EvacuationScheduled
 

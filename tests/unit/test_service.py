@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from evacuator.engine import EngineConfig, MoveEngine
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import Hypervisor, VmState
-from evacuator.journal import Journal
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.incident.notices import RecordingNotifier
+from evacuator.incident.planner import WindowPolicy
+from evacuator.incident.service import Service, ServiceConfig
 from evacuator.lab.vms import domain_xml
-from evacuator.notices import RecordingNotifier
-from evacuator.planner import WindowPolicy
-from evacuator.service import Service, ServiceConfig
-from evacuator.timers import ManualTimers
-from evacuator.vmmeta import VmFacts
+from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.journal import Journal
 from monitors.verdicts import HostVerdict, Reason, Severity
+from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.timers import ManualTimers
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HOT = Reason(

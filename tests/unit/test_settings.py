@@ -142,8 +142,8 @@ def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) ->
 def test_cloud_wide_caps_are_built_only_when_configured(
     evacuation: str, expected: tuple[int | None, int | None] | None
 ) -> None:
-    from evacuator.cluster_slots import BrokerCloudCaps
-    from evacuator.transfers import NoClusterCap
+    from evacuator.moves.transfer_slots import NoClusterCap
+    from evacuator.peers.cloud_slots import BrokerCloudCaps
     from evacuator.wiring import cluster_slots_for
 
     caps = cluster_slots_for(parse_settings(MINIMAL + evacuation, Path("evacuator.yaml")))

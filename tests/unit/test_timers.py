@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+import shutil
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from evacuator.timers import ApschedulerTimers, ManualTimers
+from evacuator.incident.scheduler import WINDOW_ELAPSED, ApschedulerTimers
+from tests.fakes.timers import ManualTimers
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+FLAT_LAYOUT_STORE = Path(__file__).parents[1] / "data" / "timers" / "flat-layout-0.1.0.sqlite"
 
 
 def _collector() -> tuple[list[str], threading.Event, object]:
@@ -69,6 +74,33 @@ def test_timers_survive_a_restart(tmp_path: Path) -> None:
         assert abs((pending["vm-1"] - at).total_seconds()) < 1
     finally:
         second.shutdown()
+
+
+def _stored_targets(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT id, job_state FROM evacuation_timers").fetchall()
+    return {job_id: pickle.loads(blob)["func"] for job_id, blob in rows}
+
+
+def test_timers_stored_by_the_flat_layout_survive_the_upgrade(tmp_path: Path) -> None:
+    db = tmp_path / "timers.sqlite"
+    shutil.copy(FLAT_LAYOUT_STORE, db)
+    assert set(_stored_targets(db).values()) == {"evacuator.timers:window_elapsed"}
+    fired, event, on_fire = _collector()
+    timers = ApschedulerTimers(db)
+    timers.start(on_fire)  # type: ignore[arg-type]
+    try:
+        assert timers.pending() == {
+            "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01": datetime(2099, 1, 1, 12, 0, tzinfo=UTC),
+            "1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12": datetime(2099, 6, 1, 12, 0, tzinfo=UTC),
+        }
+        assert set(_stored_targets(db).values()) == {WINDOW_ELAPSED}, "rewritten for good, not per restore"
+        assert timers.fire_now("1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12")
+        assert event.wait(5)
+        assert fired == ["1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12"]
+        assert list(timers.pending()) == ["0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"]
+    finally:
+        timers.shutdown()
 
 
 def test_a_deadline_missed_while_down_fires_on_restart(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pytest
 
-from evacuator.transfers import NoClusterCap, TransferSlots, held_transfer, held_transfer_now
+from evacuator.moves.transfer_slots import NoClusterCap, TransferSlots, held_transfer, held_transfer_now
 
 
 def test_caps_hold_under_many_threads() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evacuator.errors import VmMetadataError
-from evacuator.vmmeta import NAMESPACE_URI, MoveMethod, VmFacts, parse_facts, render_facts
+from evacuator.hypervisor.facts import NAMESPACE_URI, MoveMethod, VmFacts, parse_facts, render_facts
 
 NS = f'xmlns:evacuator="{NAMESPACE_URI}"'
 

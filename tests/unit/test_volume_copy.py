@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evacuator.chunk_digests import block_digest_of_chunks
-from evacuator.fake_hypervisor import FakeHypervisor
-from evacuator.hypervisor import DataChunk
-from evacuator.volume_copy import CopyStalled, copy_volume
+from evacuator.hypervisor.model import DataChunk
+from evacuator.migrate.volume_copy import CopyStalled, copy_volume
+from evacuator.transfer.digests import block_digest_of_chunks
+from tests.fakes.hypervisor import FakeHypervisor
 
 POOL = "evacuator"
 BLOCK_BYTES = 4096  # the fake's block: its reads split data and holes at this granularity

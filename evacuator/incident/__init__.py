@@ -1,0 +1,1 @@
+"""A sick spell of this host: the verdict turned into a plan, tenants told, windows timed, replies heard."""

@@ -1,0 +1,230 @@
+"""Pure reply policy: what a tenant's ready, postpone or register reply does, or why it is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from evacuator.hypervisor.facts import VmFacts
+from monitors.verdicts import Severity
+from notifiers.errors import RejectedReply
+from notifiers.messages import PostponeReply, ReadyReply, RegisterReply
+from notifiers.replies import TenantReply, accept_reply
+
+
+class ReplyKind(StrEnum):
+    READY = "ready"
+    POSTPONE = "postpone"
+    REGISTER = "register"
+
+
+class RejectCode(StrEnum):
+    """Why a reply was refused: stable words, sent back to the tenant in `reply_rejected` notices."""
+
+    MISSING_USER_ID = "missing_user_id"
+    WRONG_ROUTING_KEY = "wrong_routing_key"
+    MALFORMED_REPLY = "malformed_reply"
+    REFUSED_REPLY = "refused_reply"
+    UNKNOWN_VM = "unknown_vm"
+    NOT_OWNER = "not_owner"
+    NO_PENDING_EVACUATION = "no_pending_evacuation"
+    STALE_EVENT = "stale_event"
+    DEADLINE_PASSED = "deadline_passed"
+    NO_POSTPONE_ON_FAILED_HOST = "no_postpone_on_failed_host"
+    POSTPONE_LIMIT_REACHED = "postpone_limit_reached"
+
+    @property
+    def for_tenant(self) -> str:
+        """The code the tenant is told: another tenant's VM looks unknown, so UUIDs cannot be probed."""
+        return RejectCode.UNKNOWN_VM.value if self is RejectCode.NOT_OWNER else self.value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyPolicy:
+    """The admin's caps on what tenants may ask for."""
+
+    # Total delay one VM may gain over its planned deadline within one incident.
+    max_postpone_seconds: int
+    # No VM of a severe host waits longer than this after the incident opened, however often postponed.
+    severe_hard_limit_seconds: int
+    # The longest preprocessing window a tenant may register.
+    max_window_seconds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyRequest:
+    """A reply the broker vouches for, reduced to what the policy needs."""
+
+    tenant: str
+    vm_uuid: str
+    kind: ReplyKind
+    event_id: str | None = None
+    seconds: int | None = None  # postpone: seconds wanted; register: the window
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingEvacuation:
+    """A VM's evacuation that has not started: when it was planned for and when it is due now."""
+
+    event_id: str | None  # the scheduled notice's event id; None when unknown (no check)
+    severity: Severity
+    opened_at: datetime
+    planned_deadline: datetime
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expedite:
+    vm_uuid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewDeadline:
+    vm_uuid: str
+    deadline: datetime
+    requested_seconds: int
+    granted_seconds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreWindow:
+    vm_uuid: str
+    window_seconds: int
+    requested_seconds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reject:
+    code: RejectCode
+    reason: str
+    vm_uuid: str | None = None
+
+
+Decision = Expedite | NewDeadline | StoreWindow | Reject
+
+
+def request_from(reply: TenantReply) -> ReplyRequest:
+    """The policy's view of an accepted wire reply."""
+    message = reply.reply
+    if isinstance(message, ReadyReply):
+        return ReplyRequest(
+            tenant=reply.tenant, vm_uuid=message.vm_uuid, kind=ReplyKind.READY, event_id=message.event_id
+        )
+    if isinstance(message, PostponeReply):
+        return ReplyRequest(
+            tenant=reply.tenant, vm_uuid=message.vm_uuid, kind=ReplyKind.POSTPONE,
+            event_id=message.event_id, seconds=message.postpone_seconds,
+        )  # fmt: skip
+    assert isinstance(message, RegisterReply)
+    return ReplyRequest(
+        tenant=reply.tenant, vm_uuid=message.vm_uuid, kind=ReplyKind.REGISTER, seconds=message.window_seconds
+    )
+
+
+def decide_reply(
+    request: ReplyRequest,
+    *,
+    vm: VmFacts | None,
+    pending: PendingEvacuation | None,
+    now: datetime,
+    policy: ReplyPolicy,
+) -> Decision:
+    """What the reply does; `vm` is None for a VM not on this host, `pending` None when none is due."""
+    vm_uuid = request.vm_uuid
+    if vm is None:
+        return Reject(code=RejectCode.UNKNOWN_VM, reason="no such VM on this host", vm_uuid=vm_uuid)
+    if vm.tenant != request.tenant:
+        return Reject(code=RejectCode.NOT_OWNER, reason="the VM belongs to another tenant", vm_uuid=vm_uuid)
+    if request.kind is ReplyKind.REGISTER:
+        wanted = request.seconds or 0
+        return StoreWindow(
+            vm_uuid=vm_uuid, window_seconds=min(wanted, policy.max_window_seconds), requested_seconds=wanted
+        )
+    checked = _pending_or_reject(request, pending, now)
+    if isinstance(checked, Reject):
+        return checked
+    if request.kind is ReplyKind.READY:
+        return Expedite(vm_uuid=vm_uuid)
+    return _postpone(request, checked, policy)
+
+
+def _pending_or_reject(
+    request: ReplyRequest, pending: PendingEvacuation | None, now: datetime
+) -> PendingEvacuation | Reject:
+    vm_uuid = request.vm_uuid
+    if pending is None:
+        return Reject(
+            code=RejectCode.NO_PENDING_EVACUATION,
+            reason="no evacuation of this VM is pending",
+            vm_uuid=vm_uuid,
+        )
+    if request.event_id is not None and pending.event_id is not None and request.event_id != pending.event_id:
+        return Reject(
+            code=RejectCode.STALE_EVENT,
+            reason=f"event {request.event_id} is not the pending evacuation {pending.event_id}",
+            vm_uuid=vm_uuid,
+        )
+    if now >= pending.deadline:
+        return Reject(
+            code=RejectCode.DEADLINE_PASSED,
+            reason="the VM's deadline has passed: it is moving",
+            vm_uuid=vm_uuid,
+        )
+    return pending
+
+
+def _postpone(request: ReplyRequest, pending: PendingEvacuation, policy: ReplyPolicy) -> Decision:
+    vm_uuid = request.vm_uuid
+    if pending.severity is Severity.FAILED:
+        return Reject(
+            code=RejectCode.NO_POSTPONE_ON_FAILED_HOST, reason="the host has failed", vm_uuid=vm_uuid
+        )
+    wanted = request.seconds or 0
+    limit = latest_deadline(pending, policy)
+    deadline = min(pending.deadline + timedelta(seconds=wanted), limit)
+    if deadline <= pending.deadline:
+        return Reject(
+            code=RejectCode.POSTPONE_LIMIT_REACHED,
+            reason=f"no postpone past {limit.isoformat()}",
+            vm_uuid=vm_uuid,
+        )
+    granted = int((deadline - pending.deadline).total_seconds())
+    return NewDeadline(vm_uuid=vm_uuid, deadline=deadline, requested_seconds=wanted, granted_seconds=granted)
+
+
+def latest_deadline(pending: PendingEvacuation, policy: ReplyPolicy) -> datetime:
+    """The latest a postpone may push the VM's move: the per-VM cap and the severity's hard limit."""
+    return min(
+        pending.planned_deadline + timedelta(seconds=policy.max_postpone_seconds),
+        pending.opened_at + timedelta(seconds=policy.severe_hard_limit_seconds),
+    )
+
+
+def decide_delivery(
+    *,
+    host: str,
+    user_id: str | None,
+    routing_key: str,
+    body: bytes,
+    message_id: str | None,
+    vms: Mapping[str, VmFacts],
+    pending: Mapping[str, PendingEvacuation],
+    now: datetime,
+    policy: ReplyPolicy,
+) -> Decision:
+    """The whole reply path for one delivery, from the broker's properties to the decision; never raises.
+
+    Only documented rejections come back for bad input: every RejectedReply becomes a Reject.
+    """
+    try:
+        accepted = accept_reply(
+            host=host, user_id=user_id, routing_key=routing_key, body=body, message_id=message_id
+        )
+    except RejectedReply as exc:
+        return Reject(code=RejectCode(exc.code), reason=exc.reason)
+    request = request_from(accepted)
+    return decide_reply(
+        request, vm=vms.get(request.vm_uuid), pending=pending.get(request.vm_uuid), now=now, policy=policy
+    )

@@ -1,0 +1,96 @@
+"""The values a move reports: its steps, the per-step events the journal records, and the final report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class MoveStep(StrEnum):
+    """The steps of a cold move, in order."""
+
+    QUIESCE = "quiesce"
+    COPY_DISKS = "copy_disks"
+    VERIFY_DISKS = "verify_disks"
+    DEFINE = "define"
+    START = "start"
+    VERIFY = "verify"
+    CLEAN_UP = "clean_up"
+
+
+# The steps that move disk bytes: they run under a transfer slot (evacuator/moves/transfer_slots.py).
+TRANSFER_STEPS = frozenset({MoveStep.COPY_DISKS, MoveStep.VERIFY_DISKS})
+
+# Holds a transfer slot for one VM's disks while the block runs (the migrator is told how, by the engine).
+TransferSlot = Callable[[str], AbstractContextManager[None]]
+
+
+# As TransferSlot, but never waits: the block holds a slot (True) only if one was free at once (a pre-copy).
+TryTransferSlot = Callable[[str], AbstractContextManager[bool]]
+
+
+def no_slot(vm_uuid: str) -> AbstractContextManager[None]:
+    """Without an engine (the `move` command, tests): no cap to wait for."""
+    return nullcontext()
+
+
+class StepPhase(StrEnum):
+    """A step starts, reads where the VM is, then finishes, fails, or is skipped having nothing to do."""
+
+    STARTED = "started"
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+EVENT_NAMES = {
+    StepPhase.STARTED: "move_step_started",
+    StepPhase.FINISHED: "move_step_finished",
+    StepPhase.SKIPPED: "move_step_skipped",
+    StepPhase.FAILED: "move_step_failed",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepEvent:
+    """What the journal records; `seconds` is set once the step has finished or failed, `error` if failed."""
+
+    vm_uuid: str
+    step: MoveStep
+    phase: StepPhase
+    at: datetime
+    seconds: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepTiming:
+    """How long one step took in one move attempt, and whether it found nothing to do."""
+
+    step: MoveStep
+    skipped: bool
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveReport:
+    """How a completed move went."""
+
+    vm_uuid: str
+    vm_name: str
+    source: str
+    destination: str
+    steps: tuple[StepTiming, ...]
+    bytes_copied: int
+    forced_off: bool
+    running_on_destination: bool
+    seconds: float
+
+
+def copy_timeout_seconds(data_bytes: int, base_seconds: float, min_bytes_per_second: float) -> float:
+    """How long copying a volume may take: a fixed allowance plus its allocated bytes at the slowest
+    acceptable rate, so a big disk is not cut short and a small one does not wait minutes on a dead peer."""
+    return base_seconds + data_bytes / min_bytes_per_second

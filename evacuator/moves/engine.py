@@ -1,0 +1,264 @@
+"""The move engine: runs journaled moves on a worker thread and resumes every unfinished one at start-up."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import structlog
+
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import Hypervisor, VmInfo
+from evacuator.incident.planner import PlannedMove
+from evacuator.moves.groups import GroupRunner
+from evacuator.moves.journal import Journal
+from evacuator.moves.queue import Unit, next_unit
+from evacuator.moves.runner import (
+    CrashPoint,
+    EngineConfig,
+    OpenHost,
+    Outcomes,
+    no_crash,
+)
+from evacuator.moves.state import (
+    CANCELLABLE,
+    PENDING,
+    TERMINAL,
+    MoveRecord,
+    MoveState,
+    Phase,
+    ResumeAction,
+    allowed,
+    resume_action,
+)
+from evacuator.moves.transfer_slots import ClusterSlots, TransferSlots
+
+__all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class MoveEngine:
+    """Owns the journal's records from "due" to an ending; one worker thread moves VMs one at a time."""
+
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        journal: Journal,
+        hypervisor: Hypervisor,
+        open_host: OpenHost,
+        clock: Clock,
+        sleep: Callable[[float], None],
+        crash_point: CrashPoint = no_crash,
+        cluster_slots: ClusterSlots | None = None,
+    ) -> None:
+        self._config = config
+        self._journal = journal
+        self._hypervisor = hypervisor
+        slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
+                              max_incoming_per_peer=config.max_incoming_moves_per_peer)
+        self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
+                                   sleep=sleep, crash_point=crash_point, slots=slots,
+                                   cluster_slots=cluster_slots)
+        self._outcomes: Outcomes = _LoggedOutcomes()
+        self._clock = clock
+        self._sleep = sleep
+        self._crash_point = crash_point
+        self._waiting: dict[str, Unit] = {}
+        self._running: dict[str, str] = {}  # unit key -> destination
+        self._seq = itertools.count()
+        self._stopping = False
+        self._changed = threading.Condition()
+        # One worker per transfer slot (oVirt's default is 2 per source), plus the moves that may shut down
+        # or start while those transfer: the slots keep the disks and the link busy, not the VMs' boots.
+        self._workers = [threading.Thread(target=self._work, name=f"evacuator-mover-{index}", daemon=True)
+                         for index in range(config.max_outgoing_moves + config.quiesce_ahead_moves)]
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+
+    def start(
+        self, *, timer_pending: Callable[[str], bool], outcomes: Outcomes | None = None
+    ) -> tuple[str, ...]:
+        """Starts the worker and queues every unfinished move whose timer will not fire it; returns those.
+        `outcomes` hears how each move ends (given here: the service that listens also owns the engine)."""
+        if outcomes is not None:
+            self._outcomes = outcomes
+        resumed = []
+        for record in self._journal.unfinished():
+            action = resume_action(record, timer_pending=timer_pending(record.vm_uuid))
+            log.info("move_resume_decided", vm_uuid=record.vm_uuid, state=str(record.state),
+                     phase=str(record.phase), action=str(action))
+            if action in (ResumeAction.MOVE, ResumeAction.ROLL_BACK):
+                self._enqueue(record.vm_uuid)
+                resumed.append(record.vm_uuid)
+        for worker in self._workers:
+            worker.start()
+        return tuple(resumed)
+
+    def stop(self, timeout_seconds: float = 30) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=timeout_seconds)
+
+    def busy(self) -> bool:
+        with self._changed:
+            return bool(self._waiting or self._running)
+
+    def wait_idle(self, timeout_seconds: float) -> bool:
+        """Blocks until no move is queued or running (a real wait on the workers, not the injected clock)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not (self._waiting or self._running),
+                                          timeout=timeout_seconds)
+
+    def record(self, vm_uuid: str) -> MoveRecord | None:
+        return self._journal.get(vm_uuid)
+
+    # --- what the service tells it ------------------------------------------------------------------------
+
+    def plan(self, moves: Iterable[PlannedMove], *, may_restart_on_source: bool) -> None:
+        """Journals each move as planned, before its timer exists: the journal is the record of truth."""
+        for move in moves:
+            current = self._journal.get(move.vm_uuid)
+            if current is not None and current.state not in TERMINAL:
+                continue  # already on its way (an earlier spell): its record stands
+            facts = _facts(self._hypervisor.find_vm(move.vm_uuid))
+            self._journal.put(MoveRecord(
+                vm_uuid=move.vm_uuid, vm_name=move.vm_name, tenant=move.tenant, source=self._config.host,
+                destination=None, state=MoveState.PLANNED, phase=Phase.ENTERED, step=None,
+                start_on_destination=None, may_restart_on_source=may_restart_on_source,
+                deadline=move.deadline, attempt=0 if current is None else current.attempt + 1, error=None,
+                updated_at=self._clock(), group=facts.group, boot_order=facts.boot_order or 0,
+                priority=facts.priority or 0,
+            ))  # fmt: skip
+
+    def mark(self, vm_uuid: str, state: MoveState) -> None:
+        """Moves a pending record on (notified, waiting); ignored once the move has gone further."""
+        record = self._journal.get(vm_uuid)
+        if record is not None and record.state in PENDING and allowed(record.state, state):
+            self._journal.advance(record, state, Phase.ENTERED, self._clock())
+
+    def submit(self, vm_uuid: str) -> bool:
+        """A window closed: journal the move as due, then queue it. False if there is nothing to move."""
+        record = self._journal.get(vm_uuid) or self._adopt(vm_uuid)
+        if record is None or record.state in TERMINAL:
+            # A cancelled move's timer may still fire (the daemon's timers live in another process's memory).
+            reason = "not_on_this_host" if record is None else str(record.state)
+            log.info("move_skipped", vm_uuid=vm_uuid, reason=reason)
+            return False
+        # A group is due as a whole when any of its VMs is: it moves all or nothing.
+        for member in self._members(record):
+            if member.state in PENDING:
+                self._journal.advance(member, member.state, Phase.DUE, self._clock())
+        self._crash_point("due", Phase.DUE)
+        self._enqueue(vm_uuid)
+        return True
+
+    def cancel(self, vm_uuid: str, reason: str) -> MoveRecord | None:
+        """Cancels a move that has not started quiescing; returns the cancelled record, else None."""
+        record = self._journal.get(vm_uuid)
+        if record is None or record.state not in CANCELLABLE:
+            return None
+        return self._journal.advance(record, MoveState.CANCELLED, Phase.ENTERED, self._clock(), error=reason)
+
+    # --- the worker ---------------------------------------------------------------------------------------
+
+    def _adopt(self, vm_uuid: str) -> MoveRecord | None:
+        """A timer without a journal record (made before the journal existed): the VM's own facts stand in."""
+        vm = self._hypervisor.find_vm(vm_uuid)
+        if vm is None:
+            return None
+        return self._journal.put(MoveRecord(
+            vm_uuid=vm.uuid, vm_name=vm.name, tenant=vm.facts.tenant, source=self._config.host,
+            destination=None, state=MoveState.WAITING, phase=Phase.ENTERED, step=None,
+            start_on_destination=None, may_restart_on_source=True, deadline=None, attempt=0, error=None,
+            updated_at=self._clock(), group=vm.facts.group, boot_order=vm.facts.boot_order or 0,
+            priority=vm.facts.priority or 0,
+        ))  # fmt: skip
+
+    def _members(self, record: MoveRecord) -> list[MoveRecord]:
+        if record.group is None:
+            return [record]
+        return [r for r in self._journal.unfinished() if r.group == record.group]
+
+    def _enqueue(self, vm_uuid: str) -> None:
+        record = self._journal.get(vm_uuid)
+        if record is None:
+            return
+        members = self._members(record)
+        key = vm_uuid if record.group is None else f"group:{record.group}"
+        with self._changed:
+            if key in self._waiting or key in self._running:
+                return
+            self._waiting[key] = Unit(
+                key=key, members=tuple(m.vm_uuid for m in members),
+                priority=max(m.priority for m in members),
+                seq=next(self._seq),
+                destination=next((m.destination for m in members if m.destination), None),
+            )  # fmt: skip
+            self._changed.notify_all()
+
+    def _next(self) -> tuple[Unit, str] | None:
+        """Blocks until a unit may run (caps permitting) or the engine stops; marks it running."""
+        with self._changed:
+            while True:
+                if self._stopping:
+                    return None
+                incoming = Counter(self._running.values())
+                chosen = next_unit(list(self._waiting.values()), incoming, self._config.peers,
+                                   max_incoming_per_peer=self._config.max_incoming_moves_per_peer
+                                   + self._config.quiesce_ahead_moves)
+                if chosen is not None:
+                    unit, destination = chosen
+                    del self._waiting[unit.key]
+                    self._running[unit.key] = destination
+                    return chosen
+                self._changed.wait()
+
+    def _work(self) -> None:
+        while (chosen := self._next()) is not None:
+            unit, destination = chosen
+            try:
+                self._execute(unit, destination)
+            except Exception as exc:  # a journal or host failure ends this move, never the worker
+                log.error("move_crashed", unit=unit.key, error=str(exc), exc_info=True)
+            finally:
+                with self._changed:
+                    del self._running[unit.key]
+                    self._changed.notify_all()
+
+    def _execute(self, unit: Unit, destination: str) -> None:
+        found = map(self._journal.get, unit.members)
+        records = [r for r in found if r is not None and r.state not in TERMINAL]
+        # The destination is journaled before anything moves, so a restart resumes toward the same host.
+        records = [r if r.destination else self._journal.advance(r, r.state, r.phase, self._clock(),
+                                                                 destination=destination)
+                   for r in records]  # fmt: skip
+        if not records:
+            return
+        if unit.key.startswith("group:"):
+            self._runner.execute_group(records, self._outcomes)
+        else:
+            self._runner.execute(records[0], self._outcomes)
+
+
+def _facts(vm: VmInfo | None) -> VmFacts:
+    return VmFacts() if vm is None else vm.facts
+
+
+class _LoggedOutcomes:
+    """For callers without tenants to tell (the `move` command): the engine's own log lines say it all."""
+
+    def moved(self, record: MoveRecord) -> None:
+        log.info("move_outcome", vm_uuid=record.vm_uuid, state=str(record.state))
+
+    def failed(self, record: MoveRecord, reason: str) -> None:
+        log.warning("move_outcome", vm_uuid=record.vm_uuid, state=str(record.state), error=reason)

@@ -1,0 +1,144 @@
+"""The move journal: one durable record per VM move plus its history, in SQLite (WAL) under the state dir."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from evacuator.errors import JournalError
+from evacuator.moves.state import TERMINAL, MoveRecord, MoveState, Phase, check_transition
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS moves (
+    vm_uuid TEXT PRIMARY KEY, vm_name TEXT NOT NULL, tenant TEXT, source TEXT NOT NULL, destination TEXT,
+    state TEXT NOT NULL, phase TEXT NOT NULL, step TEXT, start_on_destination INTEGER,
+    may_restart_on_source INTEGER NOT NULL, deadline TEXT, attempt INTEGER NOT NULL, error TEXT,
+    updated_at TEXT NOT NULL, grp TEXT, boot_order INTEGER NOT NULL, priority INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS move_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, vm_uuid TEXT NOT NULL, state TEXT NOT NULL, phase TEXT NOT NULL,
+    step TEXT, destination TEXT, error TEXT, at TEXT NOT NULL
+);
+"""
+_COLUMNS = (
+    "vm_uuid", "vm_name", "tenant", "source", "destination", "state", "phase", "step", "start_on_destination",
+    "may_restart_on_source", "deadline", "attempt", "error", "updated_at", "grp", "boot_order", "priority",
+)
+
+
+class Journal:
+    """Thread-safe; every write is one committed transaction that updates the record and appends history."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a move step acts on the hypervisors right after its record is written; the record must
+            # survive a power cut as well as a killed process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the move journal: {exc}") from exc
+        self._path = path
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def get(self, vm_uuid: str) -> MoveRecord | None:
+        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM moves WHERE vm_uuid = ?", (vm_uuid,))
+        return _record(rows[0]) if rows else None
+
+    def all(self) -> tuple[MoveRecord, ...]:
+        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM moves ORDER BY updated_at, vm_uuid", ())
+        return tuple(_record(row) for row in rows)
+
+    def unfinished(self) -> tuple[MoveRecord, ...]:
+        return tuple(record for record in self.all() if record.state not in TERMINAL)
+
+    def history(self, vm_uuid: str) -> tuple[tuple[MoveState, Phase, str | None], ...]:
+        rows = self._query("SELECT state, phase, step FROM move_history WHERE vm_uuid = ? ORDER BY id",
+                           (vm_uuid,))
+        return tuple((MoveState(state), Phase(phase), step) for state, phase, step in rows)
+
+    def put(self, record: MoveRecord) -> MoveRecord:
+        """Writes the record after checking the transition from the stored one (a new VM starts anywhere)."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT state FROM moves WHERE vm_uuid = ?", (record.vm_uuid,)).fetchone()
+                if row is not None:
+                    check_transition(record.vm_uuid, MoveState(row[0]), record.state)
+                values = _row(record)
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO moves ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _COLUMNS)})", values)
+                self._db.execute(
+                    "INSERT INTO move_history (vm_uuid, state, phase, step, destination, error, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.vm_uuid, record.state.value, record.phase.value, record.step, record.destination,
+                     record.error, record.updated_at.isoformat()))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise JournalError(f"{self._path}: cannot write the move of {record.vm_uuid}: {exc}") from exc
+        return record
+
+    def advance(
+        self, record: MoveRecord, state: MoveState, phase: Phase, at: datetime, **changes: Any
+    ) -> MoveRecord:
+        """Writes `record` moved on to `state`/`phase` (plus any other field changes) and returns it."""
+        return self.put(replace(record, state=state, phase=phase, updated_at=at, **changes))
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self._path}: cannot read the move journal: {exc}") from exc
+
+
+def _row(record: MoveRecord) -> tuple[object, ...]:
+    values = asdict(record)
+    values["grp"] = record.group
+    values["state"] = record.state.value
+    values["phase"] = record.phase.value
+    values["start_on_destination"] = None if record.start_on_destination is None else int(
+        record.start_on_destination)
+    values["may_restart_on_source"] = int(record.may_restart_on_source)
+    values["deadline"] = None if record.deadline is None else record.deadline.isoformat()
+    values["updated_at"] = record.updated_at.isoformat()
+    return tuple(values[column] for column in _COLUMNS)
+
+
+def _record(row: tuple[Any, ...]) -> MoveRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    start = values["start_on_destination"]
+    return MoveRecord(
+        vm_uuid=values["vm_uuid"], vm_name=values["vm_name"], tenant=values["tenant"],
+        source=values["source"],
+        destination=values["destination"], state=MoveState(values["state"]), phase=Phase(values["phase"]),
+        step=values["step"], start_on_destination=None if start is None else bool(start),
+        may_restart_on_source=bool(values["may_restart_on_source"]),
+        deadline=None if values["deadline"] is None else datetime.fromisoformat(values["deadline"]),
+        attempt=int(values["attempt"]), error=values["error"],
+        updated_at=datetime.fromisoformat(values["updated_at"]), group=values["grp"],
+        boot_order=int(values["boot_order"]), priority=int(values["priority"]),
+    )

@@ -1,0 +1,89 @@
+"""This host's daemon serving its peers' movers: the digests of its volumes and the copies it receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evacuator.errors import HypervisorError
+from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.model import VolumeRef, is_active
+from evacuator.peers.responder import DigestResponder
+from evacuator.peers.rpc import VolumeDigester
+from evacuator.settings import DataChannelSettings
+from evacuator.transfer.receiver import VolumeReceiver
+from evacuator.transfer.tickets import FileLocator, ReceivableFile
+from evacuator.transfer.wire import server_tls
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerServices:
+    """What this host's daemon runs for its peers' movers: digest answers and, when on, its data channel."""
+
+    digests: DigestResponder
+    receiver: VolumeReceiver | None
+
+    def start(self) -> None:
+        if self.receiver is not None:
+            self.receiver.start()  # before the digests' consumer, which hands out its tickets
+        self.digests.start()
+
+    def close(self) -> None:
+        self.digests.close()
+        if self.receiver is not None:
+            self.receiver.close()
+
+
+def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
+    """Flushes and digests this host's volumes from their files, for peers verifying a copy they sent; other
+    pools are refused."""
+
+    def digest(asked_pool: str, volume: str) -> str | None:
+        if asked_pool != pool:
+            raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
+        with open_libvirt_host(name, uri, pool, local_files=True) as own:
+            # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
+            if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
+                   for vm in own.list_vms() if is_active(vm)):
+                raise HypervisorError(f"{pool}/{volume} on {name} belongs to a running VM")
+            # Durable first: the mover removes the source once this copy is verified and runs here.
+            return own.local_digest(pool, volume, flush=True)
+
+    return digest
+
+
+def own_volume_target(name: str, uri: str, pool: str) -> FileLocator:
+    """This host's volumes as files its data channel may write: of its pool, and named by no defined VM
+    (as a volume, a file, or a file in a backing chain)."""
+
+    def locate(asked_pool: str, volume: str) -> ReceivableFile:
+        if asked_pool != pool:
+            raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
+        with open_libvirt_host(name, uri, pool, local_files=True) as own:
+            if any(VolumeRef(pool=pool, volume=volume) in vm.volumes for vm in own.list_vms()):
+                raise HypervisorError(f"{pool}/{volume} on {name} belongs to a defined VM")
+            info = own.find_volume(pool, volume)
+            path = None if info is None else own.local_file(pool, volume)
+            if info is None or path is None:
+                raise HypervisorError(f"{name} has no file for {pool}/{volume} that this process sees")
+            if path.resolve() in {disk.resolve() for disk in own.disk_files()}:
+                raise HypervisorError(f"{pool}/{volume} on {name} is a disk of a defined VM")
+            # A raw file is the guest's disk, byte for byte. A qcow2 file holds metadata besides, and
+            # internal snapshots: twice the virtual size bounds it without refusing real disks.
+            raw = info.format == "raw"
+            return ReceivableFile(path=path, limit_bytes=info.capacity_bytes if raw else
+                                  2 * info.capacity_bytes + (64 << 20))
+
+    return locate
+
+
+def volume_receiver(name: str, uri: str, pool: str, channel: DataChannelSettings, *,
+                    min_bytes_per_second: float) -> VolumeReceiver:
+    """This host's data channel as its settings describe it (not yet listening); a transfer slower than
+    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped."""
+    return VolumeReceiver(
+        host=name, locate=own_volume_target(name, uri, pool), listen_address=channel.listen_address,
+        port=channel.port, advertise_address=channel.advertise_address,
+        tls=server_tls(name), allow_clear=channel.encryption != "tls",
+        stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
+        min_bytes_per_second=min_bytes_per_second,
+    )

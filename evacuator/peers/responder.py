@@ -1,0 +1,214 @@
+"""This host's daemon answering its peers' requests: digests (why, and the wire: peer_digests.py) and
+tickets for its data channel (data_wire.py).
+
+What a broker user allowed to publish on the peers exchange can make it do is bounded: it answers only for
+volumes of its own pool that no running VM uses (wiring's digester), replies only into a server-named queue
+(`amq.gen-...`, never a tenant's), drops requests that carry no expiry, and keeps at most
+`MAX_WAITING_REQUESTS` waiting (the broker refuses more, and the asker falls back at once). Give the exchange
+to the hosts' broker users only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from pydantic import ValidationError
+
+from evacuator.peers.rpc import (
+    TAKEN_HEADER,
+    TAKEN_TYPE,
+    DigestReply,
+    DigestRequest,
+    DigestTaken,
+    VolumeDigester,
+    alive_queue,
+    answer,
+    declare_exchange,
+    request_routing_key,
+    responder_queue,
+)
+from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
+from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
+from notifiers.connection import ACCESS_REFUSED, CONNECTION_ERRORS, ConnectionFactory
+from notifiers.consumer_thread import ConsumerThread
+from notifiers.topology import check_word
+
+log = structlog.get_logger(__name__)
+
+MAX_WAITING_REQUESTS = 64
+_REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
+
+
+class DigestResponder:
+    """Answers digest requests for this host's volumes on its own thread and connection; the digests are
+    computed by `workers` threads, so a long one never stalls the connection's heartbeats."""
+
+    def __init__(
+        self, connect: ConnectionFactory, *, host: str, exchange: str, digest_volume: VolumeDigester,
+        workers: int = 2, issue_ticket: Callable[[ReceiveRequest], ReceiveTicket] | None = None,
+    ) -> None:
+        self._issue_ticket = issue_ticket
+        self._connect = connect
+        self._host = check_word("host", host)
+        self._exchange = exchange
+        self._digest_volume = digest_volume
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
+        # Tickets on their own worker: a copy's ticket must not wait behind another copy's long digest.
+        self._ticket_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evacuator-ticket")
+        self._tickets_waiting = 0  # only the connection's thread touches it
+        self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
+        self._incarnation = ""  # names the current connection to askers (see peer_digests: "taken")
+        self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
+        # How many copies this daemon vouched for: the tests and the bench show verification happened here.
+        self.answered = 0
+
+    def start(self, *, timeout_seconds: float = 30.0) -> None:
+        """Consume; raise BrokerUnavailable if the first connection fails."""
+        self._loop.start(timeout_seconds=timeout_seconds)
+
+    def close(self, *, timeout_seconds: float = 30.0) -> None:
+        self._loop.close(timeout_seconds=timeout_seconds)
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._ticket_worker.shutdown(wait=False, cancel_futures=True)
+
+    def _open(self) -> tuple[Any, Any]:
+        connection = self._connect()
+        self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
+        self._tickets_waiting = 0
+        try:
+            self._incarnation = self._declare_alive(connection)
+            channel = connection.channel()
+            declare_exchange(channel, self._exchange)
+            # Exclusive: it lives and dies with this connection, so nobody waits on a daemon that is gone.
+            queue = responder_queue(self._exchange, self._host)
+            channel.queue_declare(queue=queue, exclusive=True, arguments={
+                "x-max-length": MAX_WAITING_REQUESTS, "x-overflow": "reject-publish"})
+            channel.queue_bind(queue=queue, exchange=self._exchange,
+                               routing_key=request_routing_key(self._host))
+            channel.basic_consume(queue=queue, on_message_callback=partial(self._on_request, connection))
+        except BaseException:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.close()
+            raise
+        log.info("broker_connected", role="digests", host=self._host)
+        return connection, channel
+
+    def _declare_alive(self, connection: Any) -> str:
+        """This connection's own queue, named in the "taken" notices: it lives exactly as long as the
+        connection, which holds the requests it took, and never holds a message (anyone may publish to a
+        queue by its name). Without the broker's leave to create it (a user allowed only the older names),
+        the daemon still answers, without notices: askers then watch the host's request queue instead."""
+        incarnation = uuid.uuid4().hex
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue=alive_queue(self._exchange, self._host, incarnation), exclusive=True,
+                                  arguments={"x-max-length": 0})
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != ACCESS_REFUSED:
+                raise
+            log.warning("digest_taken_notices_off", host=self._host, error=str(exc.reply_text))
+            return ""
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            channel.close()
+        return incarnation
+
+    @staticmethod
+    def _reply(channel: Any, reply_to: str, correlation_id: str | None,
+               reply: DigestReply | DigestTaken | ReceiveTicket) -> None:
+        channel.basic_publish(
+            exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
+            properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json",
+                                            type=TAKEN_TYPE if isinstance(reply, DigestTaken) else None),
+        )
+
+    def _answer(self, request: DigestRequest) -> DigestReply:
+        try:
+            return answer(request, host=self._host, digest_volume=self._digest_volume)
+        except Exception as exc:  # an unreadable file, say: the asker reads back instead; the daemon goes on
+            log.error("digest_failed", host=self._host, pool=request.pool, volume=request.volume,
+                      exc_info=True)
+            return DigestReply(host=self._host, pool=request.pool, volume=request.volume,
+                               algorithm=BLOCK_DIGEST_ALGORITHM, error=f"digest failed: {exc!r}"[:1000])
+
+    def _on_request(self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        reply_to = properties.reply_to or ""
+        try:
+            if not reply_to.startswith(_REPLY_QUEUE_PREFIX) or not properties.expiration:
+                raise ValueError("a request needs a server-named reply queue and an expiry")
+            if properties.type == RECEIVE_TYPE:
+                wanted = ReceiveRequest.model_validate_json(body)
+                channel.basic_ack(delivery_tag=method.delivery_tag)
+                self._on_ticket_request(connection, channel, properties, wanted)
+                return
+            request = DigestRequest.model_validate_json(body)
+        except (ValueError, ValidationError) as exc:
+            log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100],
+                        error=str(exc).splitlines()[0])
+            channel.basic_ack(delivery_tag=method.delivery_tag)
+            return
+        # Acked at once: a digest may outlast the broker's consumer timeout (30 min by default), which would
+        # close the channel on an unacked request. Were the daemon to die, its queue and the request go
+        # with it, and the asker notices. Too many at once are refused here, as the queue refuses more.
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+        if self._in_flight >= MAX_WAITING_REQUESTS:
+            log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100], error="busy")
+            self._reply(channel, reply_to, properties.correlation_id, DigestReply(
+                host=self._host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
+                error="too many digest requests at once"))
+            return
+        if self._incarnation and (properties.headers or {}).get(TAKEN_HEADER) is True:
+            taken = DigestTaken(incarnation=self._incarnation)
+            self._reply(channel, reply_to, properties.correlation_id, taken)
+        self._in_flight += 1
+        future = self._workers.submit(self._answer, request)
+
+        def send(done: Future[DigestReply]) -> None:
+            self._in_flight -= 1
+            reply = done.result()
+            self._reply(channel, reply_to, properties.correlation_id, reply)
+            self.answered += 1
+            log.info("digest_request_answered", host=self._host, pool=request.pool, volume=request.volume,
+                     error=reply.error)
+
+        future.add_done_callback(lambda done: self._hand_back(connection, partial(send, done)))
+
+    def _on_ticket_request(self, connection: Any, channel: Any, properties: Any, request: ReceiveRequest,
+                           ) -> None:
+        def ticket() -> ReceiveTicket:
+            if self._issue_ticket is None:
+                return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
+                                     error="this daemon runs no data channel")
+            try:
+                return self._issue_ticket(request)
+            except Exception as exc:  # the mover uploads through libvirt instead; this daemon goes on
+                log.error("receive_ticket_failed", host=self._host, pool=request.pool, volume=request.volume,
+                          exc_info=True)
+                return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
+                                     error=f"no ticket: {exc!r}"[:1000])
+
+        def send(done: Future[ReceiveTicket]) -> None:
+            self._tickets_waiting -= 1
+            self._reply(channel, properties.reply_to, properties.correlation_id, done.result())
+
+        if self._tickets_waiting >= MAX_WAITING_REQUESTS:
+            self._reply(channel, properties.reply_to, properties.correlation_id, ReceiveTicket(
+                host=self._host, pool=request.pool, volume=request.volume, error="too many ticket requests"))
+            return
+        self._tickets_waiting += 1
+        # Finding the volume asks libvirt: on a worker, never on the connection's thread.
+        self._ticket_worker.submit(ticket).add_done_callback(
+            lambda done: self._hand_back(connection, partial(send, done)))
+
+    @staticmethod
+    def _hand_back(connection: Any, callback: Callable[[], None]) -> None:
+        # pika's connection belongs to its thread: replies are sent from there.
+        with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+            connection.add_callback_threadsafe(callback)

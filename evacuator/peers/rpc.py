@@ -1,0 +1,265 @@
+"""A host's own digest of its volume, asked for over AMQP: verifying a copy without reading it back.
+
+A copy is verified against what the destination stored. Reading that back through a libvirt download costs
+the destination's libvirtd 1.8 s of CPU per GiB, more than the copy itself; the destination's evacuator
+daemon reads its own file for about 0.1 s per GiB instead. So each daemon answers digest requests for its
+own pool (evacuator/peers/responder.py), and a mover asks the destination's (`PeerDigestClient`). Anything
+short of a valid answer (no daemon listening, one that went away or is swamped, a timeout, a file the peer
+cannot see, another digest algorithm, no broker) gives None, and the mover reads back through libvirt: a
+missing peer slows verification but never weakens it.
+
+Wire: requests go to the durable direct exchange `<peers_exchange>` with routing key `digest.<host>`, bound
+to the exclusive queue `<peers_exchange>.digest.<host>` of that host's daemon (it vanishes with the daemon, so
+a request to a stopped one is returned at once, not left waiting). Replies go to the asker's exclusive queue.
+A request whose header `evacuator-taken` is true is first answered by a "taken" notice (message type
+`taken`) naming the connection of the daemon that took it, whose exclusive queue
+`<peers_exchange>.alive.<host>.<incarnation>` lives exactly as long as that connection: so an asker
+notices a daemon that went away with its request even when a restarted one already serves the same host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import pika
+import pika.exceptions
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evacuator.errors import EvacuatorError
+from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
+from evacuator.transfer.wire import ReceiveRequest
+from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
+from notifiers.errors import NotifierError
+from notifiers.topology import check_word
+
+log = structlog.get_logger(__name__)
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"  # libvirt pool and volume names the evacuator creates
+_POLL_SECONDS = 0.25
+_DAEMON_CHECK_SECONDS = 5.0
+
+VolumeDigester = Callable[[str, str], str | None]
+"""(pool, volume) -> the digest of this host's own file, None when this host cannot read it itself."""
+
+
+class DigestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    pool: str = Field(pattern=_NAME)
+    volume: str = Field(pattern=_NAME)
+    algorithm: str = Field(max_length=64)
+
+
+class DigestReply(BaseModel):
+    """`digest` is None with a reason in `error` when the peer cannot answer for its file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    pool: str
+    volume: str
+    algorithm: str
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    error: str | None = Field(default=None, max_length=1000)
+
+
+TAKEN_HEADER = "evacuator-taken"
+TAKEN_TYPE = "taken"
+
+
+class DigestTaken(BaseModel):
+    """Sent at once by the daemon that took a request: which of its connections holds it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    incarnation: str = Field(pattern=r"^[0-9a-f]{16,32}$")
+
+
+PeerRequest = DigestRequest | ReceiveRequest
+
+
+def alive_queue(exchange: str, host: str, incarnation: str) -> str:
+    return f"{exchange}.alive.{check_word('host', host)}.{incarnation}"
+
+
+def request_routing_key(host: str) -> str:
+    return f"digest.{check_word('host', host)}"
+
+
+def responder_queue(exchange: str, host: str) -> str:
+    return f"{exchange}.{request_routing_key(host)}"
+
+
+def answer(request: DigestRequest, *, host: str, digest_volume: VolumeDigester) -> DigestReply:
+    """The reply to one request: pure apart from `digest_volume`, whose failures become the reply's error."""
+
+    def refuse(error: str) -> DigestReply:
+        return DigestReply(host=host, pool=request.pool, volume=request.volume,
+                           algorithm=BLOCK_DIGEST_ALGORITHM, error=error)
+
+    if request.host != host:
+        return refuse(f"this is {host}, not {request.host}")
+    if request.algorithm != BLOCK_DIGEST_ALGORITHM:
+        return refuse(f"unknown digest algorithm {request.algorithm!r}")
+    try:
+        digest = digest_volume(request.pool, request.volume)
+    except EvacuatorError as exc:
+        return refuse(str(exc))
+    if digest is None:
+        return refuse("this host does not see the volume's file")
+    return DigestReply(host=host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
+                       digest=digest)
+
+
+class PeerDigestClient:
+    """Asks a host's daemon for its volume's digest, one short connection per question (movers run on
+    several threads, and a pika connection belongs to one). Waits as long as copying may take."""
+
+    def __init__(
+        self, connect: ConnectionFactory, *, exchange: str, timeout_base_seconds: float,
+        min_bytes_per_second: float,
+    ) -> None:
+        self._connect = connect
+        self._exchange = exchange
+        self._timeout_base_seconds = timeout_base_seconds
+        self._min_bytes_per_second = min_bytes_per_second
+
+    def digest(self, *, host: str, pool: str, volume: str, allocation_bytes: int) -> str | None:
+        timeout_seconds = self._timeout_base_seconds + allocation_bytes / self._min_bytes_per_second
+        context = {"host": host, "pool": pool, "volume": volume}
+        try:
+            request = DigestRequest(host=host, pool=pool, volume=volume, algorithm=BLOCK_DIGEST_ALGORITHM)
+        except ValidationError as exc:  # a name no daemon answers for: read back instead
+            log.info("peer_digest_unavailable", reason=str(exc).splitlines()[0], **context)
+            return None
+        reply = ask_for(self, request, DigestReply, timeout_seconds=timeout_seconds)
+        if isinstance(reply, str):
+            log.info("peer_digest_unavailable", reason=reply, **context)
+            return None
+        if reply.digest is None or (reply.host, reply.pool, reply.volume, reply.algorithm) != (
+                host, pool, volume, BLOCK_DIGEST_ALGORITHM):
+            reason = reply.error or "the reply is for something else"
+            log.info("peer_digest_unavailable", reason=reason, **context)
+            return None
+        log.info("peer_digest_received", **context)
+        return reply.digest
+
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        """The body of the host's daemon's reply to `request` (a digest request, or with `message_type`
+        another kind); PeerUnanswered when no reply came."""
+        try:
+            connection = self._connect()
+        except (EvacuatorError, NotifierError) as exc:  # the broker is down: the caller takes the slow path
+            raise PeerUnanswered(str(exc)) from exc
+        try:
+            return self._exchange_messages(connection, request, timeout_seconds, message_type)
+        except CONNECTION_ERRORS as exc:
+            raise PeerUnanswered(repr(exc)) from exc
+        finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.close()
+
+    def _exchange_messages(
+        self, connection: Any, request: PeerRequest, timeout_seconds: float, message_type: str | None,
+    ) -> bytes:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_exchange(channel, self._exchange)  # so that "nobody listens" is an unroutable request
+        replies_queue = channel.queue_declare(queue="", exclusive=True).method.queue
+        awaited = _Awaited(request, correlation_id=uuid.uuid4().hex)
+        channel.basic_consume(queue=replies_queue, on_message_callback=awaited.on_reply, auto_ack=True)
+        try:
+            channel.basic_publish(
+                exchange=self._exchange, routing_key=request_routing_key(request.host),
+                body=request.model_dump_json().encode(), mandatory=True,
+                properties=pika.BasicProperties(
+                    reply_to=replies_queue, correlation_id=awaited.correlation_id,
+                    content_type="application/json", headers={TAKEN_HEADER: True}, type=message_type,
+                    # A request nobody took in time is dropped by the broker, not digested for nobody.
+                    expiration=str(int(timeout_seconds * 1000)),
+                ),
+            )
+        except pika.exceptions.UnroutableError as exc:
+            raise PeerUnanswered(f"no daemon of {request.host} listens") from exc
+        except pika.exceptions.NackError as exc:
+            raise PeerUnanswered(f"the daemon of {request.host} has too many requests waiting") from exc
+        return self._await_reply(connection, awaited, timeout_seconds)
+
+    def _await_reply(self, connection: Any, awaited: _Awaited, timeout_seconds: float) -> bytes:
+        host = awaited.request.host
+        deadline = time.monotonic() + timeout_seconds
+        next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
+        while awaited.reply is None and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=_POLL_SECONDS)
+            if awaited.reply is None and time.monotonic() >= next_check:
+                # A daemon that died after taking the request takes the request with it: stop waiting.
+                if queue_consumers(connection, awaited.watched_queue(self._exchange)) is None:
+                    raise PeerUnanswered(f"the daemon of {host} went away")
+                next_check = time.monotonic() + _DAEMON_CHECK_SECONDS
+        if awaited.reply is None:
+            raise PeerUnanswered(f"no answer within {timeout_seconds:.0f} s")
+        return awaited.reply
+
+
+class _Awaited:
+    """One request's messages as they arrive: its reply, and which connection of the daemon took it."""
+
+    def __init__(self, request: PeerRequest, *, correlation_id: str) -> None:
+        self.request = request
+        self.correlation_id = correlation_id
+        self.reply: bytes | None = None
+        self._taken_by: str | None = None
+
+    def on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if properties.correlation_id != self.correlation_id or self.reply is not None:
+            return
+        if properties.type != TAKEN_TYPE:
+            self.reply = body
+            return
+        with contextlib.suppress(ValidationError):  # a garbled notice: keep watching the host's queue
+            self._taken_by = DigestTaken.model_validate_json(body).incarnation
+            log.info("peer_digest_taken", host=self.request.host, pool=self.request.pool,
+                     volume=self.request.volume, incarnation=self._taken_by)
+
+    def watched_queue(self, exchange: str) -> str:
+        """Once the daemon said which connection took the request, that connection's own queue: it tells
+        even when a restarted daemon already serves the host again. Before, the host's request queue."""
+        if self._taken_by is not None:
+            return alive_queue(exchange, self.request.host, self._taken_by)
+        return responder_queue(exchange, self.request.host)
+
+
+class PeerAsker(Protocol):
+    """Asks a host's own daemon over the broker (PeerDigestClient; the tests' fakes)."""
+
+    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
+        ...
+
+
+Reply = TypeVar("Reply", bound=BaseModel)
+
+
+def ask_for(asker: PeerAsker, request: PeerRequest, reply_type: type[Reply], *, timeout_seconds: float,
+            message_type: str | None = None) -> Reply | str:
+    """The daemon's valid reply, or why there is none (for the caller's log)."""
+    try:
+        body = asker.ask(request, timeout_seconds=timeout_seconds, message_type=message_type)
+        return reply_type.model_validate_json(body)
+    except ValidationError as exc:
+        return str(exc).splitlines()[0]
+    except PeerUnanswered as exc:
+        return str(exc)
+
+
+def declare_exchange(channel: Any, exchange: str) -> None:
+    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+
+
+class PeerUnanswered(EvacuatorError):
+    """No reply came; the caller takes the slow path (reading back, uploading through libvirt)."""

@@ -1,0 +1,1 @@
+"""Hand-written test doubles for the seams of evacuator (hypervisor, notifier, timers, outcomes)."""
