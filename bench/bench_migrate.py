@@ -45,9 +45,11 @@ from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
 from evacuator.logs import configure_logging
-from evacuator.migrate.cold import ColdMigrator, MoveStep
-from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveStep
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
+from evacuator.moves.runner import EngineConfig
 
 MIB = 1 << 20
 SHUTDOWN_TIMEOUT_SECONDS = 0.5

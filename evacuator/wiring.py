@@ -23,8 +23,9 @@ from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.incident.scheduler import ApschedulerTimers
 from evacuator.incident.service import Service, ServiceConfig
-from evacuator.moves.engine import CrashPoint, EngineConfig, MoveEngine, OpenHost, no_crash
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
+from evacuator.moves.runner import CrashPoint, EngineConfig, OpenHost, no_crash
 from evacuator.moves.state import Phase
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap
 from evacuator.peers.cloud_slots import BrokerCloudCaps

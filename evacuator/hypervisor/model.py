@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import NAMESPACE_URI, ROOT_ELEMENT, VmFacts, facts_from_element
+from evacuator.transfer.chunks import Chunk
 
 
 class VmState(StrEnum):
@@ -67,23 +68,6 @@ class VmInfo:
 def is_active(vm: VmInfo | None) -> bool:
     """Whether the VM exists and is anything but shut off (paused and crashed still hold their disks)."""
     return vm is not None and vm.state is not VmState.SHUT_OFF
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataChunk:
-    """Bytes of a volume, in order."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HoleChunk:
-    """A run of unallocated (all-zero) bytes of a volume: only its length travels."""
-
-    length_bytes: int
-
-
-Chunk = DataChunk | HoleChunk
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,13 +181,6 @@ class VolumeSender(Protocol):
         """Data bytes written, durably; None when that host's daemon cannot take it now and nothing was
         taken from `chunks` (the caller then writes through libvirt)."""
         ...
-
-
-def close_chunks(chunks: Iterable[Chunk]) -> None:
-    """Ends a volume read early and at once: an open download keeps the volume busy (undeletable)."""
-    close = getattr(chunks, "close", None)
-    if callable(close):
-        close()
 
 
 def parse_definition(xml: str) -> VmDefinition:

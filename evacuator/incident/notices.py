@@ -1,10 +1,9 @@
-"""Translates the service's plan and results into tenant wire notices; the AMQP Notifier and its fake."""
+"""Translates the service's plan and results into tenant wire notices, handed to a NoticeSink."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -208,62 +207,3 @@ class AmqpNotifier:
             in_reply_to=None if in_reply_to is None else in_reply_to[:255], vm_uuid=vm_uuid, at=self._clock(),
         )  # fmt: skip
         return self._send(tenant, notice)
-
-
-@dataclass(slots=True)
-class RecordingNotifier:
-    """The fake: records every call and confirms at once (or fails, after inject_error)."""
-
-    clock: Callable[[], datetime]
-    sent: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
-    error: Exception | None = None
-
-    def inject_error(self, exc: Exception) -> None:
-        self.error = exc
-
-    def _done(self, kind: str, tenant: str, **details: object) -> Future[datetime]:
-        self.sent.append((kind, tenant, details))
-        future: Future[datetime] = Future()
-        if self.error is not None:
-            future.set_exception(self.error)
-        else:
-            future.set_result(self.clock())
-        return future
-
-    def evacuation_scheduled(
-        self, *, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove]
-    ) -> Future[datetime]:
-        return self._done("evacuation_scheduled", tenant, verdict=verdict, moves=tuple(moves))
-
-    def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]:
-        return self._done("vm_evacuated", tenant, vm_uuid=vm_uuid, vm_name=vm_name, to_host=to_host)
-
-    def evacuation_failed(self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str) -> Future[datetime]:
-        return self._done("evacuation_failed", tenant, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason)
-
-    def evacuation_updated(
-        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
-    ) -> Future[datetime]:
-        return self._done("evacuation_updated", tenant, cause=cause, moves=tuple(moves))
-
-    def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
-        return self._done("evacuation_started", tenant, vm_uuid=vm_uuid, vm_name=vm_name)
-
-    def evacuation_completed(
-        self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
-    ) -> Future[datetime]:
-        return self._done("evacuation_completed", tenant, moved=tuple(moved), failed=tuple(failed))
-
-    def evacuation_cancelled(self, *, tenant: str, vm_uuids: Sequence[str], reason: str) -> Future[datetime]:
-        return self._done("evacuation_cancelled", tenant, vm_uuids=tuple(vm_uuids), reason=reason)
-
-    def reply_rejected(
-        self,
-        *,
-        tenant: str,
-        code: str,
-        reason: str,
-        in_reply_to: str | None = None,
-        vm_uuid: str | None = None,
-    ) -> Future[datetime]:
-        return self._done("reply_rejected", tenant, code=code, reason=reason, vm_uuid=vm_uuid)

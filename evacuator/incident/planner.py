@@ -69,11 +69,3 @@ def plan_evacuation(vms: Sequence[VmInfo], policy: WindowPolicy, now: datetime) 
     tenants = sorted({m.tenant for m in moves if m.tenant is not None})
     notices = tuple(TenantNotice(tenant=t, moves=tuple(m for m in moves if m.tenant == t)) for t in tenants)
     return Plan(moves=moves, notices=notices)
-
-
-def choose_destination(candidates: Sequence[str], quarantined: frozenset[str]) -> str | None:
-    """The first configured peer that is not known to be unhealthy itself."""
-    for name in candidates:
-        if name not in quarantined:
-            return name
-    return None

@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 from evacuator.errors import LabError
 from evacuator.hypervisor.facts import VmFacts, render_facts
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.digests import sha256_of_chunks
 
 MEMORY_MIB = 64

@@ -27,8 +27,6 @@ from evacuator.migrate.steps import (
     no_slot,
 )
 
-__all__ = ["ColdMigrator", "MoveReport", "MoveStep", "StepEvent", "StepPhase", "StepTiming"]
-
 log = structlog.get_logger(__name__)
 
 

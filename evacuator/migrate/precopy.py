@@ -26,17 +26,10 @@ from datetime import datetime
 import structlog
 
 from evacuator.errors import EvacuatorError, HypervisorError
-from evacuator.hypervisor.model import (
-    Chunk,
-    HoleChunk,
-    Hypervisor,
-    VmInfo,
-    VolumeInfo,
-    VolumeRef,
-    close_chunks,
-)
+from evacuator.hypervisor.model import Hypervisor, VmInfo, VolumeInfo, VolumeRef
 from evacuator.migrate.shutdown_watch import ShutdownWatch
 from evacuator.migrate.volume_copy import CopiedVolume, CopyRefused, clear_leftover, copy_volume, within
+from evacuator.transfer.chunks import Chunk, HoleChunk, close_chunks
 from evacuator.transfer.digests import BLOCK_BYTES, BlockDigest, block_digest, digest_of_blocks
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,8 @@ from datetime import datetime
 import structlog
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, Hypervisor, VmState
+from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.transfer.chunks import Chunk
 
 log = structlog.get_logger(__name__)
 

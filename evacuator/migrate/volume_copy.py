@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import TypeVar
 
 from evacuator.errors import EvacuatorError
-from evacuator.hypervisor.model import Chunk, Hypervisor, VolumeInfo, VolumeRef, close_chunks
+from evacuator.hypervisor.model import Hypervisor, VolumeInfo, VolumeRef
+from evacuator.transfer.chunks import Chunk, close_chunks
 from evacuator.transfer.digests import BlockDigest
 from evacuator.transfer.files import prefetched
 

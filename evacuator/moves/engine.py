@@ -36,8 +36,6 @@ from evacuator.moves.state import (
 )
 from evacuator.moves.transfer_slots import ClusterSlots, TransferSlots
 
-__all__ = ["CrashPoint", "EngineConfig", "MoveEngine", "OpenHost", "Outcomes", "no_crash"]
-
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]

@@ -48,20 +48,6 @@ class Outcomes(Protocol):
     def failed(self, record: MoveRecord, reason: str) -> None: ...
 
 
-class RecordedOutcomes:
-    """The Outcomes fake: records every ending, in order (tests read `moves` and `failures`)."""
-
-    def __init__(self) -> None:
-        self.moves: list[MoveRecord] = []
-        self.failures: list[tuple[MoveRecord, str]] = []
-
-    def moved(self, record: MoveRecord) -> None:
-        self.moves.append(record)
-
-    def failed(self, record: MoveRecord, reason: str) -> None:
-        self.failures.append((record, reason))
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
     host: str

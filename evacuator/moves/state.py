@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from evacuator.errors import JournalError
 from evacuator.hypervisor.model import VmInfo, is_active
-from evacuator.migrate.cold import MoveStep
+from evacuator.migrate.steps import MoveStep
 
 
 class MoveState(StrEnum):

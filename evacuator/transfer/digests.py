@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 import xxhash
 
-from evacuator.hypervisor.model import Chunk, DataChunk, close_chunks
+from evacuator.transfer.chunks import Chunk, DataChunk, close_chunks
 
 _ZEROS = bytes(1 << 20)
 

@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 import structlog
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk, close_chunks
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk, close_chunks
 
 log = structlog.get_logger(__name__)
 

@@ -21,9 +21,9 @@ import structlog
 from pydantic import ValidationError
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, HoleChunk
 from evacuator.peers.rpc import PeerAsker, ask_for
 from evacuator.settings import Encryption
+from evacuator.transfer.chunks import Chunk, HoleChunk
 from evacuator.transfer.wire import (
     DATA,
     DATA_HEADER,

@@ -8,9 +8,6 @@ from dataclasses import dataclass, replace
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.model import (
-    Chunk,
-    DataChunk,
-    HoleChunk,
     Hypervisor,
     LiveRead,
     StoredFile,
@@ -19,6 +16,7 @@ from evacuator.hypervisor.model import (
     VolumeInfo,
     parse_definition,
 )
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.digests import block_digest_of_chunks
 
 OPERATIONS = frozenset({

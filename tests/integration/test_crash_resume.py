@@ -20,7 +20,7 @@ from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost, pool_volumes
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.migrate.cold import MoveStep
+from evacuator.migrate.steps import MoveStep
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState
 from evacuator.wiring import CRASH_AT_ENV

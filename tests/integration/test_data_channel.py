@@ -20,13 +20,14 @@ from structlog.testing import capture_logs
 
 from evacuator.errors import MigrationError
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
-from evacuator.hypervisor.model import Chunk
 from evacuator.lab.hosts import LabHost, pool_volumes
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.migrate.cold import ColdMigrator, MoveStep
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveStep
 from evacuator.peers.rpc import PeerDigestClient
 from evacuator.settings import Encryption
+from evacuator.transfer.chunks import Chunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

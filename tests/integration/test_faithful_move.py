@@ -17,12 +17,13 @@ import pytest
 
 from evacuator.hypervisor.facts import MoveMethod, VmFacts, render_facts
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.model import DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import sha256_of_volume
 from evacuator.migrate.cold import ColdMigrator
 from evacuator.peers.rpc import PeerDigestClient
+from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

@@ -18,8 +18,9 @@ from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
+from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveState
 
 pytestmark = pytest.mark.integration

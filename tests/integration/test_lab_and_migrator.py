@@ -16,10 +16,12 @@ import pytest
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import NAMESPACE_URI, VmFacts, parse_facts
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk, Hypervisor, VmState, parse_definition
+from evacuator.hypervisor.model import Hypervisor, VmState, parse_definition
 from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
-from evacuator.migrate.cold import ColdMigrator, MoveStep, StepEvent, StepPhase
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveStep, StepEvent, StepPhase
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.digests import sha256_of_chunks
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fixtures.libvirt_lab import free_port_pair

@@ -15,15 +15,17 @@ from pathlib import Path
 import pytest
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
-from evacuator.hypervisor.model import Chunk, Hypervisor, VmState
+from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import RecordedOutcomes
+from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveRecord, MoveState, Phase
+from evacuator.transfer.chunks import Chunk
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.outcomes import RecordedOutcomes
 from tests.fixtures.chunk_faults import acting_after_first_mib
 
 pytestmark = pytest.mark.integration

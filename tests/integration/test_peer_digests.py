@@ -20,13 +20,14 @@ from structlog.testing import capture_logs
 
 from evacuator.errors import MigrationError
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
-from evacuator.hypervisor.model import DataChunk, HoleChunk
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import digest_peer
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.migrate.cold import ColdMigrator, MoveStep
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveStep
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import DigestRequest, PeerDigestClient
+from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

@@ -19,12 +19,14 @@ from structlog.testing import capture_logs
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
-from evacuator.hypervisor.model import DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import domain_xml, sha256_of_volume
-from evacuator.migrate.cold import ColdMigrator, MoveStep, StepEvent, StepPhase
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveStep, StepEvent, StepPhase
 from evacuator.peers.rpc import PeerDigestClient
+from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings

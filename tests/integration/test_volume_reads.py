@@ -10,9 +10,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.model import DataChunk, HoleChunk
 from evacuator.lab.hosts import LabHost, LabHosts
 from evacuator.lab.vms import create_vm, volume_name
+from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.digests import block_digest_of_chunks, sha256_of_chunks
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from evacuator.commands.cancel import cancel_moves, tell_tenants
-from evacuator.incident.notices import RecordingNotifier
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveRecord, MoveState, Phase
+from tests.fakes.notifier import RecordingNotifier
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 

@@ -13,9 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
 from evacuator.peers.rpc import PeerRequest, PeerUnanswered
 from evacuator.settings import Encryption
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.receiver import VolumeReceiver
 from evacuator.transfer.sender import DataChannelClient
 from evacuator.transfer.tickets import FRESH_SECONDS, ReceivableFile, TicketBook

@@ -16,15 +16,17 @@ import pytest
 
 from evacuator.errors import HypervisorError, JournalError
 from evacuator.hypervisor.facts import MoveMethod, VmFacts
-from evacuator.hypervisor.model import Chunk, Hypervisor, VmState
+from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.vms import domain_xml
-from evacuator.migrate.cold import MoveStep
-from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.migrate.steps import MoveStep
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import RecordedOutcomes
+from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveRecord, MoveState, Phase
+from evacuator.transfer.chunks import Chunk
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.outcomes import RecordedOutcomes
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 POOL = "evacuator"

@@ -10,9 +10,11 @@ import pytest
 
 from evacuator.errors import HypervisorError, MigrationError
 from evacuator.hypervisor.facts import VmFacts
-from evacuator.hypervisor.model import Chunk, DataChunk, VmState
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.vms import domain_xml
-from evacuator.migrate.cold import ColdMigrator, MoveReport, MoveStep, StepEvent, StepPhase
+from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.steps import MoveReport, MoveStep, StepEvent, StepPhase
+from evacuator.transfer.chunks import Chunk, DataChunk
 from tests.fakes.hypervisor import FakeHypervisor
 
 UUID = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
@@ -267,7 +269,7 @@ def test_report_times_each_step_with_the_injected_clock() -> None:
 def test_block_digest_depends_only_on_content_holes_and_zeros_alike(seed: int) -> None:
     import random
 
-    from evacuator.hypervisor.model import HoleChunk
+    from evacuator.transfer.chunks import HoleChunk
     from evacuator.transfer.digests import block_digest_of_chunks
 
     rng, mib = random.Random(seed), 1 << 20

@@ -9,7 +9,7 @@ import pytest
 from evacuator.errors import JournalError
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmInfo, VmState
-from evacuator.migrate.cold import MoveStep
+from evacuator.migrate.steps import MoveStep
 from evacuator.moves.state import (
     STEP_STATE,
     MoveRecord,

@@ -8,7 +8,7 @@ import pytest
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmInfo, VmState
-from evacuator.incident.planner import WindowPolicy, choose_destination, plan_evacuation, window_for
+from evacuator.incident.planner import WindowPolicy, plan_evacuation, window_for
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = WindowPolicy(default_window_seconds=600, max_window_seconds=3600)
@@ -65,18 +65,3 @@ def test_stopped_vms_move_too_but_foreign_states_are_left_alone() -> None:
 def test_no_vms_means_an_empty_plan() -> None:
     plan = plan_evacuation([], POLICY, NOW)
     assert plan.moves == () and plan.notices == ()
-
-
-@pytest.mark.parametrize(
-    ("candidates", "quarantined", "expected"),
-    [
-        (("b", "c"), frozenset(), "b"),
-        (("b", "c"), frozenset({"b"}), "c"),
-        (("b",), frozenset({"b"}), None),
-        ((), frozenset(), None),
-    ],
-)
-def test_destination_is_the_first_peer_not_quarantined(
-    candidates: tuple[str, ...], quarantined: frozenset[str], expected: str | None
-) -> None:
-    assert choose_destination(candidates, quarantined) == expected

@@ -14,10 +14,12 @@ from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError, MigrationError
 from evacuator.hypervisor.facts import VmFacts
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk, VmState
+from evacuator.hypervisor.model import VmState
 from evacuator.lab.vms import domain_xml
-from evacuator.migrate.cold import ColdMigrator, MoveReport, MoveStep, StepEvent, StepPhase
+from evacuator.migrate.cold import ColdMigrator
 from evacuator.migrate.precopy import changed_blocks, unsettled_ranges
+from evacuator.migrate.steps import MoveReport, MoveStep, StepEvent, StepPhase
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.digests import BlockDigest, block_digest_of_chunks, digest_of_blocks
 from tests.fakes.hypervisor import FakeHypervisor
 

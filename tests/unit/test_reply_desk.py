@@ -8,7 +8,6 @@ import pytest
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmState
-from evacuator.incident.notices import RecordingNotifier
 from evacuator.incident.planner import PlannedMove
 from evacuator.incident.reply_desk import ReplyDesk, ScheduledLedger
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -17,6 +16,7 @@ from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
 from notifiers.replies import RejectedDelivery, TenantReply
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.timers import ManualTimers
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)

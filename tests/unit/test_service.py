@@ -13,14 +13,15 @@ import pytest
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
-from evacuator.incident.notices import RecordingNotifier
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.service import Service, ServiceConfig
 from evacuator.lab.vms import domain_xml
-from evacuator.moves.engine import EngineConfig, MoveEngine
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
+from evacuator.moves.runner import EngineConfig
 from monitors.verdicts import HostVerdict, Reason, Severity
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.timers import ManualTimers
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

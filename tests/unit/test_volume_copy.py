@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evacuator.hypervisor.model import DataChunk
 from evacuator.migrate.volume_copy import CopyStalled, copy_volume
+from evacuator.transfer.chunks import DataChunk
 from evacuator.transfer.digests import block_digest_of_chunks
 from tests.fakes.hypervisor import FakeHypervisor
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.files import LiveFile, file_chunks, file_identity, prefetched, write_in_runs
 
 MIB = 1 << 20

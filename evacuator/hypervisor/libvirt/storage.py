@@ -21,15 +21,8 @@ from evacuator.hypervisor.libvirt.streams import (
     seen_file_stat,
     upload_chunks,
 )
-from evacuator.hypervisor.model import (
-    Chunk,
-    HoleChunk,
-    LiveRead,
-    PeerDigests,
-    StoredFile,
-    VolumeInfo,
-    VolumeSender,
-)
+from evacuator.hypervisor.model import LiveRead, PeerDigests, StoredFile, VolumeInfo, VolumeSender
+from evacuator.transfer.chunks import Chunk, HoleChunk
 from evacuator.transfer.digests import block_digest_of_chunks
 from evacuator.transfer.files import LiveFile, file_chunks, file_identity, flush_file
 

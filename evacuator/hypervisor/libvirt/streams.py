@@ -12,7 +12,7 @@ from typing import Any
 import libvirt
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.model import Chunk, DataChunk, HoleChunk
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.files import file_identity, write_in_runs
 
 # libvirt carries stream data in messages of at most 256 KiB: asking for more buys nothing.
