@@ -91,7 +91,7 @@ def main() -> None:
     if args.service_imports:
         import importlib
 
-        importlib.import_module("evacuator.wiring")
+        importlib.import_module("evacuator.wiring.runtime")
     with tempfile.TemporaryDirectory(prefix="evacuator-bench-") as tmp:
         root = Path(tmp)
         files = build_tree(root)

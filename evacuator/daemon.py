@@ -10,7 +10,7 @@ import structlog
 
 from evacuator.logs import configure_logging
 from evacuator.settings import Settings
-from evacuator.wiring import build_runtime
+from evacuator.wiring.runtime import build_runtime
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from evacuator.lab.sysfs import HeatableHwmon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.logs import configure_logging
 from evacuator.settings import Settings
-from evacuator.wiring import build_runtime
+from evacuator.wiring.runtime import build_runtime
 from notifiers.messages import EvacuationScheduled, VmEvacuated
 from notifiers.provisioning import provision_tenant, remove_tenant
 from notifiers.tenant import TenantClient

@@ -8,7 +8,8 @@ from evacuator.hypervisor.libvirt.host import open_libvirt_host
 from evacuator.logs import configure_logging
 from evacuator.moves.state import MoveState
 from evacuator.settings import Settings
-from evacuator.wiring import build_engine, utc_now
+from evacuator.wiring.moves import build_engine
+from evacuator.wiring.runtime import utc_now
 
 log = structlog.get_logger(__name__)
 

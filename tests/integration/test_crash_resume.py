@@ -23,7 +23,7 @@ from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.migrate.steps import MoveStep
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState
-from evacuator.wiring import CRASH_AT_ENV
+from evacuator.wiring.moves import CRASH_AT_ENV
 from notifiers.settings import BrokerSettings
 
 pytestmark = pytest.mark.integration

@@ -144,7 +144,7 @@ def test_cloud_wide_caps_are_built_only_when_configured(
 ) -> None:
     from evacuator.moves.transfer_slots import NoClusterCap
     from evacuator.peers.cloud_slots import BrokerCloudCaps
-    from evacuator.wiring import cluster_slots_for
+    from evacuator.wiring.peers import cluster_slots_for
 
     caps = cluster_slots_for(parse_settings(MINIMAL + evacuation, Path("evacuator.yaml")))
     if expected is None:

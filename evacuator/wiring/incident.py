@@ -1,0 +1,81 @@
+"""Wiring of an incident's parts: the notice outbox and publisher, the timers, the service, the reply desk and
+the consumer that feeds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from evacuator.hypervisor.libvirt.host import LibvirtHost
+from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
+from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.planner import WindowPolicy
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import ReplyPolicy
+from evacuator.incident.scheduler import ApschedulerTimers
+from evacuator.incident.service import Service, ServiceConfig
+from evacuator.moves.engine import MoveEngine
+from evacuator.settings import Settings
+from notifiers.delivery import OutboxPublisher
+from notifiers.outbox import Outbox
+from notifiers.publisher import NoticePublisher
+from notifiers.replies import ReplyConsumer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentParts:
+    """The incident's parts with a life cycle of their own (the runtime starts and stops them)."""
+
+    service: Service
+    publisher: OutboxPublisher
+    consumer: ReplyConsumer
+
+
+def build_incident(
+    settings: Settings, hypervisor: LibvirtHost, engine: MoveEngine, *, clock: Callable[[], datetime]
+) -> IncidentParts:
+    host = settings.host
+    broker = settings.broker
+    # Notices are stored before they are published, so a broker outage delays them but loses none.
+    publisher = OutboxPublisher(
+        NoticePublisher(broker, clock=clock), Outbox(settings.state_dir / "outbox.sqlite"),
+        confirm_timeout_seconds=broker.confirm_timeout_seconds,
+        reconnect_initial_seconds=broker.reconnect_initial_seconds,
+        reconnect_max_seconds=broker.reconnect_max_seconds,
+    )  # fmt: skip
+    evacuation = settings.evacuation
+    reply_policy = ReplyPolicy(
+        max_postpone_seconds=settings.replies.max_postpone_seconds,
+        severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
+        max_window_seconds=evacuation.max_window_seconds,
+    )
+    notifier = AmqpNotifier(
+        publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
+        reply_policy=reply_policy,
+    )  # fmt: skip
+    timers = ApschedulerTimers(settings.state_dir / "timers.sqlite")
+    service = Service(
+        config=ServiceConfig(
+            host=host.name,
+            peers=tuple(p.name for p in settings.peers),
+            window_policy=WindowPolicy(
+                default_window_seconds=evacuation.default_window_seconds,
+                max_window_seconds=evacuation.max_window_seconds,
+            ),
+        ),
+        hypervisor=hypervisor,
+        notifier=notifier,
+        timers=timers,
+        engine=engine,
+        clock=clock,
+    )
+    desk = ReplyDesk(
+        hypervisor=hypervisor, timers=timers, ledger=notifier.ledger, notifier=notifier,
+        expedite=lambda tenant, vm_uuid: service.on_reply(tenant=tenant, vm_uuid=vm_uuid, kind="ready"),
+        store_window=libvirt_window_store(host.libvirt_uri), policy=reply_policy, clock=clock,
+    )  # fmt: skip
+    consumer = ReplyConsumer(
+        settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
+    )
+    return IncidentParts(service=service, publisher=publisher, consumer=consumer)

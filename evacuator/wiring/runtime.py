@@ -1,0 +1,99 @@
+"""The daemon's runtime: every part built from the settings, then started and stopped in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.incident.service import Service
+from evacuator.peers.own_host import PeerServices
+from evacuator.settings import Settings
+from evacuator.wiring.incident import build_incident
+from evacuator.wiring.moves import build_engine
+from evacuator.wiring.peers import peer_services
+from monitors.detector import Detector
+from monitors.sources import SourcePoller, build_sources, require_working_source
+from monitors.verdicts import HostVerdict
+from notifiers.delivery import OutboxPublisher
+from notifiers.replies import ReplyConsumer
+
+log = structlog.get_logger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True, kw_only=True)
+class Runtime:
+    """Everything the daemon runs, built and connected; start() and stop() in that order, once."""
+
+    settings: Settings
+    service: Service
+    detector: Detector
+    poller: SourcePoller
+    hypervisor: LibvirtHost
+    publisher: OutboxPublisher
+    consumer: ReplyConsumer
+    peers: PeerServices
+    clock: Callable[[], datetime]
+
+    def start(self) -> None:
+        # A daemon that can read no sensor at all would report "unknown" forever: refuse to start instead,
+        # so systemd shows the failure (a host without some sources is fine while any one works).
+        require_working_source(self.poller.poll())
+        self.publisher.start()
+        # Tenants may subscribe before the first notice: their queues exist as soon as the service runs.
+        tenants = sorted({vm.facts.tenant for vm in self.hypervisor.list_vms() if vm.facts.tenant})
+        for tenant in tenants:
+            self.publisher.ensure_tenant_queue(tenant).result(timeout=30)
+        self.service.start()
+        self.consumer.start()
+        self.peers.start()
+
+    def stop(self) -> None:
+        self.peers.close()
+        self.consumer.close()
+        self.service.stop()
+        self.publisher.close()
+        self.hypervisor.close()
+
+    def poll_once(self) -> HostVerdict:
+        snapshot = self.poller.poll()
+        verdict = self.detector.observe(snapshot, self.clock())
+        self.service.on_verdict(verdict)
+        return verdict
+
+    def poll_until(self, stop: threading.Event) -> None:
+        interval = self.settings.monitors.poll_interval_seconds
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll_once()
+            except Exception as exc:  # one failed poll must not stop the daemon; the next one retries
+                log.error("poll_failed", error=str(exc), exc_info=True)
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+
+def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
+    host = settings.host
+    hypervisor = open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool)
+    engine = build_engine(settings, hypervisor, clock=clock)
+    incident = build_incident(settings, hypervisor, engine, clock=clock)
+    return Runtime(
+        settings=settings,
+        service=incident.service,
+        detector=Detector(settings.monitors.to_policy()),
+        poller=SourcePoller(build_sources(settings.monitors)),
+        hypervisor=hypervisor,
+        publisher=incident.publisher,
+        consumer=incident.consumer,
+        peers=peer_services(settings),
+        clock=clock,
+    )
