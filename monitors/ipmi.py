@@ -15,12 +15,12 @@ from monitors.readings import (
     ErrorKind,
     MemoryErrorEvent,
     SensorFault,
+    SourceResult,
     SourceState,
     SourceStatus,
     TemperatureReading,
 )
 from monitors.settings import IpmiSourceSettings
-from monitors.sources import SourceResult
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -156,3 +156,14 @@ class HostSnapshot:
         return bool(self.temperatures or self.memory_controllers or self.memory_events) or any(
             s.state is SourceState.OK for s in self.sources
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceResult:
+    """What one source produced in one poll."""
+
+    status: SourceStatus
+    temperatures: tuple[TemperatureReading, ...] = ()
+    memory_controllers: tuple[MemoryControllerReading, ...] = ()
+    memory_events: tuple[MemoryErrorEvent, ...] = ()
+    faults: tuple[SensorFault, ...] = ()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -15,28 +14,15 @@ from monitors.hwmon import HwmonReader
 from monitors.rasdaemon import RasdaemonReader
 from monitors.readings import (
     HostSnapshot,
-    MemoryControllerReading,
-    MemoryErrorEvent,
     SensorFault,
+    SourceResult,
     SourceState,
     SourceStatus,
-    TemperatureReading,
 )
 from monitors.settings import MonitorsSettings
 from monitors.sysfs import FileReader, read_bounded
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceResult:
-    """What one source produced in one poll."""
-
-    status: SourceStatus
-    temperatures: tuple[TemperatureReading, ...] = ()
-    memory_controllers: tuple[MemoryControllerReading, ...] = ()
-    memory_events: tuple[MemoryErrorEvent, ...] = ()
-    faults: tuple[SensorFault, ...] = ()
 
 
 class Source(Protocol):

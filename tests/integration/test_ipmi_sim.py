@@ -14,8 +14,7 @@ import pytest
 
 from monitors.detector import Detector, DetectorPolicy, Severity, TemperatureRule
 from monitors.ipmi import IpmiSource, PyghmiClient
-from monitors.readings import HostSnapshot
-from monitors.sources import SourceResult
+from monitors.readings import HostSnapshot, SourceResult
 
 pytestmark = pytest.mark.integration
 

@@ -8,15 +8,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitors.errors import NoWorkingSourceError, SourceError
-from monitors.readings import SourceState, SourceStatus
+from monitors.readings import SourceResult, SourceState, SourceStatus
 from monitors.settings import MonitorsSettings
-from monitors.sources import (
-    SOURCE_FACTORIES,
-    SourcePoller,
-    SourceResult,
-    build_sources,
-    require_working_source,
-)
+from monitors.sources import SOURCE_FACTORIES, SourcePoller, build_sources, require_working_source
 
 SYSFS = Path(__file__).resolve().parents[2] / "data" / "sysfs"
 
