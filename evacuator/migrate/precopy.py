@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -28,6 +27,7 @@ import structlog
 from evacuator.errors import EvacuatorError, HypervisorError
 from evacuator.hypervisor.model import Hypervisor, VmInfo, VolumeInfo, VolumeRef
 from evacuator.migrate.shutdown_watch import ShutdownWatch
+from evacuator.migrate.steps import PrecopiedVolume
 from evacuator.migrate.volume_copy import CopiedVolume, CopyRefused, clear_leftover, copy_volume, within
 from evacuator.transfer.chunks import Chunk, HoleChunk, close_chunks
 from evacuator.transfer.digests import BLOCK_BYTES, BlockDigest, block_digest, digest_of_blocks
@@ -60,18 +60,6 @@ class _Settling:
                 yield chunk
         finally:
             close_chunks(chunks)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrecopiedVolume:
-    """What a pre-copy sent: from which file, how much, the digest of each block, and from which byte on
-    every read began after the VM was off (`settled_bytes`; the whole length when none did)."""
-
-    identity: str
-    length_bytes: int
-    settled_bytes: int
-    block_digests: tuple[bytes, ...]
-    bytes_written: int
 
 
 def precopy_during_shutdown(

@@ -1,12 +1,14 @@
-"""The values a move reports: its steps, the per-step events the journal records, and the final report."""
+"""The values of a move: its steps and their working state, the events the journal records, the report."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+from evacuator.hypervisor.model import VolumeRef
 
 
 class MoveStep(StrEnum):
@@ -94,3 +96,40 @@ def copy_timeout_seconds(data_bytes: int, base_seconds: float, min_bytes_per_sec
     """How long copying a volume may take: a fixed allowance plus its allocated bytes at the slowest
     acceptable rate, so a big disk is not cut short and a small one does not wait minutes on a dead peer."""
     return base_seconds + data_bytes / min_bytes_per_second
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrecopiedVolume:
+    """What a pre-copy sent: from which file, how much, the digest of each block, and from which byte on
+    every read began after the VM was off (`settled_bytes`; the whole length when none did)."""
+
+    identity: str
+    length_bytes: int
+    settled_bytes: int
+    block_digests: tuple[bytes, ...]
+    bytes_written: int
+
+
+class StepRefused(Exception):
+    """Raised inside a step when reality forbids going on; the Stepper turns it into a MigrationError."""
+
+
+@dataclass(slots=True, kw_only=True)
+class MoveAttempt:
+    """Working state of one move attempt, shared by its steps (mutable by design)."""
+
+    uuid: str
+    name: str
+    run_after: bool
+    bytes_copied: int = 0
+    forced_off: bool = False
+    sent_sha256: dict[VolumeRef, str] = field(default_factory=dict)
+    precopied: dict[VolumeRef, PrecopiedVolume] = field(default_factory=dict)
+    # The transfer slot the steps hold: taken for the disks' steps, or kept from a pre-copy that ended
+    # with the VM off, so its last blocks follow at once.
+    slot: ExitStack = field(default_factory=ExitStack)
+    holding: bool = False
+
+
+Action = Callable[[MoveAttempt], bool]
+"""One step's work; False when reality shows there is nothing left to do (the step is then skipped)."""
