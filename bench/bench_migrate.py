@@ -46,10 +46,11 @@ from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, free_port_pair
 from evacuator.logs import configure_logging
 from evacuator.migrate.cold import ColdMigrator
+from evacuator.migrate.factory import MigrationTimings
 from evacuator.migrate.steps import MoveStep
-from evacuator.moves.engine import MoveEngine
+from evacuator.moves.attempts import EngineConfig
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import EngineConfig
+from evacuator.wiring.moves import assemble_engine
 
 MIB = 1 << 20
 SHUTDOWN_TIMEOUT_SECONDS = 0.5
@@ -189,9 +190,9 @@ def bench_eight(host_a: LabHost, host_b: LabHost, open_peer: OpenPeer, state: Pa
     subprocess.run(["sync"], check=True)
     with Journal(state / "journal.sqlite") as journal, \
             open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
-        engine = MoveEngine(
-            config=EngineConfig(host="host-a", peers=("host-b",),
-                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS, quiesce_ahead_moves=ahead),
+        engine = assemble_engine(
+            EngineConfig(host="host-a", peers=("host-b",), quiesce_ahead_moves=ahead),
+            MigrationTimings(shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS),
             journal=journal, hypervisor=own, open_host=open_host, clock=lambda: datetime.now(UTC),
             sleep=time.sleep,
         )  # fmt: skip

@@ -1,2 +1,3 @@
-"""Moves as durable records: the journal, its state machine, the engine and runners that take each move (or
-consistency group) to an ending, rollback, and this host's caps on transfers."""
+"""Moves as durable records: the journal (SQLite) and its pure state machine, the engine whose workers take
+each due move, or consistency group, to an ending (runner.py, groups.py, sharing attempts.py: hosts,
+retries, slots, journaling), rollback, cancelling, the pure queue order, and this host's transfer caps."""

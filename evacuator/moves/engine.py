@@ -1,30 +1,22 @@
-"""The move engine: runs journaled moves on a worker thread and resumes every unfinished one at start-up."""
+"""The move engine: runs journaled moves on worker threads and resumes every unfinished one at start-up."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmInfo
-from evacuator.incident.planner import PlannedMove
-from evacuator.moves.groups import GroupRunner
+from evacuator.moves.attempts import CrashPoint, EngineConfig, Outcomes, no_crash
 from evacuator.moves.journal import Journal
 from evacuator.moves.queue import Unit, next_unit
-from evacuator.moves.runner import (
-    CrashPoint,
-    EngineConfig,
-    OpenHost,
-    Outcomes,
-    no_crash,
-)
 from evacuator.moves.state import (
-    CANCELLABLE,
     PENDING,
     TERMINAL,
     MoveRecord,
@@ -34,11 +26,35 @@ from evacuator.moves.state import (
     allowed,
     resume_action,
 )
-from evacuator.moves.transfer_slots import ClusterSlots, TransferSlots
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+class SingleMoves(Protocol):
+    """Takes one VM's journaled move to an ending (moves/runner.py)."""
+
+    def execute(self, record: MoveRecord, outcomes: Outcomes) -> None: ...
+
+
+class GroupMoves(Protocol):
+    """Takes a consistency group's journaled moves to their endings, all or nothing (moves/groups.py)."""
+
+    def execute_group(self, records: Sequence[MoveRecord], outcomes: Outcomes) -> None: ...
+
+
+class Planned(Protocol):
+    """A move the incident planned (its planner's PlannedMove): which VM, whose, and by when."""
+
+    @property
+    def vm_uuid(self) -> str: ...
+    @property
+    def vm_name(self) -> str: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def deadline(self) -> datetime: ...
 
 
 class MoveEngine:
@@ -50,23 +66,18 @@ class MoveEngine:
         config: EngineConfig,
         journal: Journal,
         hypervisor: Hypervisor,
-        open_host: OpenHost,
+        runner: SingleMoves,
+        groups: GroupMoves,
         clock: Clock,
-        sleep: Callable[[float], None],
         crash_point: CrashPoint = no_crash,
-        cluster_slots: ClusterSlots | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
         self._hypervisor = hypervisor
-        slots = TransferSlots(max_outgoing=config.max_outgoing_moves,
-                              max_incoming_per_peer=config.max_incoming_moves_per_peer)
-        self._runner = GroupRunner(config=config, journal=journal, open_host=open_host, clock=clock,
-                                   sleep=sleep, crash_point=crash_point, slots=slots,
-                                   cluster_slots=cluster_slots)
+        self._runner = runner
+        self._groups = groups
         self._outcomes: Outcomes = _LoggedOutcomes()
         self._clock = clock
-        self._sleep = sleep
         self._crash_point = crash_point
         self._waiting: dict[str, Unit] = {}
         self._running: dict[str, str] = {}  # unit key -> destination
@@ -122,7 +133,7 @@ class MoveEngine:
 
     # --- what the service tells it ------------------------------------------------------------------------
 
-    def plan(self, moves: Iterable[PlannedMove], *, may_restart_on_source: bool) -> None:
+    def plan(self, moves: Iterable[Planned], *, may_restart_on_source: bool) -> None:
         """Journals each move as planned, before its timer exists: the journal is the record of truth."""
         for move in moves:
             current = self._journal.get(move.vm_uuid)
@@ -159,13 +170,6 @@ class MoveEngine:
         self._crash_point("due", Phase.DUE)
         self._enqueue(vm_uuid)
         return True
-
-    def cancel(self, vm_uuid: str, reason: str) -> MoveRecord | None:
-        """Cancels a move that has not started quiescing; returns the cancelled record, else None."""
-        record = self._journal.get(vm_uuid)
-        if record is None or record.state not in CANCELLABLE:
-            return None
-        return self._journal.advance(record, MoveState.CANCELLED, Phase.ENTERED, self._clock(), error=reason)
 
     # --- the worker ---------------------------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ class MoveEngine:
         if not records:
             return
         if unit.key.startswith("group:"):
-            self._runner.execute_group(records, self._outcomes)
+            self._groups.execute_group(records, self._outcomes)
         else:
             self._runner.execute(records[0], self._outcomes)
 

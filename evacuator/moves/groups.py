@@ -6,11 +6,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from evacuator.migrate.group import GroupColdMigrator
 from evacuator.migrate.steps import MoveStep, StepEvent
+from evacuator.moves.attempts import Attempts, Outcomes
 from evacuator.moves.rollback import Rollback
-from evacuator.moves.runner import MoveRunner, Outcomes
-from evacuator.moves.state import MoveRecord, MoveState, Phase
+from evacuator.moves.state import MoveRecord, MoveState
 
 log = structlog.get_logger(__name__)
 
@@ -25,13 +24,17 @@ def boot_ordered(records: Sequence[MoveRecord]) -> list[MoveRecord]:
     return sorted(records, key=lambda r: (r.boot_order, r.vm_name, r.vm_uuid))
 
 
-class GroupRunner(MoveRunner):
-    """A MoveRunner that also moves consistency groups (one destination for the whole group)."""
+class GroupRunner:
+    """Takes a consistency group's journaled moves to their endings, one destination for the whole group."""
+
+    def __init__(self, attempts: Attempts) -> None:
+        self._attempts = attempts
 
     def execute_group(self, records: Sequence[MoveRecord], outcomes: Outcomes) -> None:
+        attempts = self._attempts
         group = records[0].group
         ordered = boot_ordered(records)
-        destination = next((r.destination for r in ordered if r.destination), None) or self._next_peer([])
+        destination = next((r.destination for r in ordered if r.destination), None) or attempts.next_peer([])
         log.info("group_move_started", group=group, vm_uuids=[r.vm_uuid for r in ordered],
                  destination=destination)
         rolling_back = [r for r in ordered if r.state is MoveState.ROLLING_BACK]
@@ -40,14 +43,11 @@ class GroupRunner(MoveRunner):
             self._roll_back_group(ordered, rolling_back[0].error or "interrupted", destination, outcomes)
             return
         if destination is None:
-            reason = "no destination host is configured"
             for record in ordered:
-                failed = self._journal.advance(record, MoveState.FAILED, Phase.FAILED, self._clock(),
-                                               error=reason)
-                self._end((failed, None), outcomes)
+                attempts.fail_unplaced(record, outcomes)
             return
         try:
-            moved = self._group_attempts(ordered, destination)
+            moved = self._retried(ordered, destination)
         except Exception as exc:  # all or nothing: any member's failure sends the whole group back
             reason = f"group {group}: {exc}"
             self._roll_back_group(ordered, reason, destination, outcomes)
@@ -56,44 +56,39 @@ class GroupRunner(MoveRunner):
         for record in moved:
             outcomes.moved(record)
 
-    def _group_attempts(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
-        for attempt in self._retrying():
+    def _retried(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
+        for attempt in self._attempts.retrying():
             with attempt:
-                return self._group_once(ordered, destination)
+                return self._once(ordered, destination)
         raise AssertionError("tenacity either returns or reraises")  # pragma: no cover
 
-    def _group_once(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
-        with self._open_host(self._config.host) as source, self._open_host(destination) as dest:
-            latest = {r.vm_uuid: self._journal.get(r.vm_uuid) or r for r in ordered}
-            records = {uuid: self._intent(r, source, dest, destination) for uuid, r in latest.items()}
+    def _once(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
+        attempts = self._attempts
+        with attempts.open_host(attempts.config.host) as source, attempts.open_host(destination) as dest:
+            latest = {r.vm_uuid: attempts.journal.get(r.vm_uuid) or r for r in ordered}
+            records = {uuid: attempts.intent(r, source, dest, destination) for uuid, r in latest.items()}
 
             def on_step(event: StepEvent) -> None:
-                records[event.vm_uuid] = self._on_step(records[event.vm_uuid], event, source, dest)
+                records[event.vm_uuid] = attempts.on_step(records[event.vm_uuid], event, source, dest)
 
-            config = self._config
-            migrator = GroupColdMigrator(
-                source=source, destination=dest, clock=self._clock,
-                shutdown_timeout_seconds=config.shutdown_timeout_seconds, sleep=self._sleep, on_step=on_step,
-                poll_interval_seconds=config.poll_interval_seconds,
-                copy_timeout_base_seconds=config.copy_timeout_base_seconds,
-                copy_min_bytes_per_second=config.copy_min_bytes_per_second,
-                transfer_slot=self.transfer_slot(destination, max(r.priority for r in ordered)),
-            )  # fmt: skip
+            slot = attempts.transfer_slot(destination, max(r.priority for r in ordered))
             uuids = [r.vm_uuid for r in ordered]
-            migrator.quiesce_together(uuids)
+            attempts.migrators.group_quiesce(source, dest, on_step=on_step).quiesce_together(uuids)
+            cold = attempts.migrators.cold(source, dest, on_step=on_step, transfer_slot=slot)
             for phase in (_PREPARE, _START, _CLEAN):
                 for uuid in uuids:
-                    migrator.move(uuid, start_on_destination=records[uuid].start_on_destination, steps=phase)
-            return [self._done(records[uuid], destination) for uuid in uuids]
+                    cold.move(uuid, start_on_destination=records[uuid].start_on_destination, steps=phase)
+            return [attempts.done(records[uuid], destination) for uuid in uuids]
 
     def _roll_back_group(
         self, ordered: list[MoveRecord], reason: str, destination: str, outcomes: Outcomes
     ) -> None:
+        attempts = self._attempts
         ends: list[tuple[MoveRecord, Rollback | None]] = []
         for record in ordered:  # boot order: the group comes back up on its source in its own order
-            current = self._journal.get(record.vm_uuid) or record
+            current = attempts.journal.get(record.vm_uuid) or record
             if current.state is MoveState.DONE:
                 continue
-            ends.append(self._roll_back(current, reason, destination, last_try=True))
+            ends.append(attempts.roll_back(current, reason, destination, last_try=True))
         for ended in ends:
-            self._end(ended, outcomes)
+            attempts.end(ended, outcomes)

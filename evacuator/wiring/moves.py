@@ -11,10 +11,14 @@ from datetime import datetime
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
+from evacuator.migrate.factory import MigrationTimings, Migrators
+from evacuator.moves.attempts import Attempts, CrashPoint, EngineConfig, OpenHost, no_crash
 from evacuator.moves.engine import MoveEngine
+from evacuator.moves.groups import GroupRunner
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import CrashPoint, EngineConfig, no_crash
+from evacuator.moves.runner import MoveRunner
 from evacuator.moves.state import Phase
+from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap, TransferSlots
 from evacuator.settings import Settings
 from evacuator.wiring.peers import cluster_slots_for, open_host_for
 
@@ -43,12 +47,9 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         host=settings.host.name,
         peers=tuple(p.name for p in settings.peers),
-        shutdown_timeout_seconds=evacuation.shutdown_timeout_seconds,
         move_attempts=evacuation.move_attempts,
         retry_initial_seconds=evacuation.retry_initial_seconds,
         retry_max_seconds=evacuation.retry_max_seconds,
-        copy_timeout_base_seconds=evacuation.copy_timeout_base_seconds,
-        copy_min_bytes_per_second=evacuation.copy_min_bytes_per_second,
         max_outgoing_moves=evacuation.max_outgoing_moves,
         max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
         quiesce_ahead_moves=evacuation.quiesce_ahead_moves,
@@ -56,10 +57,43 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+def migration_timings(settings: Settings) -> MigrationTimings:
+    evacuation = settings.evacuation
+    return MigrationTimings(
+        shutdown_timeout_seconds=evacuation.shutdown_timeout_seconds,
+        copy_timeout_base_seconds=evacuation.copy_timeout_base_seconds,
+        copy_min_bytes_per_second=evacuation.copy_min_bytes_per_second,
+    )
+
+
+def assemble_engine(
+    config: EngineConfig, timings: MigrationTimings, *, journal: Journal, hypervisor: Hypervisor,
+    open_host: OpenHost, clock: Callable[[], datetime], sleep: Callable[[float], None],
+    crash_point: CrashPoint = no_crash, cluster_slots: ClusterSlots | None = None,
+) -> MoveEngine:
+    """The engine and what its workers share: one set of transfer slots, one way to build migrators, and
+    the runners of single moves and consistency groups. The daemon, the `move` command and the tests build
+    it here alike, each with its own hosts and clock."""
+    attempts = Attempts(
+        config=config, journal=journal, open_host=open_host, clock=clock, sleep=sleep,
+        crash_point=crash_point, migrators=Migrators(timings, clock=clock, sleep=sleep),
+        slots=TransferSlots(max_outgoing=config.max_outgoing_moves,
+                            max_incoming_per_peer=config.max_incoming_moves_per_peer),
+        cluster_slots=cluster_slots or NoClusterCap(),
+    )
+    return MoveEngine(config=config, journal=journal, hypervisor=hypervisor, runner=MoveRunner(attempts),
+                      groups=GroupRunner(attempts), clock=clock, crash_point=crash_point)
+
+
+def journal_for(settings: Settings) -> Journal:
+    """This host's move journal (the daemon's, and the `move` and `cancel` commands' while it is stopped)."""
+    return Journal(settings.state_dir / "journal.sqlite")
+
+
 def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime]) -> MoveEngine:
-    return MoveEngine(
-        config=engine_config(settings),
-        journal=Journal(settings.state_dir / "journal.sqlite"),
+    return assemble_engine(
+        engine_config(settings), migration_timings(settings),
+        journal=journal_for(settings),
         hypervisor=hypervisor,
         open_host=open_host_for(settings),
         clock=clock,

@@ -18,10 +18,11 @@ from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from evacuator.moves.engine import MoveEngine
+from evacuator.migrate.factory import MigrationTimings
+from evacuator.moves.attempts import EngineConfig
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveState
+from evacuator.wiring.moves import assemble_engine
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +43,9 @@ def _run(tmp: Path, hosts: tuple[LabHost, ...], vms: dict[str, str]) -> tuple[Jo
 
     journal = Journal(tmp / "journal.sqlite")
     with open_libvirt_host("host-a", by_name["host-a"].uri, by_name["host-a"].pool) as own:
-        engine = MoveEngine(
-            config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=0.3,
-                                move_attempts=1),
+        engine = assemble_engine(
+            EngineConfig(host="host-a", peers=("host-b",), move_attempts=1),
+            MigrationTimings(shutdown_timeout_seconds=0.3),
             journal=journal, hypervisor=own, open_host=open_host, clock=lambda: datetime.now(UTC),
             sleep=time.sleep,
         )  # fmt: skip

@@ -19,11 +19,13 @@ from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHost, LabHosts, pool_volumes
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
+from evacuator.migrate.factory import MigrationTimings
+from evacuator.moves.attempts import EngineConfig
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveRecord, MoveState, Phase
 from evacuator.transfer.chunks import Chunk
+from evacuator.wiring.moves import assemble_engine
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.outcomes import RecordedOutcomes
 from tests.fixtures.chunk_faults import acting_after_first_mib
@@ -78,9 +80,10 @@ def _engine(
             else:
                 yield opened
 
-    return MoveEngine(
-        config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=0.3, move_attempts=2,
-                            retry_initial_seconds=0.1, retry_max_seconds=0.2),
+    return assemble_engine(
+        EngineConfig(host="host-a", peers=peers, move_attempts=2, retry_initial_seconds=0.1,
+                     retry_max_seconds=0.2),
+        MigrationTimings(shutdown_timeout_seconds=0.3),
         # Every move here is planned first: the engine never needs this host's own view to adopt one.
         journal=journal, hypervisor=FakeHypervisor(name="host-a"), open_host=open_host,
         clock=lambda: datetime.now(UTC), sleep=time.sleep,

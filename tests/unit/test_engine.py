@@ -19,12 +19,15 @@ from evacuator.hypervisor.facts import MoveMethod, VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
 from evacuator.incident.planner import PlannedMove
 from evacuator.lab.vms import domain_xml
+from evacuator.migrate.factory import MigrationTimings
 from evacuator.migrate.steps import MoveStep
+from evacuator.moves.attempts import EngineConfig
+from evacuator.moves.cancel import cancel_moves
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import EngineConfig
 from evacuator.moves.state import MoveRecord, MoveState, Phase
 from evacuator.transfer.chunks import Chunk
+from evacuator.wiring.moves import assemble_engine
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.outcomes import RecordedOutcomes
 
@@ -67,9 +70,10 @@ def make_engine(
         if f"{step}:{phase}" == crash_at:
             raise Crash(crash_at)
 
-    return MoveEngine(
-        config=EngineConfig(host="host-a", peers=peers, shutdown_timeout_seconds=1, retry_initial_seconds=0,
-                            max_outgoing_moves=max_outgoing_moves, quiesce_ahead_moves=quiesce_ahead_moves),
+    return assemble_engine(
+        EngineConfig(host="host-a", peers=peers, retry_initial_seconds=0,
+                     max_outgoing_moves=max_outgoing_moves, quiesce_ahead_moves=quiesce_ahead_moves),
+        MigrationTimings(shutdown_timeout_seconds=1),
         journal=journal, hypervisor=hosts.source, open_host=hosts.open,
         clock=lambda: T0 + timedelta(seconds=next(ticks)), sleep=lambda s: None, crash_point=crash_point,
     )  # fmt: skip
@@ -165,16 +169,20 @@ def test_a_crash_at_any_journaled_point_is_resumed_on_restart(tmp_path: Path, cr
     assert hosts.source.volume_names() == () and hosts.destination.volume_names() == ((POOL, "web.raw"),)
 
 
-def test_cancel_only_before_quiescing(tmp_path: Path) -> None:
+def test_a_cancelled_move_is_never_moved(tmp_path: Path) -> None:
     hosts = Hosts()
     web = hosts.add_vm("web")
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = make_engine(hosts, journal)
         engine.plan([planned(web, "web")], may_restart_on_source=True)
-        cancelled = engine.cancel(web, "tenant asked")
-        assert cancelled is not None and cancelled.state is MoveState.CANCELLED
-        assert engine.cancel(web, "again") is None
-        assert not engine.submit(web)
+        cancelled = cancel_moves(journal, web, "tenant asked", lambda: T0)
+        assert [r.state for r in cancelled] == [MoveState.CANCELLED]
+        assert cancel_moves(journal, web, "again", lambda: T0) == ()
+        assert not engine.submit(web), "a cancelled move's timer that still fires moves nothing"
+        engine.start(timer_pending=lambda _: False)
+        assert engine.wait_idle(5)
+        engine.stop()
+    assert hosts.source.peek_vm(web) is not None and hosts.destination.peek_vm(web) is None
 
 
 def run_one(
