@@ -7,8 +7,8 @@ from concurrent.futures import Future
 from datetime import datetime
 from typing import Protocol
 
+from evacuator.incident.ledger import ScheduledLedger
 from evacuator.incident.planner import PlannedMove
-from evacuator.incident.reply_desk import ScheduledLedger
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
 from monitors.verdicts import HostVerdict, Severity
 from notifiers import messages as wire
@@ -21,7 +21,7 @@ def _scheduled_vm(move: PlannedMove) -> wire.ScheduledVm:
 
 
 class NoticeSink(Protocol):
-    """Where AmqpNotifier hands notices: the NoticePublisher, or the OutboxPublisher in front of it."""
+    """Where TenantNotifier hands notices: the NoticePublisher, or the OutboxPublisher in front of it."""
 
     def ensure_tenant_queue(self, tenant: str) -> Future[None]: ...
     def publish(self, tenant: str, host: str, notice: wire.Notice) -> Future[datetime]: ...
@@ -91,9 +91,10 @@ def _offered_vm(
     )  # fmt: skip
 
 
-class AmqpNotifier:
-    """The Notifier over a NoticeSink: declares each tenant's queue before its first notice, and links every
-    later notice to the tenant's last scheduled event (`scheduled_event_id`)."""
+class TenantNotifier:
+    """The Notifier as tenant wire notices, handed to a NoticeSink (which does the AMQP): declares each
+    tenant's queue before its first notice, and links every later notice to the tenant's last scheduled event
+    (`scheduled_event_id`)."""
 
     def __init__(
         self,

@@ -1,17 +1,16 @@
-"""ReplyDesk: gathers the facts for a tenant's reply, asks the pure policy, and applies its decision."""
+"""ReplyDesk: gathers the facts for a tenant's reply, asks the pure policy, and carries out its decision."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
+from evacuator.incident.ledger import ScheduledLedger
 from evacuator.incident.planner import PlannedMove
 from evacuator.incident.reply_policy import (
     Expedite,
@@ -20,50 +19,16 @@ from evacuator.incident.reply_policy import (
     Reject,
     RejectCode,
     ReplyPolicy,
+    ReplyRequest,
     StoreWindow,
     decide_reply,
+    no_pending_evacuation,
     request_from,
 )
-from evacuator.incident.timers import Timers
-from monitors.verdicts import Severity
-from notifiers.replies import RejectedDelivery, TenantReply
+from evacuator.incident.windows import EvacuationWindows, WindowChange
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduledRecord:
-    """What the tenant was told about one VM: the event to name in replies and the planned deadline."""
-
-    event_id: str | None
-    tenant: str
-    vm_name: str
-    severity: Severity
-    opened_at: datetime
-    planned_deadline: datetime
-
-
-class ScheduledLedger:
-    """Per VM, the last scheduled notice sent; filled by the notifier, read by the desk (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, ScheduledRecord] = {}
-        self._lock = threading.Lock()
-
-    def record(
-        self, *, event_id: str | None, tenant: str, severity: Severity, opened_at: datetime,
-        moves: Sequence[PlannedMove],
-    ) -> None:  # fmt: skip
-        with self._lock:
-            for move in moves:
-                self._records[move.vm_uuid] = ScheduledRecord(
-                    event_id=event_id, tenant=tenant, vm_name=move.vm_name, severity=severity,
-                    opened_at=opened_at, planned_deadline=move.deadline,
-                )  # fmt: skip
-
-    def get(self, vm_uuid: str) -> ScheduledRecord | None:
-        with self._lock:
-            return self._records.get(vm_uuid)
 
 
 class ReplyNotifier(Protocol):
@@ -77,70 +42,42 @@ class ReplyNotifier(Protocol):
     ) -> Future[datetime]: ...
 
 
-Expediter = Callable[[str, str], str | None]
-"""(tenant, vm_uuid) -> None when the VM's timer fired now, else a refusal reason (Service.on_reply)."""
-WindowStore = Callable[[str, int], None]
-"""(vm_uuid, window_seconds): writes the window into the VM's libvirt metadata."""
+class WindowStore(Protocol):
+    """Where a tenant-registered window is kept: the VM's own definition (LibvirtHost.store_window)."""
+
+    def store_window(self, vm_uuid: str, window_seconds: int) -> None: ...
 
 
 class ReplyDesk:
-    """Applies replies: ready fires the VM's timer, postpone reschedules it and tells the tenant the new
-    deadline, register stores the window, and every refusal is logged and sent back as reply_rejected."""
+    """Carries out replies: ready closes the VM's window now, postpone moves its closing and tells the tenant
+    the new deadline, register stores the window; every refusal is logged and sent back as reply_rejected."""
 
     def __init__(
-        self, *, hypervisor: Hypervisor, timers: Timers, ledger: ScheduledLedger, notifier: ReplyNotifier,
-        expedite: Expediter, store_window: WindowStore, policy: ReplyPolicy, clock: Callable[[], datetime],
+        self, *, hypervisor: Hypervisor, windows: EvacuationWindows, ledger: ScheduledLedger,
+        notifier: ReplyNotifier, window_store: WindowStore, policy: ReplyPolicy,
+        clock: Callable[[], datetime],
     ) -> None:  # fmt: skip
         self._hypervisor = hypervisor
-        self._timers = timers
+        self._windows = windows
         self._ledger = ledger
         self._notifier = notifier
-        self._expedite = expedite
-        self._store_window = store_window
+        self._window_store = window_store
         self._policy = policy
         self._clock = clock
 
     def on_reply(self, reply: TenantReply) -> None:
         request = request_from(reply)
         vm = self._hypervisor.find_vm(request.vm_uuid)
-        record = self._ledger.get(request.vm_uuid)
-        deadline = self._timers.pending().get(request.vm_uuid)
-        pending = None
-        if deadline is not None and record is not None:
-            pending = PendingEvacuation(
-                event_id=record.event_id, severity=record.severity, opened_at=record.opened_at,
-                planned_deadline=record.planned_deadline, deadline=deadline,
-            )  # fmt: skip
         facts = None if vm is None else vm.facts
-        decision = decide_reply(request, vm=facts, pending=pending, now=self._clock(), policy=self._policy)
-        context = {"tenant": reply.tenant, "vm_uuid": request.vm_uuid, "reply_type": str(request.kind)}
+        decision = decide_reply(
+            request, vm=facts, pending=self._pending(request.vm_uuid), now=self._clock(), policy=self._policy
+        )
         if isinstance(decision, Expedite):
-            refused = self._expedite(reply.tenant, decision.vm_uuid)
-            if refused is not None:
-                known = refused in RejectCode.__members__.values()
-                code = RejectCode(refused) if known else RejectCode.REFUSED_REPLY
-                self._refuse(reply, Reject(code=code, reason=refused, vm_uuid=decision.vm_uuid))
+            self._expedite(reply, decision)
         elif isinstance(decision, NewDeadline):
-            self._timers.schedule(decision.vm_uuid, decision.deadline)
-            log.info("tenant_postponed", deadline=decision.deadline.isoformat(),
-                     granted_seconds=decision.granted_seconds, requested_seconds=decision.requested_seconds,
-                     **context)  # fmt: skip
-            name = record.vm_name if record is not None else decision.vm_uuid
-            move = PlannedMove(vm_uuid=decision.vm_uuid, vm_name=name, tenant=reply.tenant,
-                               window_seconds=0, deadline=decision.deadline)  # fmt: skip
-            self._notifier.evacuation_updated(tenant=reply.tenant, cause="postponed", moves=(move,))
+            self._postpone(reply, request, decision)
         elif isinstance(decision, StoreWindow):
-            try:
-                self._store_window(decision.vm_uuid, decision.window_seconds)
-            except Exception as exc:  # libvirt refused: the tenant hears it, the next reply may succeed
-                log.error("window_not_stored", error=str(exc), **context)
-                reason = "the window could not be stored; try again"
-                self._refuse(
-                    reply, Reject(code=RejectCode.REFUSED_REPLY, reason=reason, vm_uuid=decision.vm_uuid)
-                )
-                return
-            log.info("tenant_window_registered", window_seconds=decision.window_seconds,
-                     requested_seconds=decision.requested_seconds, **context)  # fmt: skip
+            self._store(reply, request, decision)
         else:
             self._refuse(reply, decision)
 
@@ -149,6 +86,47 @@ class ReplyDesk:
         log.warning("reply_rejected", reason=rejected.reason, user_id=rejected.user_id)
         if rejected.user_id:
             self._send_rejection(rejected.user_id, rejected.code, rejected.reason, rejected.message_id, None)
+
+    def _pending(self, vm_uuid: str) -> PendingEvacuation | None:
+        record = self._ledger.get(vm_uuid)
+        deadline = self._windows.deadline(vm_uuid)
+        if deadline is None or record is None:
+            return None
+        return PendingEvacuation(
+            event_id=record.event_id, severity=record.severity, opened_at=record.opened_at,
+            planned_deadline=record.planned_deadline, deadline=deadline,
+        )  # fmt: skip
+
+    def _expedite(self, reply: TenantReply, decision: Expedite) -> None:
+        # The window may have closed since the policy looked (its timer fired): then nothing is pending.
+        if self._windows.expedite(decision.vm_uuid) is WindowChange.NOT_PENDING:
+            self._refuse(reply, no_pending_evacuation(decision.vm_uuid))
+            return
+        log.info("tenant_ready", tenant=reply.tenant, vm_uuid=decision.vm_uuid)
+
+    def _postpone(self, reply: TenantReply, request: ReplyRequest, decision: NewDeadline) -> None:
+        if self._windows.postpone(decision.vm_uuid, decision.deadline) is WindowChange.NOT_PENDING:
+            self._refuse(reply, no_pending_evacuation(decision.vm_uuid))
+            return
+        log.info("tenant_postponed", deadline=decision.deadline.isoformat(),
+                 granted_seconds=decision.granted_seconds, requested_seconds=decision.requested_seconds,
+                 **_context(reply, request))  # fmt: skip
+        record = self._ledger.get(decision.vm_uuid)
+        name = record.vm_name if record is not None else decision.vm_uuid
+        move = PlannedMove(vm_uuid=decision.vm_uuid, vm_name=name, tenant=reply.tenant,
+                           window_seconds=0, deadline=decision.deadline)  # fmt: skip
+        self._notifier.evacuation_updated(tenant=reply.tenant, cause="postponed", moves=(move,))
+
+    def _store(self, reply: TenantReply, request: ReplyRequest, decision: StoreWindow) -> None:
+        try:
+            self._window_store.store_window(decision.vm_uuid, decision.window_seconds)
+        except Exception as exc:  # libvirt refused: the tenant hears it, the next reply may succeed
+            log.error("window_not_stored", error=str(exc), **_context(reply, request))
+            reason = "the window could not be stored; try again"
+            self._refuse(reply, Reject(code=RejectCode.REFUSED_REPLY, reason=reason, vm_uuid=request.vm_uuid))
+            return
+        log.info("tenant_window_registered", window_seconds=decision.window_seconds,
+                 requested_seconds=decision.requested_seconds, **_context(reply, request))  # fmt: skip
 
     def _refuse(self, reply: TenantReply, reject: Reject) -> None:
         log.warning("reply_refused", tenant=reply.tenant, vm_uuid=reject.vm_uuid, reason=str(reject.code),
@@ -166,3 +144,7 @@ class ReplyDesk:
             )
         except Exception as exc:  # e.g. a user id that cannot be a tenant name: logged, never raised
             log.warning("reply_rejection_not_sent", tenant=tenant, error=str(exc))
+
+
+def _context(reply: TenantReply, request: ReplyRequest) -> dict[str, str]:
+    return {"tenant": reply.tenant, "vm_uuid": request.vm_uuid, "reply_type": str(request.kind)}

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from evacuator.hypervisor.facts import VmFacts
 from monitors.verdicts import Severity
-from notifiers.errors import RejectedReply
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply
-from notifiers.replies import TenantReply, accept_reply
+from notifiers.reply_acceptance import TenantReply
 
 
 class ReplyKind(StrEnum):
@@ -155,11 +153,7 @@ def _pending_or_reject(
 ) -> PendingEvacuation | Reject:
     vm_uuid = request.vm_uuid
     if pending is None:
-        return Reject(
-            code=RejectCode.NO_PENDING_EVACUATION,
-            reason="no evacuation of this VM is pending",
-            vm_uuid=vm_uuid,
-        )
+        return no_pending_evacuation(vm_uuid)
     if request.event_id is not None and pending.event_id is not None and request.event_id != pending.event_id:
         return Reject(
             code=RejectCode.STALE_EVENT,
@@ -173,6 +167,13 @@ def _pending_or_reject(
             vm_uuid=vm_uuid,
         )
     return pending
+
+
+def no_pending_evacuation(vm_uuid: str) -> Reject:
+    """The refusal when the VM has no open window: none was planned, or its move already started."""
+    return Reject(
+        code=RejectCode.NO_PENDING_EVACUATION, reason="no evacuation of this VM is pending", vm_uuid=vm_uuid
+    )
 
 
 def _postpone(request: ReplyRequest, pending: PendingEvacuation, policy: ReplyPolicy) -> Decision:
@@ -199,32 +200,4 @@ def latest_deadline(pending: PendingEvacuation, policy: ReplyPolicy) -> datetime
     return min(
         pending.planned_deadline + timedelta(seconds=policy.max_postpone_seconds),
         pending.opened_at + timedelta(seconds=policy.severe_hard_limit_seconds),
-    )
-
-
-def decide_delivery(
-    *,
-    host: str,
-    user_id: str | None,
-    routing_key: str,
-    body: bytes,
-    message_id: str | None,
-    vms: Mapping[str, VmFacts],
-    pending: Mapping[str, PendingEvacuation],
-    now: datetime,
-    policy: ReplyPolicy,
-) -> Decision:
-    """The whole reply path for one delivery, from the broker's properties to the decision; never raises.
-
-    Only documented rejections come back for bad input: every RejectedReply becomes a Reject.
-    """
-    try:
-        accepted = accept_reply(
-            host=host, user_id=user_id, routing_key=routing_key, body=body, message_id=message_id
-        )
-    except RejectedReply as exc:
-        return Reject(code=RejectCode(exc.code), reason=exc.reason)
-    request = request_from(accepted)
-    return decide_reply(
-        request, vm=vms.get(request.vm_uuid), pending=pending.get(request.vm_uuid), now=now, policy=policy
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +14,7 @@ import structlog
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.planner import Plan, PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.timers import Timers
-from evacuator.moves.engine import MoveEngine
+from evacuator.incident.windows import WindowChange
 from evacuator.moves.state import MoveRecord, MoveState
 from monitors.verdicts import HostVerdict, Severity
 
@@ -39,6 +39,26 @@ class Notifier(Protocol):
     ) -> Future[datetime]: ...
 
 
+class MoveOutcomes(Protocol):
+    """How each move ended; the service is told, and tells the tenant."""
+
+    def moved(self, record: MoveRecord) -> None: ...
+    def failed(self, record: MoveRecord, reason: str) -> None: ...
+
+
+class Moves(Protocol):
+    """The journaled move engine as the service drives it (evacuator/moves/engine.py)."""
+
+    def start(
+        self, *, timer_pending: Callable[[str], bool], outcomes: MoveOutcomes | None = None
+    ) -> tuple[str, ...]: ...
+    def stop(self, timeout_seconds: float = 30) -> None: ...
+    def busy(self) -> bool: ...
+    def plan(self, moves: Iterable[PlannedMove], *, may_restart_on_source: bool) -> None: ...
+    def mark(self, vm_uuid: str, state: MoveState) -> None: ...
+    def submit(self, vm_uuid: str) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceConfig:
     host: str
@@ -50,7 +70,8 @@ _EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
 
 
 class Service:
-    """Reacts to verdicts, replies and timers; the move engine journals and runs the moves."""
+    """Reacts to verdicts and timers, and is the EvacuationWindows the reply desk changes; the move engine
+    journals and runs the moves."""
 
     def __init__(
         self,
@@ -59,7 +80,7 @@ class Service:
         hypervisor: Hypervisor,
         notifier: Notifier,
         timers: Timers,
-        engine: MoveEngine,
+        engine: Moves,
         clock: Clock,
     ) -> None:
         self._config = config
@@ -158,20 +179,22 @@ class Service:
             if move.tenant is None:
                 log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
 
-    def on_reply(self, *, tenant: str, vm_uuid: str, kind: str) -> str | None:
-        """Apply a tenant's reply; returns the reason when it is refused (the caller tells the tenant)."""
-        vm = self._hypervisor.find_vm(vm_uuid)
-        if vm is None:
-            return "unknown_vm"
-        if vm.facts.tenant != tenant:
-            log.warning("reply_refused", reason="not_owner", tenant=tenant, vm_uuid=vm_uuid)
-            return "not_owner"
-        if kind != "ready":
-            return "unsupported_reply"
-        if not self._timers.fire_now(vm_uuid):
-            return "no_pending_evacuation"
-        log.info("tenant_ready", tenant=tenant, vm_uuid=vm_uuid)
-        return None
+    # --- EvacuationWindows: the reply desk changes a VM's window through these --------------------------
+
+    def deadline(self, vm_uuid: str) -> datetime | None:
+        return self._timers.pending().get(vm_uuid)
+
+    def expedite(self, vm_uuid: str) -> WindowChange:
+        return WindowChange.APPLIED if self._timers.fire_now(vm_uuid) else WindowChange.NOT_PENDING
+
+    def postpone(self, vm_uuid: str, deadline: datetime) -> WindowChange:
+        # Only the timer that is there is moved: scheduling one for a VM whose window already closed would
+        # open a new window after its move started. A timer firing between the two calls comes back once at
+        # `deadline`; the engine never moves a VM twice (a queued, running or finished move is not redone).
+        if vm_uuid not in self._timers.pending():
+            return WindowChange.NOT_PENDING
+        self._timers.schedule(vm_uuid, deadline)
+        return WindowChange.APPLIED
 
     def on_timer(self, vm_uuid: str) -> None:
         log.info("evacuation_window_closed", vm_uuid=vm_uuid)

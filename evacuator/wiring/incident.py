@@ -3,13 +3,13 @@ the consumer that feeds it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost
-from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
-from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -20,7 +20,7 @@ from evacuator.settings import Settings
 from notifiers.delivery import OutboxPublisher
 from notifiers.outbox import Outbox
 from notifiers.publisher import NoticePublisher
-from notifiers.replies import ReplyConsumer
+from notifiers.reply_consumer import ReplyConsumer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +50,7 @@ def build_incident(
         severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
         max_window_seconds=evacuation.max_window_seconds,
     )
-    notifier = AmqpNotifier(
+    notifier = TenantNotifier(
         publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
         reply_policy=reply_policy,
     )  # fmt: skip
@@ -70,12 +70,26 @@ def build_incident(
         engine=engine,
         clock=clock,
     )
+    # The service owns the timers, so the desk changes a VM's window through it; registered windows go into
+    # the VM's definition through the daemon's own libvirt connection.
     desk = ReplyDesk(
-        hypervisor=hypervisor, timers=timers, ledger=notifier.ledger, notifier=notifier,
-        expedite=lambda tenant, vm_uuid: service.on_reply(tenant=tenant, vm_uuid=vm_uuid, kind="ready"),
-        store_window=libvirt_window_store(host.libvirt_uri), policy=reply_policy, clock=clock,
+        hypervisor=hypervisor, windows=service, ledger=notifier.ledger, notifier=notifier,
+        window_store=hypervisor, policy=reply_policy, clock=clock,
     )  # fmt: skip
     consumer = ReplyConsumer(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
     return IncidentParts(service=service, publisher=publisher, consumer=consumer)
+
+
+@contextmanager
+def direct_notifier(settings: Settings, *, clock: Callable[[], datetime]) -> Iterator[TenantNotifier]:
+    """Tells tenants straight through the broker, each notice confirmed before its call returns, not
+    through the daemon's outbox: for a command whose process ends in a moment (`evacuator cancel`)."""
+    publisher = NoticePublisher(settings.broker, clock=clock)
+    publisher.start()
+    try:
+        yield TenantNotifier(publisher=publisher, host=settings.host.name,
+                             replies_exchange=settings.broker.replies_exchange, clock=clock)
+    finally:
+        publisher.close()

@@ -67,4 +67,6 @@ class RecordingNotifier:
         in_reply_to: str | None = None,
         vm_uuid: str | None = None,
     ) -> Future[datetime]:
-        return self._done("reply_rejected", tenant, code=code, reason=reason, vm_uuid=vm_uuid)
+        return self._done(
+            "reply_rejected", tenant, code=code, reason=reason, in_reply_to=in_reply_to, vm_uuid=vm_uuid
+        )

@@ -23,7 +23,8 @@ from notifiers.messages import (
     VmEvacuated,
 )
 from notifiers.publisher import NoticePublisher
-from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply
+from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue, reply_routing_key, tenant_queue

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.notices import TenantNotifier
 from evacuator.lab.tls import make_test_ca
 from notifiers.delivery import OutboxPublisher
 from notifiers.errors import BrokerUnavailable
@@ -64,8 +64,10 @@ def test_notices_due_while_the_broker_is_down_all_arrive_in_order(
     stopped_at = time.monotonic()
     try:
         # Through the service's Notifier seam, as the daemon sends them (wiring puts the outbox behind it).
-        notifier = AmqpNotifier(publisher=outbox_publisher, host="hv1", replies_exchange="evacuator.replies",
-                                clock=lambda: datetime.now(UTC))  # fmt: skip
+        notifier = TenantNotifier(
+            publisher=outbox_publisher, host="hv1", replies_exchange="evacuator.replies",
+            clock=lambda: datetime.now(UTC),
+        )
         started = time.perf_counter()
         futures = [
             notifier.evacuation_failed(tenant=tenant.name, vm_uuid=VM, vm_name=f"vm-{i:03}", reason="no disk")

@@ -15,7 +15,8 @@ import pytest
 
 from notifiers.messages import EvacuationScheduled, Reason, ScheduledVm
 from notifiers.publisher import NoticePublisher
-from notifiers.replies import ReplyConsumer, TenantReply
+from notifiers.reply_acceptance import TenantReply
+from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.topology import host_replies_queue, reply_routing_key
 from tests.fixtures.broker import BrokerJanitor, LabTenant

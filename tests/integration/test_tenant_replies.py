@@ -1,7 +1,8 @@
 """The reply contract end to end, on a real broker and libvirt host: postpone, register, refusals, ready.
 
-The pieces are connected as the composition root connects them (ReplyConsumer -> ReplyDesk -> timers,
-libvirt metadata, AmqpNotifier -> outbox -> broker); only the timers are the in-memory fake.
+The pieces are connected as the composition root connects them (ReplyConsumer -> ReplyDesk -> the VM's
+window, the host's libvirt metadata, TenantNotifier -> outbox -> broker); only the windows are a fake: the
+FakeWindows in place of the service, which would start a real move when a window closes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import pika
 import pytest
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
-from evacuator.hypervisor.libvirt.metadata import libvirt_window_store
-from evacuator.incident.notices import AmqpNotifier
+from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import PlannedMove
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -31,11 +31,11 @@ from notifiers.messages import EvacuationScheduled, EvacuationUpdated, Notice, R
 from notifiers.outbox import Outbox
 from notifiers.provisioning import declare_tenant_queue
 from notifiers.publisher import NoticePublisher
-from notifiers.replies import ReplyConsumer
+from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue, reply_routing_key
-from tests.fakes.timers import ManualTimers
+from tests.fakes.windows import FakeWindows
 from tests.fixtures.broker import BrokerJanitor, LabTenant
 
 pytestmark = pytest.mark.integration
@@ -52,9 +52,9 @@ def utc_now() -> datetime:
 class Service:
     host: str
     vm_uuid: str
-    timers: ManualTimers
+    windows: FakeWindows
     hypervisor: LibvirtHost
-    notifier: AmqpNotifier
+    notifier: TenantNotifier
     deadline: datetime
 
 
@@ -72,26 +72,26 @@ def service(
     publisher = OutboxPublisher(NoticePublisher(broker_settings), Outbox(tmp_path / "outbox.sqlite"),
                                 confirm_timeout_seconds=5)  # fmt: skip
     publisher.start(timeout_seconds=10)
-    notifier = AmqpNotifier(publisher=publisher, host=host, replies_exchange=broker_settings.replies_exchange,
-                            clock=utc_now, reply_policy=POLICY)  # fmt: skip
-    timers = ManualTimers()
+    notifier = TenantNotifier(publisher=publisher, host=host,
+                              replies_exchange=broker_settings.replies_exchange, clock=utc_now,
+                              reply_policy=POLICY)  # fmt: skip
+    windows = FakeWindows()
     desk = ReplyDesk(
-        hypervisor=hypervisor, timers=timers, ledger=notifier.ledger, notifier=notifier,
-        expedite=lambda tenant, vm: None if timers.fire_now(vm) else "no_pending_evacuation",
-        store_window=libvirt_window_store(lab.uri), policy=POLICY, clock=utc_now,
+        hypervisor=hypervisor, windows=windows, ledger=notifier.ledger, notifier=notifier,
+        window_store=hypervisor, policy=POLICY, clock=utc_now,
     )  # fmt: skip
     consumer = ReplyConsumer(broker_settings, host=host, on_reply=desk.on_reply, on_rejected=desk.on_rejected)
     consumer.start(timeout_seconds=10)
-    # The incident, as the service opens it: the timer first, then the notice.
+    # The incident, as the service opens it: the window (its timer) first, then the notice.
     deadline = utc_now().replace(microsecond=0) + timedelta(minutes=10)
-    timers.schedule(vm_uuid, deadline)
+    windows.open(vm_uuid, deadline)
     move = PlannedMove(
         vm_uuid=vm_uuid, vm_name="rep", tenant=acme.name, window_seconds=600, deadline=deadline
     )
     verdict = HostVerdict(severity=Severity.SEVERE, reasons=(HOT,), at=utc_now())
     notifier.evacuation_scheduled(tenant=acme.name, verdict=verdict, moves=(move,)).result(timeout=10)
     try:
-        yield Service(host, vm_uuid, timers, hypervisor, notifier, deadline), acme
+        yield Service(host, vm_uuid, windows, hypervisor, notifier, deadline), acme
     finally:
         consumer.close()
         publisher.close()
@@ -130,7 +130,7 @@ def test_postpone_register_refusals_and_ready_over_the_real_broker(
         updated: EvacuationUpdated = next_of(tenant, EvacuationUpdated)
         assert updated.cause == "postponed" and updated.scheduled_event_id == scheduled.event_id
         assert updated.vms[0].deadline == svc.deadline + timedelta(seconds=300)
-        assert svc.timers.pending() == {svc.vm_uuid: svc.deadline + timedelta(seconds=300)}
+        assert svc.windows.deadlines == {svc.vm_uuid: svc.deadline + timedelta(seconds=300)}
 
         tenant.send_postpone(svc.host, svc.vm_uuid, 99_999)  # beyond the cap: cut to the latest deadline
         assert next_of(tenant, EvacuationUpdated).vms[0].deadline == scheduled.vms[0].latest_deadline
@@ -148,10 +148,10 @@ def test_postpone_register_refusals_and_ready_over_the_real_broker(
             intruder.send_ready(svc.host, svc.vm_uuid)
             refused: ReplyRejected = next_of(intruder, ReplyRejected)
         assert (refused.code, refused.vm_uuid) == ("unknown_vm", svc.vm_uuid)  # another's VM looks unknown
-        assert svc.timers.fired == []
+        assert svc.windows.expedited == []
 
         tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)
-        eventually(lambda: svc.timers.fired == [svc.vm_uuid])
+        eventually(lambda: svc.windows.expedited == [svc.vm_uuid])
         tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)  # nothing is pending any more
         assert next_of(tenant, ReplyRejected).code == "no_pending_evacuation"
 

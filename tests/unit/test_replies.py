@@ -1,9 +1,12 @@
-"""Reply acceptance rules, and ReplyConsumer's ack, requeue and reconnect behaviour over a fake broker."""
+"""Reply acceptance and routing rules (pure), and ReplyConsumer's ack, requeue and reconnect behaviour over a
+fake broker."""
 
 from __future__ import annotations
 
 import collections
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +19,8 @@ import pytest
 
 from notifiers.errors import BrokerUnavailable, MalformedReply, RejectedReply
 from notifiers.messages import ReadyReply, encode
-from notifiers.replies import RejectedDelivery, ReplyConsumer, TenantReply, accept_reply
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply, accept_reply, route_delivery
+from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 
 VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
@@ -55,6 +59,35 @@ def test_missing_user_id_is_checked_before_the_body() -> None:
     with pytest.raises(RejectedReply) as caught:
         accept_reply(host="hv1", user_id=None, routing_key="acme.hv1", body=b"garbage")
     assert not isinstance(caught.value, MalformedReply)
+
+
+def test_routing_hands_an_accepted_reply_on() -> None:
+    routed = route_delivery(host="hv1", user_id="acme", routing_key="acme.hv1", body=READY, message_id="m1")
+    assert routed == TenantReply(tenant="acme", host="hv1", reply=ReadyReply(vm_uuid=VM), message_id="m1")
+
+
+@pytest.mark.parametrize(
+    ("user_id", "routing_key", "body", "code", "reason"),
+    [
+        (None, "acme.hv1", READY, "missing_user_id", "missing user_id"),
+        ("acme", "acme.hv2", READY, "wrong_routing_key", "is not 'acme.hv1'"),
+        ("acme", "acme.hv1", b"\x00", "malformed_reply", "not UTF-8 JSON"),
+    ],
+)
+def test_routing_turns_every_refusal_into_a_rejected_delivery_with_its_code(
+    user_id: str | None, routing_key: str, body: bytes, code: str, reason: str
+) -> None:
+    routed = route_delivery(host="hv1", user_id=user_id, routing_key=routing_key, body=body, message_id="m7")
+    assert isinstance(routed, RejectedDelivery) and reason in routed.reason
+    assert (routed.code, routed.user_id, routed.routing_key, routed.message_id) == (
+        code, user_id, routing_key, "m7"
+    )
+
+
+def test_the_acceptance_rules_import_no_broker_client() -> None:
+    probe = "import sys, notifiers.reply_acceptance; sys.exit('pika' in sys.modules and 'pika is imported')"
+    result = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 # --- ReplyConsumer over a fake connection -----------------------------------------------------------------

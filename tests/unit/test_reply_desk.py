@@ -1,29 +1,35 @@
-"""ReplyDesk over fakes: each decision is applied (timer fired or moved, window stored) or sent back."""
+"""ReplyDesk over fakes: each decision is carried out through its port (window closed or moved, window stored)
+or sent back, and deliveries take the consumer's route into it."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
+from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmState
+from evacuator.incident.ledger import ScheduledLedger
 from evacuator.incident.planner import PlannedMove
-from evacuator.incident.reply_desk import ReplyDesk, ScheduledLedger
-from evacuator.incident.reply_policy import ReplyPolicy
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import RejectCode, ReplyPolicy
 from evacuator.lab.vms import domain_xml
 from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
-from notifiers.replies import RejectedDelivery, TenantReply
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply, route_delivery
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.notifier import RecordingNotifier
-from tests.fakes.timers import ManualTimers
+from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
 OLD_EVENT = "7d1b3a5f-1e6c-4c8f-9a4b-3c2d0e9f8a71"
 EVENT = "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"
 POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
+DEADLINE = T0 + timedelta(seconds=600)
 
 
 class Desk:
@@ -32,40 +38,58 @@ class Desk:
         xml = domain_xml(name="web", pool="p", volume="web.raw", mac="52:54:00:00:00:01", uuid=VM,
                          facts=VmFacts(tenant="acme", window_seconds=600))  # fmt: skip
         self.hypervisor.add_vm(xml, state=VmState.RUNNING)
-        self.timers = ManualTimers()
-        self.timers.schedule(VM, T0 + timedelta(seconds=600))
+        self.windows = FakeWindows()
+        self.windows.open(VM, DEADLINE)
         self.ledger = ScheduledLedger()
-        move = PlannedMove(vm_uuid=VM, vm_name="web", tenant="acme", window_seconds=600,
-                           deadline=T0 + timedelta(seconds=600))  # fmt: skip
+        move = PlannedMove(vm_uuid=VM, vm_name="web", tenant="acme", window_seconds=600, deadline=DEADLINE)
         self.ledger.record(event_id=EVENT, tenant="acme", severity=severity, opened_at=T0, moves=(move,))
         self.notifier = RecordingNotifier(clock=lambda: T0)
-        self.expedited: list[tuple[str, str]] = []
-        self.windows: list[tuple[str, int]] = []
+        self.store = RecordingWindowStore()
         self.desk = ReplyDesk(
-            hypervisor=self.hypervisor, timers=self.timers, ledger=self.ledger, notifier=self.notifier,
-            expedite=self.expedite, store_window=lambda vm, s: self.windows.append((vm, s)), policy=POLICY,
-            clock=lambda: T0,
+            hypervisor=self.hypervisor, windows=self.windows, ledger=self.ledger, notifier=self.notifier,
+            window_store=self.store, policy=POLICY, clock=lambda: T0,
         )  # fmt: skip
-
-    def expedite(self, tenant: str, vm_uuid: str) -> str | None:
-        self.expedited.append((tenant, vm_uuid))
-        return None if self.timers.fire_now(vm_uuid) else "no_pending_evacuation"
 
     def reply(self, reply: Reply, tenant: str = "acme") -> None:
         self.desk.on_reply(TenantReply(tenant=tenant, host="hv1", reply=reply, message_id="m1"))
 
+    def deliver(
+        self, body: bytes, *, user_id: str | None = "acme", routing_key: str = "acme.hv1"
+    ) -> TenantReply | RejectedDelivery:
+        """As ReplyConsumer hands a delivery on: routed first, then to the desk's matching handler."""
+        routed = route_delivery(
+            host="hv1", user_id=user_id, routing_key=routing_key, body=body, message_id="m1"
+        )
+        if isinstance(routed, RejectedDelivery):
+            self.desk.on_rejected(routed)
+        else:
+            self.desk.on_reply(routed)
+        return routed
 
-def test_ready_fires_the_vms_timer() -> None:
+    def untouched(self) -> bool:
+        """Nothing was acted upon: the window is as planned and no window was stored."""
+        windows = self.windows
+        return (windows.deadlines, windows.expedited, windows.postponed, self.store.stored) == (
+            {VM: DEADLINE}, [], [], []
+        )
+
+    def sent(self) -> list[tuple[str, str, object]]:
+        return [(kind, tenant, details.get("code")) for kind, tenant, details in self.notifier.sent]
+
+
+def test_ready_closes_the_window_now() -> None:
     desk = Desk()
-    desk.reply(ReadyReply(vm_uuid=VM, event_id=EVENT))
-    assert desk.expedited == [("acme", VM)] and desk.timers.fired == [VM]
+    with capture_logs() as logs:
+        desk.reply(ReadyReply(vm_uuid=VM, event_id=EVENT))
+    assert desk.windows.expedited == [VM] and desk.windows.deadlines == {}
     assert desk.notifier.sent == []
+    assert {"event": "tenant_ready", "tenant": "acme", "vm_uuid": VM, "log_level": "info"} in logs
 
 
-def test_postpone_moves_the_timer_and_tells_the_tenant_the_new_deadline() -> None:
+def test_postpone_moves_the_window_and_tells_the_tenant_the_new_deadline() -> None:
     desk = Desk()
     desk.reply(PostponeReply(vm_uuid=VM, postpone_seconds=300, event_id=EVENT))
-    assert desk.timers.pending() == {VM: T0 + timedelta(seconds=900)}
+    assert desk.windows.postponed == [(VM, T0 + timedelta(seconds=900))]
     kind, tenant, details = desk.notifier.sent[0]
     assert (kind, tenant, details["cause"]) == ("evacuation_updated", "acme", "postponed")
     assert details["moves"][0].deadline == T0 + timedelta(seconds=900)  # type: ignore[index]
@@ -74,13 +98,24 @@ def test_postpone_moves_the_timer_and_tells_the_tenant_the_new_deadline() -> Non
 def test_postpone_beyond_the_cap_gets_the_cap() -> None:
     desk = Desk()
     desk.reply(PostponeReply(vm_uuid=VM, postpone_seconds=99_999))
-    assert desk.timers.pending() == {VM: T0 + timedelta(seconds=2400)}
+    assert desk.windows.deadlines == {VM: T0 + timedelta(seconds=2400)}
 
 
 def test_register_stores_the_capped_window() -> None:
     desk = Desk()
     desk.reply(RegisterReply(vm_uuid=VM, window_seconds=86_400))
-    assert desk.windows == [(VM, 3600)]
+    assert desk.store.stored == [(VM, 3600)]
+    assert desk.notifier.sent == []
+
+
+def test_a_window_the_host_cannot_store_is_refused_so_the_tenant_may_retry() -> None:
+    desk = Desk()
+    desk.store.inject_error(HypervisorError("host hv1: store_window failed"))
+    with capture_logs() as logs:
+        desk.reply(RegisterReply(vm_uuid=VM, window_seconds=900))
+    assert desk.sent() == [("reply_rejected", "acme", "refused_reply")]
+    assert "try again" in str(desk.notifier.sent[0][2]["reason"])
+    assert [e["event"] for e in logs] == ["window_not_stored", "reply_refused"]
 
 
 @pytest.mark.parametrize(
@@ -98,13 +133,27 @@ def test_refusals_go_back_to_the_sender(reply: Reply, tenant: str, code: str, re
     kind, to, details = desk.notifier.sent[0]
     assert (kind, to, details["code"]) == ("reply_rejected", tenant, code)
     assert reason in str(details["reason"])
-    assert desk.timers.pending() == {VM: T0 + timedelta(seconds=600)} and desk.expedited == []
+    assert desk.untouched()
 
 
 def test_failed_host_refuses_postpone() -> None:
     desk = Desk(severity=Severity.FAILED)
     desk.reply(PostponeReply(vm_uuid=VM, postpone_seconds=60))
     assert desk.notifier.sent[0][2]["code"] == "no_postpone_on_failed_host"
+    assert desk.untouched()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [ReadyReply(vm_uuid=VM, event_id=EVENT), PostponeReply(vm_uuid=VM, postpone_seconds=60, event_id=EVENT)],
+    ids=["ready", "postpone"],
+)
+def test_a_window_that_closed_since_the_desk_looked_is_no_longer_pending(reply: Reply) -> None:
+    desk = Desk()
+    desk.windows.close_behind(VM)  # the timer fires between the policy's look and the desk's change
+    desk.reply(reply)
+    assert desk.sent() == [("reply_rejected", "acme", "no_pending_evacuation")]
+    assert (desk.windows.expedited, desk.windows.postponed, desk.windows.deadlines) == ([], [], {})
 
 
 def test_a_delivery_refused_before_parsing_is_answered_only_to_a_vouched_sender() -> None:
@@ -114,5 +163,57 @@ def test_a_delivery_refused_before_parsing_is_answered_only_to_a_vouched_sender(
         RejectedDelivery(reason="body is not UTF-8 JSON", user_id="acme", routing_key="acme.hv1",
                          message_id="m9", code="malformed_reply")
     )  # fmt: skip
-    sent = [(k, t, d["code"]) for k, t, d in desk.notifier.sent]
-    assert sent == [("reply_rejected", "acme", "malformed_reply")]
+    assert desk.sent() == [("reply_rejected", "acme", "malformed_reply")]
+
+
+# --- Deliveries, routed as the consumer routes them -------------------------------------------------------
+
+
+def _body(**fields: object) -> bytes:
+    return json.dumps({"schema_version": 1, "type": "postpone", "vm_uuid": VM, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "user_id", "routing_key", "code", "reason"),
+    [
+        (_body(postpone_seconds=60), None, "acme.hv1", RejectCode.MISSING_USER_ID, "missing user_id"),
+        (_body(postpone_seconds=60), "acme", "acme.hv2", RejectCode.WRONG_ROUTING_KEY, "is not 'acme.hv1'"),
+        (b"\x00garbage", "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "not UTF-8 JSON"),
+        (b"[]", "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "JSON list"),
+        (b"{}", "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "schema_version is missing"),
+        (_body(schema_version=2), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "schema_version is 2"),
+        (_body(type="reboot"), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "type is 'reboot'"),
+        (_body(), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "postpone_seconds: Field required"),
+        (_body(postpone_seconds="60"), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "valid integer"),
+        (_body(postpone_seconds=-5), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "greater than"),
+        (_body(postpone_seconds=60, vm_uuid="w"), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "vm_uuid"),
+        (_body(postpone_seconds=60, sudo=1), "acme", "acme.hv1", RejectCode.MALFORMED_REPLY, "sudo: Extra"),
+        (_body(postpone_seconds=60), "mallory", "mallory.hv1", RejectCode.NOT_OWNER, "another tenant"),
+    ],
+    ids=[
+        "no_user_id", "other_host", "binary", "array", "empty_object", "future_schema", "unknown_type",
+        "missing_field", "string_number", "negative", "bad_uuid", "extra_field", "wrong_owner",
+    ],
+)  # fmt: skip
+def test_every_bad_delivery_is_a_documented_rejection(
+    body: bytes, user_id: str | None, routing_key: str, code: RejectCode, reason: str
+) -> None:
+    desk = Desk()
+    with capture_logs() as logs:
+        routed = desk.deliver(body, user_id=user_id, routing_key=routing_key)
+    if isinstance(routed, RejectedDelivery):  # refused by the acceptance rules, before the desk
+        refused_code, detail = routed.code, routed.reason
+    else:  # refused by the desk's policy
+        [refusal] = [e for e in logs if e["event"] == "reply_refused"]
+        refused_code, detail = refusal["reason"], refusal["detail"]
+    assert RejectCode(refused_code) is code and reason in detail
+    # The sender hears the code meant for tenants, when the broker vouches for who it is; nothing is done.
+    assert desk.sent() == ([] if user_id is None else [("reply_rejected", user_id, code.for_tenant)])
+    assert desk.untouched()
+
+
+def test_a_good_delivery_goes_all_the_way_to_a_new_deadline() -> None:
+    desk = Desk()
+    desk.deliver(_body(postpone_seconds=60, event_id=EVENT))
+    assert desk.windows.postponed == [(VM, T0 + timedelta(seconds=660))]
+    assert desk.sent() == [("evacuation_updated", "acme", None)]

@@ -1,26 +1,31 @@
-"""Fuzz: 10,000 random deliveries through the whole reply path; only documented rejections come out."""
+"""Fuzz: 10,000 random deliveries down the path production runs (the consumer's routing, then a real ReplyDesk
+over fakes); nothing crashes, only documented refusals come out, and only the owner's replies act."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
-from evacuator.incident.reply_policy import (
-    Expedite,
-    NewDeadline,
-    PendingEvacuation,
-    Reject,
-    RejectCode,
-    ReplyPolicy,
-    StoreWindow,
-    decide_delivery,
-)
+from evacuator.incident.ledger import ScheduledLedger
+from evacuator.incident.planner import PlannedMove
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import RejectCode, ReplyPolicy
+from evacuator.lab.vms import domain_xml
 from monitors.verdicts import Severity
+from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply, route_delivery
+from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.notifier import RecordingNotifier
+from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 VMS = ("0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01", "1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12")
@@ -29,6 +34,22 @@ POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, 
 TENANTS = ("acme", "bravo", "", "acme.hv1", "Acme", "ACME", "a" * 300)
 FACTS = {VMS[0]: VmFacts(tenant="acme", window_seconds=60), VMS[1]: VmFacts(tenant="bravo")}
 EXAMPLES = 10_000
+# Every event the desk may log; another name would be a change of the operators' vocabulary.
+DESK_EVENTS = frozenset({
+    "reply_rejected", "reply_refused", "reply_rejection_not_sent", "tenant_ready", "tenant_postponed",
+    "tenant_window_registered", "window_not_stored",
+})
+
+
+def _host() -> FakeHypervisor:
+    host = FakeHypervisor(name="hv1")
+    for number, (vm_uuid, facts) in enumerate(FACTS.items()):
+        host.add_vm(domain_xml(name=f"vm{number}", pool="p", volume=f"vm{number}.raw",
+                               mac=f"52:54:00:00:00:0{number}", uuid=vm_uuid, facts=facts))  # fmt: skip
+    return host
+
+
+HOST = _host()  # the desk only looks VMs up: one host serves every example
 
 _json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 _json = st.recursive(
@@ -89,40 +110,162 @@ def _body(draw: st.DrawFn) -> bytes:
     return _mostly(draw, _reply_document().map(lambda document: json.dumps(document).encode()), noise)  # type: ignore[no-any-return]
 
 
-_pending = st.builds(
-    PendingEvacuation,
-    event_id=st.sampled_from([EVENT, None]),
-    severity=st.sampled_from(list(Severity)),
-    opened_at=st.just(T0),
-    planned_deadline=st.integers(-100, 4000).map(lambda s: T0 + timedelta(seconds=s)),
-    deadline=st.integers(-100, 8000).map(lambda s: T0 + timedelta(seconds=s)),
-)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Planned:
+    """One VM's evacuation as the desk may find it: told to its tenant or not, its window open or not."""
+
+    told_event_id: str | None
+    told: bool
+    severity: Severity
+    planned_deadline: datetime
+    deadline: datetime | None
+    closes_behind: bool  # its timer fires between the desk's look and its change
+
+
+def _seconds(low: int, high: int) -> st.SearchStrategy[datetime]:
+    return st.integers(low, high).map(lambda s: T0 + timedelta(seconds=s))
+
+
+@st.composite
+def _planned(draw: st.DrawFn) -> Planned | None:
+    if draw(st.integers(0, 4)) == 0:
+        return None
+    return Planned(
+        told_event_id=draw(st.sampled_from([EVENT, None])),
+        told=draw(st.integers(0, 9)) > 0,
+        severity=draw(st.sampled_from(list(Severity))),
+        planned_deadline=draw(_seconds(-100, 4000)),
+        deadline=_mostly(draw, _seconds(-100, 8000), st.none()),
+        closes_behind=draw(st.integers(0, 9)) == 0,
+    )
+
+
+@dataclass(slots=True)
+class World:
+    """A real ReplyDesk over fakes of its ports, set up as one random incident left them."""
+
+    windows: FakeWindows
+    store: RecordingWindowStore
+    notifier: RecordingNotifier
+    desk: ReplyDesk
+
+
+def _world(plans: dict[str, Planned | None], store_fails: bool) -> World:
+    ledger, windows, store = ScheduledLedger(), FakeWindows(), RecordingWindowStore()
+    for vm_uuid, plan in plans.items():
+        if plan is None:
+            continue
+        if plan.told:
+            owner = FACTS[vm_uuid].tenant or ""
+            move = PlannedMove(vm_uuid=vm_uuid, vm_name="vm", tenant=owner, window_seconds=60,
+                               deadline=plan.planned_deadline)  # fmt: skip
+            ledger.record(event_id=plan.told_event_id, tenant=owner, severity=plan.severity, opened_at=T0,
+                          moves=(move,))  # fmt: skip
+        if plan.deadline is not None:
+            windows.open(vm_uuid, plan.deadline)
+        if plan.closes_behind:
+            windows.close_behind(vm_uuid)
+    if store_fails:
+        store.inject_error(HypervisorError("host hv1: store_window failed"))
+    notifier = RecordingNotifier(clock=lambda: T0)
+    desk = ReplyDesk(hypervisor=HOST, windows=windows, ledger=ledger, notifier=notifier, window_store=store,
+                     policy=POLICY, clock=lambda: T0)  # fmt: skip
+    return World(windows=windows, store=store, notifier=notifier, desk=desk)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(body=_body(), sender=_sender(), pending=st.dictionaries(st.sampled_from(VMS), _pending, min_size=1))
-def test_random_deliveries_never_crash_the_reply_path(
-    body: bytes, sender: tuple[str | None, str], pending: dict[str, PendingEvacuation]
-) -> None:
+@given(
+    body=_body(),
+    sender=_sender(),
+    message_id=st.none() | st.text(max_size=8),
+    plans=st.fixed_dictionaries({vm_uuid: _planned() for vm_uuid in VMS}),
+    store_fails=st.integers(0, 19).map(lambda n: n == 0),
+)
+def test_random_deliveries_down_the_production_reply_path(
+    body: bytes, sender: tuple[str | None, str], message_id: str | None, plans: dict[str, Planned | None],
+    store_fails: bool,
+) -> None:  # fmt: skip
     user_id, routing_key = sender
-    decision = decide_delivery(
-        host="hv1", user_id=user_id, routing_key=routing_key, body=body, message_id=None,
-        vms=FACTS, pending=pending, now=T0, policy=POLICY,
-    )  # fmt: skip
-    event(decision.code.value if isinstance(decision, Reject) else type(decision).__name__)
-    if isinstance(decision, Reject):
-        assert decision.code in RejectCode and decision.reason
-        return
-    # Anything accepted came from the owner, on its own routing key, about its own VM.
-    assert user_id is not None and routing_key == f"{user_id}.hv1"
-    assert FACTS[decision.vm_uuid].tenant == user_id
-    if isinstance(decision, NewDeadline):
-        current = pending[decision.vm_uuid]
-        assert current.severity is not Severity.FAILED
-        assert current.deadline < decision.deadline <= current.planned_deadline + timedelta(seconds=1800)
-        assert decision.deadline <= T0 + timedelta(seconds=3600)
-        assert 0 < decision.granted_seconds <= decision.requested_seconds
-    elif isinstance(decision, StoreWindow):
-        assert 0 <= decision.window_seconds <= POLICY.max_window_seconds
-    else:
-        assert isinstance(decision, Expedite) and pending[decision.vm_uuid].deadline > T0
+    world = _world(plans, store_fails)
+    # As ReplyConsumer._on_message: route the delivery, then hand it to the desk's matching handler.
+    routed = route_delivery(host="hv1", user_id=user_id, routing_key=routing_key, body=body,
+                            message_id=message_id)  # fmt: skip
+    with capture_logs() as logs:
+        if isinstance(routed, RejectedDelivery):
+            world.desk.on_rejected(routed)
+        else:
+            world.desk.on_reply(routed)
+    events = [entry["event"] for entry in logs]
+    assert set(events) <= DESK_EVENTS
+    refusals = _check_refusals(world, user_id, message_id)
+    actions = _check_actions(world, routed, user_id, routing_key, plans, logs)
+    # Exactly one answer or one action for a sender the broker vouches for, and none for another.
+    assert len(refusals) + len(actions) == (1 if user_id else 0)
+    assert not refusals or {"reply_refused", "reply_rejected"} & set(events)
+    event(refusals[0] if refusals else actions[0] if actions else "silence")
+
+
+def _check_refusals(world: World, user_id: str | None, message_id: str | None) -> list[str]:
+    """Every refusal is a documented code, answered to the vouched sender about the message it sent."""
+    codes = []
+    for kind, tenant, details in world.notifier.sent:
+        assert kind in ("reply_rejected", "evacuation_updated")
+        if kind != "reply_rejected":
+            continue
+        code = RejectCode(str(details["code"]))  # raises for a code that is not documented
+        assert code is not RejectCode.NOT_OWNER, "another tenant's VM must look unknown"
+        assert user_id and tenant == user_id and details["reason"] and details["in_reply_to"] == message_id
+        vm_uuid = details["vm_uuid"]
+        if vm_uuid in FACTS and FACTS[vm_uuid].tenant != user_id:  # no probing: the words of an unknown VM
+            assert (code, details["reason"]) == (RejectCode.UNKNOWN_VM, "no such VM on this host")
+        codes.append(code.value)
+    return codes
+
+
+def _check_actions(
+    world: World, routed: TenantReply | RejectedDelivery, user_id: str | None, routing_key: str,
+    plans: dict[str, Planned | None], logs: Sequence[Mapping[str, Any]],
+) -> list[str]:  # fmt: skip
+    """Anything acted upon came from the owner, on its own routing key, about its own VM, within the caps."""
+    windows = world.windows
+    acted = [("expedite", vm) for vm in windows.expedited] + [("postpone", vm) for vm, _ in windows.postponed]
+    acted += [("register", vm) for vm, _ in world.store.stored]
+    updates = [(to, d) for kind, to, d in world.notifier.sent if kind == "evacuation_updated"]
+    assert len(updates) == len(windows.postponed), "the tenant hears of each postpone, and only of one"
+    if not acted:
+        return []
+    assert isinstance(routed, TenantReply) and user_id and routing_key == f"{user_id}.hv1"
+    [(_, vm_uuid)] = acted
+    assert routed.tenant == user_id and routed.reply.vm_uuid == vm_uuid
+    assert FACTS[vm_uuid].tenant == user_id
+    reply = routed.reply
+    events = {entry["event"]: entry for entry in logs}
+    if windows.expedited:
+        _pending(plans[vm_uuid], reply)
+        assert isinstance(reply, ReadyReply) and "tenant_ready" in events
+    for _, deadline in windows.postponed:
+        plan = _pending(plans[vm_uuid], reply)
+        assert plan.deadline is not None and plan.severity is not Severity.FAILED
+        cap = timedelta(seconds=POLICY.max_postpone_seconds)
+        assert plan.deadline < deadline <= plan.planned_deadline + cap
+        assert deadline <= T0 + timedelta(seconds=POLICY.severe_hard_limit_seconds)
+        assert isinstance(reply, PostponeReply) and "tenant_postponed" in events
+        told = events["tenant_postponed"]
+        assert told["granted_seconds"] == (deadline - plan.deadline).total_seconds()
+        assert 0 < told["granted_seconds"] <= told["requested_seconds"] == reply.postpone_seconds
+        [(to, update)] = updates
+        assert to == user_id and [m.deadline for m in update["moves"]] == [deadline]  # type: ignore[attr-defined]
+    for _, window_seconds in world.store.stored:
+        assert isinstance(reply, RegisterReply) and "tenant_window_registered" in events
+        assert 0 <= window_seconds == min(reply.window_seconds, POLICY.max_window_seconds)
+    return [kind for kind, _ in acted]
+
+
+def _pending(plan: Planned | None, reply: Reply) -> Planned:
+    """The VM's evacuation was pending (told, window open and still there) and its deadline not yet reached;
+    the reply named the told event, or none."""
+    assert plan is not None and plan.told and plan.deadline is not None and not plan.closes_behind
+    assert plan.deadline > T0
+    assert isinstance(reply, ReadyReply | PostponeReply)
+    assert reply.event_id in (None, plan.told_event_id) or plan.told_event_id is None
+    return plan

@@ -1,4 +1,4 @@
-"""The service over fakes: verdicts open one incident, replies expedite, timers move, tenants are told."""
+"""The service over fakes: verdicts open one incident, replies change its windows, timers move the VMs."""
 
 from __future__ import annotations
 
@@ -10,19 +10,28 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.incident.ledger import ScheduledLedger
 from evacuator.incident.planner import WindowPolicy
+from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.incident.service import Service, ServiceConfig
+from evacuator.incident.windows import EvacuationWindows, WindowChange
 from evacuator.lab.vms import domain_xml
-from evacuator.moves.engine import MoveEngine
+from evacuator.migrate.factory import MigrationTimings
+from evacuator.moves.attempts import EngineConfig
 from evacuator.moves.journal import Journal
-from evacuator.moves.runner import EngineConfig
+from evacuator.wiring.moves import assemble_engine
 from monitors.verdicts import HostVerdict, Reason, Severity
+from notifiers.messages import ReadyReply
+from notifiers.reply_acceptance import TenantReply
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.timers import ManualTimers
+from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HOT = Reason(
@@ -68,9 +77,9 @@ class World:
         self.notifier = RecordingNotifier(clock=lambda: T0)
         self.mover = FakeMover(self.source, self.destination)
         self.journal = Journal(journal_path)
-        self.engine = MoveEngine(
-            config=EngineConfig(host="host-a", peers=("host-b",), shutdown_timeout_seconds=1,
-                                move_attempts=1),
+        self.engine = assemble_engine(
+            EngineConfig(host="host-a", peers=("host-b",), move_attempts=1),
+            MigrationTimings(shutdown_timeout_seconds=1),
             journal=self.journal, hypervisor=self.source, open_host=self.mover.open_host,
             clock=ticking_clock(), sleep=lambda s: None,
         )  # fmt: skip
@@ -184,21 +193,75 @@ def test_completed_lists_the_failed_vm(world: World) -> None:
     assert completed == [{"moved": (), "failed": (web,)}]
 
 
+def _reply_desk(world: World) -> ReplyDesk:
+    """The desk as the wiring builds it, changing windows through the service; its ledger holds what the
+    scheduled notices said (the TenantNotifier fills it in the daemon)."""
+    ledger = ScheduledLedger()
+    for kind, tenant, details in world.notifier.sent:
+        if kind == "evacuation_scheduled":
+            told, moves = details["verdict"], details["moves"]
+            assert isinstance(told, HostVerdict) and isinstance(moves, tuple)
+            ledger.record(event_id=None, tenant=tenant, severity=told.severity, opened_at=T0, moves=moves)
+    policy = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
+    return ReplyDesk(hypervisor=world.source, windows=world.service, ledger=ledger, notifier=world.notifier,
+                     window_store=RecordingWindowStore(), policy=policy, clock=lambda: T0)  # fmt: skip
+
+
+def _ready(tenant: str, vm_uuid: str) -> TenantReply:
+    return TenantReply(tenant=tenant, host="host-a", reply=ReadyReply(vm_uuid=vm_uuid), message_id=None)
+
+
 def test_owner_ready_expedites_and_others_are_refused(world: World) -> None:
     web = world.add_vm("web", "acme", 600)
     world.service.on_verdict(verdict(Severity.SEVERE))
-    assert world.service.on_reply(tenant="mallory", vm_uuid=web, kind="ready") == "not_owner"
-    assert world.service.on_reply(tenant="acme", vm_uuid="00000000-0000-4000-8000-000000000000",
-                                  kind="ready") == "unknown_vm"  # fmt: skip
+    desk = _reply_desk(world)
+    with capture_logs() as logs:
+        desk.on_reply(_ready("mallory", web))
+        desk.on_reply(_ready("acme", "00000000-0000-4000-8000-000000000000"))
+    refused = [(e["tenant"], e["reason"]) for e in logs if e["event"] == "reply_refused"]
+    assert refused == [("mallory", "not_owner"), ("acme", "unknown_vm")]
+    rejected = [(tenant, d["code"]) for kind, tenant, d in world.notifier.sent if kind == "reply_rejected"]
+    assert rejected == [("mallory", "unknown_vm"), ("acme", "unknown_vm")]
     assert world.timers.fired == []
-    assert world.service.on_reply(tenant="acme", vm_uuid=web, kind="ready") is None
+    desk.on_reply(_ready("acme", web))
     world.wait_moved(1)
     assert world.mover.moved == [web]
 
 
-def test_ready_without_a_pending_evacuation_is_refused(world: World) -> None:
+def test_no_window_is_changed_or_opened_without_a_pending_evacuation(world: World) -> None:
     web = world.add_vm("web", "acme", 600)
-    assert world.service.on_reply(tenant="acme", vm_uuid=web, kind="ready") == "no_pending_evacuation"
+    assert world.service.deadline(web) is None
+    assert world.service.expedite(web) is WindowChange.NOT_PENDING
+    assert world.service.postpone(web, T0 + timedelta(seconds=60)) is WindowChange.NOT_PENDING
+    assert world.timers.pending() == {} and world.timers.fired == []
+
+
+def _windows_contract(windows: EvacuationWindows, vm_uuid: str, deadline: datetime) -> None:
+    """What the desk relies on, for the service and its fake alike: changes act on the open window only."""
+    later = deadline + timedelta(seconds=300)
+    assert windows.deadline(vm_uuid) == deadline
+    assert windows.postpone(vm_uuid, later) is WindowChange.APPLIED
+    assert windows.deadline(vm_uuid) == later
+    assert windows.expedite(vm_uuid) is WindowChange.APPLIED
+    assert windows.deadline(vm_uuid) is None
+    assert windows.expedite(vm_uuid) is WindowChange.NOT_PENDING
+    assert windows.postpone(vm_uuid, later) is WindowChange.NOT_PENDING
+    assert windows.deadline(vm_uuid) is None
+
+
+def test_the_service_changes_a_vms_window_through_its_timer(world: World) -> None:
+    web = world.add_vm("web", "acme", 600)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    _windows_contract(world.service, web, T0 + timedelta(seconds=600))
+    assert world.timers.fired == [web]
+    world.wait_moved(1)
+    assert world.mover.moved == [web]
+
+
+def test_the_windows_fake_keeps_the_same_contract() -> None:
+    windows = FakeWindows()
+    windows.open("vm-1", T0)
+    _windows_contract(windows, "vm-1", T0)
 
 
 def test_failed_host_gets_no_window(world: World) -> None:

@@ -11,6 +11,7 @@ import libvirt
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.libvirt.connect import connect_libvirt
+from evacuator.hypervisor.libvirt.metadata import write_window
 from evacuator.hypervisor.libvirt.storage import LibvirtStorage
 from evacuator.hypervisor.model import (
     Hypervisor,
@@ -106,6 +107,11 @@ class LibvirtHost(LibvirtStorage):
     def undefine_vm(self, uuid: str) -> None:
         with self._mapped("undefine_vm", vm_uuid=uuid):
             self._domain(uuid).undefineFlags(0)
+
+    def store_window(self, vm_uuid: str, window_seconds: int) -> None:
+        """Keeps a tenant-registered window in the VM's definition (and the running VM's, if it runs)."""
+        with self._mapped("store_window", vm_uuid=vm_uuid):
+            write_window(self._domain(vm_uuid), vm_uuid, window_seconds)
 
     def disk_files(self) -> frozenset[Path]:
         """Every file any defined VM names as a disk or in a disk's backing chain, running or persistent."""

@@ -1,60 +1,20 @@
-"""Tenant replies for one host: pure acceptance rules, and the ReplyConsumer that applies them."""
+"""ReplyConsumer: consumes a host's replies queue on its own thread, hands each delivery on, acks it."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, blocking_connection_factory
 from notifiers.consumer_thread import ConsumerThread
-from notifiers.errors import RejectedReply
-from notifiers.messages import Reply, parse_reply
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply, route_delivery
 from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word
 
 _log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TenantReply:
-    """A reply the broker vouches for: `tenant` is the authenticated broker user that published it."""
-
-    tenant: str
-    host: str
-    reply: Reply
-    message_id: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RejectedDelivery:
-    """A delivery the consumer refused (and acked, so it is not redelivered), with the reason."""
-
-    reason: str
-    user_id: str | None
-    routing_key: str
-    message_id: str | None
-    code: str = "refused_reply"
-
-
-def accept_reply(
-    *, host: str, user_id: str | None, routing_key: str, body: bytes, message_id: str | None = None
-) -> TenantReply:
-    """Validate one delivery from the host's replies queue; raise RejectedReply (or MalformedReply) if unfit.
-
-    The broker checks that a present `user_id` is the publisher's own user and that the routing key starts
-    with it, but accepts a message without `user_id`: such a reply proves nothing about its sender.
-    """
-    if not user_id:
-        raise RejectedReply("missing user_id: the publisher is unknown", code="missing_user_id")
-    expected_key = f"{user_id}.{host}"
-    if routing_key != expected_key:
-        raise RejectedReply(f"routing key {routing_key!r} is not {expected_key!r}", code="wrong_routing_key")
-    return TenantReply(tenant=user_id, host=host, reply=parse_reply(body), message_id=message_id)
-
 
 ReplyHandler = Callable[[TenantReply], None]
 RejectionHandler = Callable[[RejectedDelivery], None]
@@ -110,23 +70,21 @@ class ReplyConsumer:
         return connection, channel
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        user_id, message_id = properties.user_id, properties.message_id
-        try:
-            reply = accept_reply(
-                host=self._host,
-                user_id=user_id,
-                routing_key=method.routing_key,
-                body=body,
-                message_id=message_id,
-            )
-        except RejectedReply as exc:
-            self._reject(exc, user_id, method.routing_key, message_id)
+        routed = route_delivery(
+            host=self._host,
+            user_id=properties.user_id,
+            routing_key=method.routing_key,
+            body=body,
+            message_id=properties.message_id,
+        )
+        if isinstance(routed, RejectedDelivery):
+            self._reject(routed)
             channel.basic_ack(delivery_tag=method.delivery_tag)
             return
-        context = {"host": self._host, "tenant": reply.tenant, "vm_uuid": reply.reply.vm_uuid}
-        _log.info("reply_received", reply_type=reply.reply.type, **context)
+        context = {"host": self._host, "tenant": routed.tenant, "vm_uuid": routed.reply.vm_uuid}
+        _log.info("reply_received", reply_type=routed.reply.type, **context)
         try:
-            self._on_reply(reply)
+            self._on_reply(routed)
         except Exception:
             requeue = not method.redelivered
             _log.exception("reply_handler_failed", requeue=requeue, **context)
@@ -134,18 +92,13 @@ class ReplyConsumer:
             return
         channel.basic_ack(delivery_tag=method.delivery_tag)
 
-    def _reject(
-        self, exc: RejectedReply, user_id: str | None, routing_key: str, message_id: str | None
-    ) -> None:
-        reason = exc.reason
+    def _reject(self, rejected: RejectedDelivery) -> None:
         _log.warning(
-            "reply_rejected", host=self._host, reason=reason, user_id=user_id, routing_key=routing_key
-        )
+            "reply_rejected", host=self._host, reason=rejected.reason, user_id=rejected.user_id,
+            routing_key=rejected.routing_key,
+        )  # fmt: skip
         if self._on_rejected is None:
             return
-        rejected = RejectedDelivery(
-            reason=reason, user_id=user_id, routing_key=routing_key, message_id=message_id, code=exc.code
-        )
         try:
             self._on_rejected(rejected)
         except Exception:
