@@ -9,10 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evacuator.errors import ConfigError
+from evacuator.transfer.wire import Encryption
 from monitors.settings import MonitorsSettings
 from notifiers.settings import BrokerSettings
-
-Encryption = Literal["auto", "tls", "none"]
 
 _NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 

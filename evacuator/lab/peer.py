@@ -17,24 +17,24 @@ from pydantic import SecretStr
 
 from evacuator.lab.hosts import LabHost
 from evacuator.logs import configure_logging
-from evacuator.peers.own_host import PeerServices, own_volume_digester, volume_receiver
+from evacuator.peers.own_host import PeerServices
 from evacuator.peers.responder import DigestResponder
-from evacuator.settings import DataChannelSettings, Encryption
-from notifiers.connection import blocking_connection_factory
+from evacuator.settings import DataChannelSettings, HostSettings
+from evacuator.transfer.wire import Encryption
+from evacuator.wiring.peers import build_peer_services
 from notifiers.settings import BrokerSettings
 
 
 def lab_daemon(name: str, uri: str, pool: str, *, broker_url: str, exchange: str,
                data_channel: Encryption | None) -> PeerServices:
-    connect = blocking_connection_factory(BrokerSettings(url=SecretStr(broker_url)),
-                                          connection_name=f"lab-digests-{name}")
-    receiver = None if data_channel is None else volume_receiver(
-        name, uri, pool, DataChannelSettings(listen_address="127.0.0.1", port=0, encryption=data_channel),
-        min_bytes_per_second=10 * 1024 * 1024)
-    digests = DigestResponder(connect, host=name, exchange=exchange,
-                              digest_volume=own_volume_digester(name, uri, pool),
-                              issue_ticket=None if receiver is None else receiver.issue)
-    return PeerServices(digests=digests, receiver=receiver)
+    """The daemon's own peer services, its data channel on a free loopback port (None: no data channel)."""
+    channel = (DataChannelSettings(enabled=False) if data_channel is None
+               else DataChannelSettings(listen_address="127.0.0.1", port=0, encryption=data_channel))
+    return build_peer_services(
+        host=HostSettings(name=name, libvirt_uri=uri, storage_pool=pool),
+        broker=BrokerSettings(url=SecretStr(broker_url), peers_exchange=exchange),
+        channel=channel, min_bytes_per_second=10 * 1024 * 1024, connection_name=f"lab-digests-{name}",
+    )
 
 
 @contextmanager

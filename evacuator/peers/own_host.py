@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.model import VolumeRef, is_active
+from evacuator.hypervisor.model import VmInfo, VolumeInfo, VolumeRef, is_active
+from evacuator.peers.messages import VolumeDigester
 from evacuator.peers.responder import DigestResponder
-from evacuator.peers.rpc import VolumeDigester
-from evacuator.settings import DataChannelSettings
 from evacuator.transfer.receiver import VolumeReceiver
 from evacuator.transfer.tickets import FileLocator, ReceivableFile
-from evacuator.transfer.wire import server_tls
+
+
+class OwnHost(Protocol):
+    """What serving peers asks of this host's own libvirt, seeing its files as this process does
+    (LibvirtHost opened with local_files)."""
+
+    def list_vms(self) -> tuple[VmInfo, ...]: ...
+
+    def local_digest(self, pool: str, volume: str, *, flush: bool = False) -> str | None: ...
+
+    def find_volume(self, pool: str, volume: str) -> VolumeInfo | None: ...
+
+    def local_file(self, pool: str, volume: str) -> Path | None: ...
+
+    def disk_files(self) -> frozenset[Path]: ...
+
+
+OpenOwnHost = Callable[[], AbstractContextManager[OwnHost]]
+"""Opens this host for one request and closes it after: a fresh connection each time, so a libvirtd restart
+never leaves the daemon answering through a dead one (the composition root builds it)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,14 +54,14 @@ class PeerServices:
             self.receiver.close()
 
 
-def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
+def own_volume_digester(name: str, pool: str, open_host: OpenOwnHost) -> VolumeDigester:
     """Flushes and digests this host's volumes from their files, for peers verifying a copy they sent; other
     pools are refused."""
 
     def digest(asked_pool: str, volume: str) -> str | None:
         if asked_pool != pool:
             raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
-        with open_libvirt_host(name, uri, pool, local_files=True) as own:
+        with open_host() as own:
             # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
             if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
                    for vm in own.list_vms() if is_active(vm)):
@@ -51,14 +72,14 @@ def own_volume_digester(name: str, uri: str, pool: str) -> VolumeDigester:
     return digest
 
 
-def own_volume_target(name: str, uri: str, pool: str) -> FileLocator:
+def own_volume_target(name: str, pool: str, open_host: OpenOwnHost) -> FileLocator:
     """This host's volumes as files its data channel may write: of its pool, and named by no defined VM
     (as a volume, a file, or a file in a backing chain)."""
 
     def locate(asked_pool: str, volume: str) -> ReceivableFile:
         if asked_pool != pool:
             raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
-        with open_libvirt_host(name, uri, pool, local_files=True) as own:
+        with open_host() as own:
             if any(VolumeRef(pool=pool, volume=volume) in vm.volumes for vm in own.list_vms()):
                 raise HypervisorError(f"{pool}/{volume} on {name} belongs to a defined VM")
             info = own.find_volume(pool, volume)
@@ -74,16 +95,3 @@ def own_volume_target(name: str, uri: str, pool: str) -> FileLocator:
                                   2 * info.capacity_bytes + (64 << 20))
 
     return locate
-
-
-def volume_receiver(name: str, uri: str, pool: str, channel: DataChannelSettings, *,
-                    min_bytes_per_second: float) -> VolumeReceiver:
-    """This host's data channel as its settings describe it (not yet listening); a transfer slower than
-    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped."""
-    return VolumeReceiver(
-        host=name, locate=own_volume_target(name, uri, pool), listen_address=channel.listen_address,
-        port=channel.port, advertise_address=channel.advertise_address,
-        tls=server_tls(name), allow_clear=channel.encryption != "tls",
-        stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
-        min_bytes_per_second=min_bytes_per_second,
-    )

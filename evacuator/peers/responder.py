@@ -1,11 +1,11 @@
-"""This host's daemon answering its peers' requests: digests (why, and the wire: peer_digests.py) and
-tickets for its data channel (data_wire.py).
+"""This host's daemon answering its peers' requests: digests (why: rpc.py; the wire: messages.py) and
+tickets for its data channel (evacuator/transfer/wire.py).
 
 What a broker user allowed to publish on the peers exchange can make it do is bounded: it answers only for
-volumes of its own pool that no running VM uses (wiring's digester), replies only into a server-named queue
-(`amq.gen-...`, never a tenant's), drops requests that carry no expiry, and keeps at most
-`MAX_WAITING_REQUESTS` waiting (the broker refuses more, and the asker falls back at once). Give the exchange
-to the hosts' broker users only.
+volumes of its own pool that no running VM uses (own_host.py's digester), replies only into a server-named
+queue (`amq.gen-...`, never a tenant's), drops requests that carry no expiry, and keeps at most
+`MAX_WAITING_REQUESTS` waiting (the broker refuses more, and the asker falls back at once). Give the
+exchange to the hosts' broker users only.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pika.exceptions
 import structlog
 from pydantic import ValidationError
 
-from evacuator.peers.rpc import (
+from evacuator.peers.messages import (
     TAKEN_HEADER,
     TAKEN_TYPE,
     DigestReply,
@@ -65,7 +65,7 @@ class DigestResponder:
         self._ticket_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evacuator-ticket")
         self._tickets_waiting = 0  # only the connection's thread touches it
         self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
-        self._incarnation = ""  # names the current connection to askers (see peer_digests: "taken")
+        self._incarnation = ""  # names the current connection to askers (see messages.py: "taken")
         self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
         # How many copies this daemon vouched for: the tests and the bench show verification happened here.
         self.answered = 0

@@ -1,20 +1,15 @@
-"""A host's own digest of its volume, asked for over AMQP: verifying a copy without reading it back.
+"""The request client: asks a host's own daemon over the broker, for its volume's digest or a ticket to its
+data channel (the wire: messages.py).
 
-A copy is verified against what the destination stored. Reading that back through a libvirt download costs
-the destination's libvirtd 1.8 s of CPU per GiB, more than the copy itself; the destination's evacuator
-daemon reads its own file for about 0.1 s per GiB instead. So each daemon answers digest requests for its
-own pool (evacuator/peers/responder.py), and a mover asks the destination's (`PeerDigestClient`). Anything
-short of a valid answer (no daemon listening, one that went away or is swamped, a timeout, a file the peer
-cannot see, another digest algorithm, no broker) gives None, and the mover reads back through libvirt: a
-missing peer slows verification but never weakens it.
-
-Wire: requests go to the durable direct exchange `<peers_exchange>` with routing key `digest.<host>`, bound
-to the exclusive queue `<peers_exchange>.digest.<host>` of that host's daemon (it vanishes with the daemon, so
-a request to a stopped one is returned at once, not left waiting). Replies go to the asker's exclusive queue.
-A request whose header `evacuator-taken` is true is first answered by a "taken" notice (message type
-`taken`) naming the connection of the daemon that took it, whose exclusive queue
-`<peers_exchange>.alive.<host>.<incarnation>` lives exactly as long as that connection: so an asker
-notices a daemon that went away with its request even when a restarted one already serves the same host.
+Why digests: a copy is verified against what the destination stored. Reading that back through a libvirt
+download costs the destination's libvirtd 1.8 s of CPU per GiB, more than the copy itself; the destination's
+evacuator daemon reads its own file for about 0.1 s per GiB instead. So each daemon answers digest requests
+for its own pool (evacuator/peers/responder.py), and a mover asks the destination's (`PeerClient.digest`).
+Anything short of a valid answer (no daemon listening, one that went away or is swamped, a timeout, a file
+the peer cannot see, another digest algorithm, no broker) gives None, and the mover reads back through
+libvirt: a missing peer slows verification but never weakens it. A ticket asked for the same way
+(`PeerClient.ticket`) lets the mover write a copy through the destination's data channel
+(evacuator/transfer/sender.py), which falls back to libvirt just as readily.
 """
 
 from __future__ import annotations
@@ -22,104 +17,43 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from evacuator.errors import EvacuatorError
+from evacuator.peers.messages import (
+    TAKEN_HEADER,
+    TAKEN_TYPE,
+    DigestReply,
+    DigestRequest,
+    DigestTaken,
+    PeerRequest,
+    alive_queue,
+    declare_exchange,
+    request_routing_key,
+    responder_queue,
+)
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
-from evacuator.transfer.wire import ReceiveRequest
+from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
 from notifiers.errors import NotifierError
-from notifiers.topology import check_word
 
 log = structlog.get_logger(__name__)
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"  # libvirt pool and volume names the evacuator creates
 _POLL_SECONDS = 0.25
 _DAEMON_CHECK_SECONDS = 5.0
 
-VolumeDigester = Callable[[str, str], str | None]
-"""(pool, volume) -> the digest of this host's own file, None when this host cannot read it itself."""
+Reply = TypeVar("Reply", bound=BaseModel)
 
 
-class DigestRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    pool: str = Field(pattern=_NAME)
-    volume: str = Field(pattern=_NAME)
-    algorithm: str = Field(max_length=64)
-
-
-class DigestReply(BaseModel):
-    """`digest` is None with a reason in `error` when the peer cannot answer for its file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
-    pool: str
-    volume: str
-    algorithm: str
-    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    error: str | None = Field(default=None, max_length=1000)
-
-
-TAKEN_HEADER = "evacuator-taken"
-TAKEN_TYPE = "taken"
-
-
-class DigestTaken(BaseModel):
-    """Sent at once by the daemon that took a request: which of its connections holds it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    incarnation: str = Field(pattern=r"^[0-9a-f]{16,32}$")
-
-
-PeerRequest = DigestRequest | ReceiveRequest
-
-
-def alive_queue(exchange: str, host: str, incarnation: str) -> str:
-    return f"{exchange}.alive.{check_word('host', host)}.{incarnation}"
-
-
-def request_routing_key(host: str) -> str:
-    return f"digest.{check_word('host', host)}"
-
-
-def responder_queue(exchange: str, host: str) -> str:
-    return f"{exchange}.{request_routing_key(host)}"
-
-
-def answer(request: DigestRequest, *, host: str, digest_volume: VolumeDigester) -> DigestReply:
-    """The reply to one request: pure apart from `digest_volume`, whose failures become the reply's error."""
-
-    def refuse(error: str) -> DigestReply:
-        return DigestReply(host=host, pool=request.pool, volume=request.volume,
-                           algorithm=BLOCK_DIGEST_ALGORITHM, error=error)
-
-    if request.host != host:
-        return refuse(f"this is {host}, not {request.host}")
-    if request.algorithm != BLOCK_DIGEST_ALGORITHM:
-        return refuse(f"unknown digest algorithm {request.algorithm!r}")
-    try:
-        digest = digest_volume(request.pool, request.volume)
-    except EvacuatorError as exc:
-        return refuse(str(exc))
-    if digest is None:
-        return refuse("this host does not see the volume's file")
-    return DigestReply(host=host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
-                       digest=digest)
-
-
-class PeerDigestClient:
-    """Asks a host's daemon for its volume's digest, one short connection per question (movers run on
-    several threads, and a pika connection belongs to one). Waits as long as copying may take."""
+class PeerClient:
+    """Asks a host's daemon for its volume's digest or a data-channel ticket, one short connection per
+    question (movers run on several threads, and a pika connection belongs to one). A digest is waited for
+    as long as copying may take."""
 
     def __init__(
         self, connect: ConnectionFactory, *, exchange: str, timeout_base_seconds: float,
@@ -138,7 +72,7 @@ class PeerDigestClient:
         except ValidationError as exc:  # a name no daemon answers for: read back instead
             log.info("peer_digest_unavailable", reason=str(exc).splitlines()[0], **context)
             return None
-        reply = ask_for(self, request, DigestReply, timeout_seconds=timeout_seconds)
+        reply = self._ask_for(request, DigestReply, timeout_seconds=timeout_seconds)
         if isinstance(reply, str):
             log.info("peer_digest_unavailable", reason=reply, **context)
             return None
@@ -149,6 +83,11 @@ class PeerDigestClient:
             return None
         log.info("peer_digest_received", **context)
         return reply.digest
+
+    def ticket(self, request: ReceiveRequest, *, timeout_seconds: float) -> ReceiveTicket | str:
+        """The host's daemon's ticket to its data channel (which may be a refusal), or why none came."""
+        return self._ask_for(request, ReceiveTicket, timeout_seconds=timeout_seconds,
+                             message_type=RECEIVE_TYPE)
 
     def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
         """The body of the host's daemon's reply to `request` (a digest request, or with `message_type`
@@ -164,6 +103,17 @@ class PeerDigestClient:
         finally:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 connection.close()
+
+    def _ask_for(self, request: PeerRequest, reply_type: type[Reply], *, timeout_seconds: float,
+                 message_type: str | None = None) -> Reply | str:
+        """The daemon's valid reply, or why there is none (for the caller's log)."""
+        try:
+            body = self.ask(request, timeout_seconds=timeout_seconds, message_type=message_type)
+            return reply_type.model_validate_json(body)
+        except ValidationError as exc:
+            return str(exc).splitlines()[0]
+        except PeerUnanswered as exc:
+            return str(exc)
 
     def _exchange_messages(
         self, connection: Any, request: PeerRequest, timeout_seconds: float, message_type: str | None,
@@ -233,32 +183,6 @@ class _Awaited:
         if self._taken_by is not None:
             return alive_queue(exchange, self.request.host, self._taken_by)
         return responder_queue(exchange, self.request.host)
-
-
-class PeerAsker(Protocol):
-    """Asks a host's own daemon over the broker (PeerDigestClient; the tests' fakes)."""
-
-    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
-        ...
-
-
-Reply = TypeVar("Reply", bound=BaseModel)
-
-
-def ask_for(asker: PeerAsker, request: PeerRequest, reply_type: type[Reply], *, timeout_seconds: float,
-            message_type: str | None = None) -> Reply | str:
-    """The daemon's valid reply, or why there is none (for the caller's log)."""
-    try:
-        body = asker.ask(request, timeout_seconds=timeout_seconds, message_type=message_type)
-        return reply_type.model_validate_json(body)
-    except ValidationError as exc:
-        return str(exc).splitlines()[0]
-    except PeerUnanswered as exc:
-        return str(exc)
-
-
-def declare_exchange(channel: Any, exchange: str) -> None:
-    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
 
 
 class PeerUnanswered(EvacuatorError):

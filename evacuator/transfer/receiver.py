@@ -1,6 +1,6 @@
-"""This host's daemon receiving a copy into its own volume file over the data channel (wire: data_wire.py).
+"""This host's daemon receiving a copy into its own volume file over the data channel (wire: wire.py).
 
-Who may write what is the ticket book's (receive_tickets.py). Here: connections. One that has not shown a
+Who may write what is the ticket book's (tickets.py). Here: connections. One that has not shown a
 valid ticket within `HELLO_TIMEOUT_SECONDS` is dropped, and at most `MAX_UNPROVEN` wait at once, so nobody
 without a ticket holds a transfer slot. A transfer whose bytes stop for the stall timeout, or that falls
 below `min_bytes_per_second` on average after that grace, is dropped too: no connection keeps a volume's

@@ -15,14 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
 from pydantic import ValidationError
 
 from evacuator.errors import HypervisorError
-from evacuator.peers.rpc import PeerAsker, ask_for
-from evacuator.settings import Encryption
 from evacuator.transfer.chunks import Chunk, HoleChunk
 from evacuator.transfer.wire import (
     DATA,
@@ -34,9 +33,9 @@ from evacuator.transfer.wire import (
     GO,
     MAGIC,
     MAX_FRAME_BYTES,
-    RECEIVE_TYPE,
     ChannelError,
     ChannelRefused,
+    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
@@ -47,16 +46,25 @@ from evacuator.transfer.wire import (
 log = structlog.get_logger(__name__)
 
 
+class TicketSource(Protocol):
+    """Asks a host's own daemon for a ticket to its data channel (evacuator/peers/rpc.py's PeerClient, over
+    the broker; the tests' fakes)."""
+
+    def ticket(self, request: ReceiveRequest, *, timeout_seconds: float) -> ReceiveTicket | str:
+        """The daemon's ticket, which may be a refusal with its reason; else why none came (for the log)."""
+        ...
+
+
 class DataChannelClient:
     """Sends volumes to peers' daemons (evacuator/transfer/receiver.py); one connection per volume, so it is
     safe from several movers' threads at once."""
 
     def __init__(
-        self, peers: PeerAsker, *, encryption: Encryption, stall_timeout_seconds: float = 60.0,
+        self, tickets: TicketSource, *, encryption: Encryption, stall_timeout_seconds: float = 60.0,
         min_bytes_per_second: float = 10 * 1024 * 1024, ticket_timeout_seconds: float = 10.0,
         connect_timeout_seconds: float = 10.0,
     ) -> None:
-        self._peers = peers
+        self._tickets = tickets
         self._encryption = encryption
         self._stall_timeout_seconds = stall_timeout_seconds
         self._min_bytes_per_second = min_bytes_per_second
@@ -114,8 +122,7 @@ class DataChannelClient:
         except ValidationError as exc:  # a name no daemon takes: upload through libvirt instead
             log.info("data_channel_unavailable", reason=str(exc).splitlines()[0], **context)
             return None
-        ticket = ask_for(self._peers, request, ReceiveTicket, timeout_seconds=self._ticket_timeout_seconds,
-                         message_type=RECEIVE_TYPE)
+        ticket = self._tickets.ticket(request, timeout_seconds=self._ticket_timeout_seconds)
         if isinstance(ticket, str):
             log.info("data_channel_unavailable", reason=ticket, **context)
             return None

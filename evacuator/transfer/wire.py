@@ -30,6 +30,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -39,7 +40,6 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
 
 from evacuator.errors import EvacuatorError
-from evacuator.settings import Encryption
 
 MAGIC = b"EVACDATA1\n"
 TLS_HANDSHAKE = b"\x16"  # the first byte of any TLS connection; MAGIC starts otherwise
@@ -53,7 +53,8 @@ ERROR_LENGTH = struct.Struct(">H")
 MAX_FRAME_BYTES = 4 << 20
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
 
-
+Encryption = Literal["auto", "tls", "none"]
+"""How a mover's copies go (settings' `data_channel.encryption`): see `wants_tls`."""
 
 _ENCRYPTED_TRANSPORTS = frozenset({"tls", "ssh", "libssh", "libssh2"})
 

@@ -7,17 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from evacuator.errors import HypervisorError
-from evacuator.hypervisor.libvirt.host import open_libvirt_host
+from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.hypervisor.model import Hypervisor
-from evacuator.moves.runner import OpenHost
+from evacuator.moves.attempts import OpenHost
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap
 from evacuator.peers.cloud_slots import BrokerCloudCaps
-from evacuator.peers.own_host import PeerServices, own_volume_digester, volume_receiver
+from evacuator.peers.own_host import OpenOwnHost, PeerServices, own_volume_digester, own_volume_target
 from evacuator.peers.responder import DigestResponder
-from evacuator.peers.rpc import PeerDigestClient
-from evacuator.settings import Settings
+from evacuator.peers.rpc import PeerClient
+from evacuator.settings import DataChannelSettings, HostSettings, Settings
+from evacuator.transfer.receiver import VolumeReceiver
 from evacuator.transfer.sender import DataChannelClient
-from notifiers.connection import blocking_connection_factory
+from evacuator.transfer.wire import server_tls
+from notifiers.connection import ConnectionFactory, blocking_connection_factory
+from notifiers.settings import BrokerSettings
 
 
 def open_host_for(settings: Settings) -> OpenHost:
@@ -26,7 +29,7 @@ def open_host_for(settings: Settings) -> OpenHost:
     hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
     connect = blocking_connection_factory(
         settings.broker, connection_name=f"evacuator-digests-{settings.host.name}")
-    peer_digests = PeerDigestClient(
+    peers = PeerClient(
         connect,
         exchange=settings.broker.peers_exchange,
         timeout_base_seconds=settings.evacuation.copy_timeout_base_seconds,
@@ -34,7 +37,7 @@ def open_host_for(settings: Settings) -> OpenHost:
     )
     channel = settings.data_channel
     sender = DataChannelClient(
-        peer_digests, encryption=channel.encryption,
+        peers, encryption=channel.encryption,
         stall_timeout_seconds=channel.stall_timeout_seconds,
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
     ) if channel.enabled else None
@@ -48,7 +51,7 @@ def open_host_for(settings: Settings) -> OpenHost:
         # daemon when it answers, else read through libvirt.
         local = name == settings.host.name
         with open_libvirt_host(name, uri, pool, local_files=local,
-                               peer_digests=None if local else peer_digests,
+                               peer_digests=None if local else peers,
                                volume_sender=None if local else sender) as host:
             yield host
 
@@ -66,20 +69,61 @@ def cluster_slots_for(settings: Settings) -> ClusterSlots:
                            total=evacuation.max_total_transfers, incoming_per_host=incoming)
 
 
-def peer_services(settings: Settings) -> PeerServices:
-    """What this host's daemon serves its peers' movers: digests of its volumes and, when on, its data
-    channel (started by the runtime, after the broker is reached)."""
-    host, broker, channel = settings.host, settings.broker, settings.data_channel
+def status_connection_for(settings: Settings) -> ConnectionFactory:
+    """How `evacuator peers` reaches the broker to read what it shows of the hosts' daemons and slots."""
+    return blocking_connection_factory(
+        settings.broker, connection_name=f"evacuator-peers-{settings.host.name}")
+
+
+def own_host_opener(host: HostSettings) -> OpenOwnHost:
+    """This host's libvirt, seeing its files as this process does, opened afresh for each request a peer
+    makes: a libvirtd restart never leaves the daemon with a dead connection."""
+
+    def open_own() -> LibvirtHost:
+        return open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool, local_files=True)
+
+    return open_own
+
+
+def volume_receiver(host: HostSettings, channel: DataChannelSettings, *,
+                    min_bytes_per_second: float) -> VolumeReceiver:
+    """This host's data channel as its settings describe it (not yet listening); a transfer slower than
+    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped."""
+    return VolumeReceiver(
+        host=host.name, locate=own_volume_target(host.name, host.storage_pool, own_host_opener(host)),
+        listen_address=channel.listen_address, port=channel.port, advertise_address=channel.advertise_address,
+        tls=server_tls(host.name), allow_clear=channel.encryption != "tls",
+        stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
+        min_bytes_per_second=min_bytes_per_second,
+    )
+
+
+def build_peer_services(
+    *, host: HostSettings, broker: BrokerSettings, channel: DataChannelSettings, min_bytes_per_second: float,
+    connection_name: str,
+) -> PeerServices:
+    """What a host's daemon serves its peers' movers: digests of its volumes on the broker's peers exchange
+    and, when `channel` is enabled, its data channel (neither started yet). `connection_name`: how the
+    broker lists the answering connection."""
     receiver = volume_receiver(
-        host.name, host.libvirt_uri, host.storage_pool, channel,
-        min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+        host, channel, min_bytes_per_second=min_bytes_per_second,
     ) if channel.enabled else None
     return PeerServices(
         digests=DigestResponder(
-            blocking_connection_factory(broker, connection_name=f"evacuator-digest-answers-{host.name}"),
+            blocking_connection_factory(broker, connection_name=connection_name),
             host=host.name, exchange=broker.peers_exchange,
-            digest_volume=own_volume_digester(host.name, host.libvirt_uri, host.storage_pool),
+            digest_volume=own_volume_digester(host.name, host.storage_pool, own_host_opener(host)),
             issue_ticket=None if receiver is None else receiver.issue,
         ),
         receiver=receiver,
+    )
+
+
+def peer_services(settings: Settings) -> PeerServices:
+    """What this host's daemon serves its peers' movers (started by the runtime, after the broker is
+    reached)."""
+    return build_peer_services(
+        host=settings.host, broker=settings.broker, channel=settings.data_channel,
+        min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+        connection_name=f"evacuator-digest-answers-{settings.host.name}",
     )

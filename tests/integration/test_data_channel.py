@@ -25,10 +25,10 @@ from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.migrate.cold import ColdMigrator
 from evacuator.migrate.steps import MoveStep
-from evacuator.peers.rpc import PeerDigestClient
-from evacuator.settings import Encryption
+from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.chunks import Chunk
 from evacuator.transfer.sender import DataChannelClient
+from evacuator.transfer.wire import Encryption
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
 from tests.fixtures.chunk_faults import acting_after_first_mib
@@ -39,8 +39,8 @@ MIB = 1 << 20
 
 
 def _sender(broker_settings: BrokerSettings, *, encryption: Encryption = "auto",
-            ) -> tuple[PeerDigestClient, DataChannelClient]:
-    client = PeerDigestClient(
+            ) -> tuple[PeerClient, DataChannelClient]:
+    client = PeerClient(
         blocking_connection_factory(broker_settings, connection_name="test-data-channel"),
         exchange=broker_settings.peers_exchange, timeout_base_seconds=30, min_bytes_per_second=10 * MIB)
     return client, DataChannelClient(client, encryption=encryption, stall_timeout_seconds=5.0)

@@ -19,8 +19,9 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from evacuator.lab.broker import LabBroker
+from evacuator.peers.messages import TAKEN_TYPE, DigestReply, DigestRequest, declare_exchange
 from evacuator.peers.responder import DigestResponder
-from evacuator.peers.rpc import TAKEN_TYPE, DigestReply, DigestRequest, PeerDigestClient, declare_exchange
+from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
@@ -31,10 +32,10 @@ MIB = 1 << 20
 DIGEST = "ab" * 32
 
 
-def _client(settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerDigestClient:
-    return PeerDigestClient(blocking_connection_factory(settings, connection_name="test-taken"),
-                            exchange=settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
-                            min_bytes_per_second=10 * MIB)
+def _client(settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerClient:
+    return PeerClient(blocking_connection_factory(settings, connection_name="test-taken"),
+                      exchange=settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
+                      min_bytes_per_second=10 * MIB)
 
 
 def _responder(settings: BrokerSettings, name: str, digest: Any) -> DigestResponder:

@@ -22,7 +22,7 @@ from evacuator.lab.hosts import LabHost
 from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import sha256_of_volume
 from evacuator.migrate.cold import ColdMigrator
-from evacuator.peers.rpc import PeerDigestClient
+from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
@@ -67,9 +67,9 @@ def _destination_daemon(host: LabHost, broker_settings: BrokerSettings, *, on: b
     if not on:
         yield None
         return
-    asker = PeerDigestClient(blocking_connection_factory(broker_settings, connection_name="test-faithful"),
-                             exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
-                             min_bytes_per_second=10 * MIB)
+    asker = PeerClient(blocking_connection_factory(broker_settings, connection_name="test-faithful"),
+                       exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
+                       min_bytes_per_second=10 * MIB)
     with host_daemon(host, broker_url=broker_settings.url.get_secret_value(),
                      exchange=broker_settings.peers_exchange):
         yield DataChannelClient(asker, encryption="tls")

@@ -25,8 +25,9 @@ from evacuator.lab.peer import digest_peer
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
 from evacuator.migrate.cold import ColdMigrator
 from evacuator.migrate.steps import MoveStep
+from evacuator.peers.messages import DigestRequest
 from evacuator.peers.responder import DigestResponder
-from evacuator.peers.rpc import DigestRequest, PeerDigestClient
+from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
 from notifiers.connection import blocking_connection_factory
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def _client(broker_settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerDigestClient:
-    return PeerDigestClient(
+def _client(broker_settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerClient:
+    return PeerClient(
         blocking_connection_factory(broker_settings, connection_name="test-digests"),
         exchange=broker_settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
         min_bytes_per_second=10 * MIB,
@@ -51,7 +52,7 @@ def _daemon(host: LabHost, broker_settings: BrokerSettings) -> AbstractContextMa
                        exchange=broker_settings.peers_exchange)
 
 
-def _peered(host: LabHost, client: PeerDigestClient) -> LibvirtHost:
+def _peered(host: LabHost, client: PeerClient) -> LibvirtHost:
     return open_libvirt_host(host.name, host.uri, host.pool, peer_digests=client)
 
 

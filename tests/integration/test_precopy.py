@@ -25,7 +25,7 @@ from evacuator.lab.peer import host_daemon
 from evacuator.lab.vms import domain_xml, sha256_of_volume
 from evacuator.migrate.cold import ColdMigrator
 from evacuator.migrate.steps import MoveStep, StepEvent, StepPhase
-from evacuator.peers.rpc import PeerDigestClient
+from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
@@ -60,9 +60,9 @@ def _destination(host: LabHost, broker_settings: BrokerSettings, through: str) -
         with open_libvirt_host(host.name, host.uri, host.pool) as opened:
             yield opened
         return
-    asker = PeerDigestClient(blocking_connection_factory(broker_settings, connection_name="test-precopy"),
-                             exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
-                             min_bytes_per_second=10 * MIB)
+    asker = PeerClient(blocking_connection_factory(broker_settings, connection_name="test-precopy"),
+                       exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
+                       min_bytes_per_second=10 * MIB)
     sender = DataChannelClient(asker, encryption="none")
     with host_daemon(host, broker_url=broker_settings.url.get_secret_value(),
                      exchange=broker_settings.peers_exchange), \

@@ -13,17 +13,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
-from evacuator.peers.rpc import PeerRequest, PeerUnanswered
-from evacuator.settings import Encryption
 from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.receiver import VolumeReceiver
-from evacuator.transfer.sender import DataChannelClient
+from evacuator.transfer.sender import DataChannelClient, TicketSource
 from evacuator.transfer.tickets import FRESH_SECONDS, ReceivableFile, TicketBook
 from evacuator.transfer.wire import (
     DATA,
     DATA_HEADER,
     MAGIC,
     ChannelError,
+    Encryption,
     ReceiveRequest,
     ReceiveTicket,
     client_tls,
@@ -35,28 +34,31 @@ MIB = 1 << 20
 TLS = server_tls("host-b")  # one key for the module: making one costs milliseconds, not nothing
 
 
-class DirectAsker:
+class DirectTickets:
     """The broker leg, replaced: hands the request to the receiver as its daemon would, and can tamper."""
 
     def __init__(self, receiver: VolumeReceiver, *, tamper: dict[str, object] | None = None) -> None:
         self._receiver = receiver
         self._tamper = tamper or {}
-        self.asked: list[PeerRequest] = []
-        self.tickets: list[ReceiveTicket] = []
+        self.asked: list[ReceiveRequest] = []
+        self.issued: list[ReceiveTicket] = []
 
-    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
-        assert isinstance(request, ReceiveRequest) and message_type == "receive"
+    def ticket(self, request: ReceiveRequest, *, timeout_seconds: float) -> ReceiveTicket | str:
         self.asked.append(request)
         ticket = self._receiver.issue(request).model_copy(update=self._tamper)
-        self.tickets.append(ticket)
-        return ticket.model_dump_json().encode()
+        self.issued.append(ticket)
+        return ReceiveTicket.model_validate_json(ticket.model_dump_json())  # as the broker carries it
 
 
-class SilentAsker:
+class SilentTickets:
     """A peer whose daemon is older, or gone: no ticket ever comes."""
 
-    def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
-        raise PeerUnanswered("no daemon of host-b listens")
+    def __init__(self) -> None:
+        self.asked: list[ReceiveRequest] = []
+
+    def ticket(self, request: ReceiveRequest, *, timeout_seconds: float) -> ReceiveTicket | str:
+        self.asked.append(request)
+        return "no daemon of host-b listens"
 
 
 @contextmanager
@@ -96,9 +98,9 @@ def _expected(chunks: list[Chunk]) -> bytes:
     return b"".join(c.data if isinstance(c, DataChunk) else bytes(c.length_bytes) for c in chunks)
 
 
-def _send(asker: object, chunks: list[Chunk] | Iterator[Chunk], *, encryption: Encryption = "tls",
+def _send(tickets: TicketSource, chunks: list[Chunk] | Iterator[Chunk], *, encryption: Encryption = "tls",
           uri: str = "qemu+tcp://127.0.0.1/system", connect_timeout_seconds: float = 5.0) -> int | None:
-    client = DataChannelClient(asker, encryption=encryption, stall_timeout_seconds=5.0,  # type: ignore[arg-type]
+    client = DataChannelClient(tickets, encryption=encryption, stall_timeout_seconds=5.0,
                                connect_timeout_seconds=connect_timeout_seconds)
     return client.send(host="host-b", uri=uri, pool="evacuator", volume="vm-disk", chunks=iter(chunks))
 
@@ -122,7 +124,7 @@ def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Pa
                                                                       ) -> None:
     chunks = _chunks()
     with _receiver(target, allow_clear=True) as receiver, capture_logs() as logs:
-        written = _send(DirectAsker(receiver), chunks, encryption=encryption)
+        written = _send(DirectTickets(receiver), chunks, encryption=encryption)
         assert receiver.received == 1
     assert _sent_with_tls(logs) == [encryption == "tls"]
     assert written == MIB + 4096 + 3 * MIB
@@ -132,12 +134,12 @@ def test_a_volume_arrives_byte_for_byte_with_its_holes_left_unwritten(target: Pa
 
 def test_a_ticket_is_good_for_one_transfer_only_and_a_written_file_gets_no_other(target: Path) -> None:
     with _receiver(target) as receiver:
-        asker = DirectAsker(receiver)
+        tickets = DirectTickets(receiver)
         # A copy that leaves the file looking fresh still: a sparse disk's few KiB of data.
-        assert _send(asker, [DataChunk(data=b"boot" * 1024), HoleChunk(length_bytes=8 * MIB)]) is not None
+        assert _send(tickets, [DataChunk(data=b"boot" * 1024), HoleChunk(length_bytes=8 * MIB)]) is not None
         assert "is being written, or was" in (receiver.issue(
             ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk")).error or "")
-        replay = DirectAsker(receiver, tamper={"token": asker.tickets[0].token})
+        replay = DirectTickets(receiver, tamper={"token": tickets.issued[0].token})
         assert _send(replay, _chunks()) is None  # refused before any byte moved: the caller uses libvirt
         assert receiver.received == 1
 
@@ -172,7 +174,7 @@ def test_an_expired_ticket_is_refused(target: Path) -> None:
 
 def test_a_receiver_whose_certificate_is_not_the_tickets_gets_no_token(target: Path) -> None:
     with _receiver(target) as receiver:
-        assert _send(DirectAsker(receiver, tamper={"tls_sha256": "0" * 64}), _chunks()) is None
+        assert _send(DirectTickets(receiver, tamper={"tls_sha256": "0" * 64}), _chunks()) is None
         assert receiver.received == 0
     assert target.read_bytes() == bytes(64 * MIB)
 
@@ -190,8 +192,8 @@ def test_the_copy_is_encrypted_unless_both_sides_settle_for_clear_text(
 ) -> None:
     with _receiver(target, allow_clear=allow_clear) as receiver, capture_logs() as logs:
         # hv-02 resolves nowhere here: the daemon's advertised address stands in for it.
-        asker = DirectAsker(receiver, tamper={"address": "127.0.0.1"})
-        assert _send(asker, _chunks(), encryption=encryption, uri=uri) is not None
+        tickets = DirectTickets(receiver, tamper={"address": "127.0.0.1"})
+        assert _send(tickets, _chunks(), encryption=encryption, uri=uri) is not None
     assert _sent_with_tls(logs) == [tls]
 
 
@@ -208,17 +210,18 @@ def test_a_receiver_that_takes_tls_only_refuses_clear_text(target: Path) -> None
 
 def test_no_ticket_from_an_older_or_absent_daemon_means_libvirt_does_the_copy() -> None:
     chunks = iter(_chunks())
-    client = DataChannelClient(SilentAsker(), encryption="auto")
+    client = DataChannelClient(SilentTickets(), encryption="auto")
     assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator", volume="vm-disk",
                        chunks=chunks) is None
     assert next(chunks) is not None  # nothing was taken from the copy
 
 
 def test_a_volume_name_no_daemon_would_take_goes_through_libvirt_without_asking() -> None:
-    asker = SilentAsker()
-    client = DataChannelClient(asker, encryption="auto")
+    tickets = SilentTickets()
+    client = DataChannelClient(tickets, encryption="auto")
     assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator",
                        volume="../etc/passwd", chunks=iter(_chunks())) is None
+    assert tickets.asked == []
 
 
 @pytest.mark.parametrize(("pool", "volume", "host", "error"), [
@@ -244,14 +247,14 @@ def test_the_bytes_go_to_the_file_that_was_checked_whatever_its_name_now_names(t
         ticket = receiver.issue(ReceiveRequest(host="host-b", pool="evacuator", volume="vm-disk"))
         target.unlink()
         target.write_bytes(b"")  # another file under the name: never checked, so never written
-        assert _send(DirectAsker(receiver, tamper={"token": ticket.token}), _chunks()) is not None
+        assert _send(DirectTickets(receiver, tamper={"token": ticket.token}), _chunks()) is not None
     assert target.read_bytes() == b""
 
 
 def test_writing_past_a_raw_volumes_capacity_fails_the_copy(target: Path) -> None:
     with _receiver(target, limit_bytes=2 * MIB) as receiver:
         with pytest.raises(HypervisorError, match="would pass the volume's limit of 2097152"):
-            _send(DirectAsker(receiver), _chunks())
+            _send(DirectTickets(receiver), _chunks())
         assert receiver.received == 0
 
 
@@ -268,7 +271,7 @@ def test_a_sender_that_stalls_is_dropped_and_the_slot_freed(target: Path) -> Non
                 read_answer(sock)
             assert time.monotonic() - began < 5
         target.write_bytes(b"")
-        assert _send(DirectAsker(receiver), _chunks(), encryption="none") is not None  # the slot is free
+        assert _send(DirectTickets(receiver), _chunks(), encryption="none") is not None  # the slot is free
 
 
 def test_a_sender_that_dies_mid_copy_fails_its_transfer_and_frees_the_slot(target: Path) -> None:
@@ -281,7 +284,7 @@ def test_a_sender_that_dies_mid_copy_fails_its_transfer_and_frees_the_slot(targe
         assert "closed the channel" in str(_events(logs, "volume_receive_failed")[0]["error"])
         assert receiver.received == 0
         target.write_bytes(b"")  # a new file, as the mover's retry makes
-        assert _send(DirectAsker(receiver), _chunks(), encryption="none") is not None  # the slot is free
+        assert _send(DirectTickets(receiver), _chunks(), encryption="none") is not None  # the slot is free
 
 
 def test_a_busy_receiver_refuses_before_go_and_the_copy_goes_through_libvirt(target: Path,
@@ -299,7 +302,7 @@ def test_a_busy_receiver_refuses_before_go_and_the_copy_goes_through_libvirt(tar
     try:
         with _hello(receiver):  # holds the only slot
             chunks = iter(_chunks())
-            client = DataChannelClient(DirectAsker(receiver), encryption="none")
+            client = DataChannelClient(DirectTickets(receiver), encryption="none")
             assert client.send(host="host-b", uri="qemu+tcp://127.0.0.1/system", pool="evacuator",
                                volume="other-disk", chunks=chunks) is None
             assert isinstance(next(chunks), DataChunk)  # nothing was taken from the copy
@@ -309,9 +312,9 @@ def test_a_busy_receiver_refuses_before_go_and_the_copy_goes_through_libvirt(tar
 
 def test_a_receiver_silent_after_the_token_fails_the_copy_rather_than_racing_libvirt(target: Path) -> None:
     with _receiver(target, allow_clear=True) as receiver, socket.create_server(("127.0.0.1", 0)) as mute:
-        asker = DirectAsker(receiver, tamper={"port": mute.getsockname()[1]})
+        tickets = DirectTickets(receiver, tamper={"port": mute.getsockname()[1]})
         with pytest.raises(HypervisorError, match="did not let the copy start"):
-            _send(asker, _chunks(), encryption="none", connect_timeout_seconds=0.5)
+            _send(tickets, _chunks(), encryption="none", connect_timeout_seconds=0.5)
 
 
 def test_a_sender_that_trickles_is_cut_off(target: Path) -> None:

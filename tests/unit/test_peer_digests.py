@@ -1,5 +1,5 @@
 """The digest responder's answers (pure: the file reading is a stub here; real files in the integration
-tests) and the wire messages' limits."""
+tests), the wire messages' limits, and the request client with no broker."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
 from evacuator.peers.cloud_slots import BrokerCloudCaps
-from evacuator.peers.rpc import (
+from evacuator.peers.messages import (
     TAKEN_TYPE,
     DigestReply,
     DigestRequest,
     DigestTaken,
-    PeerDigestClient,
     VolumeDigester,
     alive_queue,
     answer,
     request_routing_key,
     responder_queue,
 )
+from evacuator.peers.rpc import PeerClient
 from evacuator.peers.rpc import _Awaited as Awaited  # the asker's bookkeeping, tested alone
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
+from evacuator.transfer.wire import ReceiveRequest
 from notifiers.errors import BrokerUnavailable, InvalidName
 
 DIGEST = "ab" * 32
@@ -100,13 +101,21 @@ def _no_broker() -> object:
 
 
 def test_with_the_broker_down_the_client_answers_none_so_the_mover_reads_back() -> None:
-    client = PeerDigestClient(_no_broker, exchange="evacuator.peers", timeout_base_seconds=60,
-                              min_bytes_per_second=10 << 20)
+    client = PeerClient(_no_broker, exchange="evacuator.peers", timeout_base_seconds=60,
+                        min_bytes_per_second=10 << 20)
     with capture_logs() as logs:
         digest = client.digest(host="hv-02", pool="evacuator", volume="web-1.img", allocation_bytes=1 << 30)
     assert digest is None
     assert [e["reason"] for e in logs if e["event"] == "peer_digest_unavailable"] == [
         "cannot connect to amqp://evacuator:***@mq:5672/"]
+
+
+def test_with_the_broker_down_no_ticket_comes_and_the_reason_says_why() -> None:
+    client = PeerClient(_no_broker, exchange="evacuator.peers", timeout_base_seconds=60,
+                        min_bytes_per_second=10 << 20)
+    ticket = client.ticket(ReceiveRequest(host="hv-02", pool="evacuator", volume="web-1.img"),
+                           timeout_seconds=10)
+    assert ticket == "cannot connect to amqp://evacuator:***@mq:5672/"
 
 
 def test_with_the_broker_down_a_cloud_wide_slot_is_not_waited_for() -> None:

@@ -15,8 +15,8 @@ log = structlog.get_logger(__name__)
 
 def _quiet(context: object, error: object) -> None:
     """libvirt's default handler prints every error to stderr, even the "not found" answers the migrator
-    expects while it reads where a VM really is; the errors still reach us as exceptions (libvirt_host maps
-    them)."""
+    expects while it reads where a VM really is; the errors still reach us as exceptions (the host adapter
+    maps them)."""
 
 
 _event_loop_lock = threading.Lock()

@@ -109,7 +109,7 @@ def file_id(device: int, inode: int) -> str:
 
 
 class _StreamRun:
-    """One plain upload stream, as volume_io's Run."""
+    """One plain upload stream, as transfer.files' Run."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
