@@ -1,94 +1,96 @@
-"""The `evacuator` command line: parses arguments and hands each subcommand to its module."""
+"""The `evacuator` command line: its arguments, and each subcommand handed to its module in commands/."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from evacuator.commands.tenant import add_tenant_parser
-from evacuator.errors import ConfigError, EvacuatorError
+from evacuator.errors import EvacuatorError
 from evacuator.logs import configure_logging
-from evacuator.settings import load_settings
 from monitors.errors import MonitorError
-from monitors.settings import MonitorsSettings
 from notifiers.errors import NotifierError
 
+_DEFAULT_CONFIG = "/etc/evacuator/evacuator.yaml"
 
-def _check_config(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(Path(args.file))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(f"{args.file}: ok (host {settings.host.name}, {len(settings.peers)} peer(s))")
-    return 0
+# Each subcommand's module is imported only when it runs: `check-config`, `sensors` and `simulate` load
+# neither libvirt nor the broker's client, and only `demo` loads the lab.
 
 
 def _run(args: argparse.Namespace) -> int:
-    from evacuator.daemon import run_daemon
+    from evacuator.commands import run
 
-    try:
-        settings = load_settings(Path(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return run_daemon(settings)
+    return run.main(args)
 
 
-def _monitors_settings(config: str | None) -> MonitorsSettings:
-    return MonitorsSettings() if config is None else load_settings(Path(config)).monitors
+def _check_config(args: argparse.Namespace) -> int:
+    from evacuator.commands import check_config
+
+    return check_config.main(args)
 
 
 def _sensors(args: argparse.Namespace) -> int:
-    import json
+    from evacuator.commands import sensors
 
-    from monitors.report import build_sensor_report, format_sensor_report
-    from monitors.sources import SourcePoller, build_sources
-
-    monitors = _monitors_settings(args.config)
-    if args.sysfs_root is not None:
-        monitors = monitors.model_copy(update={"sysfs_root": Path(args.sysfs_root)})
-    report = build_sensor_report(SourcePoller(build_sources(monitors)).poll(), sysfs_root=monitors.sysfs_root)
-    print(json.dumps(report, indent=2) if args.json else format_sensor_report(report))
-    return 0
+    return sensors.main(args)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from monitors.replay import format_timeline, replay_lines
+    from evacuator.commands import simulate
 
-    policy = _monitors_settings(args.config).to_policy()
-    try:
-        lines = Path(args.trace).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{args.trace}: cannot read trace: {exc.strerror}") from exc
-    print(format_timeline(replay_lines(lines, policy), only_changes=not args.all))
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from evacuator.commands.demo import run_demo
-
-    return run_demo(state_dir=Path(args.state_dir) if args.state_dir else None, keep=args.keep)
+    return simulate.main(args)
 
 
 def _move(args: argparse.Namespace) -> int:
-    from evacuator.commands.move import run_moves
+    from evacuator.commands import move
 
-    return run_moves(load_settings(Path(args.config)), list(args.vm_uuid))
+    return move.main(args)
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    from evacuator.commands import tenant
+
+    return tenant.main(args)
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from evacuator.commands.cancel import run_cancel
+    from evacuator.commands import cancel
 
-    return run_cancel(load_settings(Path(args.config)), args.vm_uuid, args.reason)
+    return cancel.main(args)
 
 
 def _peers(args: argparse.Namespace) -> int:
-    from evacuator.commands.peers import run_peers
+    from evacuator.commands import peers
 
-    return run_peers(load_settings(Path(args.config)), as_json=args.json)
+    return peers.main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from evacuator.commands import demo
+
+    return demo.main(args)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=_DEFAULT_CONFIG, help="settings file (YAML)")
+
+
+def _tenant_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tenant = sub.add_parser("tenant", help="provision or remove a tenant (broker user, permissions, queue)")
+    tenant.set_defaults(handler=_tenant)
+    actions = tenant.add_subparsers(dest="tenant_action", required=True)
+    add = actions.add_parser("add", help="create the tenant's user (or set a new password) and its queue")
+    add.add_argument("name", help="tenant name: the broker user and the first word of its routing keys")
+    add.add_argument("--password-file", help="file whose first line is the password (default: generate one "
+                     "and print it once)")  # fmt: skip
+    add.add_argument("--vhost", default=None, help="virtual host (default: the one in broker.url)")
+    remove = actions.add_parser("remove", help="delete the tenant's user and its notices queue")
+    remove.add_argument("name")
+    remove.add_argument("--keep-queue", action="store_true", help="keep the queue and its unread notices")
+    for action in (add, remove):
+        _config_option(action)
+        action.add_argument("--rabbitmqctl", default="rabbitmqctl",
+                            help="the command that runs rabbitmqctl (e.g. 'ssh mq rabbitmqctl')")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    _config_option(run)
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check-config", help="validate a settings file")
@@ -117,19 +119,19 @@ def _parser() -> argparse.ArgumentParser:
 
     move = sub.add_parser("move", help="move VMs now and finish every move the journal left unfinished")
     move.add_argument("vm_uuid", nargs="*", help="VMs on this host to move now (none: only resume)")
-    move.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    _config_option(move)
     move.set_defaults(handler=_move)
 
-    add_tenant_parser(sub)
+    _tenant_parser(sub)
 
     cancel = sub.add_parser("cancel", help="cancel a pending move (before it quiesces) and tell the tenant")
     cancel.add_argument("vm_uuid", help="the VM (a consistency group is cancelled whole)")
-    cancel.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    _config_option(cancel)
     cancel.add_argument("--reason", default="cancelled by the operator", help="told to the tenant")
     cancel.set_defaults(handler=_cancel)
 
     peers = sub.add_parser("peers", help="whose digest daemon answers, and the cloud-wide slots held")
-    peers.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
+    _config_option(peers)
     peers.add_argument("--json", action="store_true", help="one JSON object")
     peers.set_defaults(handler=_peers)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import secrets
 import shutil
@@ -159,3 +160,7 @@ def run_demo(*, state_dir: Path | None = None, keep: bool = False) -> int:
         print("demo " + ("succeeded" if ok else "FAILED"))
         return 0 if ok else 1
     return 1  # unreachable: the with block returns; kept for type checkers that do not see it
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_demo(state_dir=Path(args.state_dir) if args.state_dir else None, keep=args.keep)

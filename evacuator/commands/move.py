@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import structlog
 
-from evacuator.hypervisor.libvirt.host import open_libvirt_host
 from evacuator.logs import configure_logging
 from evacuator.moves.state import MoveState
-from evacuator.settings import Settings
+from evacuator.settings import Settings, load_settings
 from evacuator.wiring.moves import build_engine
-from evacuator.wiring.runtime import utc_now
+from evacuator.wiring.runtime import open_own_host, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -22,8 +24,7 @@ def run_moves(settings: Settings, vm_uuids: list[str]) -> int:
     Run it while the daemon is stopped: both would drive the same journal. Exit status 0 when every named VM
     (and every resumed one) ended `done`."""
     configure_logging(settings.logging.format, level=settings.logging.level)
-    host = settings.host
-    with open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool) as hypervisor:
+    with open_own_host(settings) as hypervisor:
         engine = build_engine(settings, hypervisor, clock=utc_now)
         # No timers here: every journaled move that has not ended is due.
         resumed = engine.start(timer_pending=lambda vm_uuid: False)
@@ -36,3 +37,7 @@ def run_moves(settings: Settings, vm_uuids: list[str]) -> int:
     failed = sorted(uuid for uuid, rec in ended.items() if rec is None or rec.state is not MoveState.DONE)
     log.info("moves_ended", done=len(ended) - len(failed), not_done=failed)
     return 1 if failed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_moves(load_settings(Path(args.config)), list(args.vm_uuid))

@@ -4,20 +4,18 @@ What the broker shows of this host and its peers: an operator's view of verifica
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from evacuator.peers.cloud_slots import incoming_prefix, slot_queue, total_prefix
-from evacuator.peers.rpc import responder_queue
-from evacuator.settings import Settings
-from notifiers.connection import (
-    CONNECTION_ERRORS,
-    ConnectionFactory,
-    blocking_connection_factory,
-    queue_consumers,
-)
+from evacuator.peers.messages import responder_queue
+from evacuator.settings import Settings, load_settings
+from evacuator.wiring.peers import status_connection_for
+from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
 from notifiers.errors import BrokerUnavailable
 
 
@@ -80,8 +78,10 @@ def format_status(status: CloudStatus) -> str:
 
 
 def run_peers(settings: Settings, *, as_json: bool) -> int:
-    connect = blocking_connection_factory(
-        settings.broker, connection_name=f"evacuator-peers-{settings.host.name}")
-    status = read_status(settings, connect)
+    status = read_status(settings, status_connection_for(settings))
     print(json.dumps(asdict(status), indent=2) if as_json else format_status(status))
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_peers(load_settings(Path(args.config)), as_json=args.json)

@@ -14,23 +14,8 @@ from notifiers.provisioning import declare_tenant_queue, delete_tenant_queue, pr
 from notifiers.settings import BrokerSettings
 
 
-def add_tenant_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tenant = sub.add_parser("tenant", help="provision or remove a tenant (broker user, permissions, queue)")
-    actions = tenant.add_subparsers(dest="tenant_action", required=True)
-    add = actions.add_parser("add", help="create the tenant's user (or set a new password) and its queue")
-    add.add_argument("name", help="tenant name: the broker user and the first word of its routing keys")
-    add.add_argument("--password-file", help="file whose first line is the password (default: generate one "
-                     "and print it once)")  # fmt: skip
-    remove = actions.add_parser("remove", help="delete the tenant's user and its notices queue")
-    remove.add_argument("name")
-    remove.add_argument("--keep-queue", action="store_true", help="keep the queue and its unread notices")
-    for action in (add, remove):
-        action.add_argument("--config", default="/etc/evacuator/evacuator.yaml", help="settings file (YAML)")
-        action.add_argument("--rabbitmqctl", default="rabbitmqctl",
-                            help="the command that runs rabbitmqctl (e.g. 'ssh mq rabbitmqctl')")  # fmt: skip
-    add.add_argument("--vhost", default=None, help="virtual host (default: the one in broker.url)")
-    add.set_defaults(handler=run_tenant_add)
-    remove.set_defaults(handler=run_tenant_remove)
+def main(args: argparse.Namespace) -> int:
+    return run_tenant_add(args) if args.tenant_action == "add" else run_tenant_remove(args)
 
 
 def run_tenant_add(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
 from notifiers.delivery import OutboxPublisher
-from notifiers.replies import ReplyConsumer
+from notifiers.reply_consumer import ReplyConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -81,9 +81,14 @@ class Runtime:
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
 
-def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
+def open_own_host(settings: Settings) -> LibvirtHost:
+    """This host's libvirt, for the service and the engine (the caller closes it)."""
     host = settings.host
-    hypervisor = open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool)
+    return open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool)
+
+
+def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
+    hypervisor = open_own_host(settings)
     engine = build_engine(settings, hypervisor, clock=clock)
     incident = build_incident(settings, hypervisor, engine, clock=clock)
     return Runtime(
