@@ -8,7 +8,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from evacuator.lab.vms import domain_xml, sha256_of_volume
 from evacuator.migrate.cold import ColdMigrator
 from evacuator.migrate.steps import MoveStep, StepEvent, StepPhase
 from evacuator.peers.rpc import PeerClient
-from evacuator.transfer.chunks import DataChunk, HoleChunk
+from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
@@ -133,6 +133,20 @@ def test_writes_during_the_pre_copy_reach_the_destination_and_only_changed_block
     assert not (host_a.pool_path / VOLUME).exists() and a_vm_count(host_a) == 0
 
 
+def _paced(write: Callable[[str, str, Iterable[Chunk]], int]) -> Callable[[str, str, Iterable[Chunk]], int]:
+    """`write`, taking each chunk 10 ms after the one before."""
+
+    def paced(pool: str, volume: str, chunks: Iterable[Chunk]) -> int:
+        def slowly() -> Iterator[Chunk]:
+            for chunk in chunks:
+                time.sleep(0.01)
+                yield chunk
+
+        return write(pool, volume, slowly())
+
+    return paced
+
+
 def a_vm_count(host: LabHost) -> int:
     conn = libvirt.open(host.uri)
     try:
@@ -145,10 +159,13 @@ def test_a_guest_powered_off_mid_pre_copy_has_only_the_part_read_before_read_aga
     clean_lab_hosts: tuple[LabHost, ...],
 ) -> None:
     host_a, host_b = clean_lab_hosts
-    data = random.Random(12).randbytes(DISK_BYTES)  # dense: libvirt's upload of it takes over a second
+    data = random.Random(12).randbytes(DISK_BYTES)
     uuid = _running_vm(host_a, data)
     with capture_logs() as logs, open_libvirt_host("host-b", host_b.uri, host_b.pool) as b, \
             open_libvirt_host("host-a", host_a.uri, host_a.pool, local_files=True) as a:  # fmt: skip
+        # Paced to about 2 s, so the pre-copy outlasts the 0.2 s shutdown whatever the machine's speed: an
+        # idle one uploads the 192 MiB before the deadline, and then no read begins after the VM is off.
+        b.write_volume = _paced(b.write_volume)  # type: ignore[method-assign]
         migrator = ColdMigrator(source=a, destination=b, clock=lambda: datetime.now(UTC),
                                 shutdown_timeout_seconds=0.2, sleep=time.sleep, on_step=lambda e: None,
                                 poll_interval_seconds=0.05, precopy_slot=lambda _: nullcontext(True))
