@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.config import JsonDict
 
 from notifiers.errors import MalformedNotice, MalformedReply
 from notifiers.wire import (
@@ -19,14 +20,22 @@ from notifiers.wire import (
     UtcDatetime,
     UuidText,
     WireModel,
+    WireRejectCode,
     WireSeverity,
     new_event_id,
 )
 
-__all__ = ["MAX_BODY_BYTES", "SCHEMA_VERSION", "new_event_id"]  # re-exported: older imports name them here
+# re-exported: older imports name them here
+__all__ = ["MAX_BODY_BYTES", "SCHEMA_VERSION", "WireRejectCode", "new_event_id"]
 
 
-class Reason(WireModel):
+class _Sent(WireModel):
+    # What the service sends is described as it is written (serialization mode): every field is always
+    # there, null included, so every field is required in the published schema.
+    model_config = ConfigDict(json_schema_mode_override="serialization")
+
+
+class Reason(_Sent):
     """One sensor finding behind the verdict, in the sensor's own unit; value None means no data (stale)."""
 
     source: Name | None = None
@@ -37,23 +46,39 @@ class Reason(WireModel):
     message: str = Field(max_length=1024)
 
 
-class ScheduledVm(WireModel):
-    """A VM of the tenant on the failing host, and when its cold migration will start at the latest.
+class ScheduledVm(_Sent):
+    """A VM of the tenant on the sick host, and when its cold migration starts.
 
-    `not_before`: the move does not start earlier unless the tenant answers ready. `latest_deadline`: no
-    postpone reaches past it (null: postponing is not allowed).
+    In `evacuation_updated` the same VM with its new `deadline`; `latest_deadline` is repeated unchanged.
     """
 
     vm_uuid: UuidText
     vm_name: Name
-    deadline: UtcDatetime
-    not_before: UtcDatetime | None = None
-    latest_deadline: UtcDatetime | None = None
+    deadline: UtcDatetime = Field(
+        description="When the move starts unless the tenant answers ready first (then at once): the VM's "
+        "current deadline. A postpone adds to it; every change comes in an evacuation_updated."
+    )
+    not_before: UtcDatetime | None = Field(
+        default=None,
+        description="When set, the move does not start before this time unless the tenant answers ready. "
+        "null: the service gives no such time.",
+    )
+    latest_deadline: UtcDatetime | None = Field(
+        default=None,
+        description="The latest a postpone can push `deadline` to; postpones are capped at it. Fixed when "
+        "the VM is scheduled and never moves: evacuation_updated repeats the scheduled notice's value. null: "
+        "this VM's move cannot be postponed at all (a failed host, or a service that takes no postpone: "
+        "`postpone` is then missing from allowed_replies), and a postpone is refused.",
+    )
 
 
-class _Notice(WireModel):
+class _Notice(_Sent):
     schema_version: Literal[1] = 1
-    event_id: EventId = Field(default_factory=new_event_id)
+    event_id: EventId = Field(
+        default_factory=new_event_id,
+        description="This notice's own id (a random UUID): a notice may arrive twice, drop one whose "
+        "event_id you have handled. Replies name the evacuation_scheduled notice's event_id.",
+    )
     incarnation: Incarnation = 1
 
 
@@ -77,7 +102,11 @@ class EvacuationUpdated(_Notice):
     type: Literal["evacuation_updated"] = "evacuation_updated"
     host: Name
     tenant: Name
-    cause: Literal["postponed", "expedited", "severity_changed"]
+    cause: Literal["postponed", "expedited", "severity_changed"] = Field(
+        description="postponed: a postpone was granted (the new deadline may be less than asked, capped at "
+        "latest_deadline). expedited: a ready was accepted, the move starts now. severity_changed: reserved "
+        "for deadlines changed by a new reading (not sent by this version)."
+    )
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
     at: UtcDatetime
     scheduled_event_id: EventId | None = None
@@ -100,12 +129,19 @@ class VmEvacuated(_Notice):
 
     type: Literal["vm_evacuated"] = "vm_evacuated"
     tenant: Name
+    host: Name = Field(description="The host the VM left, whose service sends this notice (as every notice).")
     vm_uuid: UuidText
     vm_name: Name
-    from_host: Name
+    from_host: Name = Field(description="The same value as `host`, kept for clients written before `host`.")
     to_host: Name
     at: UtcDatetime
     scheduled_event_id: EventId | None = None
+
+    @model_validator(mode="after")
+    def _host_is_from_host(self) -> VmEvacuated:
+        if self.host != self.from_host:
+            raise ValueError(f"host {self.host!r} and from_host {self.from_host!r} must be the same host")
+        return self
 
 
 class EvacuationCompleted(_Notice):
@@ -151,34 +187,64 @@ class ReplyRejected(_Notice):
     type: Literal["reply_rejected"] = "reply_rejected"
     tenant: Name
     host: Name
-    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    code: WireRejectCode
     reason: str = Field(min_length=1, max_length=4096)
-    in_reply_to: str | None = Field(default=None, max_length=255)
+    in_reply_to: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The AMQP message_id property of the refused reply (null if it had none): give every "
+        "reply a fresh message_id to know which one this is.",
+    )
     vm_uuid: UuidText | None = None
     at: UtcDatetime
 
 
-class ReadyReply(WireModel):
+_ENVELOPE = ("schema_version", "type")
+_REPLY_EVENT_ID = (
+    "The event_id of the VM's evacuation_scheduled notice (not an update's): refused as stale_event if it "
+    "names another evacuation. null or absent: not checked."
+)
+
+
+def _envelope_required(schema: JsonDict) -> None:
+    """parse_reply refuses a reply without `schema_version` or `type`, so its schema requires them too, though
+    the models fill both in for code that builds replies."""
+    required = schema.get("required", [])
+    assert isinstance(required, list)
+    schema["required"] = [*_ENVELOPE, *(name for name in required if name not in _ENVELOPE)]
+
+
+class _Reply(WireModel):
+    model_config = ConfigDict(json_schema_extra=_envelope_required)
+
+
+class ReadyReply(_Reply):
     """Reply: the tenant has finished preprocessing `vm_uuid`; the service may move it now."""
 
     schema_version: Literal[1] = 1
     type: Literal["ready"] = "ready"
     vm_uuid: UuidText
-    event_id: EventId | None = None
+    event_id: EventId | None = Field(default=None, description=_REPLY_EVENT_ID)
 
 
-class PostponeReply(WireModel):
+class PostponeReply(_Reply):
     """Reply: move `vm_uuid` later by `postpone_seconds`, granted up to the policy caps (none if failed)."""
 
     schema_version: Literal[1] = 1
     type: Literal["postpone"] = "postpone"
     vm_uuid: UuidText
-    postpone_seconds: Annotated[Seconds, Field(ge=1)]
-    event_id: EventId | None = None
+    postpone_seconds: Annotated[Seconds, Field(ge=1)] = Field(
+        description="Added to the VM's current deadline (the last one notified), capped at its "
+        "latest_deadline; the deadline granted comes back in evacuation_updated (cause postponed)."
+    )
+    event_id: EventId | None = Field(default=None, description=_REPLY_EVENT_ID)
 
 
-class RegisterReply(WireModel):
-    """Reply: set the VM's preprocessing window for future evacuations (capped by the admin's maximum)."""
+class RegisterReply(_Reply):
+    """Reply: set the VM's preprocessing window for future evacuations (capped by the admin's maximum).
+
+    May be sent before any notice, to `<tenant>.all`: only the host holding the VM stores it.
+    """
 
     schema_version: Literal[1] = 1
     type: Literal["register"] = "register"
@@ -211,8 +277,6 @@ _REPLY_ADAPTER: TypeAdapter[Reply] = TypeAdapter(Reply)
 
 def notice_route(notice: Notice) -> tuple[str, str]:
     """The (tenant, host) a notice is about: the first two words of its routing key."""
-    if isinstance(notice, VmEvacuated):
-        return notice.tenant, notice.from_host
     return notice.tenant, notice.host
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal, TypeAlias
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -42,13 +43,35 @@ WireSeverity: TypeAlias = Literal["moderate", "severe", "failed"]
 ReplyType: TypeAlias = Literal["ready", "postpone", "register"]
 # Strict: a JSON string "30", a float 30.5 or true is refused rather than silently converted.
 Seconds = Annotated[int, Field(strict=True, ge=0, le=MAX_WIRE_SECONDS)]
-# Increases with every notice one host's service sends (the outbox's sequence, which starts at the
-# outbox's creation time in milliseconds so a re-created outbox still counts upwards): a tenant keeps the
-# highest it has seen per host to order notices, and drops a notice whose event_id it has already handled.
-Incarnation = Annotated[int, Field(strict=True, ge=1)]
+# The outbox's sequence number: it starts at the outbox's creation time in milliseconds, so a re-created
+# outbox still counts upwards (see INCARNATION_TEXT for what a tenant does with it).
+INCARNATION_TEXT = (
+    "Grows with every notice this host's service sends (not by one: it is the sequence number of the host's "
+    "outbox). Compare it only between notices of the same `host`. A notice whose incarnation is lower than "
+    "one you have already handled from that host is older: handle it if its event_id is new, but never let "
+    "it overwrite what the newer notice said (a VM's deadline, for instance)."
+)
+Incarnation = Annotated[int, Field(strict=True, ge=1, description=INCARNATION_TEXT)]
+
+
+class WireRejectCode(StrEnum):
+    """Why a reply was refused: the closed list of `code`s a tenant can find in a `reply_rejected` notice."""
+
+    MISSING_USER_ID = "missing_user_id"
+    WRONG_ROUTING_KEY = "wrong_routing_key"
+    MALFORMED_REPLY = "malformed_reply"
+    REFUSED_REPLY = "refused_reply"
+    UNKNOWN_VM = "unknown_vm"
+    NO_PENDING_EVACUATION = "no_pending_evacuation"
+    STALE_EVENT = "stale_event"
+    DEADLINE_PASSED = "deadline_passed"
+    NO_POSTPONE_ON_FAILED_HOST = "no_postpone_on_failed_host"
+    POSTPONE_LIMIT_REACHED = "postpone_limit_reached"
 
 
 class WireModel(BaseModel):
     """Every wire model: unknown fields are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # In serialization mode (the notices' published schemas) a field with a default is required: the service
+    # always writes every field, null included.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_serialization_defaults_required=True)

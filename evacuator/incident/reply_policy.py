@@ -10,6 +10,7 @@ from evacuator.hypervisor.facts import VmFacts
 from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply
 from notifiers.reply_acceptance import TenantReply
+from notifiers.wire import WireRejectCode
 
 
 class ReplyKind(StrEnum):
@@ -19,24 +20,25 @@ class ReplyKind(StrEnum):
 
 
 class RejectCode(StrEnum):
-    """Why a reply was refused: stable words, sent back to the tenant in `reply_rejected` notices."""
+    """Why a reply was refused: the contract's codes (WireRejectCode), which the tenant is told in
+    `reply_rejected`, and NOT_OWNER, which only the service's logs show."""
 
-    MISSING_USER_ID = "missing_user_id"
-    WRONG_ROUTING_KEY = "wrong_routing_key"
-    MALFORMED_REPLY = "malformed_reply"
-    REFUSED_REPLY = "refused_reply"
-    UNKNOWN_VM = "unknown_vm"
+    MISSING_USER_ID = WireRejectCode.MISSING_USER_ID.value
+    WRONG_ROUTING_KEY = WireRejectCode.WRONG_ROUTING_KEY.value
+    MALFORMED_REPLY = WireRejectCode.MALFORMED_REPLY.value
+    REFUSED_REPLY = WireRejectCode.REFUSED_REPLY.value
+    UNKNOWN_VM = WireRejectCode.UNKNOWN_VM.value
     NOT_OWNER = "not_owner"
-    NO_PENDING_EVACUATION = "no_pending_evacuation"
-    STALE_EVENT = "stale_event"
-    DEADLINE_PASSED = "deadline_passed"
-    NO_POSTPONE_ON_FAILED_HOST = "no_postpone_on_failed_host"
-    POSTPONE_LIMIT_REACHED = "postpone_limit_reached"
+    NO_PENDING_EVACUATION = WireRejectCode.NO_PENDING_EVACUATION.value
+    STALE_EVENT = WireRejectCode.STALE_EVENT.value
+    DEADLINE_PASSED = WireRejectCode.DEADLINE_PASSED.value
+    NO_POSTPONE_ON_FAILED_HOST = WireRejectCode.NO_POSTPONE_ON_FAILED_HOST.value
+    POSTPONE_LIMIT_REACHED = WireRejectCode.POSTPONE_LIMIT_REACHED.value
 
     @property
-    def for_tenant(self) -> str:
+    def for_tenant(self) -> WireRejectCode:
         """The code the tenant is told: another tenant's VM looks unknown, so UUIDs cannot be probed."""
-        return RejectCode.UNKNOWN_VM.value if self is RejectCode.NOT_OWNER else self.value
+        return WireRejectCode.UNKNOWN_VM if self is RejectCode.NOT_OWNER else WireRejectCode(self.value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

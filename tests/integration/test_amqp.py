@@ -147,8 +147,9 @@ def test_notice_for_a_tenant_without_a_queue_fails_as_unroutable(
 ) -> None:
     ghost = f"ghost-{secrets.token_hex(3)}"
     notice = VmEvacuated(
-        tenant=ghost, vm_uuid=VM, vm_name="web-1", from_host=host, to_host="hv-b", at=datetime.now(UTC)
-    )
+        tenant=ghost, host=host, vm_uuid=VM, vm_name="web-1", from_host=host, to_host="hv-b",
+        at=datetime.now(UTC),
+    )  # fmt: skip
     with pytest.raises(UnroutableNotice):
         publisher.publish(ghost, host, notice).result(timeout=WAIT_SECONDS)
 

@@ -36,6 +36,7 @@ from notifiers.messages import (
 )
 from notifiers.settings import BrokerSettings
 from notifiers.topology import host_replies_queue, notice_routing_key, reply_routing_key, tenant_queue
+from notifiers.wire import WireRejectCode
 
 T0 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
@@ -68,7 +69,8 @@ def scheduled(**changes: object) -> EvacuationScheduled:
 NOTICES = [
     scheduled(),
     VmEvacuated(
-        event_id=EVENT, tenant="acme", vm_uuid=VM, vm_name="web-1", from_host="hv1", to_host="hv2", at=T0
+        event_id=EVENT, tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", from_host="hv1",
+        to_host="hv2", at=T0,
     ),
     EvacuationFailed(
         event_id=EVENT, tenant="acme", host="hv1", vm_uuid=VM, vm_name="web-1", reason="copy failed", at=T0
@@ -83,7 +85,8 @@ NOTICES = [
     EvacuationCompleted(tenant="acme", host="hv1", moved_vm_uuids=(VM,), at=T0),
     EvacuationCancelled(tenant="acme", host="hv1", vm_uuids=(VM,), reason="host recovered", at=T0),
     ReplyRejected(
-        tenant="acme", host="hv1", code="not_owner", reason="not yours", in_reply_to="m1", vm_uuid=VM, at=T0
+        tenant="acme", host="hv1", code=WireRejectCode.UNKNOWN_VM, reason="no such VM on this host",
+        in_reply_to="m1", vm_uuid=VM, at=T0,
     ),
 ]  # fmt: skip
 
@@ -111,6 +114,25 @@ def test_scheduled_notice_json_is_what_tenants_read() -> None:
     assert document["incarnation"] == 1
     assert document["allowed_replies"] == ["ready"]
     assert document["reasons"][0]["unit"] == "celsius"
+
+
+def test_vm_evacuated_names_the_host_it_left_as_host_and_from_host() -> None:
+    document = json.loads(encode(NOTICES[1]))
+    assert document["host"] == document["from_host"] == "hv1"
+    without_host = {key: value for key, value in document.items() if key != "host"}
+    with pytest.raises(ValidationError, match="host"):
+        VmEvacuated.model_validate(without_host)
+    with pytest.raises(ValidationError, match="must be the same host"):
+        VmEvacuated.model_validate({**document, "host": "hv2"})
+
+
+def test_reply_rejected_code_is_one_of_the_wire_codes() -> None:
+    rejected = NOTICES[-1]
+    assert isinstance(rejected, ReplyRejected) and rejected.code is WireRejectCode.UNKNOWN_VM
+    stale = ReplyRejected.model_validate({**rejected.model_dump(), "code": "stale_event"})
+    assert stale.code is WireRejectCode.STALE_EVENT
+    with pytest.raises(ValidationError, match="code"):
+        ReplyRejected.model_validate({**rejected.model_dump(), "code": "not_owner"})  # never told a tenant
 
 
 def test_deadline_without_timezone_is_refused() -> None:

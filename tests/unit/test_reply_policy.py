@@ -23,6 +23,7 @@ from evacuator.incident.reply_policy import (
     decide_reply,
 )
 from monitors.verdicts import Severity
+from notifiers.wire import WireRejectCode
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 VM = "0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01"
@@ -135,8 +136,18 @@ def test_reply_decision(
 
 
 def test_another_tenants_vm_looks_unknown_to_the_tenant() -> None:
-    assert RejectCode.NOT_OWNER.for_tenant == "unknown_vm"
-    assert RejectCode.STALE_EVENT.for_tenant == "stale_event"
+    assert RejectCode.NOT_OWNER.for_tenant is WireRejectCode.UNKNOWN_VM
+    assert RejectCode.STALE_EVENT.for_tenant is WireRejectCode.STALE_EVENT
+
+
+@pytest.mark.parametrize("code", list(RejectCode))
+def test_every_code_the_tenant_is_told_is_a_code_of_the_contract(code: RejectCode) -> None:
+    assert isinstance(code.for_tenant, WireRejectCode)
+    assert code is RejectCode.NOT_OWNER or code.for_tenant.value == code.value
+
+
+def test_every_code_of_the_contract_is_one_the_service_can_give() -> None:
+    assert {code.for_tenant for code in RejectCode} == set(WireRejectCode)
 
 
 def test_the_policy_imports_no_broker_libvirt_or_scheduler() -> None:
