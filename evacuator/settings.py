@@ -6,14 +6,23 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evacuator.errors import ConfigError
 from evacuator.transfer.wire import Encryption
 from monitors.settings import MonitorsSettings
 from notifiers.settings import BrokerSettings
+from notifiers.topology import BROADCAST_HOST
 
-_NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+def _not_broadcast(name: str) -> str:
+    if name == BROADCAST_HOST:
+        raise ValueError(f"{name!r} is reserved: tenants' replies to {name!r} reach every host")
+    return name
+
+
+_NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+                  AfterValidator(_not_broadcast)]
 
 
 class _Strict(BaseModel):

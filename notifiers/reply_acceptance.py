@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from notifiers.errors import RejectedReply
 from notifiers.messages import Reply, parse_reply
+from notifiers.topology import BROADCAST_HOST, is_word
+from notifiers.wire import WireRejectCode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,6 +18,9 @@ class TenantReply:
     host: str
     reply: Reply
     message_id: str | None
+    # Routed `<tenant>.all`, to every host (a tenant registering a window need not know the VM's host):
+    # only the host holding the VM acts on it or answers it.
+    broadcast: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,7 +31,11 @@ class RejectedDelivery:
     user_id: str | None
     routing_key: str
     message_id: str | None
-    code: str = "refused_reply"
+    code: WireRejectCode = WireRejectCode.REFUSED_REPLY
+    # Whom to answer with reply_rejected: the broker-vouched user_id; without one, the tenant the routing key
+    # names (the broker lets only that tenant's user publish `<tenant>.<host>`); nobody for a delivery routed
+    # to every host (each host would answer it).
+    answer_to: str | None = None
 
 
 def accept_reply(
@@ -39,10 +48,22 @@ def accept_reply(
     """
     if not user_id:
         raise RejectedReply("missing user_id: the publisher is unknown", code="missing_user_id")
+    broadcast = routing_key == f"{user_id}.{BROADCAST_HOST}"
     expected_key = f"{user_id}.{host}"
-    if routing_key != expected_key:
+    if routing_key != expected_key and not broadcast:
         raise RejectedReply(f"routing key {routing_key!r} is not {expected_key!r}", code="wrong_routing_key")
-    return TenantReply(tenant=user_id, host=host, reply=parse_reply(body), message_id=message_id)
+    return TenantReply(tenant=user_id, host=host, reply=parse_reply(body), message_id=message_id,
+                       broadcast=broadcast)
+
+
+def answer_to(*, host: str, user_id: str | None, routing_key: str) -> str | None:
+    """Who hears a refusal of this delivery (RejectedDelivery.answer_to)."""
+    tenant, _, to = routing_key.partition(".")
+    if to == BROADCAST_HOST:
+        return None  # routed to every host: each would answer it
+    if user_id:
+        return user_id
+    return tenant if to == host and is_word(tenant) else None
 
 
 def route_delivery(
@@ -55,5 +76,7 @@ def route_delivery(
         )
     except RejectedReply as exc:
         return RejectedDelivery(
-            reason=exc.reason, user_id=user_id, routing_key=routing_key, message_id=message_id, code=exc.code
+            reason=exc.reason, user_id=user_id, routing_key=routing_key, message_id=message_id,
+            code=WireRejectCode(exc.code),
+            answer_to=answer_to(host=host, user_id=user_id, routing_key=routing_key),
         )

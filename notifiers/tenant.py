@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from notifiers.connection import CONNECTION_ERRORS, connection_parameters
 from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName
 from notifiers.messages import Notice, PostponeReply, ReadyReply, RegisterReply, Reply, encode, parse_notice
 from notifiers.settings import redact_url
-from notifiers.topology import check_word, reply_routing_key, tenant_queue
+from notifiers.topology import BROADCAST_HOST, check_word, reply_routing_key, tenant_queue
 
 _Delivery = tuple[Any, bytes]
 
@@ -81,24 +82,29 @@ class TenantClient:
             raise BrokerUnavailable(f"reading notices failed: {exc!r}") from exc
         return parse_notice(body)
 
-    def send_ready(self, host: str, vm_uuid: str, event_id: str | None = None) -> None:
+    def send_ready(self, host: str, vm_uuid: str, event_id: str | None = None) -> str:
         """Tell the service on `host` that `vm_uuid` may move now; returns once the broker confirmed it."""
-        self.send(host, ReadyReply(vm_uuid=vm_uuid, event_id=event_id))
+        return self.send(host, ReadyReply(vm_uuid=vm_uuid, event_id=event_id))
 
-    def send_postpone(self, host: str, vm_uuid: str, seconds: int, event_id: str | None = None) -> None:
+    def send_postpone(self, host: str, vm_uuid: str, seconds: int, event_id: str | None = None) -> str:
         """Ask the service on `host` to move `vm_uuid` later by `seconds` (the answer comes as a notice)."""
-        self.send(host, PostponeReply(vm_uuid=vm_uuid, postpone_seconds=seconds, event_id=event_id))
+        return self.send(host, PostponeReply(vm_uuid=vm_uuid, postpone_seconds=seconds, event_id=event_id))
 
-    def send_register(self, host: str, vm_uuid: str, window_seconds: int) -> None:
-        """Register the VM's preprocessing window with the service on `host`."""
-        self.send(host, RegisterReply(vm_uuid=vm_uuid, window_seconds=window_seconds))
+    def send_register(self, host: str | None, vm_uuid: str, window_seconds: int) -> str:
+        """Register the VM's preprocessing window with the service on `host`, or (None) with every host:
+        the one holding the VM keeps it."""
+        return self.send(BROADCAST_HOST if host is None else host,
+                         RegisterReply(vm_uuid=vm_uuid, window_seconds=window_seconds))
 
-    def send(self, host: str, reply: Reply) -> None:
-        """Publish a reply as this tenant (user_id set), persistent and mandatory, confirmed by the broker."""
+    def send(self, host: str, reply: Reply) -> str:
+        """Publish a reply as this tenant (user_id set), persistent and mandatory, confirmed by the broker;
+        returns its message_id, which a reply_rejected names as `in_reply_to`."""
+        message_id = str(uuid.uuid4())
         properties = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             user_id=self._tenant,
+            message_id=message_id,
             type=reply.type,
         )
         try:
@@ -117,6 +123,7 @@ class TenantClient:
         except CONNECTION_ERRORS as exc:
             self._drop()
             raise BrokerUnavailable(f"sending the reply failed: {exc!r}") from exc
+        return message_id
 
     def close(self) -> None:
         """Close the connection; unacked notices return to the queue."""

@@ -13,6 +13,16 @@ from notifiers.settings import BrokerSettings
 _WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
+# The second word of a reply's routing key that reaches every host's replies queue, not one host's: no host
+# may be named so.
+BROADCAST_HOST = "all"
+
+
+def is_word(name: str) -> bool:
+    """Whether `name` can be one routing-key word."""
+    return bool(_WORD.fullmatch(name))
+
+
 def check_word(kind: str, name: str) -> str:
     """Return `name` if it can be one routing-key word, else raise InvalidName naming `kind`."""
     if not _WORD.fullmatch(name):
@@ -75,10 +85,12 @@ class Topology:
         return queue
 
     def declare_host_replies_queue(self, channel: Any, host: str) -> str:
-        """The host's replies queue, bound to every tenant's replies about that host; returns its name."""
+        """The host's replies queue, bound to every tenant's replies about that host and to those routed to
+        every host; returns its name."""
         queue = host_replies_queue(host, replies_exchange=self.replies_exchange)
         self._declare_queue(channel, queue)
-        channel.queue_bind(queue=queue, exchange=self.replies_exchange, routing_key=f"*.{host}")
+        for to in (check_word("host", host), BROADCAST_HOST):
+            channel.queue_bind(queue=queue, exchange=self.replies_exchange, routing_key=f"*.{to}")
         return queue
 
     def _declare_queue(self, channel: Any, queue: str) -> None:

@@ -1,4 +1,4 @@
-"""Translates the service's plan and results into tenant wire notices, handed to a NoticeSink."""
+"""Translates the incident and the moves' results into tenant wire notices, handed to a NoticeSink."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from concurrent.futures import Future
 from datetime import datetime
 from typing import Protocol
 
-from evacuator.incident.ledger import ScheduledLedger
-from evacuator.incident.planner import PlannedMove
-from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
-from monitors.verdicts import HostVerdict, Severity
+from evacuator.incident.ledger import Incident, ScheduledRecord
+from monitors.verdicts import Severity
 from notifiers import messages as wire
 from notifiers.topology import reply_routing_key
-from notifiers.wire import ReplyType
+from notifiers.wire import ReplyType, WireRejectCode
 
 
-def _scheduled_vm(move: PlannedMove) -> wire.ScheduledVm:
-    return wire.ScheduledVm(vm_uuid=move.vm_uuid, vm_name=move.vm_name, deadline=move.deadline)
+def _scheduled_vm(record: ScheduledRecord) -> wire.ScheduledVm:
+    """The VM as the tenant sees it: when its window ends now, and the latest a postpone may push it (which
+    never moves once the incident opened)."""
+    return wire.ScheduledVm(vm_uuid=record.vm_uuid, vm_name=record.vm_name, deadline=record.deadline,
+                            latest_deadline=record.latest_deadline)
 
 
 class NoticeSink(Protocol):
@@ -27,94 +28,61 @@ class NoticeSink(Protocol):
     def publish(self, tenant: str, host: str, notice: wire.Notice) -> Future[datetime]: ...
 
 
-def scheduled_notice(
-    *,
-    host: str,
-    tenant: str,
-    verdict: HostVerdict,
-    moves: Sequence[PlannedMove],
-    replies_exchange: str,
-    reply_policy: ReplyPolicy | None = None,
-    now: datetime | None = None,
-) -> wire.EvacuationScheduled:
-    """The notice one tenant gets when its VMs on `host` are about to move.
+class EventIds(Protocol):
+    """Each tenant's scheduled event id in the open incident (the IncidentLedger)."""
 
-    With a reply policy (the ReplyDesk answers replies) a non-failed host also offers postpone and register,
-    and each VM says how late a postpone may push it (`latest_deadline`).
-    """
-    severity = str(verdict.severity)
+    def event_for(self, tenant: str) -> str | None: ...
+
+
+def scheduled_notice(
+    *, host: str, tenant: str, event_id: str, incident: Incident, vms: Sequence[ScheduledRecord],
+    replies_exchange: str, answers_replies: bool,
+) -> wire.EvacuationScheduled:
+    """The notice one tenant gets when its VMs on `host` are about to move; sent again after a restart, it is
+    the same notice (event id, deadlines). `answers_replies`: the ReplyDesk answers postpone and register
+    (postpone not on a failed host)."""
+    severity = str(incident.severity)
     if severity not in ("moderate", "severe", "failed"):
-        raise ValueError(f"no evacuation notice for a {severity} verdict")
+        raise ValueError(f"no evacuation notice for a {severity} incident")
     return wire.EvacuationScheduled(
+        event_id=event_id,
         host=host,
         tenant=tenant,
         severity=severity,  # type: ignore[arg-type]  # narrowed by the check above
         reasons=tuple(
-            wire.Reason(
-                source=r.source,
-                sensor=r.sensor,
-                value=r.value,
-                threshold=r.threshold,
-                unit=r.unit,
-                message=r.message,
-            )
-            for r in verdict.reasons
+            wire.Reason(source=r.source, sensor=r.sensor, value=r.value, threshold=r.threshold, unit=r.unit,
+                        message=r.message)
+            for r in incident.reasons
         ),
-        vms=tuple(_offered_vm(m, verdict.severity, reply_policy, now) for m in moves),
-        allowed_replies=_allowed_replies(verdict.severity, reply_policy),
+        vms=tuple(_scheduled_vm(vm) for vm in vms),
+        allowed_replies=_allowed_replies(incident.severity, answers_replies),
         reply_exchange=replies_exchange,
         reply_routing_key=reply_routing_key(tenant, host),
     )
 
 
-def _allowed_replies(severity: Severity, policy: ReplyPolicy | None) -> tuple[ReplyType, ...]:
-    if policy is None:
+def _allowed_replies(severity: Severity, answers_replies: bool) -> tuple[ReplyType, ...]:
+    if not answers_replies:
         return ("ready",)
     return ("ready", "register") if severity is Severity.FAILED else ("ready", "postpone", "register")
 
 
-def _offered_vm(
-    move: PlannedMove, severity: Severity, policy: ReplyPolicy | None, now: datetime | None
-) -> wire.ScheduledVm:
-    if policy is None or now is None or severity is Severity.FAILED:
-        return _scheduled_vm(move)
-    pending = PendingEvacuation(
-        event_id=None,
-        severity=severity,
-        opened_at=now,
-        planned_deadline=move.deadline,
-        deadline=move.deadline,
-    )
-    return wire.ScheduledVm(
-        vm_uuid=move.vm_uuid, vm_name=move.vm_name, deadline=move.deadline,
-        latest_deadline=max(move.deadline, latest_deadline(pending, policy)),
-    )  # fmt: skip
-
-
 class TenantNotifier:
     """The Notifier as tenant wire notices, handed to a NoticeSink (which does the AMQP): declares each
-    tenant's queue before its first notice, and links every later notice to the tenant's last scheduled event
-    (`scheduled_event_id`)."""
+    tenant's queue before its first notice, and links every later notice to the tenant's scheduled event in
+    the open incident (`scheduled_event_id`, from `events`)."""
 
     def __init__(
-        self,
-        *,
-        publisher: NoticeSink,
-        host: str,
-        replies_exchange: str,
-        clock: Callable[[], datetime],
-        ledger: ScheduledLedger | None = None,
-        reply_policy: ReplyPolicy | None = None,
-    ) -> None:
+        self, *, publisher: NoticeSink, host: str, replies_exchange: str, clock: Callable[[], datetime],
+        events: EventIds | None = None, answers_replies: bool = False,
+    ) -> None:  # fmt: skip
         self._publisher = publisher
-        self._reply_policy = reply_policy
-        # What each tenant was told per VM, for the ReplyDesk to judge replies against.
-        self.ledger = ledger if ledger is not None else ScheduledLedger()
+        self._events = events
+        self._answers_replies = answers_replies
         self._host = host
         self._replies_exchange = replies_exchange
         self._clock = clock
         self._declared: set[str] = set()
-        self._scheduled: dict[str, str] = {}
 
     def _send(self, tenant: str, notice: wire.Notice) -> Future[datetime]:
         # Both jobs run in order on the publisher's one thread, so the queue exists before the publish; the
@@ -124,50 +92,40 @@ class TenantNotifier:
             self._declared.add(tenant)
         return self._publisher.publish(tenant, self._host, notice)
 
+    def _event(self, tenant: str) -> str | None:
+        return None if self._events is None else self._events.event_for(tenant)
+
     def evacuation_scheduled(
-        self, *, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove]
+        self, *, tenant: str, event_id: str, incident: Incident, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]:
         notice = scheduled_notice(
-            host=self._host,
-            tenant=tenant,
-            verdict=verdict,
-            moves=moves,
-            replies_exchange=self._replies_exchange,
-            reply_policy=self._reply_policy,
-            now=self._clock(),
-        )
-        self._scheduled[tenant] = notice.event_id
-        self.ledger.record(
-            event_id=notice.event_id, tenant=tenant, severity=verdict.severity, opened_at=self._clock(),
-            moves=moves,
+            host=self._host, tenant=tenant, event_id=event_id, incident=incident, vms=vms,
+            replies_exchange=self._replies_exchange, answers_replies=self._answers_replies,
         )  # fmt: skip
         return self._send(tenant, notice)
 
-    def scheduled_event_id(self, tenant: str) -> str | None:
-        """The event id of the last scheduled notice sent to `tenant` (what its replies may name)."""
-        return self._scheduled.get(tenant)
-
     def evacuation_updated(
-        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]:
         notice = wire.EvacuationUpdated(
             tenant=tenant, host=self._host, cause=cause,  # type: ignore[arg-type]  # validated by the model
-            vms=tuple(_scheduled_vm(m) for m in moves),
-            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+            vms=tuple(_scheduled_vm(vm) for vm in vms), at=self._clock(),
+            scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
     def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
         notice = wire.EvacuationStarted(
             tenant=tenant, host=self._host, vm_uuid=vm_uuid, vm_name=vm_name, at=self._clock(),
-            scheduled_event_id=self._scheduled.get(tenant),
+            scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
     def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]:
         notice = wire.VmEvacuated(
-            tenant=tenant, vm_uuid=vm_uuid, vm_name=vm_name, from_host=self._host, to_host=to_host,
-            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+            tenant=tenant, vm_uuid=vm_uuid, vm_name=vm_name, host=self._host, from_host=self._host,
+            to_host=to_host,
+            at=self._clock(), scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
@@ -176,21 +134,21 @@ class TenantNotifier:
     ) -> Future[datetime]:
         notice = wire.EvacuationCompleted(
             tenant=tenant, host=self._host, moved_vm_uuids=tuple(moved), failed_vm_uuids=tuple(failed),
-            at=self._clock(), scheduled_event_id=self._scheduled.get(tenant),
+            at=self._clock(), scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
     def evacuation_cancelled(self, *, tenant: str, vm_uuids: Sequence[str], reason: str) -> Future[datetime]:
         notice = wire.EvacuationCancelled(
             tenant=tenant, host=self._host, vm_uuids=tuple(vm_uuids), reason=reason, at=self._clock(),
-            scheduled_event_id=self._scheduled.get(tenant),
+            scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
     def evacuation_failed(self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str) -> Future[datetime]:
         notice = wire.EvacuationFailed(
             tenant=tenant, host=self._host, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason, at=self._clock(),
-            scheduled_event_id=self._scheduled.get(tenant),
+            scheduled_event_id=self._event(tenant),
         )  # fmt: skip
         return self._send(tenant, notice)
 
@@ -198,7 +156,7 @@ class TenantNotifier:
         self,
         *,
         tenant: str,
-        code: str,
+        code: WireRejectCode,
         reason: str,
         in_reply_to: str | None = None,
         vm_uuid: str | None = None,

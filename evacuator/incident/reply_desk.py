@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
-from evacuator.incident.ledger import ScheduledLedger
-from evacuator.incident.planner import PlannedMove
+from evacuator.incident.ledger import ScheduledRecord
 from evacuator.incident.reply_policy import (
     Expedite,
     NewDeadline,
     PendingEvacuation,
     Reject,
     RejectCode,
+    ReplyKind,
     ReplyPolicy,
     ReplyRequest,
     StoreWindow,
@@ -27,6 +28,7 @@ from evacuator.incident.reply_policy import (
 )
 from evacuator.incident.windows import EvacuationWindows, WindowChange
 from notifiers.reply_acceptance import RejectedDelivery, TenantReply
+from notifiers.wire import WireRejectCode
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +37,18 @@ class ReplyNotifier(Protocol):
     """The notices the desk sends back to the tenant."""
 
     def evacuation_updated(
-        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]: ...
     def reply_rejected(
-        self, *, tenant: str, code: str, reason: str, in_reply_to: str | None = ..., vm_uuid: str | None = ...
+        self, *, tenant: str, code: WireRejectCode, reason: str, in_reply_to: str | None = ...,
+        vm_uuid: str | None = ...,
     ) -> Future[datetime]: ...
+
+
+class ScheduledRecords(Protocol):
+    """What each tenant was told about its VMs in the open incident (the IncidentLedger)."""
+
+    def get(self, vm_uuid: str) -> ScheduledRecord | None: ...
 
 
 class WindowStore(Protocol):
@@ -53,7 +62,7 @@ class ReplyDesk:
     the new deadline, register stores the window; every refusal is logged and sent back as reply_rejected."""
 
     def __init__(
-        self, *, hypervisor: Hypervisor, windows: EvacuationWindows, ledger: ScheduledLedger,
+        self, *, hypervisor: Hypervisor, windows: EvacuationWindows, ledger: ScheduledRecords,
         notifier: ReplyNotifier, window_store: WindowStore, policy: ReplyPolicy,
         clock: Callable[[], datetime],
     ) -> None:  # fmt: skip
@@ -69,6 +78,9 @@ class ReplyDesk:
         request = request_from(reply)
         vm = self._hypervisor.find_vm(request.vm_uuid)
         facts = None if vm is None else vm.facts
+        owner = None if facts is None else facts.tenant
+        if reply.broadcast and not self._for_this_host(reply, request, owner):
+            return
         decision = decide_reply(
             request, vm=facts, pending=self._pending(request.vm_uuid), now=self._clock(), policy=self._policy
         )
@@ -82,10 +94,25 @@ class ReplyDesk:
             self._refuse(reply, decision)
 
     def on_rejected(self, rejected: RejectedDelivery) -> None:
-        """A delivery refused before parsing: answer only a broker-vouched sender (user_id present)."""
-        log.warning("reply_rejected", reason=rejected.reason, user_id=rejected.user_id)
-        if rejected.user_id:
-            self._send_rejection(rejected.user_id, rejected.code, rejected.reason, rejected.message_id, None)
+        """A delivery refused before parsing, answered to whom the broker vouches for (`answer_to`)."""
+        log.warning("reply_rejected", reason=rejected.reason, user_id=rejected.user_id,
+                    answer_to=rejected.answer_to)
+        if rejected.answer_to:
+            self._send_rejection(rejected.answer_to, rejected.code, rejected.reason, rejected.message_id,
+                                 None)
+
+    def _for_this_host(self, reply: TenantReply, request: ReplyRequest, owner: str | None) -> bool:
+        """A reply routed to every host is this host's only when it holds the tenant's VM; the others stay
+        silent (none may tell the tenant about a VM, or the lack of one). Only a register may come so."""
+        if owner != reply.tenant:
+            log.info("reply_not_for_this_host", tenant=reply.tenant, vm_uuid=request.vm_uuid)
+            return False
+        if request.kind is not ReplyKind.REGISTER:
+            reason = f"only register may go to every host; {request.kind} goes to {reply.tenant}.{reply.host}"
+            wrong = Reject(code=RejectCode.WRONG_ROUTING_KEY, reason=reason, vm_uuid=request.vm_uuid)
+            self._refuse(reply, wrong)
+            return False
+        return True
 
     def _pending(self, vm_uuid: str) -> PendingEvacuation | None:
         record = self._ledger.get(vm_uuid)
@@ -103,6 +130,7 @@ class ReplyDesk:
             self._refuse(reply, no_pending_evacuation(decision.vm_uuid))
             return
         log.info("tenant_ready", tenant=reply.tenant, vm_uuid=decision.vm_uuid)
+        self._updated(reply.tenant, "expedited", decision.vm_uuid, self._clock())
 
     def _postpone(self, reply: TenantReply, request: ReplyRequest, decision: NewDeadline) -> None:
         if self._windows.postpone(decision.vm_uuid, decision.deadline) is WindowChange.NOT_PENDING:
@@ -111,11 +139,14 @@ class ReplyDesk:
         log.info("tenant_postponed", deadline=decision.deadline.isoformat(),
                  granted_seconds=decision.granted_seconds, requested_seconds=decision.requested_seconds,
                  **_context(reply, request))  # fmt: skip
-        record = self._ledger.get(decision.vm_uuid)
-        name = record.vm_name if record is not None else decision.vm_uuid
-        move = PlannedMove(vm_uuid=decision.vm_uuid, vm_name=name, tenant=reply.tenant,
-                           window_seconds=0, deadline=decision.deadline)  # fmt: skip
-        self._notifier.evacuation_updated(tenant=reply.tenant, cause="postponed", moves=(move,))
+        self._updated(reply.tenant, "postponed", decision.vm_uuid, decision.deadline)
+
+    def _updated(self, tenant: str, cause: str, vm_uuid: str, deadline: datetime) -> None:
+        """Tells the tenant the VM's new deadline, with what else it was told (its latest deadline)."""
+        record = self._ledger.get(vm_uuid)
+        if record is not None:
+            updated = replace(record, deadline=deadline)
+            self._notifier.evacuation_updated(tenant=tenant, cause=cause, vms=(updated,))
 
     def _store(self, reply: TenantReply, request: ReplyRequest, decision: StoreWindow) -> None:
         try:
@@ -136,7 +167,7 @@ class ReplyDesk:
         self._send_rejection(reply.tenant, reject.code.for_tenant, reason, reply.message_id, reject.vm_uuid)
 
     def _send_rejection(
-        self, tenant: str, code: str, reason: str, message_id: str | None, vm_uuid: str | None
+        self, tenant: str, code: WireRejectCode, reason: str, message_id: str | None, vm_uuid: str | None
     ) -> None:
         try:
             self._notifier.reply_rejected(

@@ -1,62 +1,37 @@
-"""The evacuation service: turns host verdicts into notices, timers and moves; holds no I/O of its own."""
+"""The evacuation service: turns host verdicts into notices, timers and moves; holds no I/O of its own.
+
+An incident, once open, is carried on across restarts from the ledger: a restarted daemon opens no new one
+and tells nobody anything twice (docs/moves.md, "Restarts").
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
-from evacuator.incident.planner import Plan, PlannedMove, WindowPolicy, plan_evacuation
+from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
+from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
+from evacuator.incident.ports import Moves, Notifier
+from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
 from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
-from evacuator.moves.state import MoveRecord, MoveState
+from evacuator.moves.state import PENDING, MoveRecord, MoveState, Phase
 from monitors.verdicts import HostVerdict, Severity
+from notifiers.wire import new_event_id
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-
-
-class Notifier(Protocol):
-    """Tells tenants what happens to their VMs; each call resolves when the broker confirmed it."""
-
-    def evacuation_scheduled(
-        self, *, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove]
-    ) -> Future[datetime]: ...
-    def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]: ...
-    def evacuation_failed(
-        self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str
-    ) -> Future[datetime]: ...
-    def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]: ...
-    def evacuation_completed(
-        self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
-    ) -> Future[datetime]: ...
-
-
-class MoveOutcomes(Protocol):
-    """How each move ended; the service is told, and tells the tenant."""
-
-    def moved(self, record: MoveRecord) -> None: ...
-    def failed(self, record: MoveRecord, reason: str) -> None: ...
-
-
-class Moves(Protocol):
-    """The journaled move engine as the service drives it (evacuator/moves/engine.py)."""
-
-    def start(
-        self, *, timer_pending: Callable[[str], bool], outcomes: MoveOutcomes | None = None
-    ) -> tuple[str, ...]: ...
-    def stop(self, timeout_seconds: float = 30) -> None: ...
-    def busy(self) -> bool: ...
-    def plan(self, moves: Iterable[PlannedMove], *, may_restart_on_source: bool) -> None: ...
-    def mark(self, vm_uuid: str, state: MoveState) -> None: ...
-    def submit(self, vm_uuid: str) -> bool: ...
+_EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
+# A restored timer within this of the ledger's deadline is the same timer (the store keeps float seconds).
+_SAME_DEADLINE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,44 +39,37 @@ class ServiceConfig:
     host: str
     peers: tuple[str, ...]
     window_policy: WindowPolicy
-
-
-_EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
+    # The caps on tenants' postpones, when the reply desk answers them: each VM's latest deadline comes
+    # from them at planning and never moves. None: no postpones are offered.
+    reply_policy: ReplyPolicy | None = None
 
 
 class Service:
     """Reacts to verdicts and timers, and is the EvacuationWindows the reply desk changes; the move engine
-    journals and runs the moves."""
+    journals and runs the moves, the ledger keeps the incident and what each tenant was told."""
 
     def __init__(
-        self,
-        *,
-        config: ServiceConfig,
-        hypervisor: Hypervisor,
-        notifier: Notifier,
-        timers: Timers,
-        engine: Moves,
-        clock: Clock,
-    ) -> None:
+        self, *, config: ServiceConfig, hypervisor: Hypervisor, notifier: Notifier, timers: Timers,
+        engine: Moves, ledger: IncidentLedger, clock: Clock,
+    ) -> None:  # fmt: skip
         self._config = config
         self._hypervisor = hypervisor
         self._notifier = notifier
         self._timers = timers
         self._engine = engine
+        self._ledger = ledger
         self._clock = clock
         self._last_severity: Severity | None = None
-        # One incident per sick spell: opened once, closed only when the detector says healthy again, so a
-        # host that stays severe is never re-planned (and its tenants never re-notified) on every poll.
-        self._incident_open = False
-        # Per tenant: the VMs of this incident not yet moved or failed, and the outcomes so far, so the
-        # tenant hears "completed" once, after its last VM. Kept in memory: after a restart the tenant still
-        # gets each VM's own outcome, but no summary (the journal does not group moves by incident yet).
-        self._outstanding: dict[str, set[str]] = {}
-        self._outcomes: dict[str, tuple[list[str], list[str]]] = {}
-        self._lock = threading.Lock()
+        # One incident per sick spell: opened once, closed only when the detector says healthy again and
+        # nothing is pending, so a host that stays severe is never re-planned (nor its tenants re-notified).
+        self._incident: Incident | None = None
+        self._lock = threading.Lock()  # one tenant's last outcome sends its evacuation_completed once
 
     def start(self) -> None:
         self._timers.start(self.on_timer)
+        incident = self._ledger.open_incident()
+        if incident is not None:
+            self._resume(incident)
         # After the timers: a journaled move whose timer is no longer pending was due when the process
         # stopped (or died between the timer firing and the move starting), so the engine moves it now.
         pending = self._timers.pending()
@@ -118,20 +86,16 @@ class Service:
 
     def on_verdict(self, verdict: HostVerdict) -> None:
         if verdict.severity != self._last_severity:
-            log.info(
-                "host_verdict_changed",
-                host=self._config.host,
-                severity=str(verdict.severity),
-                previous=None if self._last_severity is None else str(self._last_severity),
-                reasons=[r.message for r in verdict.reasons],
-            )
+            log.info("host_verdict_changed", host=self._config.host, severity=str(verdict.severity),
+                     previous=None if self._last_severity is None else str(self._last_severity),
+                     reasons=[r.message for r in verdict.reasons])  # fmt: skip
             self._last_severity = verdict.severity
-        if verdict.severity in _EVACUATE and not self._incident_open:
-            self._incident_open = True
+        if verdict.severity in _EVACUATE and self._incident is None:
             self._open_incident(verdict)
-        elif verdict.severity is Severity.HEALTHY and self._incident_open and not self.busy():
-            self._incident_open = False
-            log.info("incident_closed", host=self._config.host)
+        elif verdict.severity is Severity.HEALTHY and self._incident is not None and not self.busy():
+            self._ledger.close_incident(self._incident.incident_id, self._clock())
+            log.info("incident_closed", host=self._config.host, incident_id=self._incident.incident_id)
+            self._incident = None
 
     def _open_incident(self, verdict: HostVerdict) -> None:
         now = self._clock()
@@ -144,40 +108,79 @@ class Service:
         log.info("evacuation_planned", host=self._config.host, vm_count=len(plan.moves))
         # A failed host must not get its VMs back: a rollback restarts them on the source only if sub-healthy.
         self._engine.plan(plan.moves, may_restart_on_source=verdict.severity is not Severity.FAILED)
-        # Timers first: they are the persistent record of the incident, so a notice that fails to build or
-        # send never leaves a VM without its move.
+        incident = Incident(incident_id=str(uuid.uuid4()), severity=verdict.severity,
+                            reasons=verdict.reasons, opened_at=now)
+        # The ledger first: it is what a restart carries on from, with the event ids the tenants will name.
+        self._ledger.open(
+            incident,
+            [LedgerVm(vm_uuid=m.vm_uuid, vm_name=m.vm_name, tenant=m.tenant, deadline=m.deadline,
+                      latest_deadline=self._latest(m, verdict.severity, now)) for m in plan.moves],
+            {notice.tenant: new_event_id() for notice in plan.notices},
+        )  # fmt: skip
+        self._incident = incident
+        log.info("incident_opened", host=self._config.host, incident_id=incident.incident_id,
+                 severity=str(incident.severity))
         for move in plan.moves:
             self._timers.schedule(move.vm_uuid, move.deadline)
-            log.info(
-                "evacuation_window_opened",
-                vm_uuid=move.vm_uuid,
-                tenant=move.tenant,
-                window_seconds=move.window_seconds,
-                deadline=move.deadline.isoformat(),
-            )
-        with self._lock:
-            for notice in plan.notices:
-                self._outstanding[notice.tenant] = {m.vm_uuid for m in notice.moves}
-                self._outcomes[notice.tenant] = ([], [])
-        self._notify(plan, verdict)
+            log.info("evacuation_window_opened", vm_uuid=move.vm_uuid, tenant=move.tenant,
+                     window_seconds=move.window_seconds, deadline=move.deadline.isoformat())
+            if move.tenant is None:
+                log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
+        self._notify_scheduled(incident)
         for move in plan.moves:
             self._engine.mark(move.vm_uuid, MoveState.WAITING)
 
-    def _notify(self, plan: Plan, verdict: HostVerdict) -> None:
-        for notice in plan.notices:
+    def _latest(self, move: PlannedMove, severity: Severity, now: datetime) -> datetime | None:
+        policy = self._config.reply_policy
+        if policy is None or severity is Severity.FAILED:
+            return None
+        pending = PendingEvacuation(event_id=None, severity=severity, opened_at=now,
+                                    planned_deadline=move.deadline, deadline=move.deadline)
+        return max(move.deadline, latest_deadline(pending, policy))
+
+    def _notify_scheduled(self, incident: Incident) -> None:
+        """Hands each tenant's scheduled notice to the notifier, once: after a restart, only those never
+        handed over are, with the event id and deadlines the ledger holds."""
+        records = self._ledger.records(incident.incident_id)
+        for told in self._ledger.tenants(incident.incident_id):
+            if told.scheduled_sent:
+                continue
+            vms = [r for r in records if r.tenant == told.tenant]
             try:
                 future = self._notifier.evacuation_scheduled(
-                    tenant=notice.tenant, verdict=verdict, moves=notice.moves
-                )
+                    tenant=told.tenant, event_id=told.event_id, incident=incident, vms=vms)
             except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
-                log.error("notice_failed", kind="evacuation_scheduled", tenant=notice.tenant, error=str(exc))
+                log.error("notice_failed", kind="evacuation_scheduled", tenant=told.tenant, error=str(exc))
                 continue
-            future.add_done_callback(_log_confirm("evacuation_scheduled", notice.tenant))
-            for move in notice.moves:
-                self._engine.mark(move.vm_uuid, MoveState.NOTIFIED)
-        for move in plan.moves:
-            if move.tenant is None:
-                log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
+            self._ledger.scheduled_sent(incident.incident_id, told.tenant)
+            future.add_done_callback(_log_confirm("evacuation_scheduled", told.tenant))
+            for vm in vms:
+                self._engine.mark(vm.vm_uuid, MoveState.NOTIFIED)
+
+    def _resume(self, incident: Incident) -> None:
+        """Carries on the open incident after a restart: each pending window gets its timer back at the
+        ledger's deadline (a timer lost in a crash, or a postpone or ready journaled just before it), and
+        every notice never handed to the outbox is sent now."""
+        self._incident = incident
+        records = self._ledger.records(incident.incident_id)
+        log.info("incident_resumed", host=self._config.host, incident_id=incident.incident_id,
+                 severity=str(incident.severity), opened_at=incident.opened_at.isoformat(),
+                 vm_count=len(records))  # fmt: skip
+        timers = self._timers.pending()
+        for record in records:
+            move = self._engine.record(record.vm_uuid)
+            if record.outcome is not None or move is None or move.state not in PENDING \
+                    or move.phase is Phase.DUE:  # fmt: skip
+                continue  # ended, or past its window: the engine resumes the move itself
+            timer = timers.get(record.vm_uuid)
+            if timer is None or abs((timer - record.deadline).total_seconds()) > _SAME_DEADLINE_SECONDS:
+                self._timers.schedule(record.vm_uuid, record.deadline)
+                log.info("evacuation_window_restored", vm_uuid=record.vm_uuid,
+                         deadline=record.deadline.isoformat(),
+                         timer=None if timer is None else timer.isoformat())
+        self._notify_scheduled(incident)
+        for told in self._ledger.tenants(incident.incident_id):
+            self._complete_if_settled(incident, told.tenant)
 
     # --- EvacuationWindows: the reply desk changes a VM's window through these --------------------------
 
@@ -185,6 +188,10 @@ class Service:
         return self._timers.pending().get(vm_uuid)
 
     def expedite(self, vm_uuid: str) -> WindowChange:
+        if vm_uuid not in self._timers.pending():
+            return WindowChange.NOT_PENDING
+        # Journaled before the timer fires: a restart in between still moves the VM now, not at its deadline.
+        self._reschedule(vm_uuid, self._clock())
         return WindowChange.APPLIED if self._timers.fire_now(vm_uuid) else WindowChange.NOT_PENDING
 
     def postpone(self, vm_uuid: str, deadline: datetime) -> WindowChange:
@@ -193,8 +200,14 @@ class Service:
         # `deadline`; the engine never moves a VM twice (a queued, running or finished move is not redone).
         if vm_uuid not in self._timers.pending():
             return WindowChange.NOT_PENDING
+        self._reschedule(vm_uuid, deadline)  # the ledger first: a restart keeps the granted deadline
         self._timers.schedule(vm_uuid, deadline)
         return WindowChange.APPLIED
+
+    def _reschedule(self, vm_uuid: str, deadline: datetime) -> None:
+        record = self._ledger.get(vm_uuid)
+        if record is not None:
+            self._ledger.reschedule(record, deadline)
 
     def on_timer(self, vm_uuid: str) -> None:
         log.info("evacuation_window_closed", vm_uuid=vm_uuid)
@@ -211,39 +224,40 @@ class Service:
     def moved(self, record: MoveRecord) -> None:
         if record.tenant is not None and record.destination is not None:
             self._notifier.vm_evacuated(
-                tenant=record.tenant,
-                vm_uuid=record.vm_uuid,
-                vm_name=record.vm_name,
+                tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name,
                 to_host=record.destination,
             ).add_done_callback(_log_confirm("vm_evacuated", record.tenant))
-        self._settle(record, moved=True)
+        self._settle(record, "moved")
 
     def failed(self, record: MoveRecord, reason: str) -> None:
         if record.tenant is not None:
             self._notifier.evacuation_failed(
                 tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name, reason=reason
             ).add_done_callback(_log_confirm("evacuation_failed", record.tenant))
-        self._settle(record, moved=False)
+        self._settle(record, "failed")
 
-    def _settle(self, record: MoveRecord, *, moved: bool) -> None:
-        """Counts one VM's outcome; the tenant's last one sends its evacuation_completed."""
-        tenant = record.tenant
-        if tenant is None:
-            return
+    def _settle(self, record: MoveRecord, outcome: str) -> None:
+        """Journals one VM's outcome in its incident; the tenant's last one sends its evacuation_completed."""
+        scheduled = self._ledger.get(record.vm_uuid)
+        if scheduled is None or scheduled.outcome is not None:
+            return  # not moved by an open incident (the `move` command), or already counted
+        self._ledger.settle(scheduled, outcome)
+        incident = self._incident
+        if incident is not None and scheduled.tenant is not None \
+                and scheduled.incident_id == incident.incident_id:  # fmt: skip
+            self._complete_if_settled(incident, scheduled.tenant)
+
+    def _complete_if_settled(self, incident: Incident, tenant: str) -> None:
         with self._lock:
-            outstanding = self._outstanding.get(tenant)
-            if outstanding is None or record.vm_uuid not in outstanding:
+            told = next((t for t in self._ledger.tenants(incident.incident_id) if t.tenant == tenant), None)
+            vms = [r for r in self._ledger.records(incident.incident_id) if r.tenant == tenant]
+            if told is None or told.completed_sent or not vms or any(r.outcome is None for r in vms):
                 return
-            outstanding.discard(record.vm_uuid)
-            done, failed = self._outcomes[tenant]
-            (done if moved else failed).append(record.vm_uuid)
-            if outstanding:
-                return
-            del self._outstanding[tenant]
-            del self._outcomes[tenant]
-        self._notifier.evacuation_completed(tenant=tenant, moved=done, failed=failed).add_done_callback(
-            _log_confirm("evacuation_completed", tenant)
-        )
+            moved = [r.vm_uuid for r in vms if r.outcome == "moved"]
+            failed = [r.vm_uuid for r in vms if r.outcome == "failed"]
+            future = self._notifier.evacuation_completed(tenant=tenant, moved=moved, failed=failed)
+            self._ledger.completed_sent(incident.incident_id, tenant)
+        future.add_done_callback(_log_confirm("evacuation_completed", tenant))
 
 
 def _log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:

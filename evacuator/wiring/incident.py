@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost
+from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
@@ -30,6 +31,12 @@ class IncidentParts:
     service: Service
     publisher: OutboxPublisher
     consumer: ReplyConsumer
+    ledger: IncidentLedger
+
+
+def incident_ledger_for(settings: Settings) -> IncidentLedger:
+    """The open incident and what each tenant was told, for the daemon and the `cancel` command alike."""
+    return IncidentLedger(settings.state_dir / "incident.sqlite")
 
 
 def build_incident(
@@ -50,9 +57,10 @@ def build_incident(
         severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
         max_window_seconds=evacuation.max_window_seconds,
     )
+    ledger = incident_ledger_for(settings)
     notifier = TenantNotifier(
         publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
-        reply_policy=reply_policy,
+        events=ledger, answers_replies=True,
     )  # fmt: skip
     timers = ApschedulerTimers(settings.state_dir / "timers.sqlite")
     service = Service(
@@ -63,23 +71,25 @@ def build_incident(
                 default_window_seconds=evacuation.default_window_seconds,
                 max_window_seconds=evacuation.max_window_seconds,
             ),
+            reply_policy=reply_policy,
         ),
         hypervisor=hypervisor,
         notifier=notifier,
         timers=timers,
         engine=engine,
+        ledger=ledger,
         clock=clock,
     )
     # The service owns the timers, so the desk changes a VM's window through it; registered windows go into
     # the VM's definition through the daemon's own libvirt connection.
     desk = ReplyDesk(
-        hypervisor=hypervisor, windows=service, ledger=notifier.ledger, notifier=notifier,
+        hypervisor=hypervisor, windows=service, ledger=ledger, notifier=notifier,
         window_store=hypervisor, policy=reply_policy, clock=clock,
     )  # fmt: skip
     consumer = ReplyConsumer(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
-    return IncidentParts(service=service, publisher=publisher, consumer=consumer)
+    return IncidentParts(service=service, publisher=publisher, consumer=consumer, ledger=ledger)
 
 
 @contextmanager
@@ -89,7 +99,9 @@ def direct_notifier(settings: Settings, *, clock: Callable[[], datetime]) -> Ite
     publisher = NoticePublisher(settings.broker, clock=clock)
     publisher.start()
     try:
-        yield TenantNotifier(publisher=publisher, host=settings.host.name,
-                             replies_exchange=settings.broker.replies_exchange, clock=clock)
+        with incident_ledger_for(settings) as ledger:
+            yield TenantNotifier(publisher=publisher, host=settings.host.name,
+                                 replies_exchange=settings.broker.replies_exchange, clock=clock,
+                                 events=ledger)
     finally:
         publisher.close()

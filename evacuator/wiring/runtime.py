@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import structlog
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
@@ -41,6 +42,7 @@ class Runtime:
     hypervisor: LibvirtHost
     publisher: OutboxPublisher
     consumer: ReplyConsumer
+    ledger: IncidentLedger
     peers: PeerServices
     clock: Callable[[], datetime]
 
@@ -62,6 +64,7 @@ class Runtime:
         self.consumer.close()
         self.service.stop()
         self.publisher.close()
+        self.ledger.close()
         self.hypervisor.close()
 
     def poll_once(self) -> HostVerdict:
@@ -99,6 +102,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         hypervisor=hypervisor,
         publisher=incident.publisher,
         consumer=incident.consumer,
+        ledger=incident.ledger,
         peers=peer_services(settings),
         clock=clock,
     )

@@ -7,8 +7,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from evacuator.incident.planner import PlannedMove
-from monitors.verdicts import HostVerdict
+from evacuator.incident.ledger import Incident, ScheduledRecord
+from notifiers.wire import WireRejectCode
 
 
 @dataclass(slots=True)
@@ -18,11 +18,19 @@ class RecordingNotifier:
     clock: Callable[[], datetime]
     sent: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
     error: Exception | None = None
+    refusing: dict[str, Exception] = field(default_factory=dict)
 
     def inject_error(self, exc: Exception) -> None:
+        """Every later notice is taken, and its confirm fails with `exc` (the broker refused it)."""
         self.error = exc
 
+    def refuse(self, kind: str, exc: Exception) -> None:
+        """Every later call for a notice of `kind` raises `exc`: nothing is taken (the outbox is closed)."""
+        self.refusing[kind] = exc
+
     def _done(self, kind: str, tenant: str, **details: object) -> Future[datetime]:
+        if kind in self.refusing:
+            raise self.refusing[kind]
         self.sent.append((kind, tenant, details))
         future: Future[datetime] = Future()
         if self.error is not None:
@@ -32,9 +40,10 @@ class RecordingNotifier:
         return future
 
     def evacuation_scheduled(
-        self, *, tenant: str, verdict: HostVerdict, moves: Sequence[PlannedMove]
+        self, *, tenant: str, event_id: str, incident: Incident, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]:
-        return self._done("evacuation_scheduled", tenant, verdict=verdict, moves=tuple(moves))
+        return self._done("evacuation_scheduled", tenant, event_id=event_id, incident=incident,
+                          vms=tuple(vms))
 
     def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]:
         return self._done("vm_evacuated", tenant, vm_uuid=vm_uuid, vm_name=vm_name, to_host=to_host)
@@ -43,9 +52,9 @@ class RecordingNotifier:
         return self._done("evacuation_failed", tenant, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason)
 
     def evacuation_updated(
-        self, *, tenant: str, cause: str, moves: Sequence[PlannedMove]
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]:
-        return self._done("evacuation_updated", tenant, cause=cause, moves=tuple(moves))
+        return self._done("evacuation_updated", tenant, cause=cause, vms=tuple(vms))
 
     def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
         return self._done("evacuation_started", tenant, vm_uuid=vm_uuid, vm_name=vm_name)
@@ -62,7 +71,7 @@ class RecordingNotifier:
         self,
         *,
         tenant: str,
-        code: str,
+        code: WireRejectCode,
         reason: str,
         in_reply_to: str | None = None,
         vm_uuid: str | None = None,

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +13,6 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-import yaml
 
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
 from evacuator.hypervisor.model import VmState
@@ -30,12 +24,11 @@ from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue
 from tests.fixtures.broker import BrokerJanitor, LabTenant
+from tests.fixtures.daemon import CONSECUTIVE, POLL_SECONDS, DaemonLog, Daemons, write_config
 
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
-POLL_SECONDS = 0.3
-CONSECUTIVE = 3
 READY_WINDOW_SECONDS = 120  # VM 1: the tenant answers ready long before this
 WAIT_WINDOW_SECONDS = 15  # VM 2: no answer, it moves when this runs out
 
@@ -46,112 +39,6 @@ def daemon_memory(log: DaemonLog) -> str:
     lines = Path(f"/proc/{log.pid}/status").read_text(encoding="ascii").splitlines()
     values = {k: v.strip() for k, _, v in (line.partition(":") for line in lines) if k in fields}
     return ", ".join(f"{k} {values.get(k)}" for k in fields)
-
-
-class DaemonLog:
-    """Reads the daemon's JSON log lines on a thread; tests wait for events by name and context."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.pid = process.pid
-        self.events: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            with self._cond:
-                self.raw.append(line)
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                event["at"] = datetime.fromisoformat(event["timestamp"])
-                self.events.append(event)
-                self._cond.notify_all()
-
-    def matching(self, name: str, **context: object) -> list[dict[str, Any]]:
-        with self._cond:
-            return [
-                e
-                for e in self.events
-                if e["event"] == name and all(e.get(k) == v for k, v in context.items())
-            ]
-
-    def wait_for(self, name: str, timeout_seconds: float, **context: object) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_seconds
-        with self._cond:
-            while True:
-                found = [
-                    e
-                    for e in self.events
-                    if e["event"] == name and all(e.get(k) == v for k, v in context.items())
-                ]
-                if found:
-                    return found[0]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    tail = "".join(self.raw[-40:])
-                    raise AssertionError(f"no {name} {context} within {timeout_seconds} s; log tail:\n{tail}")
-                self._cond.wait(remaining)
-
-
-def _write_config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings, sysfs: Path) -> Path:
-    config = {
-        "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
-        "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
-        "monitors": {
-            "sysfs_root": str(sysfs),
-            "poll_interval_seconds": POLL_SECONDS,
-            "temperature": {"threshold_celsius": 90, "consecutive_samples": CONSECUTIVE},
-        },
-        "broker": {
-            "url": broker.url.get_secret_value(),
-            "notices_exchange": broker.notices_exchange,
-            "replies_exchange": broker.replies_exchange,
-        },
-        "evacuation": {
-            "default_window_seconds": 60,
-            "max_window_seconds": 600,
-            "shutdown_timeout_seconds": 2,
-        },
-        # Any free port: a test must not take the port of an evacuator that runs on this machine.
-        "data_channel": {"listen_address": "127.0.0.1", "port": 0},
-        "state_dir": str(tmp / "state"),
-        "logging": {"format": "json", "level": "info"},
-    }
-    path = tmp / "evacuator.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[Path], DaemonLog]]:
-    processes: list[subprocess.Popen[str]] = []
-    logs: list[DaemonLog] = []
-
-    def start(config: Path) -> DaemonLog:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "evacuator.cli", "run", "--config", str(config)],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ},
-        )  # fmt: skip
-        processes.append(process)
-        log = DaemonLog(process)
-        logs.append(log)
-        log.wait_for("daemon_started", 60)
-        return log
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    for log in logs:  # pytest shows this only when the test failed
-        print("daemon log tail:\n" + "".join(log.raw[-80:]))
 
 
 def _forge_reply_for(victim: str, attacker: LabTenant, broker: BrokerSettings, vm_uuid: str) -> str:
@@ -187,7 +74,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     clean_lab_hosts: tuple[LabHost, ...],
     broker_settings: BrokerSettings,
     make_tenant: Callable[[str], LabTenant],
-    daemon: Callable[[Path], DaemonLog],
+    daemon: Daemons,
     broker_janitor: BrokerJanitor,
 ) -> None:
     host_a, host_b = clean_lab_hosts
@@ -206,7 +93,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     }  # fmt: skip
     sums = {name: sha256_of_volume(host_a.uri, host_a.pool, volume_name(name)) for name in uuids}
     sensor = HeatableHwmon(tmp_path / "sys", celsius=45)
-    log = daemon(_write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys"))
+    log = daemon(write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys"))
 
     with TenantClient(owner.url, owner.name, replies_exchange=broker_settings.replies_exchange) as tenant:
         # One noisy sample (shorter than two polls) must move nothing: N consecutive samples are required.

@@ -19,13 +19,13 @@ import pika
 import pytest
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.incident.ledger import IncidentLedger, LedgerVm
 from evacuator.incident.notices import TenantNotifier
-from evacuator.incident.planner import PlannedMove
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.vms import create_vm
-from monitors.verdicts import HostVerdict, Reason, Severity
+from monitors.verdicts import Severity
 from notifiers.delivery import OutboxPublisher
 from notifiers.messages import EvacuationScheduled, EvacuationUpdated, Notice, ReplyRejected
 from notifiers.outbox import Outbox
@@ -35,13 +35,14 @@ from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue, reply_routing_key
+from notifiers.wire import new_event_id
+from tests.fakes.incidents import opened
 from tests.fakes.windows import FakeWindows
 from tests.fixtures.broker import BrokerJanitor, LabTenant
 
 pytestmark = pytest.mark.integration
 
 POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=7200, max_window_seconds=3600)
-HOT = Reason(source="hwmon", sensor="t", value=97.0, threshold=90.0, unit="celsius", message="hot")
 
 
 def utc_now() -> datetime:
@@ -56,6 +57,7 @@ class Service:
     hypervisor: LibvirtHost
     notifier: TenantNotifier
     deadline: datetime
+    ledger: IncidentLedger
 
 
 @pytest.fixture
@@ -72,30 +74,35 @@ def service(
     publisher = OutboxPublisher(NoticePublisher(broker_settings), Outbox(tmp_path / "outbox.sqlite"),
                                 confirm_timeout_seconds=5)  # fmt: skip
     publisher.start(timeout_seconds=10)
+    # The incident, as the service opens it: the ledger first, then the window (its timer), then the notice.
+    deadline = utc_now().replace(microsecond=0) + timedelta(minutes=10)
+    vm = LedgerVm(vm_uuid=vm_uuid, vm_name="rep", tenant=acme.name, deadline=deadline,
+                  latest_deadline=deadline + timedelta(seconds=POLICY.max_postpone_seconds))
+    ledger = opened([vm], {acme.name: new_event_id()}, severity=Severity.SEVERE, opened_at=utc_now(),
+                    ledger=IncidentLedger(tmp_path / "incident.sqlite"))
     notifier = TenantNotifier(publisher=publisher, host=host,
                               replies_exchange=broker_settings.replies_exchange, clock=utc_now,
-                              reply_policy=POLICY)  # fmt: skip
+                              events=ledger, answers_replies=True)  # fmt: skip
     windows = FakeWindows()
     desk = ReplyDesk(
-        hypervisor=hypervisor, windows=windows, ledger=notifier.ledger, notifier=notifier,
+        hypervisor=hypervisor, windows=windows, ledger=ledger, notifier=notifier,
         window_store=hypervisor, policy=POLICY, clock=utc_now,
     )  # fmt: skip
     consumer = ReplyConsumer(broker_settings, host=host, on_reply=desk.on_reply, on_rejected=desk.on_rejected)
     consumer.start(timeout_seconds=10)
-    # The incident, as the service opens it: the window (its timer) first, then the notice.
-    deadline = utc_now().replace(microsecond=0) + timedelta(minutes=10)
     windows.open(vm_uuid, deadline)
-    move = PlannedMove(
-        vm_uuid=vm_uuid, vm_name="rep", tenant=acme.name, window_seconds=600, deadline=deadline
-    )
-    verdict = HostVerdict(severity=Severity.SEVERE, reasons=(HOT,), at=utc_now())
-    notifier.evacuation_scheduled(tenant=acme.name, verdict=verdict, moves=(move,)).result(timeout=10)
+    incident = ledger.open_incident()
+    assert incident is not None
+    told = notifier.evacuation_scheduled(tenant=acme.name, event_id=ledger.event_for(acme.name) or "",
+                                         incident=incident, vms=ledger.records(incident.incident_id))
+    told.result(timeout=10)
     try:
-        yield Service(host, vm_uuid, windows, hypervisor, notifier, deadline), acme
+        yield Service(host, vm_uuid, windows, hypervisor, notifier, deadline, ledger), acme
     finally:
         consumer.close()
         publisher.close()
         hypervisor.close()
+        ledger.close()
 
 
 def next_of(client: TenantClient, kind: type[Any]) -> Any:
@@ -130,6 +137,7 @@ def test_postpone_register_refusals_and_ready_over_the_real_broker(
         updated: EvacuationUpdated = next_of(tenant, EvacuationUpdated)
         assert updated.cause == "postponed" and updated.scheduled_event_id == scheduled.event_id
         assert updated.vms[0].deadline == svc.deadline + timedelta(seconds=300)
+        assert updated.vms[0].latest_deadline == scheduled.vms[0].latest_deadline, "null: no postpone"
         assert svc.windows.deadlines == {svc.vm_uuid: svc.deadline + timedelta(seconds=300)}
 
         tenant.send_postpone(svc.host, svc.vm_uuid, 99_999)  # beyond the cap: cut to the latest deadline
@@ -150,13 +158,29 @@ def test_postpone_register_refusals_and_ready_over_the_real_broker(
         assert (refused.code, refused.vm_uuid) == ("unknown_vm", svc.vm_uuid)  # another's VM looks unknown
         assert svc.windows.expedited == []
 
+        # Without a user_id: the broker vouches for nobody, but only acme may publish `acme.<host>`.
+        _publish_raw(acme, exchange, reply_routing_key(acme.name, svc.host), b"{}", user_id=None)
+        anonymous: ReplyRejected = next_of(tenant, ReplyRejected)
+        assert anonymous.code == "missing_user_id"
+
+        # A window registered without knowing the host: to every host; this one holds the VM and keeps it.
+        register = b'{"schema_version": 1, "type": "register", "vm_uuid": "%s", "window_seconds": 1200}' % (
+            svc.vm_uuid.encode())
+        _publish_raw(acme, exchange, f"{acme.name}.all", register, user_id=acme.name)
+        eventually(lambda: svc.hypervisor.find_vm(svc.vm_uuid).facts.window_seconds == 1200)  # type: ignore[union-attr]
+
         tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)
         eventually(lambda: svc.windows.expedited == [svc.vm_uuid])
+        expedited: EvacuationUpdated = next_of(tenant, EvacuationUpdated)
+        assert expedited.cause == "expedited" and expedited.scheduled_event_id == scheduled.event_id
+        assert expedited.vms[0].latest_deadline == scheduled.vms[0].latest_deadline
         tenant.send_ready(svc.host, svc.vm_uuid, scheduled.event_id)  # nothing is pending any more
         assert next_of(tenant, ReplyRejected).code == "no_pending_evacuation"
 
 
-def _publish_raw(tenant: LabTenant, exchange: str, routing_key: str, body: bytes, user_id: str) -> None:
+def _publish_raw(
+    tenant: LabTenant, exchange: str, routing_key: str, body: bytes, user_id: str | None
+) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(tenant.url))
     channel = connection.channel()
     channel.confirm_delivery()

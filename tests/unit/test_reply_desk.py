@@ -12,15 +12,16 @@ from structlog.testing import capture_logs
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmState
-from evacuator.incident.ledger import ScheduledLedger
-from evacuator.incident.planner import PlannedMove
+from evacuator.incident.ledger import LedgerVm
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import RejectCode, ReplyPolicy
 from evacuator.lab.vms import domain_xml
 from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
 from notifiers.reply_acceptance import RejectedDelivery, TenantReply, route_delivery
+from notifiers.wire import WireRejectCode
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.incidents import opened
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
@@ -30,6 +31,7 @@ OLD_EVENT = "7d1b3a5f-1e6c-4c8f-9a4b-3c2d0e9f8a71"
 EVENT = "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"
 POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
 DEADLINE = T0 + timedelta(seconds=600)
+LATEST = T0 + timedelta(seconds=2400)
 
 
 class Desk:
@@ -40,9 +42,10 @@ class Desk:
         self.hypervisor.add_vm(xml, state=VmState.RUNNING)
         self.windows = FakeWindows()
         self.windows.open(VM, DEADLINE)
-        self.ledger = ScheduledLedger()
-        move = PlannedMove(vm_uuid=VM, vm_name="web", tenant="acme", window_seconds=600, deadline=DEADLINE)
-        self.ledger.record(event_id=EVENT, tenant="acme", severity=severity, opened_at=T0, moves=(move,))
+        latest = None if severity is Severity.FAILED else LATEST
+        self.ledger = opened([LedgerVm(vm_uuid=VM, vm_name="web", tenant="acme", deadline=DEADLINE,
+                                       latest_deadline=latest)],
+                             {"acme": EVENT}, severity=severity, opened_at=T0)  # fmt: skip
         self.notifier = RecordingNotifier(clock=lambda: T0)
         self.store = RecordingWindowStore()
         self.desk = ReplyDesk(
@@ -50,8 +53,9 @@ class Desk:
             window_store=self.store, policy=POLICY, clock=lambda: T0,
         )  # fmt: skip
 
-    def reply(self, reply: Reply, tenant: str = "acme") -> None:
-        self.desk.on_reply(TenantReply(tenant=tenant, host="hv1", reply=reply, message_id="m1"))
+    def reply(self, reply: Reply, tenant: str = "acme", *, broadcast: bool = False) -> None:
+        self.desk.on_reply(TenantReply(tenant=tenant, host="hv1", reply=reply, message_id="m1",
+                                       broadcast=broadcast))
 
     def deliver(
         self, body: bytes, *, user_id: str | None = "acme", routing_key: str = "acme.hv1"
@@ -77,13 +81,16 @@ class Desk:
         return [(kind, tenant, details.get("code")) for kind, tenant, details in self.notifier.sent]
 
 
-def test_ready_closes_the_window_now() -> None:
+def test_ready_closes_the_window_now_and_tells_the_tenant() -> None:
     desk = Desk()
     with capture_logs() as logs:
         desk.reply(ReadyReply(vm_uuid=VM, event_id=EVENT))
     assert desk.windows.expedited == [VM] and desk.windows.deadlines == {}
-    assert desk.notifier.sent == []
     assert {"event": "tenant_ready", "tenant": "acme", "vm_uuid": VM, "log_level": "info"} in logs
+    [(kind, tenant, details)] = desk.notifier.sent
+    assert (kind, tenant, details["cause"]) == ("evacuation_updated", "acme", "expedited")
+    [vm] = details["vms"]  # type: ignore[misc]
+    assert (vm.vm_uuid, vm.deadline, vm.latest_deadline) == (VM, T0, LATEST)
 
 
 def test_postpone_moves_the_window_and_tells_the_tenant_the_new_deadline() -> None:
@@ -92,7 +99,9 @@ def test_postpone_moves_the_window_and_tells_the_tenant_the_new_deadline() -> No
     assert desk.windows.postponed == [(VM, T0 + timedelta(seconds=900))]
     kind, tenant, details = desk.notifier.sent[0]
     assert (kind, tenant, details["cause"]) == ("evacuation_updated", "acme", "postponed")
-    assert details["moves"][0].deadline == T0 + timedelta(seconds=900)  # type: ignore[index]
+    [vm] = details["vms"]  # type: ignore[misc]
+    assert (vm.deadline, vm.latest_deadline) == (T0 + timedelta(seconds=900), LATEST), \
+        "the latest deadline is told again, unchanged"
 
 
 def test_postpone_beyond_the_cap_gets_the_cap() -> None:
@@ -156,12 +165,12 @@ def test_a_window_that_closed_since_the_desk_looked_is_no_longer_pending(reply: 
     assert (desk.windows.expedited, desk.windows.postponed, desk.windows.deadlines) == ([], [], {})
 
 
-def test_a_delivery_refused_before_parsing_is_answered_only_to_a_vouched_sender() -> None:
+def test_a_delivery_refused_before_parsing_is_answered_to_whom_the_broker_vouches_for() -> None:
     desk = Desk()
-    desk.desk.on_rejected(RejectedDelivery(reason="x", user_id=None, routing_key="acme.hv1", message_id=None))
+    desk.desk.on_rejected(RejectedDelivery(reason="x", user_id=None, routing_key="acme.all", message_id=None))
     desk.desk.on_rejected(
         RejectedDelivery(reason="body is not UTF-8 JSON", user_id="acme", routing_key="acme.hv1",
-                         message_id="m9", code="malformed_reply")
+                         message_id="m9", code=WireRejectCode.MALFORMED_REPLY, answer_to="acme")
     )  # fmt: skip
     assert desk.sent() == [("reply_rejected", "acme", "malformed_reply")]
 
@@ -207,8 +216,9 @@ def test_every_bad_delivery_is_a_documented_rejection(
         [refusal] = [e for e in logs if e["event"] == "reply_refused"]
         refused_code, detail = refusal["reason"], refusal["detail"]
     assert RejectCode(refused_code) is code and reason in detail
-    # The sender hears the code meant for tenants, when the broker vouches for who it is; nothing is done.
-    assert desk.sent() == ([] if user_id is None else [("reply_rejected", user_id, code.for_tenant)])
+    # The sender hears the code meant for tenants, the one the routing key names without a user_id (the
+    # broker lets only that tenant publish `acme.hv1`); nothing is done.
+    assert desk.sent() == [("reply_rejected", user_id or "acme", code.for_tenant)]
     assert desk.untouched()
 
 
@@ -217,3 +227,39 @@ def test_a_good_delivery_goes_all_the_way_to_a_new_deadline() -> None:
     desk.deliver(_body(postpone_seconds=60, event_id=EVENT))
     assert desk.windows.postponed == [(VM, T0 + timedelta(seconds=660))]
     assert desk.sent() == [("evacuation_updated", "acme", None)]
+
+
+# --- Replies routed to every host (`<tenant>.all`): registering without knowing the host ----------------
+
+
+def test_a_register_to_every_host_is_stored_by_the_host_holding_the_vm() -> None:
+    desk = Desk()
+    routed = desk.deliver(json.dumps({"schema_version": 1, "type": "register", "vm_uuid": VM,
+                                      "window_seconds": 900}).encode(), routing_key="acme.all")
+    assert isinstance(routed, TenantReply) and routed.broadcast
+    assert desk.store.stored == [(VM, 900)] and desk.sent() == []
+
+
+@pytest.mark.parametrize(
+    ("tenant", "vm_uuid"), [("mallory", VM), ("acme", "1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12")],
+    ids=["another_tenants_vm", "a_vm_elsewhere"],
+)
+def test_a_register_to_every_host_is_ignored_silently_by_the_other_hosts(tenant: str, vm_uuid: str) -> None:
+    desk = Desk()
+    with capture_logs() as logs:
+        desk.reply(RegisterReply(vm_uuid=vm_uuid, window_seconds=900), tenant=tenant, broadcast=True)
+    assert desk.sent() == [] and desk.untouched()
+    assert [e["event"] for e in logs] == ["reply_not_for_this_host"]
+
+
+def test_only_a_register_may_go_to_every_host() -> None:
+    desk = Desk()
+    desk.reply(ReadyReply(vm_uuid=VM, event_id=EVENT), broadcast=True)
+    assert desk.sent() == [("reply_rejected", "acme", "wrong_routing_key")] and desk.untouched()
+    assert "acme.hv1" in str(desk.notifier.sent[0][2]["reason"])
+
+
+def test_a_refused_delivery_to_every_host_is_answered_by_none() -> None:
+    desk = Desk()
+    desk.deliver(b"not json", routing_key="acme.all")
+    assert desk.sent() == []

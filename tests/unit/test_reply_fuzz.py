@@ -15,21 +15,23 @@ from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
-from evacuator.incident.ledger import ScheduledLedger
-from evacuator.incident.planner import PlannedMove
+from evacuator.incident.ledger import LedgerVm
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import RejectCode, ReplyPolicy
 from evacuator.lab.vms import domain_xml
 from monitors.verdicts import Severity
 from notifiers.messages import PostponeReply, ReadyReply, RegisterReply, Reply
 from notifiers.reply_acceptance import RejectedDelivery, TenantReply, route_delivery
+from notifiers.topology import is_word
 from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.incidents import opened
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
 T0 = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 VMS = ("0b5e1f0a-5c1e-4d2a-9a51-3f7f4c2d9e01", "1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12")
 EVENT = "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"
+OTHER_EVENT = "7d1b3a5f-1e6c-4c8f-9a4b-3c2d0e9f8a71"
 POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
 TENANTS = ("acme", "bravo", "", "acme.hv1", "Acme", "ACME", "a" * 300)
 FACTS = {VMS[0]: VmFacts(tenant="acme", window_seconds=60), VMS[1]: VmFacts(tenant="bravo")}
@@ -37,7 +39,7 @@ EXAMPLES = 10_000
 # Every event the desk may log; another name would be a change of the operators' vocabulary.
 DESK_EVENTS = frozenset({
     "reply_rejected", "reply_refused", "reply_rejection_not_sent", "tenant_ready", "tenant_postponed",
-    "tenant_window_registered", "window_not_stored",
+    "tenant_window_registered", "window_not_stored", "reply_not_for_this_host",
 })
 
 
@@ -97,9 +99,10 @@ def _sender(draw: st.DrawFn) -> tuple[str | None, str]:
     """(user_id, routing_key): mostly a real tenant on its own key, else anything."""
     if draw(st.integers(0, 4)) > 0:
         user = draw(st.sampled_from(["acme", "bravo"]))
-        return user, f"{user}.hv1"
+        return user, f"{user}.{draw(st.sampled_from(['hv1', 'hv1', 'hv1', 'all']))}"
     user_id = draw(st.none() | st.sampled_from(TENANTS) | st.text(max_size=20))
-    routing_key = draw(st.sampled_from(["acme.hv1", "bravo.hv1", "acme.hv2", "", "#", "acme.hv1.x"]))
+    routing_key = draw(st.sampled_from(["acme.hv1", "bravo.hv1", "acme.hv2", "", "#", "acme.hv1.x",
+                                         "acme.all", "bravo.all"]))
     return user_id, draw(st.just(routing_key) | st.text(max_size=20))
 
 
@@ -112,11 +115,10 @@ def _body(draw: st.DrawFn) -> bytes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Planned:
-    """One VM's evacuation as the desk may find it: told to its tenant or not, its window open or not."""
+    """One VM's evacuation as the desk may find it: in the open incident (`told`) or not, its window open or
+    not. The incident's severity and each tenant's event id are drawn apart (`Incident`)."""
 
-    told_event_id: str | None
     told: bool
-    severity: Severity
     planned_deadline: datetime
     deadline: datetime | None
     closes_behind: bool  # its timer fires between the desk's look and its change
@@ -131,13 +133,26 @@ def _planned(draw: st.DrawFn) -> Planned | None:
     if draw(st.integers(0, 4)) == 0:
         return None
     return Planned(
-        told_event_id=draw(st.sampled_from([EVENT, None])),
         told=draw(st.integers(0, 9)) > 0,
-        severity=draw(st.sampled_from(list(Severity))),
         planned_deadline=draw(_seconds(-100, 4000)),
         deadline=_mostly(draw, _seconds(-100, 8000), st.none()),
         closes_behind=draw(st.integers(0, 9)) == 0,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Incident:
+    """The open incident: how sick the host is, and the event id each tenant was told."""
+
+    severity: Severity
+    event_ids: dict[str, str]
+
+
+_incident = st.builds(
+    Incident, severity=st.sampled_from(list(Severity)),
+    event_ids=st.fixed_dictionaries({"acme": st.sampled_from([EVENT, OTHER_EVENT]),
+                                     "bravo": st.sampled_from([EVENT, OTHER_EVENT])}),
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -150,17 +165,15 @@ class World:
     desk: ReplyDesk
 
 
-def _world(plans: dict[str, Planned | None], store_fails: bool) -> World:
-    ledger, windows, store = ScheduledLedger(), FakeWindows(), RecordingWindowStore()
+def _world(incident: Incident, plans: dict[str, Planned | None], store_fails: bool) -> World:
+    windows, store = FakeWindows(), RecordingWindowStore()
+    told = [LedgerVm(vm_uuid=vm_uuid, vm_name="vm", tenant=FACTS[vm_uuid].tenant,
+                     deadline=plan.planned_deadline, latest_deadline=LATEST)
+            for vm_uuid, plan in plans.items() if plan is not None and plan.told]  # fmt: skip
+    ledger = opened(told, incident.event_ids, severity=incident.severity, opened_at=T0)
     for vm_uuid, plan in plans.items():
         if plan is None:
             continue
-        if plan.told:
-            owner = FACTS[vm_uuid].tenant or ""
-            move = PlannedMove(vm_uuid=vm_uuid, vm_name="vm", tenant=owner, window_seconds=60,
-                               deadline=plan.planned_deadline)  # fmt: skip
-            ledger.record(event_id=plan.told_event_id, tenant=owner, severity=plan.severity, opened_at=T0,
-                          moves=(move,))  # fmt: skip
         if plan.deadline is not None:
             windows.open(vm_uuid, plan.deadline)
         if plan.closes_behind:
@@ -173,20 +186,24 @@ def _world(plans: dict[str, Planned | None], store_fails: bool) -> World:
     return World(windows=windows, store=store, notifier=notifier, desk=desk)
 
 
+LATEST = T0 + timedelta(seconds=5000)  # what the scheduled notice said; never the desk's to change
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
     body=_body(),
     sender=_sender(),
     message_id=st.none() | st.text(max_size=8),
+    incident=_incident,
     plans=st.fixed_dictionaries({vm_uuid: _planned() for vm_uuid in VMS}),
     store_fails=st.integers(0, 19).map(lambda n: n == 0),
 )
 def test_random_deliveries_down_the_production_reply_path(
-    body: bytes, sender: tuple[str | None, str], message_id: str | None, plans: dict[str, Planned | None],
-    store_fails: bool,
+    body: bytes, sender: tuple[str | None, str], message_id: str | None, incident: Incident,
+    plans: dict[str, Planned | None], store_fails: bool,
 ) -> None:  # fmt: skip
     user_id, routing_key = sender
-    world = _world(plans, store_fails)
+    world = _world(incident, plans, store_fails)
     # As ReplyConsumer._on_message: route the delivery, then hand it to the desk's matching handler.
     routed = route_delivery(host="hv1", user_id=user_id, routing_key=routing_key, body=body,
                             message_id=message_id)  # fmt: skip
@@ -197,16 +214,37 @@ def test_random_deliveries_down_the_production_reply_path(
             world.desk.on_reply(routed)
     events = [entry["event"] for entry in logs]
     assert set(events) <= DESK_EVENTS
-    refusals = _check_refusals(world, user_id, message_id)
-    actions = _check_actions(world, routed, user_id, routing_key, plans, logs)
-    # Exactly one answer or one action for a sender the broker vouches for, and none for another.
-    assert len(refusals) + len(actions) == (1 if user_id else 0)
+    answered = _answered_to(routed, routing_key)
+    refusals = _check_refusals(world, answered, routing_key, message_id)
+    actions = _check_actions(world, routed, user_id, routing_key, incident, plans, logs)
+    # Exactly one answer or one action for whom the broker vouches for, and none for anybody else.
+    assert len(refusals) + len(actions) == (1 if answered else 0)
     assert not refusals or {"reply_refused", "reply_rejected"} & set(events)
     event(refusals[0] if refusals else actions[0] if actions else "silence")
 
 
-def _check_refusals(world: World, user_id: str | None, message_id: str | None) -> list[str]:
-    """Every refusal is a documented code, answered to the vouched sender about the message it sent."""
+def _answered_to(routed: TenantReply | RejectedDelivery, routing_key: str) -> str | None:
+    """Whom the desk must answer (with a refusal, or by acting): a vouched sender, the tenant the routing key
+    names when the broker vouched for none, and, for a reply routed to every host, only the owner of a VM
+    on this host."""
+    if isinstance(routed, RejectedDelivery):
+        tenant, _, to = routing_key.partition(".")
+        if to == "all":
+            assert routed.answer_to is None
+        elif routed.user_id:
+            assert routed.answer_to == routed.user_id
+        else:
+            # Without a user_id: the tenant `<tenant>.hv1` names, as only its user may publish that key.
+            assert routed.answer_to == (tenant if to == "hv1" and is_word(tenant) else None)
+        return routed.answer_to
+    owner = FACTS[routed.reply.vm_uuid].tenant if routed.reply.vm_uuid in FACTS else None
+    return routed.tenant if not routed.broadcast or owner == routed.tenant else None
+
+
+def _check_refusals(
+    world: World, answered: str | None, routing_key: str, message_id: str | None
+) -> list[str]:
+    """Every refusal is a documented code, answered to whom it must be, about the message it sent."""
     codes = []
     for kind, tenant, details in world.notifier.sent:
         assert kind in ("reply_rejected", "evacuation_updated")
@@ -214,9 +252,12 @@ def _check_refusals(world: World, user_id: str | None, message_id: str | None) -
             continue
         code = RejectCode(str(details["code"]))  # raises for a code that is not documented
         assert code is not RejectCode.NOT_OWNER, "another tenant's VM must look unknown"
-        assert user_id and tenant == user_id and details["reason"] and details["in_reply_to"] == message_id
+        assert answered and tenant == answered and details["reason"] and details["in_reply_to"] == message_id
+        assert routing_key.split(".")[1:] != ["all"] or code in (
+            RejectCode.WRONG_ROUTING_KEY, RejectCode.REFUSED_REPLY), \
+            "to every host: refused only by the owner's host, for the way it came or a window not stored"
         vm_uuid = details["vm_uuid"]
-        if vm_uuid in FACTS and FACTS[vm_uuid].tenant != user_id:  # no probing: the words of an unknown VM
+        if vm_uuid in FACTS and FACTS[vm_uuid].tenant != tenant:  # no probing: the words of an unknown VM
             assert (code, details["reason"]) == (RejectCode.UNKNOWN_VM, "no such VM on this host")
         codes.append(code.value)
     return codes
@@ -224,28 +265,33 @@ def _check_refusals(world: World, user_id: str | None, message_id: str | None) -
 
 def _check_actions(
     world: World, routed: TenantReply | RejectedDelivery, user_id: str | None, routing_key: str,
-    plans: dict[str, Planned | None], logs: Sequence[Mapping[str, Any]],
+    incident: Incident, plans: dict[str, Planned | None], logs: Sequence[Mapping[str, Any]],
 ) -> list[str]:  # fmt: skip
-    """Anything acted upon came from the owner, on its own routing key, about its own VM, within the caps."""
+    """Anything acted upon came from the owner, on its own routing key (a register: or to every host), about
+    its own VM, within the caps; the tenant hears the new deadline of each window changed."""
     windows = world.windows
     acted = [("expedite", vm) for vm in windows.expedited] + [("postpone", vm) for vm, _ in windows.postponed]
     acted += [("register", vm) for vm, _ in world.store.stored]
     updates = [(to, d) for kind, to, d in world.notifier.sent if kind == "evacuation_updated"]
-    assert len(updates) == len(windows.postponed), "the tenant hears of each postpone, and only of one"
+    assert len(updates) == len(windows.postponed) + len(windows.expedited), "one update per window changed"
     if not acted:
         return []
-    assert isinstance(routed, TenantReply) and user_id and routing_key == f"{user_id}.hv1"
-    [(_, vm_uuid)] = acted
+    assert isinstance(routed, TenantReply) and user_id
+    [(kind, vm_uuid)] = acted
+    assert routing_key == f"{user_id}.hv1" or (kind == "register" and routing_key == f"{user_id}.all")
     assert routed.tenant == user_id and routed.reply.vm_uuid == vm_uuid
     assert FACTS[vm_uuid].tenant == user_id
     reply = routed.reply
     events = {entry["event"]: entry for entry in logs}
     if windows.expedited:
-        _pending(plans[vm_uuid], reply)
+        _pending(incident, plans[vm_uuid], reply, user_id)
         assert isinstance(reply, ReadyReply) and "tenant_ready" in events
+        [(to, update)] = updates
+        assert to == user_id and update["cause"] == "expedited"
+        assert [(vm.deadline, vm.latest_deadline) for vm in update["vms"]] == [(T0, LATEST)]  # type: ignore[attr-defined]
     for _, deadline in windows.postponed:
-        plan = _pending(plans[vm_uuid], reply)
-        assert plan.deadline is not None and plan.severity is not Severity.FAILED
+        plan = _pending(incident, plans[vm_uuid], reply, user_id)
+        assert plan.deadline is not None and incident.severity is not Severity.FAILED
         cap = timedelta(seconds=POLICY.max_postpone_seconds)
         assert plan.deadline < deadline <= plan.planned_deadline + cap
         assert deadline <= T0 + timedelta(seconds=POLICY.severe_hard_limit_seconds)
@@ -254,18 +300,19 @@ def _check_actions(
         assert told["granted_seconds"] == (deadline - plan.deadline).total_seconds()
         assert 0 < told["granted_seconds"] <= told["requested_seconds"] == reply.postpone_seconds
         [(to, update)] = updates
-        assert to == user_id and [m.deadline for m in update["moves"]] == [deadline]  # type: ignore[attr-defined]
+        assert to == user_id and update["cause"] == "postponed"
+        assert [(vm.deadline, vm.latest_deadline) for vm in update["vms"]] == [(deadline, LATEST)]  # type: ignore[attr-defined]
     for _, window_seconds in world.store.stored:
         assert isinstance(reply, RegisterReply) and "tenant_window_registered" in events
         assert 0 <= window_seconds == min(reply.window_seconds, POLICY.max_window_seconds)
     return [kind for kind, _ in acted]
 
 
-def _pending(plan: Planned | None, reply: Reply) -> Planned:
-    """The VM's evacuation was pending (told, window open and still there) and its deadline not yet reached;
-    the reply named the told event, or none."""
+def _pending(incident: Incident, plan: Planned | None, reply: Reply, tenant: str) -> Planned:
+    """The VM's evacuation was pending (in the incident, window open and still there) and its deadline not yet
+    reached; the reply named the event its tenant was told, or none."""
     assert plan is not None and plan.told and plan.deadline is not None and not plan.closes_behind
     assert plan.deadline > T0
     assert isinstance(reply, ReadyReply | PostponeReply)
-    assert reply.event_id in (None, plan.told_event_id) or plan.told_event_id is None
+    assert reply.event_id in (None, incident.event_ids[tenant])
     return plan

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
-from evacuator.incident.ledger import ScheduledLedger
+from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -34,6 +34,7 @@ from tests.fakes.timers import ManualTimers
 from tests.fakes.windows import FakeWindows, RecordingWindowStore
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
 HOT = Reason(
     source="hwmon", sensor="coretemp/temp1", value=97.0, threshold=90.0, unit="celsius", message="hot"
 )
@@ -70,13 +71,18 @@ def ticking_clock() -> Callable[[], datetime]:
 
 
 class World:
-    def __init__(self, journal_path: Path) -> None:
-        self.source = FakeHypervisor(name="host-a")
-        self.destination = FakeHypervisor(name="host-b")
-        self.timers = ManualTimers()
+    def __init__(
+        self, journal_path: Path, timers: ManualTimers | None = None,
+        hosts: tuple[FakeHypervisor, FakeHypervisor] | None = None,
+    ) -> None:  # fmt: skip
+        self.journal_path = journal_path
+        self.source, self.destination = hosts or (FakeHypervisor(name="host-a"),
+                                                  FakeHypervisor(name="host-b"))
+        self.timers = timers or ManualTimers()
         self.notifier = RecordingNotifier(clock=lambda: T0)
         self.mover = FakeMover(self.source, self.destination)
         self.journal = Journal(journal_path)
+        self.ledger = IncidentLedger(journal_path.with_name("incident.sqlite"))
         self.engine = assemble_engine(
             EngineConfig(host="host-a", peers=("host-b",), move_attempts=1),
             MigrationTimings(shutdown_timeout_seconds=1),
@@ -87,11 +93,23 @@ class World:
             config=ServiceConfig(
                 host="host-a", peers=("host-b",),
                 window_policy=WindowPolicy(default_window_seconds=600, max_window_seconds=3600),
+                reply_policy=POLICY,
             ),
             hypervisor=self.source, notifier=self.notifier, timers=self.timers, engine=self.engine,
-            clock=lambda: T0,
+            ledger=self.ledger, clock=lambda: T0,
         )  # fmt: skip
         self.uuids: dict[str, str] = {}
+
+    def restart(self, timers: ManualTimers) -> World:
+        """This daemon stopped and started again on the same state (journal, ledger) and hosts, with the
+        timers its store kept (`timers`, which a test fills as the store would have)."""
+        self.service.stop()
+        self.journal.close()
+        self.ledger.close()
+        again = World(self.journal_path, timers=timers, hosts=(self.source, self.destination))
+        again.uuids = dict(self.uuids)
+        again.service.start()
+        return again
 
     def add_vm(self, name: str, tenant: str | None, window: int | None) -> str:
         self.source.add_volume("evacuator", f"{name}.raw", capacity_bytes=4096, data=name.encode())
@@ -125,6 +143,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     yield w
     w.service.stop()
     w.journal.close()
+    w.ledger.close()
 
 
 def test_severe_verdict_notifies_each_tenant_and_opens_a_timer_per_vm(world: World) -> None:
@@ -194,17 +213,10 @@ def test_completed_lists_the_failed_vm(world: World) -> None:
 
 
 def _reply_desk(world: World) -> ReplyDesk:
-    """The desk as the wiring builds it, changing windows through the service; its ledger holds what the
-    scheduled notices said (the TenantNotifier fills it in the daemon)."""
-    ledger = ScheduledLedger()
-    for kind, tenant, details in world.notifier.sent:
-        if kind == "evacuation_scheduled":
-            told, moves = details["verdict"], details["moves"]
-            assert isinstance(told, HostVerdict) and isinstance(moves, tuple)
-            ledger.record(event_id=None, tenant=tenant, severity=told.severity, opened_at=T0, moves=moves)
-    policy = ReplyPolicy(max_postpone_seconds=1800, severe_hard_limit_seconds=3600, max_window_seconds=3600)
-    return ReplyDesk(hypervisor=world.source, windows=world.service, ledger=ledger, notifier=world.notifier,
-                     window_store=RecordingWindowStore(), policy=policy, clock=lambda: T0)  # fmt: skip
+    """The desk as the wiring builds it: windows changed through the service, the service's ledger."""
+    return ReplyDesk(hypervisor=world.source, windows=world.service, ledger=world.ledger,
+                     notifier=world.notifier, window_store=RecordingWindowStore(), policy=POLICY,
+                     clock=lambda: T0)  # fmt: skip
 
 
 def _ready(tenant: str, vm_uuid: str) -> TenantReply:
@@ -298,3 +310,126 @@ def test_incident_closes_when_healthy_and_a_new_spell_plans_again(world: World) 
     world.add_vm("api", "acme", 60)
     world.service.on_verdict(verdict(Severity.SEVERE))
     assert world.kinds().count(("evacuation_scheduled", "acme")) == 2
+
+
+# --- Restarts: the open incident is carried on from the ledger ------------------------------------------
+
+
+def _carried(timers: ManualTimers) -> ManualTimers:
+    """The timers a persistent store hands back after a restart: the same deadlines."""
+    again = ManualTimers()
+    for key, at in timers.pending().items():
+        again.schedule(key, at)
+    return again
+
+
+def _scheduled(world: World) -> list[dict[str, object]]:
+    return [details for kind, _, details in world.notifier.sent if kind == "evacuation_scheduled"]
+
+
+def test_a_restart_mid_window_carries_on_the_incident_and_tells_nobody_twice(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web, db = world.add_vm("web", "acme", 600), world.add_vm("db", "acme", 300)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    [told] = _scheduled(world)
+    assert world.service.postpone(db, T0 + timedelta(seconds=900)) is WindowChange.APPLIED
+    again = world.restart(_carried(world.timers))
+    for _ in range(3):
+        again.service.on_verdict(verdict(Severity.SEVERE))
+    assert again.notifier.sent == [], "no second scheduled notice, nor anything else"
+    assert again.timers.pending() == {web: T0 + timedelta(seconds=600), db: T0 + timedelta(seconds=900)}
+    assert again.ledger.event_for("acme") == told["event_id"]
+    # The tenant's ready naming the first notice's event moves one VM at once.
+    desk = _reply_desk(again)
+    desk.on_reply(TenantReply(tenant="acme", host="host-a", message_id=None,
+                              reply=ReadyReply(vm_uuid=web, event_id=str(told["event_id"]))))
+    again.wait_moved(1)
+    assert again.mover.moved == [web]
+    kinds = [kind for kind, _ in again.kinds()]
+    assert {"evacuation_updated", "evacuation_started"} <= set(kinds) and "reply_rejected" not in kinds
+    again.service.stop()
+
+
+def test_timers_lost_in_a_crash_come_back_at_the_ledgers_deadlines(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web, db = world.add_vm("web", "acme", 600), world.add_vm("db", "beta", 300)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.service.postpone(db, T0 + timedelta(seconds=700))
+    with capture_logs() as logs:
+        again = world.restart(ManualTimers())  # the store lost both (or never had them)
+    assert again.timers.pending() == {web: T0 + timedelta(seconds=600), db: T0 + timedelta(seconds=700)}
+    assert [e["vm_uuid"] for e in logs if e["event"] == "evacuation_window_restored"] == [db, web]
+    assert again.notifier.sent == []
+    again.service.stop()
+
+
+def test_a_ready_journaled_just_before_a_crash_still_moves_the_vm_now(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web = world.add_vm("web", "acme", 600)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    record = world.ledger.get(web)
+    assert record is not None
+    world.ledger.reschedule(record, T0)  # what expedite journals before it fires the timer: then the crash
+    again = world.restart(_carried(world.timers))
+    assert again.timers.pending() == {web: T0}
+    again.timers.advance(T0)
+    again.wait_moved(1)
+    assert again.mover.moved == [web]
+    again.service.stop()
+
+
+def test_a_scheduled_notice_never_handed_over_goes_out_after_a_restart_unchanged(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web = world.add_vm("web", "acme", 600)
+
+    world.notifier.refuse("evacuation_scheduled", RuntimeError("the outbox is closed"))  # nothing stored
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    record = world.ledger.get(web)
+    assert record is not None and world.notifier.sent == []
+    again = world.restart(_carried(world.timers))
+    [told] = _scheduled(again)
+    assert told["event_id"] == record.event_id
+    [vm] = told["vms"]  # type: ignore[misc]
+    assert (vm.deadline, vm.latest_deadline) == (T0 + timedelta(seconds=600), T0 + timedelta(seconds=2400))
+    third = again.restart(_carried(again.timers))
+    assert third.notifier.sent == [], "handed over once: not again at the next restart"
+    third.service.stop()
+
+
+def test_the_tenant_hears_completed_once_across_a_restart(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web, db = world.add_vm("web", "acme", 60), world.add_vm("db", "acme", 120)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    world.timers.advance(T0 + timedelta(seconds=60))
+    world.wait_moved(1)
+    again = world.restart(_carried(world.timers))
+    again.timers.advance(T0 + timedelta(seconds=120))
+    again.wait_moved(2)
+    deadline = time.monotonic() + 5
+    while ("evacuation_completed", "acme") not in again.kinds() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [completed] = [d for kind, _, d in again.notifier.sent if kind == "evacuation_completed"]
+    assert sorted(completed["moved"]) == sorted([web, db])  # type: ignore[arg-type]
+    assert ("evacuation_completed", "acme") not in world.kinds()
+    again.service.stop()
+
+
+def test_a_host_that_recovered_while_down_still_moves_what_its_tenants_were_promised(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web = world.add_vm("web", "acme", 60)
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    again = world.restart(_carried(world.timers))
+    again.service.on_verdict(verdict(Severity.HEALTHY))
+    assert again.ledger.open_incident() is not None, "open while its windows run"
+    again.timers.advance(T0 + timedelta(seconds=60))
+    again.wait_moved(1)
+    assert again.mover.moved == [web]
+    again.service.on_verdict(verdict(Severity.HEALTHY))
+    assert again.ledger.open_incident() is None
+    again.service.stop()

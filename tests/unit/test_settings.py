@@ -91,6 +91,15 @@ def test_a_peer_that_is_this_host_is_refused() -> None:
         parse_settings(text, Path("self.yaml"))
 
 
+@pytest.mark.parametrize("text", [
+    "host: {name: all}\npeers: [{name: hv-02, libvirt_uri: 'qemu:///system'}]\n",
+    "host: {name: hv-01}\npeers: [{name: all, libvirt_uri: 'qemu:///system'}]\n",
+], ids=["this_host", "a_peer"])  # fmt: skip
+def test_no_host_may_be_named_as_the_replies_to_every_host(text: str) -> None:
+    with pytest.raises(ConfigError, match="'all' is reserved"):
+        parse_settings(text, Path("all.yaml"))
+
+
 def test_broker_password_never_appears_in_an_error() -> None:
     text = MINIMAL + "broker: {url: 'http://svc:s3cr3t-pw@mq/'}\n"
     with pytest.raises(ConfigError) as caught:
