@@ -106,11 +106,10 @@ class Service:
             )
         plan = plan_evacuation(self._hypervisor.list_vms(), policy, now)
         log.info("evacuation_planned", host=self._config.host, vm_count=len(plan.moves))
-        # A failed host must not get its VMs back: a rollback restarts them on the source only if sub-healthy.
-        self._engine.plan(plan.moves, may_restart_on_source=verdict.severity is not Severity.FAILED)
         incident = Incident(incident_id=str(uuid.uuid4()), severity=verdict.severity,
                             reasons=verdict.reasons, opened_at=now)
-        # The ledger first: it is what a restart carries on from, with the event ids the tenants will name.
+        # The ledger first: it is what a restart carries on from (journaling the moves again if need be),
+        # with the event ids the tenants will name.
         self._ledger.open(
             incident,
             [LedgerVm(vm_uuid=m.vm_uuid, vm_name=m.vm_name, tenant=m.tenant, deadline=m.deadline,
@@ -120,6 +119,8 @@ class Service:
         self._incident = incident
         log.info("incident_opened", host=self._config.host, incident_id=incident.incident_id,
                  severity=str(incident.severity))
+        # A failed host must not get its VMs back: a rollback restarts them on the source only if sub-healthy.
+        self._engine.plan(plan.moves, may_restart_on_source=verdict.severity is not Severity.FAILED)
         for move in plan.moves:
             self._timers.schedule(move.vm_uuid, move.deadline)
             log.info("evacuation_window_opened", vm_uuid=move.vm_uuid, tenant=move.tenant,
@@ -167,6 +168,9 @@ class Service:
                  severity=str(incident.severity), opened_at=incident.opened_at.isoformat(),
                  vm_count=len(records))  # fmt: skip
         timers = self._timers.pending()
+        unjournaled = [r for r in records if r.outcome is None and self._engine.record(r.vm_uuid) is None]
+        if unjournaled:  # the process died between the ledger and the journal
+            self._engine.plan(unjournaled, may_restart_on_source=incident.severity is not Severity.FAILED)
         for record in records:
             move = self._engine.record(record.vm_uuid)
             if record.outcome is not None or move is None or move.state not in PENDING \

@@ -62,7 +62,8 @@ def build_incident(
         publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
         events=ledger, answers_replies=True,
     )  # fmt: skip
-    timers = ApschedulerTimers(settings.state_dir / "timers.sqlite")
+    # Timers live in memory, scheduled again from the ledger at start; an older version's store is taken over.
+    timers = ApschedulerTimers(legacy_store=settings.state_dir / "timers.sqlite")
     service = Service(
         config=ServiceConfig(
             host=host.name,

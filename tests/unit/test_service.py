@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
-from evacuator.incident.ledger import IncidentLedger
+from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -24,6 +24,7 @@ from evacuator.lab.vms import domain_xml
 from evacuator.migrate.factory import MigrationTimings
 from evacuator.moves.attempts import EngineConfig
 from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState
 from evacuator.wiring.moves import assemble_engine
 from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers.messages import ReadyReply
@@ -432,4 +433,27 @@ def test_a_host_that_recovered_while_down_still_moves_what_its_tenants_were_prom
     assert again.mover.moved == [web]
     again.service.on_verdict(verdict(Severity.HEALTHY))
     assert again.ledger.open_incident() is None
+    again.service.stop()
+
+
+def test_a_crash_between_the_ledger_and_the_journal_journals_the_moves_at_restart(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite")
+    world.service.start()
+    web = world.add_vm("web", "acme", 600)
+    incident = Incident(incident_id="i-1", severity=Severity.SEVERE, reasons=(HOT,), opened_at=T0)
+    # What _open_incident writes first; the process dies before the journal and the timers.
+    world.ledger.open(incident, [LedgerVm(vm_uuid=web, vm_name="web", tenant="acme",
+                                          deadline=T0 + timedelta(seconds=600), latest_deadline=None)],
+                      {"acme": "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"})  # fmt: skip
+    assert world.engine.record(web) is None
+    again = world.restart(ManualTimers())
+    record = again.engine.record(web)
+    assert record is not None and record.state is MoveState.NOTIFIED
+    assert record.deadline == T0 + timedelta(seconds=600)
+    assert again.timers.pending() == {web: T0 + timedelta(seconds=600)}
+    [told] = _scheduled(again)
+    assert told["event_id"] == "6c0a2f4e-0d5b-4b7e-8f3a-2b1c9d8e7f60"
+    again.timers.advance(T0 + timedelta(seconds=600))
+    again.wait_moved(1)
+    assert again.mover.moved == [web]
     again.service.stop()
