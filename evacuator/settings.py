@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,9 +27,32 @@ def _not_broadcast(name: str) -> str:
 _NAME = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
                   AfterValidator(_not_broadcast)]
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+
+
+def _address(value: str) -> str:
+    """An IP address or a DNS name, nothing more (no port, no scheme): the message never echoes the value."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _DNS_NAME.match(value):
+            raise ValueError("expected an IP address or a host name (no port, no scheme)") from None
+    return value
+
+
+# An address on the migration network: resolving a name is the data channel's job at start-up.
+_ADDRESS = Annotated[str, AfterValidator(_address)]
+# A broker user name as RabbitMQ takes it on the command line and in user_id: no spaces or controls.
+_BROKER_USER = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@+=-]+$")]
+# Where a peer's libvirt_uri names no host (qemu:///system, a unix socket), the peer is this machine.
+_LOOPBACK = ("127.0.0.1", "::1")
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError's text never echoes what was given (the whole file, with its
+    # passwords, for a model-level error); parse_settings' own messages do not either.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class HostSettings(_Strict):
@@ -35,6 +61,9 @@ class HostSettings(_Strict):
     name: _NAME
     libvirt_uri: str = "qemu:///system"
     storage_pool: str = "evacuator"
+    # This host's address on the migration network: where peers reach its data channel, and the address
+    # that channel listens on unless data_channel.listen_address says otherwise.
+    migration_address: _ADDRESS | None = None
 
 
 class PeerSettings(_Strict):
@@ -43,6 +72,28 @@ class PeerSettings(_Strict):
     name: _NAME
     libvirt_uri: str
     storage_pool: str = "evacuator"
+    # The peer's address on the migration network: where it connects from, and where its data channel
+    # listens. None: the host its libvirt_uri names.
+    migration_address: _ADDRESS | None = None
+    # The peer daemon's own broker user, the user_id its messages carry; None: host.<name> (tenant names
+    # hold no dot, so a host's user never collides with a tenant's).
+    broker_user: _BROKER_USER | None = None
+
+    @property
+    def user(self) -> str:
+        """The broker user the peer's daemon is: `broker_user`, or `host.<name>`."""
+        return self.broker_user if self.broker_user is not None else f"host.{self.name}"
+
+    @property
+    def address(self) -> str | None:
+        """Where this peer connects from: `migration_address`, else its libvirt_uri's host, else None (the
+        URI names no host: the peer runs on this machine)."""
+        if self.migration_address is not None:
+            return self.migration_address
+        try:
+            return urlsplit(self.libvirt_uri).hostname
+        except ValueError:
+            return None
 
 
 class EvacuationSettings(_Strict):
@@ -66,6 +117,9 @@ class EvacuationSettings(_Strict):
     # cap), and whether max_incoming_moves_per_peer holds for all sources together, not each on its own.
     max_total_transfers: int | None = Field(default=None, ge=1)
     incoming_caps_cloud_wide: bool = False
+    # How long a move waits for a cloud-wide slot before it goes ahead without one (a failed host's move:
+    # 2 s at most), so a host holding the slots delays the others' evacuations and never stalls them.
+    cloud_slot_max_wait_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> EvacuationSettings:
@@ -86,15 +140,22 @@ class DataChannelSettings(_Strict):
     when a peer's daemon does not take a copy."""
 
     enabled: bool = True
-    listen_address: str = Field(default="0.0.0.0", min_length=1, max_length=255)
+    # None: host.migration_address (one of the two must be set while the channel is on: never every
+    # interface by default).
+    listen_address: _ADDRESS | None = None
     # 0: any free port (tickets name the port; a firewall wants a fixed one).
     port: int = Field(default=16529, ge=0, le=65535)
-    # Where peers reach this host's channel; None: the address they reach its libvirt at.
+    # Where peers reach this host's channel; None: host.migration_address, else the address they reach its
+    # libvirt at.
     advertise_address: str | None = Field(default=None, min_length=1, max_length=255)
-    # "auto": copies go as libvirt reaches each peer, TLS unless its libvirt_uri is clear text (qemu+tcp);
     # "tls": always TLS, and this host takes none in clear; "none": clear text wherever the peer allows, for
-    # a trusted migration network only. The copy's digest checks every byte end to end either way.
-    encryption: Encryption = "auto"
+    # a trusted migration network only; "auto" (kept for older files): TLS unless the peer's libvirt_uri is
+    # clear text (qemu+tcp), and this host takes clear text too. The copy's digest checks every byte end to
+    # end either way.
+    encryption: Encryption = "tls"
+    # The addresses this channel takes connections from; None: each peer's migration_address, else the
+    # host of its libvirt_uri (Settings.data_channel_allowed_addresses).
+    allow_from: list[_ADDRESS] | None = Field(default=None, min_length=1)
     stall_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_transfers: int = Field(default=4, ge=1, le=64)
 
@@ -126,43 +187,134 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _peers_are_others(self) -> Settings:
+        # The messages name positions, never values: a model-level error must not echo the file.
         names = [p.name for p in self.peers]
         if self.host.name in names:
-            raise ValueError(f"peers must not include this host ({self.host.name})")
+            index = names.index(self.host.name)
+            raise ValueError(f"peers[{index}].name is host.name: peers must not include this host")
         if len(set(names)) != len(names):
             raise ValueError("peer names must be unique")
+        users = [p.user for p in self.peers]
+        if len(set(users)) != len(users):
+            raise ValueError("peers' broker users (broker_user, default host.<name>) must be unique: a "
+                             "message's user_id names exactly one peer")  # fmt: skip
         return self
 
+    @model_validator(mode="after")
+    def _channel_has_an_address(self) -> Settings:
+        if self.data_channel.enabled and self.data_channel_listen_address() is None:
+            raise ValueError(
+                "data_channel.listen_address or host.migration_address must be set while data_channel is "
+                "enabled: the channel listens on this host's migration network address only (never on every "
+                "interface by default, where anyone could reach it); or set data_channel.enabled: false"
+            )
+        return self
 
-# Fields whose value may hold a credential: an error names them but never echoes what was given.
-_SECRET_FIELDS = frozenset({"url", "password", "libvirt_uri"})
+    def data_channel_listen_address(self) -> str | None:
+        """Where the data channel listens: data_channel.listen_address, else host.migration_address (None only
+        while the channel is disabled)."""
+        return self.data_channel.listen_address or self.host.migration_address
+
+    def data_channel_advertise_address(self) -> str | None:
+        """Where peers reach the data channel: data_channel.advertise_address, else host.migration_address;
+        None: the address their libvirt_uri names for this host."""
+        return self.data_channel.advertise_address or self.host.migration_address
+
+    def data_channel_allowed_addresses(self) -> tuple[str, ...]:
+        """The addresses (or names, resolved by the channel at start-up) the data channel takes connections
+        from, in order, without repeats: data_channel.allow_from, else each peer's address
+        (PeerSettings.address), loopback for a peer whose libvirt_uri names no host."""
+        if self.data_channel.allow_from is not None:
+            return tuple(dict.fromkeys(self.data_channel.allow_from))
+        found: list[str] = []
+        for peer in self.peers:
+            address = peer.address
+            found.extend(_LOOPBACK if address is None else (address,))
+        return tuple(dict.fromkeys(found))
+
+
+# An unknown key is named in an error only when it looks like a field name (ours are all snake_case): a key
+# that does not may be a value typed where a key was meant (`{amqp://user:PASSWORD@mq}` is a mapping).
+_FIELD_LIKE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path or "(top level)"
 
 
 def _describe(error: ValidationError, path: Path) -> str:
+    """One line per error: the field's path and what was expected, never the value given (any field may
+    hold a secret, or be the neighbour of one in a model-level error's input)."""
     lines = [f"{path}: invalid settings"]
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        loc = item["loc"]
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field")
-        elif _SECRET_FIELDS & {str(part) for part in item["loc"]}:
-            lines.append(f"  {field}: {item['msg']}")
-        else:
-            lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+            key = str(loc[-1]) if loc else ""
+            if _FIELD_LIKE.match(key):
+                lines.append(f"  {_field_path(loc)}: unknown field")
+            else:
+                where = _field_path(loc[:-1]) if len(loc) > 1 else "(top level)"
+                lines.append(f"  {where}: an unknown field whose name is not shown (not a field name: it may "
+                             "hold a secret)")  # fmt: skip
+            continue
+        message = item["msg"].removeprefix("Value error, ")  # our validators' own words, said plainly
+        lines.append(f"  {_field_path(loc)}: {message}")
     return "\n".join(lines)
 
 
+# What went wrong, by PyYAML's error class, in our words: its own problem texts quote pieces of the input.
+_YAML_KINDS: dict[type[yaml.YAMLError], str] = {
+    yaml.scanner.ScannerError: "a token cannot be read here: an unclosed quote, a bad escape, a tab, or a "
+    "character that cannot start a value?",
+    yaml.parser.ParserError: "the structure breaks here: an unclosed bracket, brace or quote, or a wrong "
+    "indentation?",
+    yaml.composer.ComposerError: "an alias (*name) or anchor (&name) is wrong",
+    yaml.constructor.ConstructorError: "a tag (!name) or a key that cannot be read: write plain values",
+}
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str, path: Path) -> str:
+    """The file, line and column only: PyYAML's own message quotes the line (`password: {S3cret...`), and
+    its problem texts quote tags, aliases and characters of the input."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        kind = next((why for cls, why in _YAML_KINDS.items() if isinstance(exc, cls)), "a syntax error")
+        where = _position(exc.problem_mark)
+        if exc.context_mark is not None and exc.context_mark.line != exc.problem_mark.line:
+            where += f" (in what starts at {_position(exc.context_mark)})"
+        return f"{path}: not valid YAML at {where}: {kind}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return f"{path}: not valid YAML at line {line}, column {column}: a character YAML does not allow"
+    return f"{path}: not valid YAML"
+
+
 def parse_settings(text: str, path: Path) -> Settings:
-    """Validate YAML text; `path` only names the source in error messages."""
+    """Validate YAML text; `path` only names the source in error messages, which never echo a value."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(_yaml_error(exc, text, path)) from None
+    except (ValueError, OverflowError, RecursionError):
+        # A date that does not exist (2024-13-01), an integer of thousands of digits, nesting thousands deep.
+        raise ConfigError(f"{path}: not valid YAML: a value that cannot be read (an impossible date, a "
+                          "number too long, or nesting too deep)") from None  # fmt: skip
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from exc
+        raise ConfigError(_describe(exc, path)) from None
 
 
 def load_settings(path: Path) -> Settings:
@@ -170,4 +322,6 @@ def load_settings(path: Path) -> Settings:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
     return parse_settings(text, path)

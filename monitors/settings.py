@@ -14,7 +14,8 @@ from monitors.temperature_rule import TemperatureRule
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError's text never echoes what was given (a password, say).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class TemperatureSettings(_Strict):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -32,12 +33,41 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def blocking_connection_factory(settings: BrokerSettings, *, connection_name: str) -> ConnectionFactory:
-    """A factory for connections named `connection_name` (shown by `rabbitmqctl list_connections`)."""
+def broker_password(settings: BrokerSettings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The password `password_file` (its first line, trimmed) or `password_env` gives, read now; None when
+    neither is set (the URL's own password, if any, is used). A missing or unreadable file, or an unset or
+    empty variable, raises BrokerUnavailable naming the file or the variable, never the password."""
+    if settings.password_file is not None:
+        path = settings.password_file
+        try:
+            with path.open(encoding="utf-8") as file:
+                password = file.readline().strip()  # as the IPMI password_file: first line, trimmed
+        except OSError as exc:
+            raise BrokerUnavailable(f"broker.password_file {path}: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise BrokerUnavailable(f"broker.password_file {path}: not UTF-8 text") from None
+        if not password:
+            raise BrokerUnavailable(f"broker.password_file {path}: its first line is empty")
+        return password
+    if settings.password_env is not None:
+        password = (os.environ if environ is None else environ).get(settings.password_env, "")
+        if not password:
+            raise BrokerUnavailable(f"broker.password_env: the environment variable {settings.password_env} "
+                                    "is not set or empty")  # fmt: skip
+        return password
+    return None
+
+
+def blocking_connection_factory(
+    settings: BrokerSettings, *, connection_name: str, vhost: str | None = None
+) -> ConnectionFactory:
+    """A factory for connections named `connection_name` (shown by `rabbitmqctl list_connections`), to the
+    virtual host `vhost` (None: the URL's). The password is read at each connection (`broker_password`), so
+    a rotated file or variable takes effect at the next reconnect."""
 
     def connect() -> Any:
         parameters = connection_parameters(
-            settings.url.get_secret_value(),
+            settings.url.get_secret_value(), password=broker_password(settings), vhost=vhost,
             ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file,
         )  # fmt: skip
         # A broker under a memory or disk alarm blocks publishers silently; give up after the confirm timeout.
@@ -52,11 +82,19 @@ def blocking_connection_factory(settings: BrokerSettings, *, connection_name: st
 
 
 def connection_parameters(
-    url: str, *, ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+    url: str, *, password: str | None = None, vhost: str | None = None,
+    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
 ) -> pika.URLParameters:
-    """pika parameters for `url`; amqps:// verifies the broker's certificate and host name against the CA."""
-    parameters = pika.URLParameters(url)
+    """pika parameters for `url`, with `password` and `vhost` (when given) in place of the URL's; amqps://
+    verifies the broker's certificate and host name against the CA."""
     parts = urlsplit(url)
+    if password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}")
+    parameters = pika.URLParameters(urlunsplit(parts))
+    if vhost is not None:
+        parameters.virtual_host = vhost
     if parts.scheme == "amqps":
         try:
             context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))

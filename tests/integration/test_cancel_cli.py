@@ -37,7 +37,7 @@ def test_cancel_stops_a_waiting_move_and_tells_the_tenant(
     tenant = make_tenant("acme")
     config = tmp_path / "evacuator.yaml"
     config.write_text(yaml.safe_dump({
-        "host": {"name": "host-a"},
+        "host": {"name": "host-a", "migration_address": "127.0.0.1"},
         "peers": [{"name": "host-b", "libvirt_uri": "qemu+tcp://127.0.0.1:1/system"}],
         "broker": {"url": broker_settings.url.get_secret_value(),
                    "notices_exchange": broker_settings.notices_exchange,

@@ -33,7 +33,8 @@ def test_live_method_moves_a_running_vm_without_shutting_it_down(
     digest = sha256_of_volume(host_a.uri, host_a.pool, volume_name("lively"))
     config = tmp_path / "evacuator.yaml"
     config.write_text(yaml.safe_dump({
-        "host": {"name": "host-a", "libvirt_uri": host_a.uri, "storage_pool": host_a.pool},
+        "host": {"name": "host-a", "libvirt_uri": host_a.uri, "storage_pool": host_a.pool,
+                 "migration_address": "127.0.0.1"},
         "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
         "evacuation": {"shutdown_timeout_seconds": 0.3, "move_attempts": 1},
         "state_dir": str(tmp_path / "state"), "logging": {"format": "json", "level": "info"},

@@ -15,7 +15,7 @@ def test_daemon_with_no_working_source_exits_nonzero(tmp_path: Path) -> None:
     empty_sys = tmp_path / "sys"
     empty_sys.mkdir()
     config = {
-        "host": {"name": "hv-01", "libvirt_uri": "test:///default"},
+        "host": {"name": "hv-01", "libvirt_uri": "test:///default", "migration_address": "127.0.0.1"},
         "peers": [{"name": "hv-02", "libvirt_uri": "test:///default"}],
         "monitors": {
             "sysfs_root": str(empty_sys),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ from pydantic import BaseModel, ValidationError
 
 from evacuator.cli import main
 from evacuator.errors import ConfigError
-from evacuator.settings import Settings, load_settings, parse_settings
+from evacuator.settings import PeerSettings, Settings, load_settings, parse_settings
+from notifiers.connection import blocking_connection_factory, broker_password, connection_parameters
+from notifiers.errors import BrokerUnavailable
 from notifiers.settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "evacuator.example.yaml"
-MINIMAL = "host: {name: hv-01}\npeers: [{name: hv-02, libvirt_uri: 'qemu+tcp://hv-02/system'}]\n"
+MINIMAL = ("host: {name: hv-01, migration_address: 192.0.2.11}\n"
+           "peers: [{name: hv-02, libvirt_uri: 'qemu+tls://hv-02/system'}]\n")
 
 
 def _model_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -45,7 +49,7 @@ def test_example_settings_are_valid() -> None:
 
 def test_example_settings_document_every_field() -> None:
     written = _yaml_paths(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8")))
-    peers = {f"peers.{p}" for p in ("name", "libvirt_uri", "storage_pool")}
+    peers = {f"peers.{p}" for p in PeerSettings.model_fields}
     expected = (_model_paths(Settings) - {"peers"}) | peers
     assert sorted(expected - written) == [], "fields missing from config/evacuator.example.yaml"
     assert sorted(written - expected) == [], "example fields the model does not know"
@@ -54,8 +58,10 @@ def test_example_settings_document_every_field() -> None:
 def test_minimal_settings_take_defaults() -> None:
     settings = parse_settings(MINIMAL, Path("minimal.yaml"))
     assert settings.evacuation.default_window_seconds == 600
-    channel = settings.data_channel  # on, encrypted as libvirt is, unless the admin says otherwise
-    assert (channel.enabled, channel.encryption, channel.port) == (True, "auto", 16529)
+    channel = settings.data_channel  # on, and encrypted unless the admin writes `none`
+    assert (channel.enabled, channel.encryption, channel.port) == (True, "tls", 16529)
+    assert (channel.listen_address, channel.allow_from) == (None, None)
+    assert settings.broker.peers_vhost is None and settings.peers[0].broker_user is None
     assert settings.host.libvirt_uri == "qemu:///system"
 
 
@@ -85,9 +91,10 @@ def test_bad_field_is_named_in_the_error(extra: str, field: str, why: str) -> No
     assert f"  {field}: " in message and why in message
 
 
-def test_a_peer_that_is_this_host_is_refused() -> None:
-    text = "host: {name: hv-01}\npeers: [{name: hv-01, libvirt_uri: 'qemu:///system'}]\n"
-    with pytest.raises(ConfigError, match="must not include this host"):
+def test_a_peer_that_is_this_host_is_refused_naming_its_position() -> None:
+    text = ("host: {name: hv-01, migration_address: 10.0.0.1}\n"
+            "peers: [{name: hv-02, libvirt_uri: 'qemu:///system'}, {name: hv-01, libvirt_uri: 'qemu:///system'}]\n")
+    with pytest.raises(ConfigError, match=re.escape("peers[1].name is host.name: peers must not include")):
         parse_settings(text, Path("self.yaml"))
 
 
@@ -172,3 +179,243 @@ def test_a_peers_exchange_name_too_long_for_its_queue_names_is_refused() -> None
     assert BrokerSettings(peers_exchange="p" * 150).peers_exchange == "p" * 150
     with pytest.raises(ValidationError):
         BrokerSettings(peers_exchange="p" * 151)
+
+
+# --- the hosts' addresses and identities (issue 18) ---
+
+
+def _settings(host: str = "{name: hv-01}", peers: str = "[{name: hv-02, libvirt_uri: 'qemu+tls://hv-02/system'}]",
+              extra: str = "") -> Settings:
+    return parse_settings(f"host: {host}\npeers: {peers}\n{extra}\n", Path("evacuator.yaml"))
+
+
+def test_an_enabled_data_channel_without_an_address_is_refused_saying_why() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings()
+    message = str(caught.value)
+    assert "data_channel.listen_address or host.migration_address must be set" in message
+    assert "never on every interface" in message
+
+
+@pytest.mark.parametrize(("host", "channel", "listen"), [
+    ("{name: hv-01, migration_address: 192.0.2.11}", "", "192.0.2.11"),
+    ("{name: hv-01}", "data_channel: {listen_address: 127.0.0.1}", "127.0.0.1"),
+    ("{name: hv-01, migration_address: 192.0.2.11}", "data_channel: {listen_address: 0.0.0.0}", "0.0.0.0"),
+    ("{name: hv-01}", "data_channel: {enabled: false}", None),
+], ids=["migration_address", "listen_address", "explicit_any", "disabled"])  # fmt: skip
+def test_the_channel_listens_on_its_own_address_else_the_migration_one(
+    host: str, channel: str, listen: str | None
+) -> None:
+    assert _settings(host, extra=channel).data_channel_listen_address() == listen
+
+
+def test_peers_reach_the_channel_at_the_advertised_address_else_the_migration_one() -> None:
+    host = "{name: hv-01, migration_address: mig-01.example.net}"
+    assert _settings(host).data_channel_advertise_address() == "mig-01.example.net"
+    advertised = _settings(host, extra="data_channel: {advertise_address: 192.0.2.99}")
+    assert advertised.data_channel_advertise_address() == "192.0.2.99"
+    bare = _settings(extra="data_channel: {listen_address: 127.0.0.1}")
+    assert bare.data_channel_advertise_address() is None
+
+
+def test_the_channel_takes_connections_from_each_peers_migration_address_else_its_libvirt_host() -> None:
+    peers = ("[{name: hv-02, libvirt_uri: 'qemu+tls://hv-02.example.net/system',"
+             " migration_address: 192.0.2.12},"
+             " {name: hv-03, libvirt_uri: 'qemu+ssh://root@[2001:db8::3]/system'},"
+             " {name: hv-04, libvirt_uri: 'qemu+unix:///system?socket=/run/hv4/libvirt-sock'},"
+             " {name: hv-05, libvirt_uri: 'qemu+tcp://192.0.2.12:16510/system'}]")
+    settings = _settings("{name: hv-01, migration_address: 192.0.2.11}", peers)
+    # hv-04's URI names no host: it runs on this machine, and connects from loopback.
+    assert settings.data_channel_allowed_addresses() == ("192.0.2.12", "2001:db8::3", "127.0.0.1", "::1")
+
+
+def test_allow_from_replaces_the_peers_addresses() -> None:
+    settings = _settings("{name: hv-01, migration_address: 192.0.2.11}",
+                         extra="data_channel: {allow_from: [192.0.2.20, mig-21.example.net, 192.0.2.20]}")
+    assert settings.data_channel_allowed_addresses() == ("192.0.2.20", "mig-21.example.net")
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ("data_channel: {listen_address: '192.0.2.1:16529'}", "data_channel.listen_address"),
+    ("data_channel: {listen_address: ''}", "data_channel.listen_address"),
+    ("data_channel: {allow_from: ['tcp://192.0.2.1']}", "data_channel.allow_from[0]"),
+    ("data_channel: {allow_from: []}", "data_channel.allow_from"),
+], ids=["port", "empty", "scheme", "empty_list"])  # fmt: skip
+def test_an_address_is_an_ip_or_a_host_name_and_nothing_more(extra: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"  {field}: ")):
+        _settings("{name: hv-01, migration_address: 192.0.2.11}", extra=extra)
+
+
+def test_a_bad_migration_address_is_named_without_being_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings("{name: hv-01, migration_address: 'amqp://u:Pw-9x@mq'}")
+    assert "host.migration_address: expected an IP address or a host name" in str(caught.value)
+    assert "Pw-9x" not in str(caught.value)
+
+
+def test_every_peer_is_its_own_broker_user_host_dot_name_by_default() -> None:
+    peers = ("[{name: hv-02, libvirt_uri: 'qemu+tls://hv-02/system'},"
+             " {name: hv-03, libvirt_uri: 'qemu+tls://hv-03/system', broker_user: evacuator-hv3}]")
+    settings = _settings("{name: hv-01, migration_address: 192.0.2.11}", peers)
+    assert [p.user for p in settings.peers] == ["host.hv-02", "evacuator-hv3"]
+
+
+def test_two_peers_with_one_broker_user_are_refused() -> None:
+    peers = ("[{name: hv-02, libvirt_uri: 'qemu+tls://hv-02/system'},"
+             " {name: hv-03, libvirt_uri: 'qemu+tls://hv-03/system', broker_user: host.hv-02}]")
+    with pytest.raises(ConfigError, match=r"broker users .* must be unique"):
+        _settings("{name: hv-01, migration_address: 192.0.2.11}", peers)
+
+
+def test_encryption_auto_is_still_accepted() -> None:
+    settings = parse_settings(MINIMAL + "data_channel: {encryption: auto}\n", Path("evacuator.yaml"))
+    assert settings.data_channel.encryption == "auto"
+
+
+# --- the broker's password and virtual host ---
+
+
+@pytest.mark.parametrize(("broker", "why"), [
+    ("{url: 'amqp://svc@mq/%2F', password_file: /a, password_env: B}", "give at most one of password_file"),
+    ("{url: 'amqp://svc:Pw-9x@mq/%2F', password_file: /a}", "url holds a password and password_file"),
+    ("{url: 'amqp://svc:Pw-9x@mq/%2F', password_env: EVACUATOR_BROKER_PASSWORD}", "url holds a password"),
+    ("{url: 'amqp://mq/%2F', password_env: EVACUATOR_BROKER_PASSWORD}", "url must name the user"),
+], ids=["both", "file_and_url", "env_and_url", "no_user"])  # fmt: skip
+def test_the_broker_password_comes_from_one_place_only(broker: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(MINIMAL + f"broker: {broker}\n", Path("evacuator.yaml"))
+    assert f"  broker: {why}" in str(caught.value) and "Pw-9x" not in str(caught.value)
+
+
+def test_a_password_env_must_be_a_variable_name() -> None:
+    text = MINIMAL + "broker: {url: 'amqp://svc@mq/%2F', password_env: 'Pw 9x'}\n"
+    with pytest.raises(ConfigError, match=re.escape("  broker.password_env: String should match pattern")):
+        parse_settings(text, Path("e.yaml"))
+
+
+@pytest.mark.parametrize("url", [
+    "amqp://svc:Zq/Zw9x@mq/%2F",  # an unencoded slash: urllib reads "Zq" as the port and would quote it
+    "amqp://svc:Zq#Zw9x@mq/%2F",
+    "http://svc:ZqZw9x@mq/%2F",
+])  # fmt: skip
+def test_a_bad_broker_url_is_explained_without_a_piece_of_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(MINIMAL + f"broker: {{url: '{url}'}}\n", Path("evacuator.yaml"))
+    message = str(caught.value)
+    assert "  broker.url: expected amqp://USER:PASSWORD@HOST" in message
+    assert "Zq" not in message and "Zw9x" not in message
+
+
+def test_the_peers_vhost_is_the_urls_unless_set() -> None:
+    assert BrokerSettings.model_validate({"url": "amqp://u:p@mq:5672/%2F"}).peers_virtual_host == "/"
+    assert BrokerSettings.model_validate({"url": "amqp://u:p@mq:5672/cloud"}).peers_virtual_host == "cloud"
+    assert BrokerSettings.model_validate({"url": "amqp://u:p@mq"}).peers_virtual_host == "/"
+    own = BrokerSettings.model_validate({"url": "amqp://u:p@mq/%2F", "peers_vhost": "evacuator-peers"})
+    assert own.peers_virtual_host == "evacuator-peers"
+    with pytest.raises(ValidationError):
+        BrokerSettings.model_validate({"url": "amqp://u:p@mq/%2F", "peers_vhost": ""})
+
+
+def _broker(tmp_path: Path, **fields: object) -> BrokerSettings:
+    return BrokerSettings.model_validate({"url": "amqp://host.hv-01@mq.example.net:5672/cloud", **fields})
+
+
+def test_the_password_is_read_from_the_files_first_line_at_connection_time(tmp_path: Path) -> None:
+    secret = tmp_path / "broker.password"
+    settings = _broker(tmp_path, password_file=str(secret))
+    secret.write_text("  p@ss/w:rd#1 \nsecond line\n", encoding="utf-8")
+    assert broker_password(settings) == "p@ss/w:rd#1"
+    parameters = connection_parameters(settings.url.get_secret_value(), password=broker_password(settings))
+    assert (parameters.credentials.username, parameters.credentials.password) == ("host.hv-01", "p@ss/w:rd#1")
+    assert parameters.virtual_host == "cloud" and settings.redacted_url == "amqp://host.hv-01@mq.example.net:5672/cloud"
+
+
+def test_the_password_is_read_from_the_named_variable(tmp_path: Path) -> None:
+    settings = _broker(tmp_path, password_env="EVACUATOR_BROKER_PASSWORD")
+    assert broker_password(settings, {"EVACUATOR_BROKER_PASSWORD": "from-env"}) == "from-env"
+    assert broker_password(BrokerSettings()) is None  # the URL's own password
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"password_file": "/nonexistent/broker.password"}, "broker.password_file /nonexistent/broker.password: "
+                                                        "cannot read it (No such file or directory)"),
+    ({"password_env": "EVACUATOR_NO_SUCH_VARIABLE"}, "the environment variable EVACUATOR_NO_SUCH_VARIABLE is "
+                                                     "not set or empty"),
+], ids=["file", "variable"])  # fmt: skip
+def test_a_missing_password_source_is_named_when_connecting(
+    tmp_path: Path, fields: dict[str, object], named: str
+) -> None:
+    connect = blocking_connection_factory(_broker(tmp_path, **fields), connection_name="test")
+    with pytest.raises(BrokerUnavailable, match=re.escape(named)):
+        connect()
+
+
+def test_an_empty_password_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    with pytest.raises(BrokerUnavailable, match="empty: its first line is empty"):
+        broker_password(_broker(tmp_path, password_file=str(tmp_path / "empty")))
+
+
+def test_a_factory_may_connect_to_another_vhost_than_the_urls() -> None:
+    url = "amqp://u:p@mq/%2F"
+    assert connection_parameters(url).virtual_host == "/"
+    assert connection_parameters(url, vhost="evacuator-peers").virtual_host == "evacuator-peers"
+
+
+# --- nothing given is echoed ---
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("host: {name: hv-01}\nbroker: {url: 'amqp://u:{Pw-9x@mq/'\n", "line 2"),
+    ("host: {name: hv-01}\nmonitors: {sources: {ipmi: {password: {Pw-9x\n",
+     "line 3, column 1 (in what starts at line 2, column 39)"),
+    ("host:\n  name: hv-01\n\tpassword: Pw-9x\n", "line 3, column 1"),
+    ("host: {name: *Pw-9x}\n", "line 1, column 14"),
+    ("host: {name: !Pw-9x x}\n", "line 1, column 14"),
+    ("host: {name: 'Pw-9x\x07'}\n", "line 1, column 20"),
+], ids=["unclosed_quote", "unclosed_brace", "tab", "alias", "tag", "control_character"])  # fmt: skip
+def test_a_yaml_error_gives_line_and_column_never_the_text(text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, Path("/etc/evacuator/bad.yaml"))
+    message = str(caught.value)
+    assert message.startswith("/etc/evacuator/bad.yaml: not valid YAML at ") and where in message, message
+    assert "Pw-9x" not in message and "\n" not in message
+
+
+def test_a_model_level_error_never_echoes_the_file() -> None:
+    text = ("host: {name: hv-01, migration_address: 10.0.0.1}\n"
+            "peers: [{name: hv-01, libvirt_uri: 'qemu+tcp://u:Lv-9x@hv-02/system'}]\n"
+            "broker: {url: 'amqp://u:Pw-9x@mq/%2F'}\nmonitors: {sources: {ipmi: {password: Ip-9x}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, Path("self.yaml"))
+    message = str(caught.value)
+    assert "peers must not include this host" in message
+    assert not {"Lv-9x", "Pw-9x", "Ip-9x"} & set(re.findall(r"\w\w-9x", message))
+
+
+def test_an_unknown_key_that_is_not_a_field_name_is_not_shown() -> None:
+    # `{...}` around a URL makes it a key: the error names where, not what.
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(MINIMAL + "broker: {amqp://u:Pw-9x@mq/}\n", Path("e.yaml"))
+    message = str(caught.value)
+    assert "  broker: an unknown field whose name is not shown" in message and "Pw-9x" not in message
+    with pytest.raises(ConfigError, match=re.escape("  broker.passwrd: unknown field")):
+        parse_settings(MINIMAL + "broker: {passwrd: x}\n", Path("e.yaml"))
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + b"broker: {url: 'amqp://u:\xe9t\xe9@mq/'}\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte \d+\)$"):
+        load_settings(path)
+
+
+def test_settings_errors_never_echo_their_input_even_raised_directly() -> None:
+    # Code that validates settings itself (tests, the demo) prints pydantic's own text: no input there either.
+    with pytest.raises(ValidationError) as caught:
+        Settings.model_validate({
+            "host": {"name": "hv-01", "libvirt_uri": "qemu+tcp://u:Lv-9x@h/system"},
+            "peers": [{"name": "hv-01", "libvirt_uri": "x"}],
+            "monitors": {"sources": {"ipmi": {"password": "Ip-9x", "password_env": "X"}}},
+        })
+    assert "Lv-9x" not in str(caught.value) and "Ip-9x" not in str(caught.value)
