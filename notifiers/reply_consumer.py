@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import pika.exceptions
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, blocking_connection_factory
@@ -15,6 +16,9 @@ from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word
 
 _log = structlog.get_logger(__name__)
+
+# The AMQP reply code with which the broker refuses to declare a queue that exists with other arguments.
+_PRECONDITION_FAILED = 406
 
 ReplyHandler = Callable[[TenantReply], None]
 RejectionHandler = Callable[[RejectedDelivery], None]
@@ -59,7 +63,7 @@ class ReplyConsumer:
         try:
             channel = connection.channel()
             self._topology.declare_exchanges(channel)
-            queue = self._topology.declare_host_replies_queue(channel, self._host)
+            channel, queue = self._declare_queue(connection, channel)
             channel.basic_qos(prefetch_count=self._settings.prefetch_count)
             channel.basic_consume(queue=queue, on_message_callback=self._on_message)
         except BaseException:
@@ -68,6 +72,26 @@ class ReplyConsumer:
             raise
         _log.info("broker_connected", role="replies", host=self._host, url=self._settings.redacted_url)
         return connection, channel
+
+    def _declare_queue(self, connection: Any, channel: Any) -> tuple[Any, str]:
+        """The bounded replies queue, or an unbounded one an older version declared (on a new channel: the
+        broker closed the first one with 406); returns the channel to consume on and the queue's name."""
+        try:
+            return channel, self._topology.declare_host_replies_queue(channel, self._host)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _PRECONDITION_FAILED:
+                raise
+            detail = exc.reply_text
+        # Consuming goes on: refusing to start would leave the tenants unanswered until an operator acts.
+        channel = connection.channel()
+        queue = self._topology.declare_host_replies_queue(channel, self._host, passive=True)
+        _log.warning(
+            "replies_queue_unbounded", host=self._host, queue=queue, detail=detail,
+            action="with no incident open, stop the daemon, delete the queue and start it again (it is "
+            "declared bounded); until then a policy with max-length, max-length-bytes and overflow "
+            "reject-publish bounds it",
+        )  # fmt: skip
+        return channel, queue
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         routed = route_delivery(
@@ -93,12 +117,13 @@ class ReplyConsumer:
         channel.basic_ack(delivery_tag=method.delivery_tag)
 
     def _reject(self, rejected: RejectedDelivery) -> None:
-        _log.warning(
-            "reply_rejected", host=self._host, reason=rejected.reason, user_id=rejected.user_id,
-            routing_key=rejected.routing_key,
-        )  # fmt: skip
         if self._on_rejected is None:
+            _log.warning(
+                "reply_rejected", host=self._host, reason=rejected.reason, user_id=rejected.user_id,
+                routing_key=rejected.routing_key,
+            )  # fmt: skip
             return
+        # The handler logs it, as often as its limit allows: a flood must not flood the journal from here.
         try:
             self._on_rejected(rejected)
         except Exception:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from notifiers.errors import InvalidName
@@ -16,6 +18,22 @@ _WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 # The second word of a reply's routing key that reaches every host's replies queue, not one host's: no host
 # may be named so.
 BROADCAST_HOST = "all"
+
+# Bounds of each host's replies queue; past either, the broker refuses (nacks) further replies until the host
+# has read some (`reject-publish`), so a tenant flooding it fills neither the broker's memory nor its disk.
+# A host runs at most a few hundred VMs and each tenant answers a VM a handful of times an incident; registers
+# sent to every host (`<tenant>.all`) reach every queue but are read as they come (the consumer takes
+# thousands a second). 5,000 replies is ten times a busy host's incident while its daemon restarts; 4 MiB
+# holds those (a reply is about 250 bytes) or 64 replies of the largest size the service reads (64 KiB).
+# A quorum queue takes one message more than its bound (it refuses once it is over), so one message of up to
+# the broker's `max_message_size` may come on top (README: "Broker limits").
+REPLIES_MAX_LENGTH = 5_000
+REPLIES_MAX_LENGTH_BYTES = 4 * 1024 * 1024
+REPLIES_QUEUE_BOUNDS: Mapping[str, object] = MappingProxyType({
+    "x-max-length": REPLIES_MAX_LENGTH,
+    "x-max-length-bytes": REPLIES_MAX_LENGTH_BYTES,
+    "x-overflow": "reject-publish",
+})  # fmt: skip
 
 
 def is_word(name: str) -> bool:
@@ -84,14 +102,22 @@ class Topology:
         channel.queue_bind(queue=queue, exchange=self.notices_exchange, routing_key=f"{tenant}.#")
         return queue
 
-    def declare_host_replies_queue(self, channel: Any, host: str) -> str:
-        """The host's replies queue, bound to every tenant's replies about that host and to those routed to
-        every host; returns its name."""
+    def declare_host_replies_queue(self, channel: Any, host: str, *, passive: bool = False) -> str:
+        """The host's replies queue, bounded (REPLIES_QUEUE_BOUNDS) and bound to every tenant's replies about
+        that host and to those routed to every host; returns its name.
+
+        A queue declared earlier without the bounds (by an older version) makes the broker close the channel
+        with 406 PRECONDITION_FAILED: then call again on a new channel with `passive` set, which uses the
+        queue as it is."""
         queue = host_replies_queue(host, replies_exchange=self.replies_exchange)
-        self._declare_queue(channel, queue)
+        if passive:
+            channel.queue_declare(queue=queue, passive=True)
+        else:
+            self._declare_queue(channel, queue, bounds=REPLIES_QUEUE_BOUNDS)
         for to in (check_word("host", host), BROADCAST_HOST):
             channel.queue_bind(queue=queue, exchange=self.replies_exchange, routing_key=f"*.{to}")
         return queue
 
-    def _declare_queue(self, channel: Any, queue: str) -> None:
-        channel.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": self.queue_type})
+    def _declare_queue(self, channel: Any, queue: str, *, bounds: Mapping[str, object] | None = None) -> None:
+        arguments = {"x-queue-type": self.queue_type, **(bounds or {})}
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)

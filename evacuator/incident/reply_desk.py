@@ -12,6 +12,13 @@ import structlog
 
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.ledger import ScheduledRecord
+from evacuator.incident.reply_limit import (
+    DEFAULT_REJECTION_LIMIT,
+    RejectionLimit,
+    TenantBucket,
+    admit,
+    is_idle,
+)
 from evacuator.incident.reply_policy import (
     Expedite,
     NewDeadline,
@@ -31,6 +38,10 @@ from notifiers.reply_acceptance import RejectedDelivery, TenantReply
 from notifiers.wire import WireRejectCode
 
 log = structlog.get_logger(__name__)
+
+# Past this many tenants' buckets, those that are idle again are forgotten (each is a few dozen bytes; only
+# broker users can have one, but a desk runs for months).
+_MAX_BUCKETS = 1024
 
 
 class ReplyNotifier(Protocol):
@@ -59,12 +70,16 @@ class WindowStore(Protocol):
 
 class ReplyDesk:
     """Carries out replies: ready closes the VM's window now, postpone moves its closing and tells the tenant
-    the new deadline, register stores the window; every refusal is logged and sent back as reply_rejected."""
+    the new deadline, register stores the window; every refusal is logged and sent back as reply_rejected,
+    up to `rejection_limit` per tenant: past it, refusals are counted and reported by
+    `reply_rejections_suppressed` at most once an interval.
+
+    Used from the reply consumer's thread only (its buckets are not locked)."""
 
     def __init__(
         self, *, hypervisor: Hypervisor, windows: EvacuationWindows, ledger: ScheduledRecords,
         notifier: ReplyNotifier, window_store: WindowStore, policy: ReplyPolicy,
-        clock: Callable[[], datetime],
+        clock: Callable[[], datetime], rejection_limit: RejectionLimit = DEFAULT_REJECTION_LIMIT,
     ) -> None:  # fmt: skip
         self._hypervisor = hypervisor
         self._windows = windows
@@ -73,6 +88,8 @@ class ReplyDesk:
         self._window_store = window_store
         self._policy = policy
         self._clock = clock
+        self._limit = rejection_limit
+        self._buckets: dict[str, TenantBucket] = {}
 
     def on_reply(self, reply: TenantReply) -> None:
         request = request_from(reply)
@@ -95,8 +112,13 @@ class ReplyDesk:
 
     def on_rejected(self, rejected: RejectedDelivery) -> None:
         """A delivery refused before parsing, answered to whom the broker vouches for (`answer_to`)."""
+        # Counted against whoever published it, answered or not: the first word of a routing key is its
+        # publisher's user (the tenants' topic permissions), and a flood of silent refusals floods the log.
+        sender = rejected.answer_to or rejected.user_id or rejected.routing_key.partition(".")[0]
+        if not self._admit(sender):
+            return
         log.warning("reply_rejected", reason=rejected.reason, user_id=rejected.user_id,
-                    answer_to=rejected.answer_to)
+                    routing_key=rejected.routing_key, answer_to=rejected.answer_to)  # fmt: skip
         if rejected.answer_to:
             self._send_rejection(rejected.answer_to, rejected.code, rejected.reason, rejected.message_id,
                                  None)
@@ -160,6 +182,8 @@ class ReplyDesk:
                  requested_seconds=decision.requested_seconds, **_context(reply, request))  # fmt: skip
 
     def _refuse(self, reply: TenantReply, reject: Reject) -> None:
+        if not self._admit(reply.tenant):
+            return
         log.warning("reply_refused", tenant=reply.tenant, vm_uuid=reject.vm_uuid, reason=str(reject.code),
                     detail=reject.reason)  # fmt: skip
         # Another tenant's VM is reported as unknown, with the unknown VM's words, so UUIDs cannot be probed.
@@ -175,6 +199,20 @@ class ReplyDesk:
             )
         except Exception as exc:  # e.g. a user id that cannot be a tenant name: logged, never raised
             log.warning("reply_rejection_not_sent", tenant=tenant, error=str(exc))
+
+    def _admit(self, sender: str) -> bool:
+        """Whether this refusal of `sender`'s reply is logged and answered, or only counted."""
+        now = self._clock()
+        admission = admit(self._buckets.get(sender), now=now, limit=self._limit)
+        self._buckets[sender] = admission.bucket
+        if admission.report:
+            log.warning("reply_rejections_suppressed", tenant=sender, suppressed=admission.report,
+                        interval_seconds=self._limit.report_interval_seconds)  # fmt: skip
+        if len(self._buckets) > _MAX_BUCKETS:
+            for name, bucket in list(self._buckets.items()):
+                if is_idle(bucket, now=now, limit=self._limit):
+                    del self._buckets[name]
+        return admission.answer
 
 
 def _context(reply: TenantReply, request: ReplyRequest) -> dict[str, str]:

@@ -13,6 +13,7 @@ from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_limit import DEFAULT_REJECTION_LIMIT
 from evacuator.incident.reply_policy import ReplyPolicy
 from evacuator.incident.scheduler import ApschedulerTimers
 from evacuator.incident.service import Service, ServiceConfig
@@ -83,9 +84,11 @@ def build_incident(
     )
     # The service owns the timers, so the desk changes a VM's window through it; registered windows go into
     # the VM's definition through the daemon's own libvirt connection.
+    # Refusals answered per tenant are limited (a flood would cost a notice each); a settings field
+    # `replies.rejections_per_minute` would replace the constant.
     desk = ReplyDesk(
         hypervisor=hypervisor, windows=service, ledger=ledger, notifier=notifier,
-        window_store=hypervisor, policy=reply_policy, clock=clock,
+        window_store=hypervisor, policy=reply_policy, clock=clock, rejection_limit=DEFAULT_REJECTION_LIMIT,
     )  # fmt: skip
     consumer = ReplyConsumer(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected

@@ -1,9 +1,11 @@
-"""`evacuator tenant add|remove` on the real broker, and what a provisioned tenant still cannot do."""
+"""`evacuator tenant add|remove` on the real broker, what a provisioned tenant still cannot do, and the bounds
+of the hosts' replies queues (declared by the reply consumer, also over a queue an older version declared)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,18 @@ import pika
 import pika.exceptions
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from evacuator.cli import main
 from evacuator.lab.broker import LabBroker
 from notifiers.errors import BrokerRefused, BrokerUnavailable
 from notifiers.messages import EvacuationFailed, PostponeReply, encode
 from notifiers.publisher import NoticePublisher
+from notifiers.reply_acceptance import RejectedDelivery, TenantReply
+from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
-from notifiers.topology import reply_routing_key, tenant_queue
+from notifiers.topology import REPLIES_QUEUE_BOUNDS, host_replies_queue, reply_routing_key, tenant_queue
 from tests.fixtures.broker import BrokerJanitor, LabTenant, _with_credentials, refusal
 
 pytestmark = pytest.mark.integration
@@ -33,6 +38,7 @@ def _config(tmp_path: Path, settings: BrokerSettings) -> Path:
     path.write_text(yaml.safe_dump({
         "host": {"name": "hv1"},
         "peers": [{"name": "hv2", "libvirt_uri": "qemu+tcp://hv2/system"}],
+        "data_channel": {"enabled": False},  # no data channel: this host only provisions tenants
         "broker": {"url": settings.url.get_secret_value(), "notices_exchange": settings.notices_exchange,
                    "replies_exchange": settings.replies_exchange},
     }))  # fmt: skip
@@ -143,3 +149,76 @@ def test_tenant_client_reports_a_refused_consume_of_another_queue(
         with pytest.raises(BrokerRefused) as caught:
             client.next_notice(1.0)
     assert caught.value.reply_code == 403
+
+
+# --- The hosts' replies queues: bounded, and an older unbounded one still consumed -------------------------
+
+
+def _declare(url: str, queue: str, arguments: Mapping[str, object]) -> int:
+    """0 if `queue` could be declared with exactly `arguments`, else the code the broker refused it with."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue=queue, durable=True, arguments=arguments)
+        return 0
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+class _Received:
+    def __init__(self) -> None:
+        self.replies: list[TenantReply] = []
+        self.rejected: list[RejectedDelivery] = []
+
+
+def _consumer(settings: BrokerSettings, host: str, received: _Received) -> ReplyConsumer:
+    return ReplyConsumer(settings, host=host, on_reply=received.replies.append,
+                         on_rejected=received.rejected.append)  # fmt: skip
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_the_reply_consumer_declares_its_queue_bounded_with_reject_publish(
+    broker_settings: BrokerSettings, broker_janitor: BrokerJanitor, lab_broker: LabBroker
+) -> None:
+    host = f"hv-{secrets.token_hex(3)}"
+    queue = broker_janitor.queue(host_replies_queue(host, replies_exchange=broker_settings.replies_exchange))
+    consumer = _consumer(broker_settings, host, _Received())
+    consumer.start(timeout_seconds=10)
+    consumer.close()
+    quorum: dict[str, object] = {"x-queue-type": broker_settings.queue_type}
+    # The broker compares a declare's arguments with the queue's: equal only with the bounds, all of them.
+    assert _declare(lab_broker.url, queue, {**quorum, **REPLIES_QUEUE_BOUNDS}) == 0
+    assert _declare(lab_broker.url, queue, quorum) == 406
+    dropping = {**quorum, **REPLIES_QUEUE_BOUNDS, "x-overflow": "drop-head"}
+    assert _declare(lab_broker.url, queue, dropping) == 406
+
+
+def test_a_replies_queue_an_older_version_declared_unbounded_is_still_consumed_with_a_warning(
+    broker_settings: BrokerSettings, broker_janitor: BrokerJanitor, lab_broker: LabBroker,
+    make_tenant: Callable[[str], LabTenant],
+) -> None:  # fmt: skip
+    acme, host = make_tenant("old"), f"hv-{secrets.token_hex(3)}"
+    queue = broker_janitor.queue(host_replies_queue(host, replies_exchange=broker_settings.replies_exchange))
+    assert _declare(lab_broker.url, queue, {"x-queue-type": broker_settings.queue_type}) == 0  # as before
+    received = _Received()
+    consumer = _consumer(broker_settings, host, received)
+    with capture_logs() as logs:
+        consumer.start(timeout_seconds=10)
+    try:
+        [warning] = [e for e in logs if e["event"] == "replies_queue_unbounded"]
+        assert (warning["queue"], warning["log_level"]) == (queue, "warning")
+        assert "x-max-length" in warning["detail"] and "delete the queue" in warning["action"]
+        with TenantClient(acme.url, acme.name, replies_exchange=broker_settings.replies_exchange) as tenant:
+            tenant.send_postpone(host, VM, 60)  # mandatory: no binding would raise
+        _wait_for(lambda: len(received.replies) == 1)
+        assert received.replies[0].tenant == acme.name
+    finally:
+        consumer.close()

@@ -4,6 +4,7 @@ or sent back, and deliveries take the consumer's route into it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmState
 from evacuator.incident.ledger import LedgerVm
 from evacuator.incident.reply_desk import ReplyDesk
+from evacuator.incident.reply_limit import DEFAULT_REJECTION_LIMIT, RejectionLimit
 from evacuator.incident.reply_policy import RejectCode, ReplyPolicy
 from evacuator.lab.vms import domain_xml
 from monitors.verdicts import Severity
@@ -35,7 +37,10 @@ LATEST = T0 + timedelta(seconds=2400)
 
 
 class Desk:
-    def __init__(self, severity: Severity = Severity.SEVERE) -> None:
+    def __init__(
+        self, severity: Severity = Severity.SEVERE, *, limit: RejectionLimit = DEFAULT_REJECTION_LIMIT
+    ) -> None:
+        self.now = T0
         self.hypervisor = FakeHypervisor(name="hv1")
         xml = domain_xml(name="web", pool="p", volume="web.raw", mac="52:54:00:00:00:01", uuid=VM,
                          facts=VmFacts(tenant="acme", window_seconds=600))  # fmt: skip
@@ -50,7 +55,7 @@ class Desk:
         self.store = RecordingWindowStore()
         self.desk = ReplyDesk(
             hypervisor=self.hypervisor, windows=self.windows, ledger=self.ledger, notifier=self.notifier,
-            window_store=self.store, policy=POLICY, clock=lambda: T0,
+            window_store=self.store, policy=POLICY, clock=lambda: self.now, rejection_limit=limit,
         )  # fmt: skip
 
     def reply(self, reply: Reply, tenant: str = "acme", *, broadcast: bool = False) -> None:
@@ -263,3 +268,67 @@ def test_a_refused_delivery_to_every_host_is_answered_by_none() -> None:
     desk = Desk()
     desk.deliver(b"not json", routing_key="acme.all")
     assert desk.sent() == []
+
+
+# --- A flood of bad replies: refusals answered up to the limit, the rest counted ------------------------
+
+LIMIT = RejectionLimit(burst=3, per_minute=6.0, report_interval_seconds=60.0)
+
+
+def _flood(desk: Desk, count: int, *, user_id: str = "acme", routing_key: str = "acme.hv1") -> None:
+    for _ in range(count):
+        desk.deliver(b"not json", user_id=user_id, routing_key=routing_key)
+
+
+def _suppressed(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
+    return [(e["tenant"], e["suppressed"]) for e in logs if e["event"] == "reply_rejections_suppressed"]
+
+
+def test_refusals_past_the_limit_are_counted_and_reported_not_sent() -> None:
+    desk = Desk(limit=LIMIT)
+    with capture_logs() as logs:
+        _flood(desk, 1000)
+        desk.now = T0 + timedelta(seconds=30)
+        _flood(desk, 1000)
+        desk.now = T0 + timedelta(seconds=60)
+        _flood(desk, 1)
+    # The burst at once, then one a 10 s (6 a minute): at 30 s three more, at 60 s three more.
+    assert desk.sent() == [("reply_rejected", "acme", "malformed_reply")] * (3 + 3 + 1)
+    # The first one held back is reported at once, the rest together once the interval is over.
+    assert _suppressed(logs) == [("acme", 1), ("acme", 2001 - 7 - 1)]
+    assert sum(e["event"] == "reply_rejected" for e in logs) == 7, "the journal is spared too"
+    assert desk.untouched()
+
+
+def test_refusals_by_the_desks_policy_count_against_the_same_limit() -> None:
+    desk = Desk(limit=LIMIT)
+    with capture_logs() as logs:
+        for _ in range(5):
+            desk.reply(ReadyReply(vm_uuid="1c6f2a1b-6d2f-4e3b-8b62-4a8a5d3e0f12"))
+        _flood(desk, 5)
+    assert desk.sent() == [("reply_rejected", "acme", "unknown_vm")] * 3
+    assert sum(e["event"] == "reply_refused" for e in logs) == 3
+    assert _suppressed(logs) == [("acme", 1)]
+
+
+def test_one_tenants_flood_leaves_another_tenant_answered() -> None:
+    desk = Desk(limit=LIMIT)
+    _flood(desk, 500, user_id="mallory", routing_key="mallory.hv1")
+    _flood(desk, 1)
+    assert desk.sent()[-1] == ("reply_rejected", "acme", "malformed_reply")
+    assert [tenant for _, tenant, _ in desk.sent()] == ["mallory"] * 3 + ["acme"]
+
+
+def test_refusals_answered_to_nobody_are_limited_in_the_log_by_their_publisher() -> None:
+    desk = Desk(limit=LIMIT)
+    with capture_logs() as logs:
+        _flood(desk, 500, routing_key="acme.all")  # routed to every host: nobody is answered
+    assert desk.sent() == []
+    assert sum(e["event"] == "reply_rejected" for e in logs) == 3
+    assert _suppressed(logs) == [("acme", 1)]
+
+
+def test_the_default_limit_answers_a_burst_of_twenty() -> None:
+    desk = Desk()
+    _flood(desk, 25)
+    assert len(desk.sent()) == DEFAULT_REJECTION_LIMIT.burst == 20
