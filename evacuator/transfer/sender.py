@@ -1,11 +1,12 @@
 """The mover's side of the data channel: a ticket from the destination's daemon, then the volume's frames.
 
 Anything that goes wrong before the token is sent (no daemon, an older one, no ticket, no connection, a
-certificate other than the ticket's), or the daemon's explicit refusal of it, leaves the chunks and the file
-untouched and returns None: the caller uploads through libvirt instead, which is slower but needs nothing of
-the peer's daemon. Any other failure after the token went is the copy's failure (HypervisorError), handled as
-any failed copy (the partial volume is removed and redone): a daemon that did not answer in time may still
-be about to write the file, so libvirt must not write it too.
+refused one, a TLS handshake that fails or times out, a certificate other than the ticket's, a daemon that
+does not answer the hello's READY in time), or the daemon's explicit refusal of it, leaves the chunks and
+the file untouched and returns None: the caller uploads through libvirt instead, which is slower but needs
+nothing of the peer's daemon. Any other failure after the token went is the copy's failure (HypervisorError),
+handled as any failed copy (the partial volume is removed and redone): a daemon that did not answer in time
+may still be about to write the file, so libvirt must not write it too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from evacuator.transfer.wire import (
     GO,
     MAGIC,
     MAX_FRAME_BYTES,
+    READY,
     ChannelError,
     ChannelRefused,
     Encryption,
@@ -62,9 +64,13 @@ class DataChannelClient:
     def __init__(
         self, tickets: TicketSource, *, encryption: Encryption, stall_timeout_seconds: float = 60.0,
         min_bytes_per_second: float = 10 * 1024 * 1024, ticket_timeout_seconds: float = 10.0,
-        connect_timeout_seconds: float = 10.0,
+        connect_timeout_seconds: float = 10.0, source_address: str | None = None,
     ) -> None:
+        """`connect_timeout_seconds` bounds the connection, its TLS handshake and the daemon's READY, each;
+        `source_address`: the address to connect from (this host's migration address, which peers
+        allow), None: as the routes choose."""
         self._tickets = tickets
+        self._source_address = source_address
         self._encryption = encryption
         self._stall_timeout_seconds = stall_timeout_seconds
         self._min_bytes_per_second = min_bytes_per_second
@@ -92,10 +98,15 @@ class DataChannelClient:
             return None
         try:
             sock = self._connect(to, ticket.port, tls_sha256=ticket.tls_sha256 if tls else None)
-        except (ChannelError, OSError) as exc:
+        except (ChannelError, OSError, ValueError) as exc:
             log.warning("data_channel_unavailable", reason=str(exc) or repr(exc), address=to, **context)
             return None
         with contextlib.closing(sock):
+            try:
+                self._greet(sock)
+            except (ChannelError, OSError, ValueError) as exc:  # the token is still ours: libvirt copies
+                log.warning("data_channel_unavailable", reason=str(exc) or repr(exc), address=to, **context)
+                return None
             try:
                 self._hello(sock, ticket.token)
             except ChannelRefused as exc:
@@ -133,7 +144,9 @@ class DataChannelClient:
         return ticket
 
     def _connect(self, address: str, port: int, *, tls_sha256: str | None) -> socket.socket:
-        sock = socket.create_connection((address, port), timeout=self._connect_timeout_seconds)
+        source = None if self._source_address is None else (self._source_address, 0)
+        sock = socket.create_connection((address, port), timeout=self._connect_timeout_seconds,
+                                        source_address=source)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls_sha256 is not None:
@@ -144,10 +157,18 @@ class DataChannelClient:
             raise
         return sock
 
+    def _greet(self, sock: socket.socket) -> None:
+        """MAGIC, and the daemon's READY: it took this connection, so the token may go."""
+        sock.settimeout(self._connect_timeout_seconds)
+        sock.sendall(MAGIC)
+        kind, _ = read_answer(sock)
+        if kind != READY:
+            raise ChannelError(f"the receiver answered {kind!r} to the greeting")
+
     def _hello(self, sock: socket.socket, token: str) -> None:
         """Shows the token and waits for GO; past this point only the daemon's refusal allows a fallback."""
         try:
-            sock.sendall(MAGIC + bytes.fromhex(token))
+            sock.sendall(bytes.fromhex(token))
             kind, _ = read_answer(sock)
             if kind != GO:
                 raise ChannelError(f"the receiver answered {kind!r} to the hello")

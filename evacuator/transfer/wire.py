@@ -8,11 +8,17 @@ How a transfer is authorised: the mover asks the destination's daemon, over the 
 same trust as digest requests), for a ticket to one freshly created volume of its pool. The ticket holds a
 single-use random token, the port, and the SHA-256 fingerprint of the daemon's TLS certificate (made afresh
 at each start): the mover pins that fingerprint, so no certificate authority is needed, and proves itself
-with the token, sent only inside the checked TLS session. A daemon whose settings allow it also takes
-copies in clear text, which a mover chooses when libvirt's own connection to that host is clear too (see
-`wants_tls`); the verification digest still checks every byte end to end.
+with the token, sent only inside the checked TLS session. A daemon takes copies in clear text too only when
+its admin wrote `encryption: none` (a trusted migration network); a mover sends clear text only to such a
+daemon, and only when its own setting lets it (see `wants_tls`); the verification digest still checks every
+byte end to end.
 
-Frames, mover to daemon, after the hello (MAGIC and the 32 token bytes; the daemon answers GO or ERROR):
+The hello: the mover sends MAGIC (inside TLS when encrypted); the daemon answers READY once it takes the
+connection (a daemon that refuses closes it, or answers ERROR); only then does the mover send the 32 token
+bytes, and the daemon answers GO or ERROR. So a mover whose connection is refused, or whose daemon does not
+answer, has not shown its token and uploads through libvirt instead.
+
+Frames, mover to daemon, after GO:
     DATA  b"D" u64 offset, u32 length, then length bytes (holes are simply skipped: the file starts empty)
     END   b"E" u64 total length (the file is cut or extended to it), u64 data bytes sent
 The daemon answers END, once the file and its directory entry are on disk, with DONE u64 bytes written, or
@@ -28,6 +34,7 @@ import socket
 import ssl
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,11 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evacuator.errors import EvacuatorError
 
-MAGIC = b"EVACDATA1\n"
+MAGIC = b"EVACDATA2\n"  # 1: the token came with MAGIC, before the daemon said READY
 TLS_HANDSHAKE = b"\x16"  # the first byte of any TLS connection; MAGIC starts otherwise
 TOKEN_BYTES = 32
 RECEIVE_TYPE = "receive"  # the message type of a ticket request on the peers exchange
-DATA, END, GO, DONE, ERROR = b"D", b"E", b"G", b"K", b"X"
+DATA, END, READY, GO, DONE, ERROR = b"D", b"E", b"R", b"G", b"K", b"X"
 DATA_HEADER = struct.Struct(">QI")
 END_BODY = struct.Struct(">QQ")
 DONE_BODY = struct.Struct(">Q")
@@ -54,7 +61,8 @@ MAX_FRAME_BYTES = 4 << 20
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"
 
 Encryption = Literal["auto", "tls", "none"]
-"""How a mover's copies go (settings' `data_channel.encryption`): see `wants_tls`."""
+"""Settings' `data_channel.encryption`. What this host's daemon takes: clear text as well as TLS with "none"
+only (`takes_clear_text`). How its mover's copies go: see `wants_tls`."""
 
 _ENCRYPTED_TRANSPORTS = frozenset({"tls", "ssh", "libssh", "libssh2"})
 
@@ -69,10 +77,17 @@ def libvirt_transport_encrypted(uri: str) -> bool:
     return transport in _ENCRYPTED_TRANSPORTS
 
 
+def takes_clear_text(encryption: Encryption) -> bool:
+    """Whether a daemon whose setting is `encryption` takes copies in clear text: only when its admin wrote
+    "none" for a trusted migration network."""
+    return encryption == "none"
+
+
 def wants_tls(encryption: Encryption, uri: str) -> bool:
-    """Whether a copy to the host libvirt reaches at `uri` goes encrypted: always with "tls", never by
-    choice with "none", and with "auto" exactly when libvirt's URI for that host names an encrypted
-    transport (libvirt_transport_encrypted)."""
+    """Whether a copy to the host libvirt reaches at `uri` must go encrypted: always with "tls", not by this
+    host's choice with "none", and with "auto" when libvirt's URI for that host names an encrypted transport
+    (libvirt_transport_encrypted). Clear text needs the receiving daemon's leave too (its ticket's
+    `clear_allowed`, which only "none" there gives)."""
     return encryption == "tls" or (encryption == "auto" and libvirt_transport_encrypted(uri))
 
 
@@ -163,20 +178,27 @@ def client_tls(sock: socket.socket, *, expected_sha256: str, timeout_seconds: fl
     return wrapped
 
 
-def receive_into(sock: socket.socket, view: memoryview) -> None:
-    """Fills `view` from the socket, or ChannelError when the peer closes first."""
+def receive_into(sock: socket.socket, view: memoryview, *, deadline: float | None = None) -> None:
+    """Fills `view` from the socket, or ChannelError when the peer closes first. With a `deadline`
+    (time.monotonic), all of it by then, however the bytes trickle in: each read waits only for what is
+    left (TimeoutError past it)."""
     got = 0
     while got < len(view):
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {len(view)} bytes came before the deadline")
+            sock.settimeout(left)
         n = sock.recv_into(view[got:])
         if n == 0:
             raise ChannelError(f"the peer closed the channel ({got} of {len(view)} bytes of a frame came)")
         got += n
 
 
-def receive_exactly(sock: socket.socket, length: int) -> bytes:
-    """`length` bytes, or ChannelError when the peer closes first."""
+def receive_exactly(sock: socket.socket, length: int, *, deadline: float | None = None) -> bytes:
+    """`length` bytes, or ChannelError when the peer closes first (TimeoutError past a `deadline`)."""
     buffer = bytearray(length)
-    receive_into(sock, memoryview(buffer))
+    receive_into(sock, memoryview(buffer), deadline=deadline)
     return bytes(buffer)
 
 
@@ -186,9 +208,10 @@ def error_frame(message: str) -> bytes:
 
 
 def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The daemon's answer: (GO, b""), (DONE, body), or ChannelRefused carrying its ERROR's message."""
+    """The daemon's answer: (READY, b""), (GO, b""), (DONE, body), or ChannelRefused carrying its ERROR's
+    message."""
     kind = receive_exactly(sock, 1)
-    if kind == GO:
+    if kind in (READY, GO):
         return kind, b""
     if kind == DONE:
         return kind, receive_exactly(sock, DONE_BODY.size)

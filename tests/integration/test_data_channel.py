@@ -31,6 +31,7 @@ from evacuator.transfer.sender import DataChannelClient
 from evacuator.transfer.wire import Encryption
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
+from tests.fixtures.broker import lab_trust
 from tests.fixtures.chunk_faults import acting_after_first_mib
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,8 @@ def _sender(broker_settings: BrokerSettings, *, encryption: Encryption = "auto",
             ) -> tuple[PeerClient, DataChannelClient]:
     client = PeerClient(
         blocking_connection_factory(broker_settings, connection_name="test-data-channel"),
-        exchange=broker_settings.peers_exchange, timeout_base_seconds=30, min_bytes_per_second=10 * MIB)
+        trust=lab_trust(broker_settings), exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
+        min_bytes_per_second=10 * MIB)
     return client, DataChannelClient(client, encryption=encryption, stall_timeout_seconds=5.0)
 
 
