@@ -12,6 +12,7 @@ NotifierError
 ├── NotifierClosed       the publisher or consumer was used after close()
 ├── BrokerRefused        the broker closed the channel on a tenant (403 access refused, 406 forged user_id)
 ├── ProvisioningError    a rabbitmqctl command failed
+├── ProvisioningRefused  a user that is not a tenant made by `tenant add` (or a reserved name)
 └── OutboxError          the notice outbox (SQLite) could not be opened, read or written
 """
 
@@ -88,6 +89,11 @@ class ProvisioningError(NotifierError):
         self.command = command
         self.returncode = returncode
         self.output = output
+
+
+class ProvisioningRefused(NotifierError):
+    """A tenant may not be made or removed under this name: its broker user is somebody else's (an
+    administrator, the service's or a host's user); the message names the user and its tags."""
 
 
 class OutboxError(NotifierError):

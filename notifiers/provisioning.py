@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, blocking_connection_factory
-from notifiers.errors import BrokerUnavailable, ProvisioningError
+from notifiers.errors import BrokerUnavailable, ProvisioningError, ProvisioningRefused
+from notifiers.rabbitmqctl import list_user_tags, run_ctl
 from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word, tenant_queue
 
 _log = structlog.get_logger(__name__)
-_TIMEOUT_SECONDS = 60.0
+
+
+# The tag that marks a broker user as a tenant `provision_tenant` made (hosts' users are `host.<name>`, tagged
+# `evacuator-host`); a user without it is somebody else's, and is never taken over or deleted.
+TENANT_TAG = "evacuator-tenant"
+
+
+class TenantOutcome(StrEnum):
+    """What provision_tenant did to the tenant's user."""
+
+    CREATED = "created"
+    PASSWORD_RESET = "password_reset"
+    UNCHANGED = "unchanged"  # it existed: its tag and permissions were made right, its password kept
 
 
 def provision_tenant(
@@ -27,20 +40,32 @@ def provision_tenant(
     notices_exchange: str = "evacuator.notices",
     replies_exchange: str = "evacuator.replies",
     rabbitmqctl: Sequence[str] = ("rabbitmqctl",),
-) -> None:
-    """Create (or re-password) the tenant's user; it may only read its queue and publish its own replies.
+    reset_password: bool = False,
+    reserved_users: Collection[str] = (),
+) -> TenantOutcome:
+    """Create the tenant's user, tagged TENANT_TAG; it may only read its queue and publish its own replies.
 
-    Idempotent. The tenant may configure nothing: the service declares and binds its notices queue.
+    A user that exists is used only if it bears the tag (a tenant made here); it is given exactly that tag
+    and its permissions again, and its password only with `reset_password`. A user without the tag (an
+    administrator, the service's or a host's user) and a name in `reserved_users` (the service's own user)
+    are refused with ProvisioningRefused, and left as they are. The tenant may configure nothing: the service
+    declares and binds its notices queue.
     """
     check_word("tenant", tenant)
     if tenant_queue(tenant) in (notices_exchange, replies_exchange):
-        raise ProvisioningError(
-            "provision_tenant", 2, f"tenant name {tenant!r} collides with an exchange name"
-        )
-    created = _run(rabbitmqctl, ["add_user", tenant], stdin=password, ok_if="already exists")
-    if not created:
-        _run(rabbitmqctl, ["change_password", tenant], stdin=password)
-    _run(
+        raise ProvisioningRefused(f"tenant name {tenant!r} collides with an exchange name")
+    if tenant in reserved_users:
+        raise ProvisioningRefused(f"{tenant!r} is the broker user the service connects as, not a tenant")
+    outcome = _ensure_user(tenant, password, rabbitmqctl=rabbitmqctl, reset_password=reset_password)
+    # Exactly the tenant tag: any other (administrator, monitoring, ...) is cleared.
+    try:
+        run_ctl(rabbitmqctl, ["set_user_tags", tenant, TENANT_TAG])
+    except ProvisioningError:
+        if outcome is TenantOutcome.CREATED:  # untagged, it would be refused by every later `tenant add`
+            with contextlib.suppress(ProvisioningError):
+                run_ctl(rabbitmqctl, ["delete_user", tenant])
+        raise
+    run_ctl(
         rabbitmqctl,
         [
             "set_permissions", "-p", vhost, tenant,
@@ -50,7 +75,7 @@ def provision_tenant(
         ],
     )  # fmt: skip
     # Pins the routing keys the tenant may publish on the replies exchange to `<tenant>.<host>`.
-    _run(
+    run_ctl(
         rabbitmqctl,
         [
             "set_topic_permissions", "-p", vhost, tenant, replies_exchange,
@@ -58,34 +83,45 @@ def provision_tenant(
             "^$",
         ],
     )  # fmt: skip
-    _log.info("tenant_provisioned", tenant=tenant, vhost=vhost, created=created)
+    _log.info("tenant_provisioned", tenant=tenant, vhost=vhost, outcome=str(outcome))
+    return outcome
 
 
 def remove_tenant(tenant: str, *, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
-    """Delete the tenant's user (and so its permissions); idempotent. Its queue is the service's to delete."""
+    """Delete the tenant's user (and so its permissions); idempotent. Its queue is the service's to delete.
+
+    A user without TENANT_TAG is not a tenant made here: refused (ProvisioningRefused), left as it is."""
     check_word("tenant", tenant)
-    _run(rabbitmqctl, ["delete_user", tenant], ok_if="does not exist")
-    _log.info("tenant_removed", tenant=tenant)
+    tags = list_user_tags(rabbitmqctl).get(tenant)
+    if tags is not None:
+        _check_is_tenant(tenant, tags)
+        run_ctl(rabbitmqctl, ["delete_user", tenant], ok_if="does not exist")
+    _log.info("tenant_removed", tenant=tenant, existed=tags is not None)
 
 
-def _run(
-    rabbitmqctl: Sequence[str], arguments: list[str], *, stdin: str = "", ok_if: str | None = None
-) -> bool:
-    """Run one command; True if it succeeded, False if it failed with `ok_if` in its output."""
-    command = [*rabbitmqctl, "--quiet", *arguments]
-    shown = " ".join(command)  # passwords only ever travel on stdin, so this is safe to show
-    try:
-        done = subprocess.run(
-            command, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT_SECONDS, check=False
+def _ensure_user(
+    tenant: str, password: str, *, rabbitmqctl: Sequence[str], reset_password: bool
+) -> TenantOutcome:
+    tags = list_user_tags(rabbitmqctl).get(tenant)
+    if tags is None:
+        if run_ctl(rabbitmqctl, ["add_user", tenant], stdin=password, ok_if="already exists"):
+            return TenantOutcome.CREATED
+        tags = list_user_tags(rabbitmqctl).get(tenant, frozenset())  # made meanwhile, by someone else
+    _check_is_tenant(tenant, tags)
+    if not reset_password:
+        return TenantOutcome.UNCHANGED
+    run_ctl(rabbitmqctl, ["change_password", tenant], stdin=password)
+    return TenantOutcome.PASSWORD_RESET
+
+
+def _check_is_tenant(tenant: str, tags: frozenset[str]) -> None:
+    if TENANT_TAG not in tags:
+        shown = ", ".join(sorted(tags)) or "none"
+        raise ProvisioningRefused(
+            f"broker user {tenant!r} exists and is not a tenant (tags: {shown}; a tenant bears "
+            f"{TENANT_TAG!r}): left as it is. Choose another name; if it is a tenant made by an older "
+            f"version, adopt it with `rabbitmqctl set_user_tags {tenant} {TENANT_TAG}`"
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ProvisioningError(shown, -1, repr(exc)) from exc
-    if done.returncode == 0:
-        return True
-    output = f"{done.stdout}\n{done.stderr}".strip()
-    if ok_if is not None and ok_if in output:
-        return False
-    raise ProvisioningError(shown, done.returncode, output)
 
 
 def declare_tenant_queue(settings: BrokerSettings, tenant: str) -> str:

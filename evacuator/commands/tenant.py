@@ -6,12 +6,17 @@ import argparse
 import secrets
 import shlex
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from evacuator.errors import ConfigError
 from evacuator.settings import load_settings
-from notifiers.provisioning import declare_tenant_queue, delete_tenant_queue, provision_tenant, remove_tenant
-from notifiers.settings import BrokerSettings
+from notifiers.provisioning import (
+    TenantOutcome,
+    declare_tenant_queue,
+    delete_tenant_queue,
+    provision_tenant,
+    remove_tenant,
+)
+from notifiers.settings import url_vhost
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,15 +26,17 @@ def main(args: argparse.Namespace) -> int:
 def run_tenant_add(args: argparse.Namespace) -> int:
     broker = load_settings(Path(args.config)).broker
     generated = args.password_file is None
-    password = secrets.token_urlsafe(18) if generated else _read_password(Path(args.password_file))
-    provision_tenant(
-        args.name, password, vhost=args.vhost or _vhost(broker), notices_exchange=broker.notices_exchange,
-        replies_exchange=broker.replies_exchange, rabbitmqctl=shlex.split(args.rabbitmqctl),
+    password = secrets.token_urlsafe(18) if generated else read_password(Path(args.password_file))
+    outcome = provision_tenant(
+        args.name, password, vhost=args.vhost or url_vhost(broker.url.get_secret_value()),
+        notices_exchange=broker.notices_exchange, replies_exchange=broker.replies_exchange,
+        rabbitmqctl=shlex.split(args.rabbitmqctl), reset_password=args.reset_password,
+        reserved_users=(broker.user,),
     )  # fmt: skip
     queue = declare_tenant_queue(broker, args.name)
-    print(f"tenant {args.name}: user ready, queue {queue} declared")
-    if generated:  # shown once, on stdout only (never logged): hand it to the tenant
-        print(f"password: {password}")
+    print(f"tenant {args.name}: {_SAID[outcome]}, queue {queue} declared")
+    if generated and outcome is not TenantOutcome.UNCHANGED:
+        print(f"password: {password}")  # shown once, on stdout only (never logged): hand it to the tenant
     return 0
 
 
@@ -42,7 +49,15 @@ def run_tenant_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_password(path: Path) -> str:
+_SAID = {
+    TenantOutcome.CREATED: "user created",
+    TenantOutcome.PASSWORD_RESET: "user exists, new password set, permissions set again",
+    TenantOutcome.UNCHANGED: "user exists, password unchanged (--reset-password sets a new one), "
+    "permissions set again",
+}
+
+
+def read_password(path: Path) -> str:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -50,8 +65,3 @@ def _read_password(path: Path) -> str:
     if not lines or not lines[0]:
         raise ConfigError(f"{path}: expected the password on the first line")
     return lines[0]
-
-
-def _vhost(broker: BrokerSettings) -> str:
-    path = urlsplit(broker.url.get_secret_value()).path
-    return unquote(path[1:]) if len(path) > 1 else "/"

@@ -1,4 +1,5 @@
-"""The admin commands `sensors` and `simulate`, run as an admin would, on committed fixture data."""
+"""The admin commands `sensors`, `simulate` and `tenant` (its refusals), run as an admin would, on committed
+fixture data and a fake rabbitmqctl."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from evacuator.cli import main
+from notifiers.provisioning import TENANT_TAG
+from tests.fakes import rabbitmqctl as fake_rabbitmqctl
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "tests" / "data" / "sysfs" / "intel-2s"
@@ -88,3 +92,57 @@ def test_simulate_names_a_missing_trace(tmp_path: Path) -> None:
     done = _evacuator("simulate", "--config", str(EXAMPLE), "--trace", str(tmp_path / "none.jsonl"))
     assert done.returncode == 1 and "none.jsonl: cannot read trace" in done.stderr
 
+
+
+# --- tenant: what it refuses before reaching the broker (the rest: tests/integration, tests/security) ------
+
+
+def _tenant_config(tmp_path: Path, service_user: str) -> Path:
+    # Port 1: nothing listens, so a command that got past its refusals would fail to connect.
+    path = tmp_path / "evacuator.yaml"
+    path.write_text(
+        "host: {name: hv1}\n"
+        "peers: [{name: hv2, libvirt_uri: 'qemu+tcp://hv2/system'}]\n"
+        "data_channel: {enabled: false}\n"
+        f"broker: {{url: 'amqp://{service_user}:pw@127.0.0.1:1/%2F'}}\n"
+    )
+    return path
+
+
+def _fake_ctl(tmp_path: Path, users: dict[str, dict[str, Any]]) -> tuple[Path, str]:
+    state = tmp_path / "users.json"
+    fake_rabbitmqctl.write_state(state, users)
+    return state, f"{sys.executable} {fake_rabbitmqctl.__file__} {state}"
+
+
+@pytest.mark.parametrize(
+    ("action", "extra"),
+    [("add", []), ("add", ["--reset-password"]), ("remove", [])],
+    ids=["add", "add_reset_password", "remove"],
+)
+def test_tenant_refuses_an_administrator_and_leaves_it_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, extra: list[str]
+) -> None:
+    admin = {"password": "old", "tags": ["administrator"]}
+    state, ctl = _fake_ctl(tmp_path, {"ops": admin})
+    config = str(_tenant_config(tmp_path, "evacuator"))
+    assert main(["tenant", action, "ops", "--config", config, "--rabbitmqctl", ctl, *extra]) == 1
+    assert "'ops' exists and is not a tenant (tags: administrator;" in capsys.readouterr().err
+    assert fake_rabbitmqctl.read_state(state)["users"] == {"ops": admin}
+
+
+def test_tenant_add_refuses_the_user_the_service_connects_as(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, ctl = _fake_ctl(tmp_path, {"svc": {"password": "old", "tags": [TENANT_TAG]}})
+    config = str(_tenant_config(tmp_path, "svc"))
+    assert main(["tenant", "add", "svc", "--config", config, "--rabbitmqctl", ctl, "--reset-password"]) == 1
+    assert "the broker user the service connects as" in capsys.readouterr().err
+    assert fake_rabbitmqctl.read_state(state)["calls"] == []
+
+
+def test_tenant_add_keeps_a_password_unless_told_to_reset_it() -> None:
+    from evacuator.cli import _parser
+
+    assert _parser().parse_args(["tenant", "add", "acme"]).reset_password is False
+    assert _parser().parse_args(["tenant", "add", "acme", "--reset-password"]).reset_password is True
