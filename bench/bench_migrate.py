@@ -120,7 +120,8 @@ def bench_dense(
           f"answers): {line('channel')} (goal >= 0.9); with verification (the daemon's digest of its "
           f"file): {line('channel+v')}.\n"
           f"    libvirt upload, for comparison: {line('libvirt')}, of a copy only in the page cache; with "
-          f"verification, in which the daemon flushes and digests it: {line('libvirt+v')}")
+          f"verification, read back through libvirt (a daemon digests only what its data channel received): "
+          f"{line('libvirt+v')}")
     return Bandwidths(copy=dense_mib * MIB / median["channel"], durable=dense_mib * MIB / median["channel+v"],
                       disk=dense_mib * MIB / cp)
 
@@ -272,9 +273,10 @@ def main() -> None:
     parser.add_argument("--vm-mib", type=int, default=1024)
     parser.add_argument("--trials", type=int, default=6,
                         help="for (a); a multiple of 3: each of its 3 copies goes first as often")
-    parser.add_argument("--data-channel", choices=("auto", "tls", "none"), default="auto",
-                        help="the hosts' data_channel.encryption (auto, the default setting: as libvirt's "
-                             "qemu+tcp between the lab hosts, clear text)")
+    parser.add_argument("--data-channel", choices=("auto", "tls", "none"), default="tls",
+                        help="the hosts' data_channel.encryption (default tls, as the setting's default; none: "
+                             "clear text, as on a trusted migration network; auto: TLS, the receivers taking "
+                             "no clear text)")
     parser.add_argument("--ahead", type=int, default=2, help="quiesce_ahead_moves in (c) (default 2)")
     parser.add_argument("--precondition-gib", type=int, default=24,
                         help="GiB written and deleted first, so no copy pays the thin disk's first writes")

@@ -15,11 +15,12 @@ import pika
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.lab.broker import ensure_broker
 from evacuator.lab.hosts import LabHost
+from evacuator.peers.messages import PeerTrust
 from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.sender import DataChannelClient
 from evacuator.transfer.wire import Encryption
 from notifiers.connection import blocking_connection_factory
-from notifiers.settings import BrokerSettings
+from notifiers.settings import BrokerSettings, url_user
 
 MIB = 1 << 20
 
@@ -54,8 +55,10 @@ def peer_daemons(hosts: Sequence[LabHost], base: Path, data_channel: Encryption)
             assert daemon.stdout is not None
             if daemon.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{host.name}'s digest daemon did not start")
+        trust = PeerTrust.shared(url_user(broker.url), [host.name for host in hosts])  # one lab user for all
         client = PeerClient(blocking_connection_factory(settings, connection_name="bench-digests"),
-                            exchange=exchange, timeout_base_seconds=60, min_bytes_per_second=10 * MIB)
+                            trust=trust, exchange=exchange, timeout_base_seconds=60,
+                            min_bytes_per_second=10 * MIB)  # fmt: skip
         sender = DataChannelClient(client, encryption=data_channel)
         yield Peers(
             channel=lambda peer: open_libvirt_host(peer.name, peer.uri, peer.pool, peer_digests=client,

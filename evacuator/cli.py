@@ -53,6 +53,12 @@ def _tenant(args: argparse.Namespace) -> int:
     return tenant.main(args)
 
 
+def _host(args: argparse.Namespace) -> int:
+    from evacuator.commands import host
+
+    return host.main(args)
+
+
 def _cancel(args: argparse.Namespace) -> int:
     from evacuator.commands import cancel
 
@@ -79,14 +85,45 @@ def _tenant_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     tenant = sub.add_parser("tenant", help="provision or remove a tenant (broker user, permissions, queue)")
     tenant.set_defaults(handler=_tenant)
     actions = tenant.add_subparsers(dest="tenant_action", required=True)
-    add = actions.add_parser("add", help="create the tenant's user (or set a new password) and its queue")
-    add.add_argument("name", help="tenant name: the broker user and the first word of its routing keys")
+    add = actions.add_parser("add", help="create the tenant's user (tagged evacuator-tenant) and its queue; "
+                             "for an existing tenant, set its permissions and queue again")  # fmt: skip
+    add.add_argument("name", help="tenant name: the broker user and the first word of its routing keys; "
+                     "an existing user that is not a tenant is refused")  # fmt: skip
     add.add_argument("--password-file", help="file whose first line is the password (default: generate one "
                      "and print it once)")  # fmt: skip
+    add.add_argument("--reset-password", action="store_true",
+                     help="set the password of an existing tenant too (else it is kept)")  # fmt: skip
     add.add_argument("--vhost", default=None, help="virtual host (default: the one in broker.url)")
-    remove = actions.add_parser("remove", help="delete the tenant's user and its notices queue")
+    remove = actions.add_parser("remove", help="delete the tenant's user and its notices queue (a user that "
+                                "is not a tenant is refused)")  # fmt: skip
     remove.add_argument("name")
     remove.add_argument("--keep-queue", action="store_true", help="keep the queue and its unread notices")
+    for action in (add, remove):
+        _config_option(action)
+        action.add_argument("--rabbitmqctl", default="rabbitmqctl",
+                            help="the command that runs rabbitmqctl (e.g. 'ssh mq rabbitmqctl')")  # fmt: skip
+
+
+def _host_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    host = sub.add_parser("host", help="provision or remove a host's own broker user (host.NAME) and its "
+                          "permissions")  # fmt: skip
+    host.set_defaults(handler=_host)
+    actions = host.add_subparsers(dest="host_action", required=True)
+    add = actions.add_parser("add", help="create host.NAME (tagged evacuator-host), the vhosts, and exactly "
+                             "its permissions; for an existing host user, set them again")  # fmt: skip
+    add.add_argument("name", help="the host's name (host.name in its settings); an existing broker user "
+                     "host.NAME that is not a host's is refused")  # fmt: skip
+    add.add_argument("--password-file", help="file whose first line is the password (default: generate one "
+                     "and print it once)")  # fmt: skip
+    add.add_argument("--reset-password", action="store_true",
+                     help="set the password of an existing host user too (else it is kept)")  # fmt: skip
+    add.add_argument("--vhost", default=None,
+                     help="the tenants' virtual host (default: the one in broker.url)")  # fmt: skip
+    add.add_argument("--peers-vhost", default=None,
+                     help="the daemons' own virtual host (default: broker.peers_vhost, else "
+                     "broker.url's)")  # fmt: skip
+    remove = actions.add_parser("remove", help="delete host.NAME (a user that is not a host's is refused)")
+    remove.add_argument("name")
     for action in (add, remove):
         _config_option(action)
         action.add_argument("--rabbitmqctl", default="rabbitmqctl",
@@ -123,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     move.set_defaults(handler=_move)
 
     _tenant_parser(sub)
+    _host_parser(sub)
 
     cancel = sub.add_parser("cancel", help="cancel a pending move (before it quiesces) and tell the tenant")
     cancel.add_argument("vm_uuid", help="the VM (a consistency group is cancelled whole)")

@@ -49,8 +49,11 @@ def _tenant_url(broker: LabBroker, tenant: str, password: str) -> str:
 def _settings(base: Path, host_a: LabHost, host_b: LabHost, broker: LabBroker) -> Settings:
     return Settings.model_validate(
         {
-            "host": {"name": host_a.name, "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
-            "peers": [{"name": host_b.name, "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
+            "host": {"name": host_a.name, "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool,
+                     "migration_address": "127.0.0.1"},
+            # The demo's daemons all connect as the lab broker's admin user: so is the peer's.
+            "peers": [{"name": host_b.name, "libvirt_uri": host_b.uri, "storage_pool": host_b.pool,
+                       "broker_user": urlsplit(broker.url).username or "guest"}],
             "monitors": {
                 "sysfs_root": str(base / "sys"),
                 "poll_interval_seconds": 0.5,

@@ -3,7 +3,7 @@ and the journal records of each step, of a rollback and of the move's ending."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,9 +87,13 @@ class Attempts:
             retry=retry_if_exception_type(EvacuatorError), sleep=self._sleep, reraise=True,
         )  # fmt: skip
 
-    def transfer_slot(self, destination: str, priority: int) -> TransferSlot:
-        """How a migrator bound for `destination` holds a transfer slot (this engine's, and the cloud's)."""
-        return held_transfer(self._slots, self._cluster_slots, destination, priority)
+    def transfer_slot(self, destination: str, records: Sequence[MoveRecord]) -> TransferSlot:
+        """How a migrator bound for `destination` holds a transfer slot (this engine's, and the cloud's) for
+        these moves: at their highest priority, and urgently when one leaves a failed host (which may not
+        get its VMs back, so the cloud-wide caps must not keep them there)."""
+        urgent = any(not r.may_restart_on_source for r in records)
+        return held_transfer(self._slots, self._cluster_slots, destination, max(r.priority for r in records),
+                             urgent=urgent)
 
     def precopy_slot(self, destination: str) -> TryTransferSlot | None:
         """How a cold migrator tries for a slot to pre-copy while its VM shuts down; None when that is off."""

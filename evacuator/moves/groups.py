@@ -71,7 +71,7 @@ class GroupRunner:
             def on_step(event: StepEvent) -> None:
                 records[event.vm_uuid] = attempts.on_step(records[event.vm_uuid], event, source, dest)
 
-            slot = attempts.transfer_slot(destination, max(r.priority for r in ordered))
+            slot = attempts.transfer_slot(destination, ordered)
             uuids = [r.vm_uuid for r in ordered]
             attempts.migrators.group_quiesce(source, dest, on_step=on_step).quiesce_together(uuids)
             cold = attempts.migrators.cold(source, dest, on_step=on_step, transfer_slot=slot)

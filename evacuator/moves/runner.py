@@ -75,7 +75,7 @@ class MoveRunner:
         if method is not MoveMethod.COLD and record.start_on_destination:
             try:
                 live = attempts.migrators.live(source, dest, on_step=on_step)
-                with attempts.transfer_slot(destination, record.priority)(record.vm_uuid):
+                with attempts.transfer_slot(destination, [record])(record.vm_uuid):
                     live.move(record.vm_uuid, start_on_destination=True)
                 return attempts.done(holder[-1], destination)
             except MigrationError as exc:
@@ -84,7 +84,7 @@ class MoveRunner:
                 # live_then_cold: a failed live migration leaves the guest running on the source.
                 log.warning("live_move_failed_trying_cold", vm_uuid=record.vm_uuid, error=str(exc))
         cold = attempts.migrators.cold(
-            source, dest, on_step=on_step, transfer_slot=attempts.transfer_slot(dest.name, record.priority),
+            source, dest, on_step=on_step, transfer_slot=attempts.transfer_slot(dest.name, [record]),
             precopy_slot=attempts.precopy_slot(dest.name))
         cold.move(record.vm_uuid, start_on_destination=record.start_on_destination)
         return attempts.done(holder[-1], destination)

@@ -26,8 +26,9 @@ log = structlog.get_logger(__name__)
 
 
 class ClusterSlots(Protocol):
-    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
-        """Waits for the cloud-wide slots a transfer to `destination` needs and holds them for the block."""
+    def hold(self, *, destination: str, vm_uuid: str, urgent: bool = False) -> AbstractContextManager[None]:
+        """Waits (a bounded time; hardly at all when `urgent`: a failed host's move) for the cloud-wide slots
+        a transfer to `destination` needs and holds them for the block."""
         ...
 
     def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
@@ -38,7 +39,7 @@ class ClusterSlots(Protocol):
 class NoClusterCap:
     """No cloud-wide caps (the default): the per-host caps alone."""
 
-    def hold(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[None]:
+    def hold(self, *, destination: str, vm_uuid: str, urgent: bool = False) -> AbstractContextManager[None]:
         return nullcontext()
 
     def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
@@ -117,15 +118,16 @@ class TransferSlots:
 
 
 def held_transfer(
-    slots: TransferSlots, cluster: ClusterSlots, destination: str, priority: int
+    slots: TransferSlots, cluster: ClusterSlots, destination: str, priority: int, *, urgent: bool = False
 ) -> TransferSlot:
     """This host's slot to `destination`, then a cloud-wide one (in that order: no cloud-wide slot is held
-    by a move this host's own caps would not run yet)."""
+    by a move this host's own caps would not run yet). `urgent`: a failed host's move, which the cloud-wide
+    caps hold back hardly at all."""
 
     @contextmanager
     def hold(vm_uuid: str) -> Iterator[None]:
         with slots.slot(destination, vm_uuid=vm_uuid, priority=priority), \
-                cluster.hold(destination=destination, vm_uuid=vm_uuid):  # fmt: skip
+                cluster.hold(destination=destination, vm_uuid=vm_uuid, urgent=urgent):  # fmt: skip
             yield
 
     return hold

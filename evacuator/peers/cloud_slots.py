@@ -9,8 +9,11 @@ the mover's. Slots are taken in one order everywhere (the destination's, then th
 never wait for each other's.
 
 A failing host must still be evacuated, so the caps fail open: when the broker cannot be reached the move
-goes ahead without a cloud-wide slot and says so (`cluster_slot_unavailable`). There is no priority across
-hosts: waiters retry every `retry_seconds` (with jitter) and the first to ask after a release wins.
+goes ahead without a cloud-wide slot and says so (`cluster_slot_unavailable`), and no wait is unbounded: after
+`max_wait_seconds` (a failed host's move: a moment) the move goes ahead without its slot
+(`cluster_slot_wait_expired`), so a host that holds the slots cannot stall the others' evacuations for long.
+There is no priority across hosts: waiters retry every `retry_seconds` (with jitter) and the first to ask
+after a release wins. The slot queues live in the peers vhost, where only hosts' users may touch them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from notifiers.connection import ACCESS_REFUSED, CONNECTION_ERRORS, ConnectionFa
 log = structlog.get_logger(__name__)
 
 _POLL_SECONDS = 0.25
+# How long a move waits for a cloud-wide slot before it goes ahead without one; a failed host's move waits
+# only for the first try (its VMs are on a dying host: the cap must not keep them there).
+DEFAULT_MAX_WAIT_SECONDS = 300.0
+URGENT_WAIT_SECONDS = 2.0
 _REPORT_WAIT_SECONDS = 60.0
 _JOIN_TIMEOUT_SECONDS = 30.0
 
@@ -41,24 +48,28 @@ class BrokerCloudCaps:
 
     def __init__(
         self, connect: ConnectionFactory, *, prefix: str, total: int | None, incoming_per_host: int | None,
-        retry_seconds: float = 0.5,
+        retry_seconds: float = 0.5, max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
     ) -> None:
         self._connect = connect
         self._prefix = prefix
         self.total = total
         self.incoming_per_host = incoming_per_host
         self._retry_seconds = retry_seconds
+        self._max_wait_seconds = max_wait_seconds
 
     @contextmanager
-    def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
+    def hold(self, *, destination: str, vm_uuid: str, urgent: bool = False) -> Iterator[None]:
+        """Holds the slots a transfer to `destination` needs, waiting at most `max_wait_seconds` for each (an
+        `urgent` move, a failed host's: URGENT_WAIT_SECONDS), then going ahead without it."""
         caps = ((incoming_prefix(self._prefix, destination), self.incoming_per_host),
                 (total_prefix(self._prefix), self.total))  # in this order everywhere: see the module's note
+        wait_seconds = min(self._max_wait_seconds, URGENT_WAIT_SECONDS) if urgent else self._max_wait_seconds
         with ExitStack() as held:
             for prefix, slots in caps:
                 if slots is not None:
                     pool = BrokerClusterSlots(self._connect, prefix=prefix, total=slots,
                                               retry_seconds=self._retry_seconds)
-                    held.enter_context(pool.hold(vm_uuid=vm_uuid))
+                    held.enter_context(pool.hold(vm_uuid=vm_uuid, max_wait_seconds=wait_seconds))
             yield
 
     def hold_now(self, *, destination: str, vm_uuid: str) -> AbstractContextManager[bool]:
@@ -95,11 +106,14 @@ class BrokerClusterSlots:
         self._rng = rng
 
     @contextmanager
-    def hold(self, *, vm_uuid: str) -> Iterator[None]:
+    def hold(self, *, vm_uuid: str, max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS) -> Iterator[None]:
         holder = _Holder(self, vm_uuid)
         holder.start()
         try:
-            holder.wait_acquired()
+            if not holder.wait_acquired(max_wait_seconds):
+                log.warning("cluster_slot_wait_expired", vm_uuid=vm_uuid, prefix=self._prefix,
+                            waited_seconds=max_wait_seconds)
+                holder.release()  # the move goes ahead without this slot; the holder stops trying
             yield
         finally:
             holder.release()
@@ -141,8 +155,9 @@ class _Holder:
     def start(self) -> None:
         self._thread.start()
 
-    def wait_acquired(self) -> None:
-        self._settled.wait()
+    def wait_acquired(self, timeout_seconds: float) -> bool:
+        """Whether a slot is held (or the cap was given up, failing open) within `timeout_seconds`."""
+        return self._settled.wait(timeout_seconds)
 
     def release(self) -> None:
         self._released.set()

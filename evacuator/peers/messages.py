@@ -1,9 +1,14 @@
-"""The peers exchange's wire: digest requests and replies, the "taken" notice, the queue names, and the pure
-answer to a digest request.
+"""The peers exchange's wire: who is who, digest requests and replies, the "taken" notice, the queue names,
+and the pure answer to a digest request.
 
-Requests go to the durable direct exchange `<peers_exchange>` with routing key `digest.<host>`, bound to the
+Every host's daemon is its own broker user (`host.<name>` by default, made by `evacuator host add`), and every
+message between daemons carries its sender's user as `user_id`, which the broker checks against the
+connection's user: a daemon acts only on requests from its peers' users, and an asker believes a reply only
+from the user of the host it asked (PeerTrust). Requests go to the durable topic exchange `<peers_exchange>`
+(in the broker's peers vhost, apart from every tenant) with routing key `digest.<host>`, bound to the
 exclusive queue `<peers_exchange>.digest.<host>` of that host's daemon (it vanishes with the daemon, so a
-request to a stopped one is returned at once, not left waiting). Replies go to the asker's exclusive queue.
+request to a stopped one is returned at once, not left waiting); a host's topic permissions let it bind only
+its own key, so no host reads another's requests. Replies go to the asker's exclusive queue.
 A digest request has no message type; a ticket request for the data channel (ReceiveRequest and its
 ReceiveTicket: evacuator/transfer/wire.py) has the type `receive` and the same routing key.
 
@@ -15,7 +20,8 @@ notices a daemon that went away with its request even when a restarted one alrea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,8 +36,31 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"  # libvirt pool and volume names 
 TAKEN_HEADER = "evacuator-taken"
 TAKEN_TYPE = "taken"
 
-VolumeDigester = Callable[[str, str], str | None]
-"""(pool, volume) -> the digest of this host's own file, None when this host cannot read it itself."""
+VolumeDigester = Callable[[str, str, str], str | None]
+"""(pool, volume, requester's broker user) -> the digest of this host's own file, None when this host cannot
+read it itself; an EvacuatorError when it will not (no open transfer from that requester, say)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerTrust:
+    """Who is who between daemons: this daemon's own broker user, sent as `user_id` with every message, and
+    its peers' users by host name. In a lab all hosts may share one user; in production each has its own."""
+
+    own_user: str
+    peer_users: Mapping[str, str]
+
+    @classmethod
+    def shared(cls, user: str, hosts: Iterable[str]) -> PeerTrust:
+        """Every host's daemon the same broker user `user` (a lab's, or an older deployment's)."""
+        return cls(own_user=user, peer_users=dict.fromkeys(hosts, user))
+
+    def user_of(self, host: str) -> str | None:
+        """The broker user a reply from `host`'s daemon must carry; None for a host that is no peer."""
+        return self.peer_users.get(host)
+
+    def is_peer(self, user: str | None) -> bool:
+        """Whether a request published as `user` (the broker-checked user_id) comes from a peer's daemon."""
+        return user is not None and user in self.peer_users.values()
 
 
 class DigestRequest(BaseModel):
@@ -80,11 +109,15 @@ def responder_queue(exchange: str, host: str) -> str:
 
 
 def declare_exchange(channel: Any, exchange: str) -> None:
-    channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+    """A topic exchange: topic permissions bound what each host may bind (read) and publish (write)."""
+    channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
 
 
-def answer(request: DigestRequest, *, host: str, digest_volume: VolumeDigester) -> DigestReply:
-    """The reply to one request: pure apart from `digest_volume`, whose failures become the reply's error."""
+def answer(
+    request: DigestRequest, *, host: str, requester: str, digest_volume: VolumeDigester
+) -> DigestReply:
+    """The reply to one request from `requester` (a peer's broker user): pure apart from `digest_volume`,
+    whose failures become the reply's error."""
 
     def refuse(error: str) -> DigestReply:
         return DigestReply(host=host, pool=request.pool, volume=request.volume,
@@ -95,7 +128,7 @@ def answer(request: DigestRequest, *, host: str, digest_volume: VolumeDigester) 
     if request.algorithm != BLOCK_DIGEST_ALGORITHM:
         return refuse(f"unknown digest algorithm {request.algorithm!r}")
     try:
-        digest = digest_volume(request.pool, request.volume)
+        digest = digest_volume(request.pool, request.volume, requester)
     except EvacuatorError as exc:
         return refuse(str(exc))
     if digest is None:

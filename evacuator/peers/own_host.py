@@ -54,18 +54,30 @@ class PeerServices:
             self.receiver.close()
 
 
-def own_volume_digester(name: str, pool: str, open_host: OpenOwnHost) -> VolumeDigester:
-    """Flushes and digests this host's volumes from their files, for peers verifying a copy they sent; other
-    pools are refused."""
+def own_volume_digester(
+    name: str, pool: str, open_host: OpenOwnHost, written_by: Callable[[str, str], str | None] | None
+) -> VolumeDigester:
+    """Flushes and digests this host's volumes from their files, for a peer verifying a copy it sent: no host
+    learns the content of a disk it did not send. With the data channel on, only a volume the asking peer's
+    own transfer wrote here (`written_by`: the requester of the last transfer into a volume, while
+    remembered); any other is refused without being opened, and its mover reads its copy back instead. With
+    the channel off (`written_by` None) this daemon cannot know who copied what (libvirt uploaded it), so
+    it digests only a volume no VM defined here names, as a copy awaiting its verification; a running or
+    defined VM's disk, never."""
 
-    def digest(asked_pool: str, volume: str) -> str | None:
+    def digest(asked_pool: str, volume: str, requester: str) -> str | None:
         if asked_pool != pool:
             raise HypervisorError(f"pool {asked_pool} is not the evacuator's pool on {name}")
+        if written_by is not None and written_by(pool, volume) != requester:
+            raise HypervisorError(f"no copy from {requester} into {pool}/{volume} is open on {name}")
+        ref = VolumeRef(pool=pool, volume=volume)
         with open_host() as own:
+            users = [vm for vm in own.list_vms() if ref in vm.volumes]
             # A running guest's disk is nobody's copy to verify: no reading or flushing it on request.
-            if any(VolumeRef(pool=pool, volume=volume) in vm.volumes
-                   for vm in own.list_vms() if is_active(vm)):
+            if any(is_active(vm) for vm in users):
                 raise HypervisorError(f"{pool}/{volume} on {name} belongs to a running VM")
+            if written_by is None and users:
+                raise HypervisorError(f"{pool}/{volume} on {name} is a defined VM's disk")
             # Durable first: the mover removes the source once this copy is verified and runs here.
             return own.local_digest(pool, volume, flush=True)
 

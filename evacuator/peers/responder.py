@@ -1,11 +1,12 @@
 """This host's daemon answering its peers' requests: digests (why: rpc.py; the wire: messages.py) and
 tickets for its data channel (evacuator/transfer/wire.py).
 
-What a broker user allowed to publish on the peers exchange can make it do is bounded: it answers only for
-volumes of its own pool that no running VM uses (own_host.py's digester), replies only into a server-named
-queue (`amq.gen-...`, never a tenant's), drops requests that carry no expiry, and keeps at most
-`MAX_WAITING_REQUESTS` waiting (the broker refuses more, and the asker falls back at once). Give the
-exchange to the hosts' broker users only.
+It serves only its peers: a request whose broker-checked `user_id` is no peer's user is refused at once with
+nothing but that (`peer_request_refused`), and each reply carries this daemon's own user, which the asker
+checks. What a peer can make it do is bounded too: it digests only a volume that peer's copy just wrote
+through the data channel (own_host.py's digester), replies only into a server-named queue (`amq.gen-...`,
+never a tenant's), drops requests that carry no expiry, and keeps at most `MAX_WAITING_REQUESTS` waiting (the
+broker refuses more, and the asker falls back at once).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from evacuator.peers.messages import (
     DigestReply,
     DigestRequest,
     DigestTaken,
+    PeerRequest,
+    PeerTrust,
     VolumeDigester,
     alive_queue,
     answer,
@@ -52,10 +55,12 @@ class DigestResponder:
     computed by `workers` threads, so a long one never stalls the connection's heartbeats."""
 
     def __init__(
-        self, connect: ConnectionFactory, *, host: str, exchange: str, digest_volume: VolumeDigester,
-        workers: int = 2, issue_ticket: Callable[[ReceiveRequest], ReceiveTicket] | None = None,
+        self, connect: ConnectionFactory, *, trust: PeerTrust, host: str, exchange: str,
+        digest_volume: VolumeDigester, workers: int = 2,
+        issue_ticket: Callable[[ReceiveRequest, str], ReceiveTicket] | None = None,
     ) -> None:
         self._issue_ticket = issue_ticket
+        self._trust = trust
         self._connect = connect
         self._host = check_word("host", host)
         self._exchange = exchange
@@ -120,18 +125,20 @@ class DigestResponder:
             channel.close()
         return incarnation
 
-    @staticmethod
-    def _reply(channel: Any, reply_to: str, correlation_id: str | None,
+    def _reply(self, channel: Any, reply_to: str, correlation_id: str | None,
                reply: DigestReply | DigestTaken | ReceiveTicket) -> None:
         channel.basic_publish(
             exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
-            properties=pika.BasicProperties(correlation_id=correlation_id, content_type="application/json",
-                                            type=TAKEN_TYPE if isinstance(reply, DigestTaken) else None),
+            properties=pika.BasicProperties(
+                user_id=self._trust.own_user,  # the asker believes only the user of the host it asked
+                correlation_id=correlation_id, content_type="application/json",
+                type=TAKEN_TYPE if isinstance(reply, DigestTaken) else None,
+            ),
         )
 
-    def _answer(self, request: DigestRequest) -> DigestReply:
+    def _answer(self, request: DigestRequest, requester: str) -> DigestReply:
         try:
-            return answer(request, host=self._host, digest_volume=self._digest_volume)
+            return answer(request, host=self._host, requester=requester, digest_volume=self._digest_volume)
         except Exception as exc:  # an unreadable file, say: the asker reads back instead; the daemon goes on
             log.error("digest_failed", host=self._host, pool=request.pool, volume=request.volume,
                       exc_info=True)
@@ -140,24 +147,35 @@ class DigestResponder:
 
     def _on_request(self, connection: Any, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         reply_to = properties.reply_to or ""
+        requester = properties.user_id  # the broker refuses a message whose user_id is not its publisher's
         try:
             if not reply_to.startswith(_REPLY_QUEUE_PREFIX) or not properties.expiration:
                 raise ValueError("a request needs a server-named reply queue and an expiry")
-            if properties.type == RECEIVE_TYPE:
-                wanted = ReceiveRequest.model_validate_json(body)
-                channel.basic_ack(delivery_tag=method.delivery_tag)
-                self._on_ticket_request(connection, channel, properties, wanted)
-                return
-            request = DigestRequest.model_validate_json(body)
+            wanted: PeerRequest = (ReceiveRequest.model_validate_json(body) if properties.type == RECEIVE_TYPE
+                                   else DigestRequest.model_validate_json(body))  # fmt: skip
         except (ValueError, ValidationError) as exc:
             log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100],
                         error=str(exc).splitlines()[0])
             channel.basic_ack(delivery_tag=method.delivery_tag)
             return
-        # Acked at once: a digest may outlast the broker's consumer timeout (30 min by default), which would
-        # close the channel on an unacked request. Were the daemon to die, its queue and the request go
-        # with it, and the asker notices. Too many at once are refused here, as the queue refuses more.
         channel.basic_ack(delivery_tag=method.delivery_tag)
+        if not self._trust.is_peer(requester):
+            # Refused at once rather than left to time out: a peer list out of step with the others' is the
+            # likely cause, and the asker then copies through libvirt without waiting. Nothing else is said.
+            log.warning("peer_request_refused", host=self._host, user_id=str(requester)[:100],
+                        reason="not a peer's broker user")
+            self._reply(channel, reply_to, properties.correlation_id, _refusal(
+                wanted, host=self._host, error=f"{requester or 'a request without user_id'} is not a peer of "
+                f"{self._host}: no peer in its settings has that broker user"))  # fmt: skip
+            return
+        if isinstance(wanted, ReceiveRequest):
+            self._on_ticket_request(connection, channel, properties, wanted, requester)
+            return
+        request = wanted
+        # Acked at once (above): a digest may outlast the broker's consumer timeout (30 min by default),
+        # which would close the channel on an unacked request. Were the daemon to die, its queue and the
+        # request go with it, and the asker notices. Too many at once are refused here, as the queue refuses
+        # more.
         if self._in_flight >= MAX_WAITING_REQUESTS:
             log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100], error="busy")
             self._reply(channel, reply_to, properties.correlation_id, DigestReply(
@@ -168,7 +186,7 @@ class DigestResponder:
             taken = DigestTaken(incarnation=self._incarnation)
             self._reply(channel, reply_to, properties.correlation_id, taken)
         self._in_flight += 1
-        future = self._workers.submit(self._answer, request)
+        future = self._workers.submit(self._answer, request, requester)
 
         def send(done: Future[DigestReply]) -> None:
             self._in_flight -= 1
@@ -181,13 +199,13 @@ class DigestResponder:
         future.add_done_callback(lambda done: self._hand_back(connection, partial(send, done)))
 
     def _on_ticket_request(self, connection: Any, channel: Any, properties: Any, request: ReceiveRequest,
-                           ) -> None:
+                           requester: str) -> None:
         def ticket() -> ReceiveTicket:
             if self._issue_ticket is None:
                 return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
                                      error="this daemon runs no data channel")
             try:
-                return self._issue_ticket(request)
+                return self._issue_ticket(request, requester)
             except Exception as exc:  # the mover uploads through libvirt instead; this daemon goes on
                 log.error("receive_ticket_failed", host=self._host, pool=request.pool, volume=request.volume,
                           exc_info=True)
@@ -212,3 +230,10 @@ class DigestResponder:
         # pika's connection belongs to its thread: replies are sent from there.
         with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
             connection.add_callback_threadsafe(callback)
+
+
+def _refusal(request: PeerRequest, *, host: str, error: str) -> DigestReply | ReceiveTicket:
+    if isinstance(request, ReceiveRequest):
+        return ReceiveTicket(host=host, pool=request.pool, volume=request.volume, error=error)
+    return DigestReply(host=host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
+                       error=error)  # fmt: skip

@@ -32,6 +32,7 @@ from evacuator.peers.messages import (
     DigestRequest,
     DigestTaken,
     PeerRequest,
+    PeerTrust,
     alive_queue,
     declare_exchange,
     request_routing_key,
@@ -56,10 +57,11 @@ class PeerClient:
     as long as copying may take."""
 
     def __init__(
-        self, connect: ConnectionFactory, *, exchange: str, timeout_base_seconds: float,
+        self, connect: ConnectionFactory, *, trust: PeerTrust, exchange: str, timeout_base_seconds: float,
         min_bytes_per_second: float,
     ) -> None:
         self._connect = connect
+        self._trust = trust
         self._exchange = exchange
         self._timeout_base_seconds = timeout_base_seconds
         self._min_bytes_per_second = min_bytes_per_second
@@ -91,7 +93,9 @@ class PeerClient:
 
     def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
         """The body of the host's daemon's reply to `request` (a digest request, or with `message_type`
-        another kind); PeerUnanswered when no reply came."""
+        another kind); PeerUnanswered when no reply came from that daemon's broker user."""
+        if self._trust.user_of(request.host) is None:
+            raise PeerUnanswered(f"{request.host} is not a peer: no broker user to expect its answer from")
         try:
             connection = self._connect()
         except (EvacuatorError, NotifierError) as exc:  # the broker is down: the caller takes the slow path
@@ -122,13 +126,15 @@ class PeerClient:
         channel.confirm_delivery()
         declare_exchange(channel, self._exchange)  # so that "nobody listens" is an unroutable request
         replies_queue = channel.queue_declare(queue="", exclusive=True).method.queue
-        awaited = _Awaited(request, correlation_id=uuid.uuid4().hex)
+        awaited = _Awaited(request, correlation_id=uuid.uuid4().hex,
+                           from_user=self._trust.user_of(request.host) or "")
         channel.basic_consume(queue=replies_queue, on_message_callback=awaited.on_reply, auto_ack=True)
         try:
             channel.basic_publish(
                 exchange=self._exchange, routing_key=request_routing_key(request.host),
                 body=request.model_dump_json().encode(), mandatory=True,
                 properties=pika.BasicProperties(
+                    user_id=self._trust.own_user,  # the broker refuses another; the responder checks it
                     reply_to=replies_queue, correlation_id=awaited.correlation_id,
                     content_type="application/json", headers={TAKEN_HEADER: True}, type=message_type,
                     # A request nobody took in time is dropped by the broker, not digested for nobody.
@@ -158,16 +164,23 @@ class PeerClient:
 
 
 class _Awaited:
-    """One request's messages as they arrive: its reply, and which connection of the daemon took it."""
+    """One request's messages as they arrive: its reply, and which connection of the daemon took it. Only
+    messages published as `from_user`, the asked host's broker user, count: the queue is the asker's own, but
+    any broker user may publish to a queue by its name."""
 
-    def __init__(self, request: PeerRequest, *, correlation_id: str) -> None:
+    def __init__(self, request: PeerRequest, *, correlation_id: str, from_user: str) -> None:
         self.request = request
         self.correlation_id = correlation_id
+        self.from_user = from_user
         self.reply: bytes | None = None
         self._taken_by: str | None = None
 
     def on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
         if properties.correlation_id != self.correlation_id or self.reply is not None:
+            return
+        if properties.user_id != self.from_user:
+            log.warning("peer_reply_ignored", host=self.request.host, user_id=properties.user_id,
+                        expected=self.from_user)
             return
         if properties.type != TAKEN_TYPE:
             self.reply = body

@@ -3,8 +3,9 @@ and the cloud-wide transfer caps on the broker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
@@ -12,25 +13,38 @@ from evacuator.hypervisor.model import Hypervisor
 from evacuator.moves.attempts import OpenHost
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap
 from evacuator.peers.cloud_slots import BrokerCloudCaps
+from evacuator.peers.messages import PeerTrust
 from evacuator.peers.own_host import OpenOwnHost, PeerServices, own_volume_digester, own_volume_target
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import PeerClient
 from evacuator.settings import DataChannelSettings, HostSettings, Settings
 from evacuator.transfer.receiver import VolumeReceiver
 from evacuator.transfer.sender import DataChannelClient
-from evacuator.transfer.wire import server_tls
+from evacuator.transfer.wire import server_tls, takes_clear_text
 from notifiers.connection import ConnectionFactory, blocking_connection_factory
 from notifiers.settings import BrokerSettings
+
+
+def peer_trust(settings: Settings) -> PeerTrust:
+    """Who is who between daemons: this host's broker user (broker.url's) and each peer's
+    (`peers[].broker_user`, default `host.<name>`)."""
+    return PeerTrust(own_user=settings.broker.user,
+                     peer_users={peer.name: peer.user for peer in settings.peers})  # fmt: skip
+
+
+def _peers_connection(broker: BrokerSettings, name: str) -> ConnectionFactory:
+    """Connections to the daemons' own vhost (broker.peers_vhost), where no tenant may go."""
+    return blocking_connection_factory(broker, connection_name=name, vhost=broker.peers_virtual_host)
 
 
 def open_host_for(settings: Settings) -> OpenHost:
     """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them)."""
     hosts = {p.name: (p.libvirt_uri, p.storage_pool) for p in settings.peers}
     hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
-    connect = blocking_connection_factory(
-        settings.broker, connection_name=f"evacuator-digests-{settings.host.name}")
+    connect = _peers_connection(settings.broker, f"evacuator-digests-{settings.host.name}")
     peers = PeerClient(
         connect,
+        trust=peer_trust(settings),
         exchange=settings.broker.peers_exchange,
         timeout_base_seconds=settings.evacuation.copy_timeout_base_seconds,
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
@@ -40,6 +54,8 @@ def open_host_for(settings: Settings) -> OpenHost:
         peers, encryption=channel.encryption,
         stall_timeout_seconds=channel.stall_timeout_seconds,
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+        # From this host's migration address: the one its peers' channels take connections from.
+        source_address=settings.host.migration_address,
     ) if channel.enabled else None
 
     @contextmanager
@@ -63,16 +79,15 @@ def cluster_slots_for(settings: Settings) -> ClusterSlots:
     incoming = evacuation.cloud_wide_incoming_cap
     if evacuation.max_total_transfers is None and incoming is None:
         return NoClusterCap()
-    connect = blocking_connection_factory(
-        settings.broker, connection_name=f"evacuator-transfer-slot-{settings.host.name}")
+    connect = _peers_connection(settings.broker, f"evacuator-transfer-slot-{settings.host.name}")
     return BrokerCloudCaps(connect, prefix=settings.broker.peers_exchange,
-                           total=evacuation.max_total_transfers, incoming_per_host=incoming)
+                           total=evacuation.max_total_transfers, incoming_per_host=incoming,
+                           max_wait_seconds=evacuation.cloud_slot_max_wait_seconds)  # fmt: skip
 
 
 def status_connection_for(settings: Settings) -> ConnectionFactory:
     """How `evacuator peers` reaches the broker to read what it shows of the hosts' daemons and slots."""
-    return blocking_connection_factory(
-        settings.broker, connection_name=f"evacuator-peers-{settings.host.name}")
+    return _peers_connection(settings.broker, f"evacuator-peers-{settings.host.name}")
 
 
 def own_host_opener(host: HostSettings) -> OpenOwnHost:
@@ -85,34 +100,56 @@ def own_host_opener(host: HostSettings) -> OpenOwnHost:
     return open_own
 
 
-def volume_receiver(host: HostSettings, channel: DataChannelSettings, *,
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelAddresses:
+    """Where this host's data channel listens, the address its tickets name (None: where peers reach its
+    libvirt), and the peers' addresses or names it takes connections from (resolved when it starts)."""
+
+    listen: str
+    advertise: str | None
+    allow_from: Sequence[str]
+
+
+def channel_addresses(settings: Settings) -> ChannelAddresses | None:
+    """The data channel's addresses as the settings give them; None while the channel is off."""
+    listen = settings.data_channel_listen_address()
+    if not settings.data_channel.enabled or listen is None:  # settings refuse an enabled channel without one
+        return None
+    return ChannelAddresses(listen=listen, advertise=settings.data_channel_advertise_address(),
+                            allow_from=settings.data_channel_allowed_addresses())
+
+
+def volume_receiver(host: HostSettings, channel: DataChannelSettings, addresses: ChannelAddresses, *,
                     min_bytes_per_second: float) -> VolumeReceiver:
     """This host's data channel as its settings describe it (not yet listening); a transfer slower than
-    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped."""
+    `min_bytes_per_second` (the evacuation's copy_min_bytes_per_second) is dropped. Clear text only when
+    the admin wrote `encryption: none`."""
     return VolumeReceiver(
         host=host.name, locate=own_volume_target(host.name, host.storage_pool, own_host_opener(host)),
-        listen_address=channel.listen_address, port=channel.port, advertise_address=channel.advertise_address,
-        tls=server_tls(host.name), allow_clear=channel.encryption != "tls",
+        listen_address=addresses.listen, port=channel.port, advertise_address=addresses.advertise,
+        allow_from=addresses.allow_from, tls=server_tls(host.name),
+        allow_clear=takes_clear_text(channel.encryption),
         stall_timeout_seconds=channel.stall_timeout_seconds, max_transfers=channel.max_transfers,
         min_bytes_per_second=min_bytes_per_second,
     )
 
 
 def build_peer_services(
-    *, host: HostSettings, broker: BrokerSettings, channel: DataChannelSettings, min_bytes_per_second: float,
-    connection_name: str,
+    *, host: HostSettings, broker: BrokerSettings, trust: PeerTrust, channel: DataChannelSettings,
+    channel_addresses: ChannelAddresses | None, min_bytes_per_second: float, connection_name: str,
 ) -> PeerServices:
     """What a host's daemon serves its peers' movers: digests of its volumes on the broker's peers exchange
-    and, when `channel` is enabled, its data channel (neither started yet). `connection_name`: how the
-    broker lists the answering connection."""
+    and, when `channel` is enabled (with its `channel_addresses`), its data channel (neither started yet).
+    `connection_name`: how the broker lists the answering connection; `trust`: whom it answers."""
     receiver = volume_receiver(
-        host, channel, min_bytes_per_second=min_bytes_per_second,
-    ) if channel.enabled else None
+        host, channel, channel_addresses, min_bytes_per_second=min_bytes_per_second,
+    ) if channel.enabled and channel_addresses is not None else None
     return PeerServices(
         digests=DigestResponder(
-            blocking_connection_factory(broker, connection_name=connection_name),
+            _peers_connection(broker, connection_name), trust=trust,
             host=host.name, exchange=broker.peers_exchange,
-            digest_volume=own_volume_digester(host.name, host.storage_pool, own_host_opener(host)),
+            digest_volume=own_volume_digester(host.name, host.storage_pool, own_host_opener(host),
+                                              written_by=None if receiver is None else receiver.written_by),
             issue_ticket=None if receiver is None else receiver.issue,
         ),
         receiver=receiver,
@@ -123,7 +160,8 @@ def peer_services(settings: Settings) -> PeerServices:
     """What this host's daemon serves its peers' movers (started by the runtime, after the broker is
     reached)."""
     return build_peer_services(
-        host=settings.host, broker=settings.broker, channel=settings.data_channel,
+        host=settings.host, broker=settings.broker, trust=peer_trust(settings), channel=settings.data_channel,
+        channel_addresses=channel_addresses(settings),
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
         connection_name=f"evacuator-digest-answers-{settings.host.name}",
     )

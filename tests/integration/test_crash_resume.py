@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -47,7 +48,8 @@ LIVE_CRASH_POINTS = (
 def _config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings | None = None, *,
             shutdown_timeout_seconds: float = 0.3) -> Path:
     config: dict[str, object] = {
-        "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool},
+        "host": {"name": "host-a", "libvirt_uri": host_a.socket_uri, "storage_pool": host_a.pool,
+                 "migration_address": "127.0.0.1"},
         "peers": [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool}],
         # The lab guests have no OS and ignore ACPI: every quiesce waits out this timeout.
         "evacuation": {"shutdown_timeout_seconds": shutdown_timeout_seconds},
@@ -56,6 +58,9 @@ def _config(tmp: Path, host_a: LabHost, host_b: LabHost, broker: BrokerSettings 
     }
     if broker is not None:  # host-b's daemon listens there: copies go through its data channel
         config["broker"] = {"url": broker.url.get_secret_value(), "peers_exchange": broker.peers_exchange}
+        # The lab's daemons all connect as the broker's admin user: so is the peer's.
+        config["peers"] = [{"name": "host-b", "libvirt_uri": host_b.uri, "storage_pool": host_b.pool,
+                            "broker_user": urlsplit(broker.url.get_secret_value()).username or "guest"}]
     path = tmp / "evacuator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from evacuator.lab.broker import LabBroker
-from evacuator.peers.messages import TAKEN_TYPE, DigestReply, DigestRequest, declare_exchange
+from evacuator.peers.messages import TAKEN_TYPE, DigestReply, DigestRequest, PeerTrust, declare_exchange
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import PeerClient
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
@@ -32,15 +32,23 @@ MIB = 1 << 20
 DIGEST = "ab" * 32
 
 
-def _client(settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerClient:
-    return PeerClient(blocking_connection_factory(settings, connection_name="test-taken"),
+def _user(settings: BrokerSettings) -> str:
+    return urlsplit(settings.url.get_secret_value()).username or "guest"
+
+
+def _client(settings: BrokerSettings, *, timeout_base_seconds: float = 30.0, host_b_user: str | None = None,
+            ) -> PeerClient:  # fmt: skip
+    trust = PeerTrust(own_user=_user(settings), peer_users={"host-b": host_b_user or _user(settings)})
+    return PeerClient(blocking_connection_factory(settings, connection_name="test-taken"), trust=trust,
                       exchange=settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
                       min_bytes_per_second=10 * MIB)
 
 
-def _responder(settings: BrokerSettings, name: str, digest: Any) -> DigestResponder:
-    return DigestResponder(blocking_connection_factory(settings, connection_name=name), host="host-b",
-                           exchange=settings.peers_exchange, digest_volume=digest)
+def _responder(settings: BrokerSettings, name: str, digest: Any, *, asker: str | None = None,
+               ) -> DigestResponder:  # fmt: skip
+    trust = PeerTrust(own_user=_user(settings), peer_users={"host-a": asker or _user(settings)})
+    return DigestResponder(blocking_connection_factory(settings, connection_name=name), trust=trust,
+                           host="host-b", exchange=settings.peers_exchange, digest_volume=digest)
 
 
 def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
@@ -52,12 +60,12 @@ def test_a_daemon_restarted_mid_request_is_not_waited_for(broker_settings: Broke
     # did: only the queue of the connection that took the request tells that it is gone.
     stuck = threading.Event()
 
-    def never_done(_pool: str, _volume: str) -> str | None:
+    def never_done(_pool: str, _volume: str, _requester: str) -> str | None:
         stuck.wait(60)
         return None
 
     first = _responder(broker_settings, "doomed", never_done)
-    second = _responder(broker_settings, "restarted", lambda _pool, _volume: DIGEST)
+    second = _responder(broker_settings, "restarted", lambda _pool, _volume, _requester: DIGEST)
     first.start()
     outcome: list[str | None] = []
     client = _client(broker_settings, timeout_base_seconds=600)
@@ -81,10 +89,10 @@ def test_a_daemon_restarted_mid_request_is_not_waited_for(broker_settings: Broke
 
 
 def test_a_request_without_the_header_gets_the_reply_alone(broker_settings: BrokerSettings) -> None:
-    # An asker of the version before the notice: one message back, the reply, as it expects.
+    # An asker that does not ask for the "taken" notice: one message back, the reply, as it expects.
     request = DigestRequest(host="host-b", pool="evacuator", volume="disk.img",
                             algorithm=BLOCK_DIGEST_ALGORITHM)
-    responder = _responder(broker_settings, "old-asker", lambda _pool, _volume: DIGEST)
+    responder = _responder(broker_settings, "old-asker", lambda _pool, _volume, _requester: DIGEST)
     responder.start()
     try:
         with pika.BlockingConnection(pika.URLParameters(broker_settings.url.get_secret_value())) as conn:
@@ -93,7 +101,8 @@ def test_a_request_without_the_header_gets_the_reply_alone(broker_settings: Brok
             channel.basic_publish(
                 exchange=broker_settings.peers_exchange, routing_key="digest.host-b",
                 body=request.model_dump_json().encode(),
-                properties=pika.BasicProperties(reply_to=replies, correlation_id="c1", expiration="30000"))
+                properties=pika.BasicProperties(reply_to=replies, correlation_id="c1", expiration="30000",
+                                                user_id=_user(broker_settings)))
             got: list[tuple[str | None, bytes]] = []
             deadline = time.monotonic() + 10
             while not got and time.monotonic() < deadline:
@@ -139,7 +148,8 @@ def test_a_garbled_notice_is_ignored_and_the_reply_still_counts(broker_settings:
                     digest=DIGEST).model_dump_json().encode())):
                 channel.basic_publish(exchange="", routing_key=properties.reply_to, body=reply,
                                       properties=pika.BasicProperties(
-                                          correlation_id=properties.correlation_id, type=kind))
+                                          correlation_id=properties.correlation_id, type=kind,
+                                          user_id=_user(broker_settings)))
             asking.join(30)
     assert outcome == [DIGEST]
     assert not _events(logs, "peer_digest_taken") and _events(logs, "peer_digest_received")
@@ -167,12 +177,13 @@ def test_a_daemon_whose_user_may_not_create_its_alive_queue_still_answers(
     broker_settings: BrokerSettings, host_user_without_alive_queues: str,
 ) -> None:
     restricted = broker_settings.model_copy(update={"url": SecretStr(host_user_without_alive_queues)})
-    responder = _responder(restricted, "restricted", lambda _pool, _volume: DIGEST)
+    responder = _responder(restricted, "restricted", lambda _pool, _volume, _requester: DIGEST,
+                           asker=_user(broker_settings))
     with capture_logs() as logs:
         responder.start()
         try:
-            digest = _client(broker_settings).digest(host="host-b", pool="evacuator", volume="disk.img",
-                                                     allocation_bytes=0)
+            asker = _client(broker_settings, host_b_user=urlsplit(host_user_without_alive_queues).username)
+            digest = asker.digest(host="host-b", pool="evacuator", volume="disk.img", allocation_bytes=0)
         finally:
             responder.close()
     assert digest == DIGEST and responder.answered == 1

@@ -27,6 +27,7 @@ from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.sender import DataChannelClient
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
+from tests.fixtures.broker import lab_trust
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ def _destination_daemon(host: LabHost, broker_settings: BrokerSettings, *, on: b
         yield None
         return
     asker = PeerClient(blocking_connection_factory(broker_settings, connection_name="test-faithful"),
-                       exchange=broker_settings.peers_exchange, timeout_base_seconds=30,
-                       min_bytes_per_second=10 * MIB)
+                       trust=lab_trust(broker_settings), exchange=broker_settings.peers_exchange,
+                       timeout_base_seconds=30, min_bytes_per_second=10 * MIB)
     with host_daemon(host, broker_url=broker_settings.url.get_secret_value(),
                      exchange=broker_settings.peers_exchange):
         yield DataChannelClient(asker, encryption="tls")

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
+import libvirt
 import pika
 import pytest
 from structlog.testing import capture_logs
@@ -32,7 +33,7 @@ from evacuator.transfer.chunks import DataChunk, HoleChunk
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM, block_digest_of_chunks
 from notifiers.connection import blocking_connection_factory
 from notifiers.settings import BrokerSettings
-from tests.fixtures.broker import BrokerJanitor
+from tests.fixtures.broker import BrokerJanitor, lab_trust
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +43,8 @@ MIB = 1 << 20
 def _client(broker_settings: BrokerSettings, *, timeout_base_seconds: float = 30.0) -> PeerClient:
     return PeerClient(
         blocking_connection_factory(broker_settings, connection_name="test-digests"),
-        exchange=broker_settings.peers_exchange, timeout_base_seconds=timeout_base_seconds,
-        min_bytes_per_second=10 * MIB,
+        trust=lab_trust(broker_settings), exchange=broker_settings.peers_exchange,
+        timeout_base_seconds=timeout_base_seconds, min_bytes_per_second=10 * MIB,
     )
 
 
@@ -155,7 +156,10 @@ def test_the_daemon_answers_only_for_its_own_pool_and_host_and_a_known_algorithm
     clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
 ) -> None:
     _host_a, host_b = clean_lab_hosts
-    _vm(host_b, "resident", "52:54:00:aa:00:44")
+    # A copy awaiting its verification: a volume that no VM defined on host-b names yet.
+    uuid, _data = _vm(host_b, "resident", "52:54:00:aa:00:44")
+    _undefine_keeping_disks(host_b, uuid)
+    _vm(host_b, "stopped", "52:54:00:aa:00:47")  # a tenant's VM, shut off: its disk is nobody's copy
     volume = volume_name("resident")
     client = _client(broker_settings)
     with _daemon(host_b, broker_settings) as daemon_b, \
@@ -165,14 +169,25 @@ def test_the_daemon_answers_only_for_its_own_pool_and_host_and_a_known_algorithm
         good = client.digest(host="host-b", pool=host_b.pool, volume=volume, allocation_bytes=8 * MIB)
         other_pool = client.digest(host="host-b", pool="default", volume=volume, allocation_bytes=0)
         missing = client.digest(host="host-b", pool=host_b.pool, volume="no-such.img", allocation_bytes=0)
+        tenants = client.digest(host="host-b", pool=host_b.pool, volume=volume_name("stopped"),
+                                allocation_bytes=0)  # fmt: skip
         answered = daemon_b.answered
 
     assert good == block_digest_of_chunks(streamed)
     assert any(isinstance(c, HoleChunk) for c in streamed) and any(isinstance(c, DataChunk) for c in streamed)
-    assert other_pool is None and missing is None
-    assert answered == 3
+    assert other_pool is None and missing is None and tenants is None
+    assert answered == 4
     reasons = [str(e["reason"]) for e in _events(logs, "peer_digest_unavailable")]
-    assert len(reasons) == 2 and "not the evacuator's pool" in reasons[0] and "no-such.img" in reasons[1]
+    assert len(reasons) == 3 and "not the evacuator's pool" in reasons[0] and "no-such.img" in reasons[1]
+    assert "is a defined VM's disk" in reasons[2]
+
+
+def _undefine_keeping_disks(host: LabHost, uuid: str) -> None:
+    connection = libvirt.open(host.uri)
+    try:
+        connection.lookupByUUIDString(uuid).undefine()
+    finally:
+        connection.close()
 
 
 def test_the_daemon_will_not_read_a_running_vms_disk_for_anyone(
@@ -224,13 +239,13 @@ def test_a_daemon_that_goes_away_mid_request_is_not_waited_for(
     _host_a, host_b = clean_lab_hosts
     stuck = threading.Event()
 
-    def never_done(_pool: str, _volume: str) -> str | None:
+    def never_done(_pool: str, _volume: str, _requester: str) -> str | None:
         stuck.wait(60)  # a disk that hangs
         return None
 
     responder = DigestResponder(blocking_connection_factory(broker_settings, connection_name="doomed"),
-                                host="host-b", exchange=broker_settings.peers_exchange,
-                                digest_volume=never_done)
+                                trust=lab_trust(broker_settings), host="host-b",
+                                exchange=broker_settings.peers_exchange, digest_volume=never_done)
     responder.start()
     outcome: list[str | None] = []
     began = time.monotonic()
@@ -253,12 +268,13 @@ def test_a_daemon_still_digesting_a_big_disk_is_waited_for(broker_settings: Brok
     # connection, which the broker only lets others see as "locked"): a slow digest must not look like a
     # daemon that went away. No libvirt here: the digester stands for a big disk being read.
 
-    def slow(_pool: str, _volume: str) -> str | None:
+    def slow(_pool: str, _volume: str, _requester: str) -> str | None:
         time.sleep(7)
         return "ab" * 32
 
     responder = DigestResponder(blocking_connection_factory(broker_settings, connection_name="slow"),
-                                host="host-b", exchange=broker_settings.peers_exchange, digest_volume=slow)
+                                trust=lab_trust(broker_settings), host="host-b",
+                                exchange=broker_settings.peers_exchange, digest_volume=slow)
     responder.start()
     try:
         with capture_logs() as logs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import yaml
 from evacuator.cli import main
 from evacuator.commands.peers import CloudStatus, HostStatus, read_status
 from evacuator.peers.cloud_slots import BrokerCloudCaps, incoming_prefix, slot_queue, total_prefix
+from evacuator.peers.messages import PeerTrust
 from evacuator.peers.responder import DigestResponder
 from evacuator.settings import load_settings
 from notifiers.connection import blocking_connection_factory
@@ -23,6 +25,11 @@ pytestmark = pytest.mark.integration
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
+def _user(broker_settings: BrokerSettings) -> str:
+    """The lab's daemons all connect as the broker's admin user."""
+    return urlsplit(broker_settings.url.get_secret_value()).username or "guest"
+
+
 @pytest.fixture
 def config(tmp_path: Path, broker_settings: BrokerSettings, broker_janitor: BrokerJanitor) -> Iterator[Path]:
     exchange = broker_settings.peers_exchange
@@ -32,9 +39,9 @@ def config(tmp_path: Path, broker_settings: BrokerSettings, broker_janitor: Brok
             broker_janitor.queue(slot_queue(incoming_prefix(exchange, host), index))
     path = tmp_path / "evacuator.yaml"
     path.write_text(yaml.safe_dump({
-        "host": {"name": "hv-a", "libvirt_uri": "test:///default"},
-        "peers": [{"name": "hv-b", "libvirt_uri": "test:///default"},
-                  {"name": "hv-c", "libvirt_uri": "test:///default"}],
+        "host": {"name": "hv-a", "libvirt_uri": "test:///default", "migration_address": "127.0.0.1"},
+        "peers": [{"name": "hv-b", "libvirt_uri": "test:///default", "broker_user": _user(broker_settings)},
+                  {"name": "hv-c", "libvirt_uri": "test:///default"}],  # host.hv-c: no daemon of its runs
         "broker": {"url": broker_settings.url.get_secret_value(), "peers_exchange": exchange},
         "evacuation": {"max_total_transfers": 2, "incoming_caps_cloud_wide": True,
                        "max_incoming_moves_per_peer": 2},
@@ -48,8 +55,9 @@ def test_peers_shows_whose_daemon_answers_and_the_slots_held(
 ) -> None:
     settings = load_settings(config)
     connect = blocking_connection_factory(broker_settings, connection_name="test-peers")
-    daemon_b = DigestResponder(connect, host="hv-b", exchange=broker_settings.peers_exchange,
-                               digest_volume=lambda _pool, _volume: None)
+    daemon_b = DigestResponder(connect, trust=PeerTrust.shared(_user(broker_settings), ("hv-a", "hv-c")),
+                               host="hv-b", exchange=broker_settings.peers_exchange,
+                               digest_volume=lambda _pool, _volume, _requester: None)
     caps = BrokerCloudCaps(connect, prefix=broker_settings.peers_exchange, total=2, incoming_per_host=2)
     daemon_b.start()
     try:

@@ -3,7 +3,7 @@ locator), over a fake of the host it opens: a fresh one per request, and its own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import VmInfo, VmState, VolumeInfo, VolumeRef
-from evacuator.peers.own_host import OpenOwnHost, OwnHost, own_volume_digester, own_volume_target
+from evacuator.peers.own_host import OwnHost, own_volume_digester, own_volume_target
 
 POOL = "evacuator"
 DIGEST = "ab" * 32
@@ -79,26 +79,57 @@ def opener(tmp_path: Path) -> Opener:
     return Opener(FakeOwnHost(vms=vms, volumes=volumes, root=tmp_path))
 
 
+# Which peer's copy last landed in which volume (VolumeReceiver.written_by).
+WRITTEN = {(POOL, "copy.img"): "host.hv-01", (POOL, "stopped.img"): "host.hv-01",
+           (POOL, "running.img"): "host.hv-01"}
+
+
+def _written_by(pool: str, volume: str) -> str | None:
+    return WRITTEN.get((pool, volume))
+
+
 def test_each_digest_opens_the_host_afresh_and_flushes_the_copy_first(opener: Opener) -> None:
-    digest = own_volume_digester("hv-02", POOL, opener)
-    assert digest(POOL, "copy.img") == DIGEST
-    assert digest(POOL, "stopped.img") == DIGEST  # a shut-off VM's disk: a copy a peer may verify
+    digest = own_volume_digester("hv-02", POOL, opener, _written_by)
+    assert digest(POOL, "copy.img", "host.hv-01") == DIGEST
+    assert digest(POOL, "stopped.img", "host.hv-01") == DIGEST  # its copy, of a VM defined here meanwhile
     assert (opener.opened, opener.closed) == (2, 2)  # a libvirtd restart between them costs nothing
     assert opener.host.flushed == ["copy.img", "stopped.img"]
 
 
+@pytest.mark.parametrize(("volume", "requester"), [
+    ("copy.img", "host.hv-03"), ("stopped.img", "host.hv-03"), ("running.img", "host.hv-03"),
+    ("copy.qcow2", "host.hv-01"), ("absent.img", "host.hv-01")])  # fmt: skip
+def test_with_the_channel_on_only_the_peer_whose_copy_wrote_a_volume_gets_its_digest(
+    opener: Opener, volume: str, requester: str
+) -> None:
+    # copy.qcow2 came through libvirt (the channel fell back): no record, so the mover reads it back.
+    with pytest.raises(HypervisorError, match="no copy from"):
+        own_volume_digester("hv-02", POOL, opener, _written_by)(POOL, volume, requester)
+    assert opener.opened == 0 and opener.host.flushed == [], "nothing read, nothing flushed"
+
+
+def test_with_the_channel_off_only_a_volume_no_vm_names_is_digested(opener: Opener) -> None:
+    digest = own_volume_digester("hv-02", POOL, opener, None)
+    assert digest(POOL, "copy.qcow2", "host.hv-03") == DIGEST  # a copy uploaded through libvirt
+    assert digest(POOL, "absent.img", "host.hv-03") is None  # no file: the mover reads back instead
+    with pytest.raises(HypervisorError, match="is a defined VM's disk"):
+        digest(POOL, "stopped.img", "host.hv-03")
+    with pytest.raises(HypervisorError, match="belongs to a running VM"):
+        digest(POOL, "running.img", "host.hv-03")
+    assert opener.host.flushed == ["copy.qcow2", "absent.img"]
+
+
 def test_a_running_vms_disk_is_neither_read_nor_flushed_for_a_peer(opener: Opener) -> None:
     with pytest.raises(HypervisorError, match="belongs to a running VM"):
-        own_volume_digester("hv-02", POOL, opener)(POOL, "running.img")
+        own_volume_digester("hv-02", POOL, opener, _written_by)(POOL, "running.img", "host.hv-01")
     assert opener.host.flushed == [] and opener.closed == 1
 
 
-@pytest.mark.parametrize("serve", [own_volume_digester, own_volume_target])
-def test_another_pool_is_refused_without_opening_the_host(
-    opener: Opener, serve: Callable[[str, str, OpenOwnHost], Callable[[str, str], object]],
-) -> None:
+def test_another_pool_is_refused_without_opening_the_host(opener: Opener) -> None:
     with pytest.raises(HypervisorError, match="not the evacuator's pool on hv-02"):
-        serve("hv-02", POOL, opener)("default", "copy.img")
+        own_volume_digester("hv-02", POOL, opener, _written_by)("default", "copy.img", "host.hv-01")
+    with pytest.raises(HypervisorError, match="not the evacuator's pool on hv-02"):
+        own_volume_target("hv-02", POOL, opener)("default", "copy.img")
     assert opener.opened == 0
 
 

@@ -89,9 +89,11 @@ class _RecordingCluster:
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
+        self.urgent: list[bool] = []
 
     @contextmanager
-    def hold(self, *, destination: str, vm_uuid: str) -> Iterator[None]:
+    def hold(self, *, destination: str, vm_uuid: str, urgent: bool = False) -> Iterator[None]:
+        self.urgent.append(urgent)
         self.events.append(f"cluster+{vm_uuid}")
         assert destination == "hv-02"
         try:
@@ -131,6 +133,16 @@ def test_a_transfer_takes_this_hosts_slot_before_the_clouds_and_gives_both_back(
     two.join(10)
     assert events == ["cluster+vm-1", "cluster-vm-1", "cluster+vm-2", "vm-2 transfers", "cluster-vm-2"]
     assert slots.in_use() == {}
+
+
+@pytest.mark.parametrize("urgent", [False, True])
+def test_an_urgent_transfer_says_so_to_the_cloud_wide_caps(urgent: bool) -> None:
+    # A failed host's move waits for a cloud-wide slot only a moment (BrokerCloudCaps.hold).
+    cluster = _RecordingCluster([])
+    with held_transfer(TransferSlots(max_outgoing=1, max_incoming_per_peer=1), cluster, "hv-02", 0,
+                       urgent=urgent)("vm-1"):  # fmt: skip
+        pass
+    assert cluster.urgent == [urgent]
 
 
 def test_a_slot_now_is_had_only_when_free_and_nobody_who_could_use_it_waits() -> None:
