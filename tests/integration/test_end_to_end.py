@@ -157,6 +157,10 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
 
     _report_timings(log, heated_at, received_at, uuids)
     print(f"daemon memory: {daemon_memory(log)}")
+    # systemctl stop: the daemon stops on SIGTERM, cleanly, well before systemd would send SIGKILL.
+    assert daemon.stop(log) == 0
+    log.wait_for("daemon_stopping", 5, signal="SIGTERM")
+    log.wait_for("daemon_stopped", 5, host="host-a")
 
 
 def _report_timings(
