@@ -274,9 +274,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6,
                         help="for (a); a multiple of 3: each of its 3 copies goes first as often")
     parser.add_argument("--data-channel", choices=("auto", "tls", "none"), default="tls",
-                        help="the hosts' data_channel.encryption (default tls, as the setting's default; none: "
-                             "clear text, as on a trusted migration network; auto: TLS, the receivers taking "
-                             "no clear text)")
+                        help="the hosts' data_channel.encryption (default tls, as the setting's default; "
+                             "none: clear text, as on a trusted migration network; auto: TLS, the receivers "
+                             "taking no clear text)")
     parser.add_argument("--ahead", type=int, default=2, help="quiesce_ahead_moves in (c) (default 2)")
     parser.add_argument("--precondition-gib", type=int, default=24,
                         help="GiB written and deleted first, so no copy pays the thin disk's first writes")
