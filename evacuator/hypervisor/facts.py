@@ -27,15 +27,17 @@ class MoveMethod(StrEnum):
 class VmFacts:
     """What the VM's owner registered: who owns it and how long it may prepare before a move.
 
-    Every field is optional: an absent field means "use the configured default". New fields (group, priority,
-    method) are added here and as one row in `_CODECS`; readers ignore elements they do not know, so an older
-    agent keeps working with VMs written by a newer one.
+    Every field is optional: an absent field means "use the configured default". New fields (group, function,
+    priority, method) are added here and as one row in `_CODECS`; readers ignore elements they do not know, so
+    an older agent keeps working with VMs written by a newer one.
     """
 
     tenant: str | None = None
     window_seconds: int | None = None
     # VMs of one consistency group (on one host) are quiesced together and moved all or nothing.
     group: str | None = None
+    # VMs of one function — replicas of one database, say — are never placed on one destination.
+    function: str | None = None
     # Start order on the destination within the group: lower first.
     boot_order: int | None = None
     # Higher moves first when the concurrency caps make moves queue.
@@ -99,6 +101,7 @@ _CODECS: dict[str, tuple[Callable[[str], object], Callable[[object], str]]] = {
     "tenant": (_parse_tenant, _render_tenant),
     "window_seconds": (_parse_seconds, _render_seconds),
     "group": (_parse_tenant, _render_tenant),
+    "function": (_parse_tenant, _render_tenant),
     "boot_order": (_parse_int, _render_int),
     "priority": (_parse_int, _render_int),
     "method": (_parse_method, _render_method),

@@ -20,6 +20,8 @@ NS = f'xmlns:evacuator="{NAMESPACE_URI}"'
         VmFacts(tenant="t-1.example_corp", window_seconds=86_400),
         VmFacts(tenant="acme", group="db-cluster", boot_order=2, priority=-5, method=MoveMethod.LIVE),
         VmFacts(method=MoveMethod.LIVE_THEN_COLD, priority=10),
+        VmFacts(tenant="acme", function="orders-db"),
+        VmFacts(tenant="acme", group="shop", function="orders-db", boot_order=1, priority=3),
     ],
 )
 def test_rendered_facts_parse_back_equal(facts: VmFacts) -> None:
@@ -44,10 +46,11 @@ def test_render_uses_the_namespace_prefix_and_omits_absent_fields() -> None:
         ("<vm><tenant>acme</tenant><colour>db</colour><affinity>3</affinity></vm>", VmFacts(tenant="acme")),
         ("<vm><group>db</group><boot_order>2</boot_order><priority>-3</priority><method>live</method></vm>",
          VmFacts(group="db", boot_order=2, priority=-3, method=MoveMethod.LIVE)),
+        ("<vm><function> orders-db </function></vm>", VmFacts(function="orders-db")),
         ('<vm><x:tenant xmlns:x="urn:other">evil</x:tenant></vm>', VmFacts()),
         ("<vm/>", VmFacts()),
     ],
-    ids=["libvirt-bare", "prefixed", "default-ns", "unknown-fields-ignored", "group-and-order",
+    ids=["libvirt-bare", "prefixed", "default-ns", "unknown-fields-ignored", "group-and-order", "function",
          "foreign-ns-ignored", "empty"],
 )
 def test_parse_accepts_the_forms_libvirt_and_newer_agents_write(xml: str, expected: VmFacts) -> None:
@@ -72,6 +75,9 @@ def test_parse_accepts_the_forms_libvirt_and_newer_agents_write(xml: str, expect
         ("<vm><method>teleport</method></vm>", "'method'.*one of cold, live, live_then_cold"),
         ("<vm><priority>high</priority></vm>", "'priority'"),
         ("<vm><group>a b</group></vm>", "'group'"),
+        ("<vm><function>a b</function></vm>", "'function'"),
+        ("<vm><function></function></vm>", "'function'"),
+        ("<vm><function>db</function><function>db</function></vm>", "'function' appears more than once"),
     ],
 )
 def test_parse_rejects_bad_content_naming_the_field(xml: str, named: str) -> None:
@@ -86,6 +92,8 @@ def test_parse_rejects_bad_content_naming_the_field(xml: str, named: str) -> Non
         (VmFacts(window_seconds=True), "'window_seconds'"),
         (VmFacts(tenant=""), "'tenant'"),
         (VmFacts(tenant="two words"), "'tenant'"),
+        (VmFacts(function="two words"), "'function'"),
+        (VmFacts(function=""), "'function'"),
     ],
 )
 def test_render_rejects_bad_facts_naming_the_field(facts: VmFacts, named: str) -> None:
