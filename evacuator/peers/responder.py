@@ -1,5 +1,5 @@
-"""This host's daemon answering its peers' requests: digests (why: rpc.py; the wire: messages.py) and
-tickets for its data channel (evacuator/transfer/wire.py).
+"""This host's daemon answering its peers' requests: digests (why: rpc.py; the wire: messages.py), tickets
+for its data channel (evacuator/transfer/wire.py) and claims on its room (claim_desk.py).
 
 It serves only its peers: a request whose broker-checked `user_id` is no peer's user is refused at once with
 nothing but that (`peer_request_refused`), and each reply carries this daemon's own user, which the asker
@@ -21,25 +21,30 @@ from typing import Any
 import pika
 import pika.exceptions
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from evacuator.peers.claim_desk import BUSY, CLAIM_FAILED, CLAIMS_NOT_SERVED, NOT_A_PEER, ClaimDesk
 from evacuator.peers.messages import (
+    REQUEST_TYPES,
     TAKEN_HEADER,
     TAKEN_TYPE,
+    ClaimRequest,
     DigestReply,
     DigestRequest,
     DigestTaken,
     PeerRequest,
     PeerTrust,
+    ReleaseRequest,
     VolumeDigester,
     alive_queue,
     answer,
     declare_exchange,
+    refusal,
     request_routing_key,
     responder_queue,
 )
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
-from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
+from evacuator.transfer.wire import ReceiveRequest, ReceiveTicket
 from notifiers.connection import ACCESS_REFUSED, CONNECTION_ERRORS, ConnectionFactory
 from notifiers.consumer_thread import ConsumerThread
 from notifiers.topology import check_word
@@ -50,25 +55,36 @@ MAX_WAITING_REQUESTS = 64
 _REPLY_QUEUE_PREFIX = "amq.gen-"  # queues the broker named: an asker's own, never a tenant's
 
 
+class _Lane:
+    """One kind of request answered on a worker thread of its own, so it never waits behind another kind
+    (a copy's ticket or a claim behind a long digest), with at most MAX_WAITING_REQUESTS waiting."""
+
+    def __init__(self, name: str) -> None:
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.waiting = 0  # only the connection's thread touches it
+
+
 class DigestResponder:
     """Answers digest requests for this host's volumes on its own thread and connection; the digests are
-    computed by `workers` threads, so a long one never stalls the connection's heartbeats."""
+    computed by `workers` threads, so a long one never stalls the connection's heartbeats. Tickets and claims
+    (with `issue_ticket` and `claims`; without, each is refused, saying so) have a worker thread each."""
 
     def __init__(
         self, connect: ConnectionFactory, *, trust: PeerTrust, host: str, exchange: str,
         digest_volume: VolumeDigester, workers: int = 2,
         issue_ticket: Callable[[ReceiveRequest, str], ReceiveTicket] | None = None,
+        claims: ClaimDesk | None = None,
     ) -> None:
         self._issue_ticket = issue_ticket
+        self._claims = claims
         self._trust = trust
         self._connect = connect
         self._host = check_word("host", host)
         self._exchange = exchange
         self._digest_volume = digest_volume
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuator-digest")
-        # Tickets on their own worker: a copy's ticket must not wait behind another copy's long digest.
-        self._ticket_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evacuator-ticket")
-        self._tickets_waiting = 0  # only the connection's thread touches it
+        self._tickets = _Lane("evacuator-ticket")
+        self._claim_lane = _Lane("evacuator-claim")  # one thread: claims are decided one at a time anyway
         self._in_flight = 0  # taken and not yet answered; only the connection's thread touches it
         self._incarnation = ""  # names the current connection to askers (see messages.py: "taken")
         self._loop = ConsumerThread(open_connection=self._open, role="digests", host=self._host)
@@ -81,13 +97,13 @@ class DigestResponder:
 
     def close(self, *, timeout_seconds: float = 30.0) -> None:
         self._loop.close(timeout_seconds=timeout_seconds)
-        self._workers.shutdown(wait=False, cancel_futures=True)
-        self._ticket_worker.shutdown(wait=False, cancel_futures=True)
+        for worker in (self._workers, self._tickets.worker, self._claim_lane.worker):
+            worker.shutdown(wait=False, cancel_futures=True)
 
     def _open(self) -> tuple[Any, Any]:
         connection = self._connect()
         self._in_flight = 0  # what the lost connection had taken is lost with it (its askers notice)
-        self._tickets_waiting = 0
+        self._tickets.waiting = self._claim_lane.waiting = 0
         try:
             self._incarnation = self._declare_alive(connection)
             channel = connection.channel()
@@ -125,8 +141,7 @@ class DigestResponder:
             channel.close()
         return incarnation
 
-    def _reply(self, channel: Any, reply_to: str, correlation_id: str | None,
-               reply: DigestReply | DigestTaken | ReceiveTicket) -> None:
+    def _reply(self, channel: Any, reply_to: str, correlation_id: str | None, reply: BaseModel) -> None:
         channel.basic_publish(
             exchange="", routing_key=reply_to, body=reply.model_dump_json().encode(),
             properties=pika.BasicProperties(
@@ -151,8 +166,8 @@ class DigestResponder:
         try:
             if not reply_to.startswith(_REPLY_QUEUE_PREFIX) or not properties.expiration:
                 raise ValueError("a request needs a server-named reply queue and an expiry")
-            wanted: PeerRequest = (ReceiveRequest.model_validate_json(body) if properties.type == RECEIVE_TYPE
-                                   else DigestRequest.model_validate_json(body))  # fmt: skip
+            kind = REQUEST_TYPES.get(properties.type, DigestRequest)
+            wanted: PeerRequest = kind.model_validate_json(body)
         except (ValueError, ValidationError) as exc:
             log.warning("digest_request_refused", host=self._host, reply_to=reply_to[:100],
                         error=str(exc).splitlines()[0])
@@ -164,12 +179,16 @@ class DigestResponder:
             # likely cause, and the asker then copies through libvirt without waiting. Nothing else is said.
             log.warning("peer_request_refused", host=self._host, user_id=str(requester)[:100],
                         reason="not a peer's broker user")
-            self._reply(channel, reply_to, properties.correlation_id, _refusal(
-                wanted, host=self._host, error=f"{requester or 'a request without user_id'} is not a peer of "
-                f"{self._host}: no peer in its settings has that broker user"))  # fmt: skip
+            who = requester or "a request without user_id"
+            self._reply(channel, reply_to, properties.correlation_id, refusal(
+                wanted, host=self._host, reason=NOT_A_PEER,
+                detail=f"{who} is not a peer of {self._host}: no peer in its settings has that broker user"))
             return
         if isinstance(wanted, ReceiveRequest):
             self._on_ticket_request(connection, channel, properties, wanted, requester)
+            return
+        if isinstance(wanted, ClaimRequest | ReleaseRequest):
+            self._on_claim_request(connection, channel, properties, wanted, requester)
             return
         request = wanted
         # Acked at once (above): a digest may outlast the broker's consumer timeout (30 min by default),
@@ -212,17 +231,39 @@ class DigestResponder:
                 return ReceiveTicket(host=self._host, pool=request.pool, volume=request.volume,
                                      error=f"no ticket: {exc!r}"[:1000])
 
-        def send(done: Future[ReceiveTicket]) -> None:
-            self._tickets_waiting -= 1
+        # Finding the volume asks libvirt: on a worker, never on the connection's thread.
+        self._on_lane(self._tickets, connection, channel, properties, ticket, busy=ReceiveTicket(
+            host=self._host, pool=request.pool, volume=request.volume, error="too many ticket requests"))
+
+    def _on_claim_request(self, connection: Any, channel: Any, properties: Any,
+                          request: ClaimRequest | ReleaseRequest, requester: str) -> None:
+        desk = self._claims
+        if desk is None:  # said at once: the asker must not take an unwired daemon for a full one
+            self._reply(channel, properties.reply_to, properties.correlation_id, refusal(
+                request, host=self._host, reason=CLAIMS_NOT_SERVED, detail=f"{self._host} serves no claims"))
+            return
+        def work() -> BaseModel:
+            try:
+                return desk.answer(request, requester)
+            except Exception as exc:  # a bug, not a verdict: refused, so the mover tries its next choice
+                log.error("claim_failed", host=self._host, claim_id=request.claim_id, exc_info=True)
+                return refusal(request, host=self._host, reason=CLAIM_FAILED, detail=f"claim failed: {exc!r}")
+
+        # The live free room comes from libvirt: on the claims' worker, never on the connection's thread.
+        self._on_lane(self._claim_lane, connection, channel, properties, work,
+                      busy=refusal(request, host=self._host, reason=BUSY, detail="too many claims waiting"))
+
+    def _on_lane(self, lane: _Lane, connection: Any, channel: Any, properties: Any,
+                 work: Callable[[], BaseModel], *, busy: BaseModel) -> None:
+        def send(done: Future[BaseModel]) -> None:
+            lane.waiting -= 1
             self._reply(channel, properties.reply_to, properties.correlation_id, done.result())
 
-        if self._tickets_waiting >= MAX_WAITING_REQUESTS:
-            self._reply(channel, properties.reply_to, properties.correlation_id, ReceiveTicket(
-                host=self._host, pool=request.pool, volume=request.volume, error="too many ticket requests"))
+        if lane.waiting >= MAX_WAITING_REQUESTS:
+            self._reply(channel, properties.reply_to, properties.correlation_id, busy)
             return
-        self._tickets_waiting += 1
-        # Finding the volume asks libvirt: on a worker, never on the connection's thread.
-        self._ticket_worker.submit(ticket).add_done_callback(
+        lane.waiting += 1
+        lane.worker.submit(work).add_done_callback(
             lambda done: self._hand_back(connection, partial(send, done)))
 
     @staticmethod
@@ -231,9 +272,3 @@ class DigestResponder:
         with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
             connection.add_callback_threadsafe(callback)
 
-
-def _refusal(request: PeerRequest, *, host: str, error: str) -> DigestReply | ReceiveTicket:
-    if isinstance(request, ReceiveRequest):
-        return ReceiveTicket(host=host, pool=request.pool, volume=request.volume, error=error)
-    return DigestReply(host=host, pool=request.pool, volume=request.volume, algorithm=BLOCK_DIGEST_ALGORITHM,
-                       error=error)  # fmt: skip

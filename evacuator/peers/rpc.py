@@ -10,6 +10,10 @@ the peer cannot see, another digest algorithm, no broker) gives None, and the mo
 libvirt: a missing peer slows verification but never weakens it. A ticket asked for the same way
 (`PeerClient.ticket`) lets the mover write a copy through the destination's data channel
 (evacuator/transfer/sender.py), which falls back to libvirt just as readily.
+
+Claims differ: before copying, a mover reserves room on the destination through its daemon
+(`PeerClient.claim`, answered by claim_desk.py). No answer is never a yes: it gives the outcome
+`unanswered`, apart from `refused`, and the mover does not place blind on such a host.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import pika
@@ -26,18 +33,25 @@ from pydantic import BaseModel, ValidationError
 
 from evacuator.errors import EvacuatorError
 from evacuator.peers.messages import (
+    CLAIM_TYPE,
+    RELEASE_TYPE,
     TAKEN_HEADER,
     TAKEN_TYPE,
+    ClaimReply,
+    ClaimRequest,
     DigestReply,
     DigestRequest,
     DigestTaken,
     PeerRequest,
     PeerTrust,
+    ReleaseReply,
+    ReleaseRequest,
     alive_queue,
     declare_exchange,
     request_routing_key,
     responder_queue,
 )
+from evacuator.placement.model import Room
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
@@ -51,6 +65,32 @@ _DAEMON_CHECK_SECONDS = 5.0
 Reply = TypeVar("Reply", bound=BaseModel)
 
 
+class ClaimStatus(StrEnum):
+    GRANTED = "granted"
+    REFUSED = "refused"  # the host's daemon said no: try the next choice, re-planned with `available`
+    UNANSWERED = "unanswered"  # no daemon, no broker, a timeout or a garbled reply: never place blind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimOutcome:
+    """What came of a claim: `reason` is the daemon's stable code when refused (claims.Refusal's, or
+    claim_desk's: `claims_not_served`, `not_a_peer`, ...), or why no answer came; `available`, the room the
+    host had left for claims when it answered; `ttl_seconds`, how long a granted claim lasts unless renewed
+    (by claiming again with the same id and content)."""
+
+    status: ClaimStatus
+    host: str
+    claim_id: str
+    reason: str | None = None
+    detail: str | None = None
+    available: Room | None = None
+    ttl_seconds: int | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.status is ClaimStatus.GRANTED
+
+
 class PeerClient:
     """Asks a host's daemon for its volume's digest or a data-channel ticket, one short connection per
     question (movers run on several threads, and a pika connection belongs to one). A digest is waited for
@@ -58,8 +98,9 @@ class PeerClient:
 
     def __init__(
         self, connect: ConnectionFactory, *, trust: PeerTrust, exchange: str, timeout_base_seconds: float,
-        min_bytes_per_second: float,
+        min_bytes_per_second: float, claim_timeout_seconds: float = 10.0,
     ) -> None:
+        self._claim_timeout_seconds = claim_timeout_seconds
         self._connect = connect
         self._trust = trust
         self._exchange = exchange
@@ -90,6 +131,51 @@ class PeerClient:
         """The host's daemon's ticket to its data channel (which may be a refusal), or why none came."""
         return self._ask_for(request, ReceiveTicket, timeout_seconds=timeout_seconds,
                              message_type=RECEIVE_TYPE)
+
+    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str],
+              ttl_seconds: int) -> ClaimOutcome:
+        """Reserve `room` on `host` for `vm_uuids` (one VM, or a group as one claim) before copying them
+        there. Claiming again with the same id and content is safe (a retry books nothing twice) and renews
+        the claim. A claim no daemon could take (a malformed id, negative sizes) raises ValidationError.
+        A claim may be granted while its reply is lost (`unanswered`): release it anyway when giving up."""
+        request = ClaimRequest(host=host, claim_id=claim_id, vm_uuids=tuple(vm_uuids),
+                               memory_bytes=room.memory_bytes, vcpus=room.vcpus, disk_bytes=room.disk_bytes,
+                               ttl_seconds=ttl_seconds)
+        context = {"host": host, "claim_id": claim_id, "vm_uuids": list(vm_uuids)}
+        reply = self._ask_for(request, ClaimReply, timeout_seconds=self._claim_timeout_seconds,
+                              message_type=CLAIM_TYPE)
+        if not isinstance(reply, str) and (reply.host, reply.claim_id) != (host, claim_id):
+            reply = "the reply is for another claim"
+        if isinstance(reply, str):
+            log.warning("peer_claim_unanswered", reason=reply, **context)
+            return ClaimOutcome(status=ClaimStatus.UNANSWERED, host=host, claim_id=claim_id, reason=reply)
+        available = None if reply.available is None else reply.available.room()
+        if reply.granted:
+            log.info("peer_claim_granted", ttl_seconds=reply.ttl_seconds, **context)
+            return ClaimOutcome(status=ClaimStatus.GRANTED, host=host, claim_id=claim_id, available=available,
+                                ttl_seconds=reply.ttl_seconds)
+        log.info("peer_claim_refused", reason=reply.reason, detail=reply.detail, **context)
+        return ClaimOutcome(status=ClaimStatus.REFUSED, host=host, claim_id=claim_id,
+                            reason=reply.reason or "refused", detail=reply.detail, available=available)
+
+    def release(self, host: str, claim_id: str) -> bool:
+        """Give back a claim when its move ends (done, or rolled back). Best effort: it never raises, and
+        says whether the host confirmed a claim was released; one that was not (no daemon, already expired)
+        ends at its TTL anyway, which is the backstop for a mover that died too."""
+        context = {"host": host, "claim_id": claim_id}
+        try:
+            request = ReleaseRequest(host=host, claim_id=claim_id)
+        except ValidationError as exc:
+            log.warning("peer_claim_release_unanswered", reason=str(exc).splitlines()[0], **context)
+            return False
+        reply = self._ask_for(request, ReleaseReply, timeout_seconds=self._claim_timeout_seconds,
+                              message_type=RELEASE_TYPE)
+        if isinstance(reply, str) or (reply.host, reply.claim_id) != (host, claim_id):
+            reason = reply if isinstance(reply, str) else "the reply is for another claim"
+            log.warning("peer_claim_release_unanswered", reason=reason, **context)
+            return False
+        log.info("peer_claim_released", released=reply.released, reason=reply.reason, **context)
+        return reply.released
 
     def ask(self, request: PeerRequest, *, timeout_seconds: float, message_type: str | None = None) -> bytes:
         """The body of the host's daemon's reply to `request` (a digest request, or with `message_type`
@@ -187,8 +273,10 @@ class _Awaited:
             return
         with contextlib.suppress(ValidationError):  # a garbled notice: keep watching the host's queue
             self._taken_by = DigestTaken.model_validate_json(body).incarnation
-            log.info("peer_digest_taken", host=self.request.host, pool=self.request.pool,
-                     volume=self.request.volume, incarnation=self._taken_by)
+            about = ({"claim_id": self.request.claim_id}
+                     if isinstance(self.request, ClaimRequest | ReleaseRequest)
+                     else {"pool": self.request.pool, "volume": self.request.volume})  # fmt: skip
+            log.info("peer_digest_taken", host=self.request.host, incarnation=self._taken_by, **about)
 
     def watched_queue(self, exchange: str) -> str:
         """Once the daemon said which connection took the request, that connection's own queue: it tells
