@@ -119,7 +119,10 @@ def test_a_daemon_killed_mid_window_carries_on_the_same_incident(
         moved_db: VmEvacuated = _next(tenant, VmEvacuated, 120, seen)
         assert moved_db.vm_uuid == uuids["db"]
 
-    assert sum(isinstance(n, EvacuationScheduled) for n in seen) == 1, "told of the evacuation once"
+    # Told of the evacuation once: one event. A daemon SIGKILLed between the broker's confirm and the outbox's
+    # delete sends that notice again when it restarts, and the contract says a notice may come twice, with
+    # its event id (tenants drop what they handled): so a second copy must be the very same notice.
+    assert [n for n in seen if isinstance(n, EvacuationScheduled) and n != scheduled] == []
     assert not any(log.matching("reply_refused")) and not any(log.matching("reply_rejected"))
     _check_deadlines_never_moved(tmp_path / "state" / "incident.sqlite", scheduled, uuids)
     _check_moved(host_a, host_b, uuids, sums)
