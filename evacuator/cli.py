@@ -71,6 +71,12 @@ def _peers(args: argparse.Namespace) -> int:
     return peers.main(args)
 
 
+def _hosts(args: argparse.Namespace) -> int:
+    from evacuator.commands import hosts
+
+    return hosts.main(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from evacuator.commands import demo
 
@@ -173,6 +179,13 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--json", action="store_true", help="one JSON object")
     peers.set_defaults(handler=_peers)
 
+    hosts = sub.add_parser("hosts", help="every host's state as this host hears it: health, room, age")
+    _config_option(hosts)
+    hosts.add_argument("--json", action="store_true", help="one JSON object (fields: README, \"Host view\")")
+    hosts.add_argument("--listen-seconds", type=float, default=None,
+                       help="how long to listen at most (default: host_view.interval_seconds + 1)")
+    hosts.set_defaults(handler=_hosts)
+
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")
     demo.add_argument("--keep", action="store_true", help="leave the demo's state directory behind")
@@ -182,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("sensors", "simulate", "check-config", "peers"):
+    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler

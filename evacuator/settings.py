@@ -160,6 +160,39 @@ class DataChannelSettings(_Strict):
     max_transfers: int = Field(default=4, ge=1, le=64)
 
 
+class HostViewSettings(_Strict):
+    """Each daemon's state on the peers exchange (README, "Host view"): how often, and how long believed."""
+
+    # Published on change and at least this often: the broker carries hosts / interval states a second,
+    # each to every host.
+    interval_seconds: float = Field(default=5.0, ge=0.5, le=300)
+    # A host not heard from for this long is unknown, never a destination; None: 3 intervals.
+    stale_after_seconds: float | None = Field(default=None, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _stale_after_an_interval(self) -> HostViewSettings:
+        if self.stale_after_seconds is not None and self.stale_after_seconds <= self.interval_seconds:
+            raise ValueError("stale_after_seconds must exceed interval_seconds: a live host would go stale "
+                             "between two of its states")  # fmt: skip
+        return self
+
+    @property
+    def stale_after(self) -> float:
+        return 3 * self.interval_seconds if self.stale_after_seconds is None else self.stale_after_seconds
+
+
+class PlacementSettings(_Strict):
+    """What this host offers its peers' evacuated VMs, as its state tells them."""
+
+    # Caps on the guests' memory and vCPUs; None: what libvirt reports of the node.
+    guest_memory_bytes: int | None = Field(default=None, ge=0, le=1 << 60)
+    guest_vcpus: int | None = Field(default=None, ge=0, le=1 << 20)
+    # false: this host takes no evacuated VMs (it still evacuates its own).
+    accepting: bool = True
+    # true: in maintenance, this host takes no VMs.
+    maintenance: bool = False
+
+
 class ReplyPolicySettings(_Strict):
     """What tenants' replies may ask for: caps on postponing (the longest window is evacuation's cap)."""
 
@@ -182,6 +215,8 @@ class Settings(_Strict):
     evacuation: EvacuationSettings = Field(default_factory=EvacuationSettings)
     data_channel: DataChannelSettings = Field(default_factory=DataChannelSettings)
     replies: ReplyPolicySettings = Field(default_factory=ReplyPolicySettings)
+    host_view: HostViewSettings = Field(default_factory=HostViewSettings)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -4,7 +4,8 @@ A host's daemon may, in the tenants' vhost, declare the two exchanges, its own r
 notices queues, publish notices only under its own name (`<tenant>.<host>.<type>`) and read only its own
 replies; in the peers vhost, bind only its own request key (`digest.<host>`), declare only its own request and
 "alive" queues, server-named reply queues and the shared slot queues, and publish requests to any host and
-replies through the default exchange. The broker enforces all of it, and `user_id` on every message between
+replies through the default exchange, and publish only its own host's state (`state.<host>`) while it
+reads every host's (`state.*`). The broker enforces all of it, and `user_id` on every message between
 daemons (checked by the broker against the connection's user) names the sender: so a host can neither read
 another's requests nor answer in its name. docs/moves.md, "Host identities", has the table and the reasons.
 """
@@ -104,9 +105,9 @@ def host_grants(
         # Nothing published; bound only to replies for this host or for every host.
         TopicGrant(vhost=vhost, exchange=replies_exchange, write="^$",
                    read=rf"^\*\.({host}|{re.escape(BROADCAST_HOST)})$"),
-        # Requests to any host; bound only to its own.
-        TopicGrant(vhost=peers_vhost, exchange=peers_exchange, write=r"^digest\.[^.]+$",
-                   read=rf"^digest\.{host}$"),
+        # Requests to any host and its own state only; bound only to its own requests and every host's states.
+        TopicGrant(vhost=peers_vhost, exchange=peers_exchange, write=rf"^(digest\.[^.]+|state\.{host})$",
+                   read=rf"^(digest\.{host}|state\.\*)$"),
     )  # fmt: skip
     return HostGrants(grants=grants, topics=topics)
 

@@ -32,7 +32,7 @@ def peer_trust(settings: Settings) -> PeerTrust:
                      peer_users={peer.name: peer.user for peer in settings.peers})  # fmt: skip
 
 
-def _peers_connection(broker: BrokerSettings, name: str) -> ConnectionFactory:
+def peers_connection(broker: BrokerSettings, name: str) -> ConnectionFactory:
     """Connections to the daemons' own vhost (broker.peers_vhost), where no tenant may go."""
     return blocking_connection_factory(broker, connection_name=name, vhost=broker.peers_virtual_host)
 
@@ -41,7 +41,7 @@ def open_host_for(settings: Settings) -> OpenHost:
     """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them)."""
     hosts = {p.name: (p.libvirt_uri, p.storage_pool) for p in settings.peers}
     hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
-    connect = _peers_connection(settings.broker, f"evacuator-digests-{settings.host.name}")
+    connect = peers_connection(settings.broker, f"evacuator-digests-{settings.host.name}")
     peers = PeerClient(
         connect,
         trust=peer_trust(settings),
@@ -79,7 +79,7 @@ def cluster_slots_for(settings: Settings) -> ClusterSlots:
     incoming = evacuation.cloud_wide_incoming_cap
     if evacuation.max_total_transfers is None and incoming is None:
         return NoClusterCap()
-    connect = _peers_connection(settings.broker, f"evacuator-transfer-slot-{settings.host.name}")
+    connect = peers_connection(settings.broker, f"evacuator-transfer-slot-{settings.host.name}")
     return BrokerCloudCaps(connect, prefix=settings.broker.peers_exchange,
                            total=evacuation.max_total_transfers, incoming_per_host=incoming,
                            max_wait_seconds=evacuation.cloud_slot_max_wait_seconds)  # fmt: skip
@@ -87,7 +87,7 @@ def cluster_slots_for(settings: Settings) -> ClusterSlots:
 
 def status_connection_for(settings: Settings) -> ConnectionFactory:
     """How `evacuator peers` reaches the broker to read what it shows of the hosts' daemons and slots."""
-    return _peers_connection(settings.broker, f"evacuator-peers-{settings.host.name}")
+    return peers_connection(settings.broker, f"evacuator-peers-{settings.host.name}")
 
 
 def own_host_opener(host: HostSettings) -> OpenOwnHost:
@@ -146,7 +146,7 @@ def build_peer_services(
     ) if channel.enabled and channel_addresses is not None else None
     return PeerServices(
         digests=DigestResponder(
-            _peers_connection(broker, connection_name), trust=trust,
+            peers_connection(broker, connection_name), trust=trust,
             host=host.name, exchange=broker.peers_exchange,
             digest_volume=own_volume_digester(host.name, host.storage_pool, own_host_opener(host),
                                               written_by=None if receiver is None else receiver.written_by),

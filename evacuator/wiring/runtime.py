@@ -15,6 +15,7 @@ from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
+from evacuator.wiring.host_view import HostViewParts, host_view_for
 from evacuator.wiring.incident import build_incident
 from evacuator.wiring.moves import build_engine
 from evacuator.wiring.peers import peer_services
@@ -44,6 +45,7 @@ class Runtime:
     consumer: ReplyConsumer
     ledger: IncidentLedger
     peers: PeerServices
+    host_view: HostViewParts
     clock: Callable[[], datetime]
 
     def start(self) -> None:
@@ -58,8 +60,10 @@ class Runtime:
         self.service.start()
         self.consumer.start()
         self.peers.start()
+        self.host_view.start()
 
     def stop(self) -> None:
+        self.host_view.close()
         self.peers.close()
         self.consumer.close()
         self.service.stop()
@@ -71,6 +75,7 @@ class Runtime:
         snapshot = self.poller.poll()
         verdict = self.detector.observe(snapshot, self.clock())
         self.service.on_verdict(verdict)
+        self.host_view.on_verdict(verdict)  # the peers learn of a change at once, not at the next interval
         return verdict
 
     def poll_until(self, stop: threading.Event) -> None:
@@ -104,5 +109,6 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         consumer=incident.consumer,
         ledger=incident.ledger,
         peers=peer_services(settings),
+        host_view=host_view_for(settings, clock=clock),
         clock=clock,
     )

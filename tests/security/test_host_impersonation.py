@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -28,10 +29,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
+from evacuator.peers.host_state import state_routing_key
+from evacuator.peers.host_view import HostStateSubscriber, HostView
 from evacuator.peers.messages import declare_exchange, request_routing_key, responder_queue
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import PeerClient
+from evacuator.peers.state_publisher import HostStatePublisher, HostStatus, Switches, build_state
+from evacuator.placement.model import Verdict
 from evacuator.transfer.wire import ReceiveRequest, ReceiveTicket
+from tests.fakes.room import FakeRoomReader
 from tests.fixtures.broker import LabTenant
 from tests.security.cloud import Cloud, Host, refused
 
@@ -236,3 +242,59 @@ def test_a_tenant_cannot_enter_the_peers_vhost(cloud: Cloud, make_tenant: Callab
     url = urlunsplit(parts._replace(path="/" + quote(cloud.peers_vhost, safe="")))
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
         pika.BlockingConnection(pika.URLParameters(url))
+
+
+def test_a_host_can_publish_only_its_own_state_and_a_forged_one_is_not_believed(cloud: Cloud) -> None:
+    exchange = cloud.a.settings.peers_exchange
+
+    def publish(key: str, body: bytes, user_id: str | None) -> Callable[[Any], object]:
+        return lambda channel: channel.basic_publish(exchange=exchange, routing_key=key, body=body,
+                                                     properties=pika.BasicProperties(user_id=user_id))
+
+    def as_guest() -> Any:
+        return pika.BlockingConnection(pika.URLParameters(cloud.admin_peers_url()))
+
+    forged = build_state(host=cloud.b.name, incarnation="0" * 16, sequence=10**9, sent_at=datetime.now(UTC),
+                         status=HostStatus(verdict=Verdict.FAILED), switches=Switches(), room=None)
+    body = forged.model_dump_json().encode()
+    mallory = cloud.mallory.connect("state")
+    connection = mallory()
+    declare_exchange(connection.channel(), exchange)
+    connection.close()
+    # The broker: its own key only (403 for another's or a wildcard), and only as itself (406).
+    assert refused(mallory, publish(state_routing_key(cloud.b.name), body, cloud.mallory.user)) == 403
+    assert refused(mallory, publish("state.*", body, cloud.mallory.user)) == 403
+    assert refused(mallory, publish(state_routing_key(cloud.mallory.name), body, cloud.b.user)) == 406
+    # The control: unconfined, as every daemon was, the forged key goes through.
+    assert refused(as_guest, publish(state_routing_key(cloud.b.name), body, None)) is None
+
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    listener = HostStateSubscriber(cloud.a.connect("view"),
+                                   trust=cloud.trust(cloud.a, cloud.b, cloud.mallory), host=cloud.a.name,
+                                   exchange=exchange, view=HostView(stale_after_seconds=15),
+                                   clock=clock)  # fmt: skip
+    genuine = HostStatePublisher(cloud.b.connect("state"), own_user=cloud.b.user, host=cloud.b.name,
+                                 exchange=exchange, room=FakeRoomReader(), interval_seconds=5,
+                                 switches=Switches(), clock=clock)  # fmt: skip
+    with capture_logs() as logs:
+        listener.start()
+        try:
+            genuine.start()
+            genuine.set_status(HostStatus(verdict=Verdict.HEALTHY))
+            assert listener.view.wait_for([cloud.b.name], 10)
+            # Under its own key and as itself (all the broker lets it do), naming b in the body: not believed.
+            own_key = state_routing_key(cloud.mallory.name)
+            assert refused(mallory, publish(own_key, body, cloud.mallory.user)) is None
+            # As nobody, through the unconfined control: no user_id, not believed either.
+            assert refused(as_guest, publish(state_routing_key(cloud.b.name), body, None)) is None
+            deadline = time.monotonic() + 10
+            while len(_events(logs, "host_state_refused")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            genuine.close()
+            listener.close()
+    refusals = _events(logs, "host_state_refused")
+    assert sorted(str(event["user_id"]) for event in refusals) == sorted([cloud.mallory.user, "None"])
+    (b_state,) = [state for state in listener.view.hosts(datetime.now(UTC)) if state.name == cloud.b.name]
+    assert (b_state.verdict, listener.view.heard()[0].incarnation) == (Verdict.HEALTHY, genuine.incarnation)

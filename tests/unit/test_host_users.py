@@ -97,6 +97,14 @@ def test_a_host_user_may_touch_only_its_own_objects(vhost: str, kind: str, name:
         ("evacuator.peers", "read", "digest.hv-02", False),  # another host's requests
         ("evacuator.peers", "read", "digest.*", False),
         ("evacuator.peers", "read", "#", False),
+        ("evacuator.peers", "write", "state.hv-01", True),  # its own state
+        ("evacuator.peers", "write", "state.hv-02", False),  # another host's state
+        ("evacuator.peers", "write", "state.*", False),
+        ("evacuator.peers", "write", "state.hv-01.x", False),
+        ("evacuator.peers", "write", "state.hv-01x", False),
+        ("evacuator.peers", "read", "state.*", True),  # every host's state
+        ("evacuator.peers", "read", "state.#", False),
+        ("evacuator.peers", "read", "digest.#", False),
     ],
 )
 def test_topic_permissions_pin_routing_keys_to_the_host(

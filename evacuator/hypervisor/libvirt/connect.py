@@ -41,9 +41,10 @@ def _ensure_event_loop() -> None:
 
 def connect_libvirt(
     name: str, uri: str, *, keepalive_interval_seconds: int = 5, keepalive_count: int = 3,
-    open_timeout_seconds: float = 60.0,
+    open_timeout_seconds: float = 60.0, read_only: bool = False,
 ) -> Any:
-    """A read-write connection to the libvirt of host `name`.
+    """A read-write connection to the libvirt of host `name` (`read_only`: one that can only look, for
+    watching the host).
 
     A host that stops answering (hung daemon, dead link) must fail a move, not stall it forever: the open is
     bounded (a stopped daemon accepts the TCP connection and never replies), and keepalive closes the
@@ -54,7 +55,7 @@ def connect_libvirt(
 
     def connect() -> None:
         try:
-            outcome.append(libvirt.open(uri))
+            outcome.append(libvirt.openReadOnly(uri) if read_only else libvirt.open(uri))
         except libvirt.libvirtError as exc:
             outcome.append(exc)
 

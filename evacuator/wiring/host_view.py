@@ -1,0 +1,111 @@
+"""Wiring of the host view: this host's state publisher (its room read from its own libvirt, its health from
+the daemon's verdicts) and the subscriber that keeps every host's latest state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from evacuator.hypervisor.libvirt.room import LibvirtRoomReader
+from evacuator.hypervisor.room import RoomCaps, RoomReader
+from evacuator.peers.host_view import HostStateSubscriber, HostView
+from evacuator.peers.messages import PeerTrust
+from evacuator.peers.state_publisher import HostStatePublisher, HostStatus, Switches
+from evacuator.placement.model import Verdict
+from evacuator.settings import HostViewSettings, PlacementSettings, Settings
+from evacuator.wiring.peers import peer_trust, peers_connection
+from monitors.verdicts import HostVerdict, Severity
+from notifiers.settings import BrokerSettings
+
+
+def status_of(verdict: HostVerdict) -> HostStatus:
+    """What the host's state says of its health: the verdict and its reasons; a moderate host is
+    quarantined (DESIGN: moderate places no new VMs here)."""
+    return HostStatus(verdict=Verdict(verdict.severity.value),
+                      reasons=tuple(reason.message for reason in verdict.reasons),
+                      quarantined=verdict.severity is Severity.MODERATE)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostViewParts:
+    """This daemon's half of the host view: what it publishes and what it hears."""
+
+    publisher: HostStatePublisher
+    subscriber: HostStateSubscriber
+    close_room: Callable[[], None] | None = None  # the room reader's connection, when built here
+
+    @property
+    def view(self) -> HostView:
+        return self.subscriber.view
+
+    def start(self) -> None:
+        self.subscriber.start()  # first: this host's own first state is in its view too
+        self.publisher.start()
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.subscriber.close()
+        if self.close_room is not None:
+            self.close_room()
+
+    def on_verdict(self, verdict: HostVerdict) -> None:
+        self.publisher.set_status(status_of(verdict))
+
+
+def build_host_view(
+    *, host: str, broker: BrokerSettings, trust: PeerTrust, room: RoomReader, view_settings: HostViewSettings,
+    switches: Switches, clock: Callable[[], datetime],
+) -> HostViewParts:
+    """The publisher and subscriber of host `host`, each on its own connection to the peers vhost."""
+    view = HostView(stale_after_seconds=view_settings.stale_after)
+    return HostViewParts(
+        publisher=HostStatePublisher(
+            peers_connection(broker, f"evacuator-host-state-{host}"), own_user=trust.own_user, host=host,
+            exchange=broker.peers_exchange, room=room, interval_seconds=view_settings.interval_seconds,
+            switches=switches, clock=clock,
+        ),
+        subscriber=HostStateSubscriber(
+            peers_connection(broker, f"evacuator-host-view-{host}"), trust=trust, host=host,
+            exchange=broker.peers_exchange, view=view, clock=clock,
+        ),
+    )  # fmt: skip
+
+
+def room_reader_for(settings: Settings) -> LibvirtRoomReader:
+    host, placement = settings.host, settings.placement
+    return LibvirtRoomReader(name=host.name, uri=host.libvirt_uri, pool=host.storage_pool,
+                             caps=caps_of(placement))
+
+
+def caps_of(placement: PlacementSettings) -> RoomCaps:
+    return RoomCaps(guest_memory_bytes=placement.guest_memory_bytes, guest_vcpus=placement.guest_vcpus)
+
+
+def switches_of(placement: PlacementSettings) -> Switches:
+    return Switches(maintenance=placement.maintenance, accepting=placement.accepting)
+
+
+def host_view_for(settings: Settings, *, clock: Callable[[], datetime],
+                  room: RoomReader | None = None) -> HostViewParts:  # fmt: skip
+    """This daemon's host view as its settings describe it (not started); `room`: its libvirt's by default."""
+    def build(reader: RoomReader) -> HostViewParts:
+        return build_host_view(
+            host=settings.host.name, broker=settings.broker, trust=peer_trust(settings), room=reader,
+            view_settings=settings.host_view, switches=switches_of(settings.placement), clock=clock,
+        )  # fmt: skip
+
+    if room is not None:
+        return build(room)
+    own = room_reader_for(settings)
+    return replace(build(own), close_room=own.close)
+
+
+def listener_for(settings: Settings, *, clock: Callable[[], datetime]) -> HostStateSubscriber:
+    """A subscriber only, for `evacuator hosts` (as this host's user, in the peers vhost)."""
+    view = HostView(stale_after_seconds=settings.host_view.stale_after)
+    return HostStateSubscriber(
+        peers_connection(settings.broker, f"evacuator-hosts-{settings.host.name}"),
+        trust=peer_trust(settings), host=settings.host.name, exchange=settings.broker.peers_exchange,
+        view=view, clock=clock,
+    )  # fmt: skip
