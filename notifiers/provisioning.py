@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Collection, Iterator, Sequence
-from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, blocking_connection_factory
 from notifiers.errors import BrokerUnavailable, ProvisioningError, ProvisioningRefused
-from notifiers.rabbitmqctl import list_user_tags, run_ctl
+from notifiers.rabbitmqctl import UserOutcome, ensure_user, list_user_tags, run_ctl
 from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word, tenant_queue
 
@@ -23,13 +22,7 @@ _log = structlog.get_logger(__name__)
 # `evacuator-host`); a user without it is somebody else's, and is never taken over or deleted.
 TENANT_TAG = "evacuator-tenant"
 
-
-class TenantOutcome(StrEnum):
-    """What provision_tenant did to the tenant's user."""
-
-    CREATED = "created"
-    PASSWORD_RESET = "password_reset"
-    UNCHANGED = "unchanged"  # it existed: its tag and permissions were made right, its password kept
+TenantOutcome = UserOutcome  # what provisioning did to the user (notifiers.rabbitmqctl)
 
 
 def provision_tenant(
@@ -56,7 +49,8 @@ def provision_tenant(
         raise ProvisioningRefused(f"tenant name {tenant!r} collides with an exchange name")
     if tenant in reserved_users:
         raise ProvisioningRefused(f"{tenant!r} is the broker user the service connects as, not a tenant")
-    outcome = _ensure_user(tenant, password, rabbitmqctl=rabbitmqctl, reset_password=reset_password)
+    outcome = ensure_user(tenant, password, check=_check_is_tenant, rabbitmqctl=rabbitmqctl,
+                          reset_password=reset_password)
     # Exactly the tenant tag: any other (administrator, monitoring, ...) is cleared.
     try:
         run_ctl(rabbitmqctl, ["set_user_tags", tenant, TENANT_TAG])
@@ -97,21 +91,6 @@ def remove_tenant(tenant: str, *, rabbitmqctl: Sequence[str] = ("rabbitmqctl",))
         _check_is_tenant(tenant, tags)
         run_ctl(rabbitmqctl, ["delete_user", tenant], ok_if="does not exist")
     _log.info("tenant_removed", tenant=tenant, existed=tags is not None)
-
-
-def _ensure_user(
-    tenant: str, password: str, *, rabbitmqctl: Sequence[str], reset_password: bool
-) -> TenantOutcome:
-    tags = list_user_tags(rabbitmqctl).get(tenant)
-    if tags is None:
-        if run_ctl(rabbitmqctl, ["add_user", tenant], stdin=password, ok_if="already exists"):
-            return TenantOutcome.CREATED
-        tags = list_user_tags(rabbitmqctl).get(tenant, frozenset())  # made meanwhile, by someone else
-    _check_is_tenant(tenant, tags)
-    if not reset_password:
-        return TenantOutcome.UNCHANGED
-    run_ctl(rabbitmqctl, ["change_password", tenant], stdin=password)
-    return TenantOutcome.PASSWORD_RESET
 
 
 def _check_is_tenant(tenant: str, tags: frozenset[str]) -> None:

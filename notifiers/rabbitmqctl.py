@@ -5,11 +5,38 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
 
 from notifiers.errors import ProvisioningError
 
 _TIMEOUT_SECONDS = 60.0
+
+
+class UserOutcome(StrEnum):
+    """What provisioning did to a broker user."""
+
+    CREATED = "created"
+    PASSWORD_RESET = "password_reset"
+    UNCHANGED = "unchanged"  # it existed: its tag and permissions were made right, its password kept
+
+
+def ensure_user(
+    user: str, password: str, *, check: Callable[[str, frozenset[str]], None], rabbitmqctl: Sequence[str],
+    reset_password: bool,
+) -> UserOutcome:
+    """Creates `user` with `password`, or, if it exists, lets `check` refuse it by its tags (it raises) and
+    sets the password only when `reset_password`. A user made meanwhile by someone else is checked too."""
+    tags = list_user_tags(rabbitmqctl).get(user)
+    if tags is None:
+        if run_ctl(rabbitmqctl, ["add_user", user], stdin=password, ok_if="already exists"):
+            return UserOutcome.CREATED
+        tags = list_user_tags(rabbitmqctl).get(user, frozenset())
+    check(user, tags)
+    if not reset_password:
+        return UserOutcome.UNCHANGED
+    run_ctl(rabbitmqctl, ["change_password", user], stdin=password)
+    return UserOutcome.PASSWORD_RESET
 
 
 def list_user_tags(rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> dict[str, frozenset[str]]:

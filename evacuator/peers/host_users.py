@@ -16,12 +16,11 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import structlog
 
 from notifiers.errors import ProvisioningError, ProvisioningRefused
-from notifiers.rabbitmqctl import list_user_tags, run_ctl
+from notifiers.rabbitmqctl import UserOutcome, ensure_user, list_user_tags, run_ctl
 from notifiers.topology import BROADCAST_HOST, check_word, host_replies_queue
 
 _log = structlog.get_logger(__name__)
@@ -137,12 +136,7 @@ def _anchored(alternatives: list[str]) -> str:
     return f"^({'|'.join(alternatives)})$"
 
 
-class HostOutcome(StrEnum):
-    """What provision_host did to the host's user."""
-
-    CREATED = "created"
-    PASSWORD_RESET = "password_reset"
-    UNCHANGED = "unchanged"  # it existed: its tag and permissions were made right, its password kept
+HostOutcome = UserOutcome  # what provisioning did to the user (notifiers.rabbitmqctl)
 
 
 def provision_host(
@@ -159,7 +153,8 @@ def provision_host(
     `reset_password`. Any other user of that name is refused with ProvisioningRefused and left as it is.
     """
     user = host_user(name)
-    outcome = _ensure_user(user, password, rabbitmqctl=rabbitmqctl, reset_password=reset_password)
+    outcome = ensure_user(user, password, check=_check_is_host, rabbitmqctl=rabbitmqctl,
+                          reset_password=reset_password)
     try:
         run_ctl(rabbitmqctl, ["set_user_tags", user, HOST_TAG])
     except ProvisioningError:
@@ -190,21 +185,6 @@ def remove_host(name: str, *, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> 
         run_ctl(rabbitmqctl, ["delete_user", user], ok_if="does not exist")
     _log.info("host_user_removed", host=name, user=user, existed=tags is not None)
     return tags is not None
-
-
-def _ensure_user(
-    user: str, password: str, *, rabbitmqctl: Sequence[str], reset_password: bool
-) -> HostOutcome:
-    tags = list_user_tags(rabbitmqctl).get(user)
-    if tags is None:
-        if run_ctl(rabbitmqctl, ["add_user", user], stdin=password, ok_if="already exists"):
-            return HostOutcome.CREATED
-        tags = list_user_tags(rabbitmqctl).get(user, frozenset())  # made meanwhile, by someone else
-    _check_is_host(user, tags)
-    if not reset_password:
-        return HostOutcome.UNCHANGED
-    run_ctl(rabbitmqctl, ["change_password", user], stdin=password)
-    return HostOutcome.PASSWORD_RESET
 
 
 def _check_is_host(user: str, tags: frozenset[str]) -> None:

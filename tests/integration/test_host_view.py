@@ -3,16 +3,12 @@ daemons' publishers and subscribers, each its own provisioned host user, hearing
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import SecretStr
 
-from evacuator.cli import main
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.libvirt.room import LibvirtRoomReader
 from evacuator.hypervisor.room import RoomCaps
@@ -26,8 +22,7 @@ from evacuator.placement.model import Verdict
 from evacuator.settings import HostViewSettings
 from evacuator.wiring.host_view import HostViewParts, build_host_view
 from notifiers.settings import BrokerSettings
-from tests.fixtures.broker import _with_credentials
-from tests.security.cloud import write_config
+from tests.security.cloud import provisioned_hosts
 
 pytestmark = pytest.mark.integration
 
@@ -74,29 +69,9 @@ def three_hosts(
     lab_broker: LabBroker, broker_settings: BrokerSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, BrokerSettings]]:
     """Three hosts, each its own user made by `evacuator host add`, in a peers vhost of the module's own."""
-    token = secrets.token_hex(3)
-    peers_vhost = f"evacuator-test-{token}-view"
-    directory = tmp_path_factory.mktemp("view-hosts")
-    config = write_config(directory / "evacuator.yaml", broker_settings, lab_broker.url, peers_vhost)
-    ctl = " ".join(lab_broker.rabbitmqctl)
-    made: dict[str, BrokerSettings] = {}
-    try:
-        for role in ("a", "b", "c"):
-            name = f"view{role}-{token}"
-            password = secrets.token_urlsafe(12)
-            (directory / name).write_text(password + "\n")
-            assert main(["host", "add", name, "--password-file", str(directory / name), "--config",
-                         str(config), "--rabbitmqctl", ctl]) == 0  # fmt: skip
-            made[name] = broker_settings.model_copy(update={
-                "url": SecretStr(_with_credentials(lab_broker.url, host_user(name), password)),
-                "peers_vhost": peers_vhost,
-            })  # fmt: skip
-        yield made
-    finally:
-        for name in made:
-            main(["host", "remove", name, "--config", str(config), "--rabbitmqctl", ctl])
-        subprocess.run([*lab_broker.rabbitmqctl, "--quiet", "delete_vhost", peers_vhost], capture_output=True,
-                       timeout=60, check=False)  # fmt: skip
+    with provisioned_hosts(lab_broker, broker_settings, tmp_path_factory.mktemp("view-hosts"),
+                           roles=("viewa", "viewb", "viewc"), label="view") as made:  # fmt: skip
+        yield {host.name: host.settings for host in made.hosts.values()}
 
 
 def test_three_hosts_hear_each_other_and_a_silent_one_goes_stale(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +14,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pika
 import pika.exceptions
 import yaml
+from pydantic import SecretStr
 
+from evacuator.cli import main
+from evacuator.lab.broker import LabBroker
+from evacuator.peers.host_users import host_user
 from evacuator.peers.messages import PeerTrust
 from notifiers.connection import ConnectionFactory, blocking_connection_factory
 from notifiers.settings import BrokerSettings
+from tests.fixtures.broker import _with_credentials
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +67,44 @@ def write_config(path: Path, settings: BrokerSettings, url: str, peers_vhost: st
                    "peers_vhost": peers_vhost},
     }))  # fmt: skip
     return path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provisioned:
+    peers_vhost: str
+    hosts: dict[str, Host]  # by role
+
+
+@contextmanager
+def provisioned_hosts(
+    lab_broker: LabBroker, broker_settings: BrokerSettings, directory: Path, *, roles: Sequence[str],
+    label: str,
+) -> Iterator[Provisioned]:
+    """A host per role (named `<role>-<token>`), each its own broker user made by `evacuator host add` for
+    real, in a peers vhost of its own (`evacuator-test-<token>-<label>`); all removed afterwards."""
+    token = secrets.token_hex(3)
+    peers_vhost = f"evacuator-test-{token}-{label}"
+    config = write_config(directory / "evacuator.yaml", broker_settings, lab_broker.url, peers_vhost)
+    ctl = " ".join(lab_broker.rabbitmqctl)
+    hosts: dict[str, Host] = {}
+    try:
+        for role in roles:
+            name = f"{role}-{token}"
+            password = secrets.token_urlsafe(12)
+            (directory / name).write_text(password + "\n")
+            assert main(["host", "add", name, "--password-file", str(directory / name), "--config",
+                         str(config), "--rabbitmqctl", ctl]) == 0  # fmt: skip
+            settings = broker_settings.model_copy(update={
+                "url": SecretStr(_with_credentials(lab_broker.url, host_user(name), password)),
+                "peers_vhost": peers_vhost,
+            })  # fmt: skip
+            hosts[role] = Host(name=name, user=host_user(name), settings=settings)
+        yield Provisioned(peers_vhost=peers_vhost, hosts=hosts)
+    finally:
+        for host in hosts.values():
+            main(["host", "remove", host.name, "--config", str(config), "--rabbitmqctl", ctl])
+        subprocess.run([*lab_broker.rabbitmqctl, "--quiet", "delete_vhost", peers_vhost], capture_output=True,
+                       timeout=60, check=False)  # fmt: skip
 
 
 def refused(connect: Callable[[], Any], action: Callable[[Any], object]) -> int | None:
