@@ -12,16 +12,22 @@ import structlog
 from evacuator.logs import configure_logging
 from evacuator.settings import Settings
 from evacuator.wiring.runtime import build_runtime
+from evacuator.wiring.systemd import SystemdNotifier
 
 log = structlog.get_logger(__name__)
 
 
 def run_daemon(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; startup errors propagate so the CLI exits non-zero for systemd."""
+    """Run until SIGTERM or SIGINT; startup errors propagate so the CLI exits non-zero for systemd. Under
+    systemd (Type=notify) READY=1 goes out only after libvirt and the broker are connected and the sensors
+    were read once, and WATCHDOG=1 after every poll, so a hung poll loop gets the daemon restarted."""
     configure_logging(settings.logging.format, level=settings.logging.level)
     stop = threading.Event()
     _stop_on_signals(stop)
+    systemd = SystemdNotifier.from_environment()
+    _check_watchdog(systemd, settings.monitors.poll_interval_seconds)
 
+    systemd.status("connecting to libvirt and the broker")
     runtime = build_runtime(settings)
     runtime.start()
     log.info(
@@ -30,12 +36,31 @@ def run_daemon(settings: Settings) -> int:
         peers=[p.name for p in settings.peers],
         poll_interval_seconds=settings.monitors.poll_interval_seconds,
     )
+    first = [True]
+
+    def after_poll() -> None:
+        if first[0]:  # the sensors were read once: the daemon now watches the host
+            first[0] = False
+            systemd.ready(f"watching {settings.host.name}")
+            log.info("daemon_ready", host=settings.host.name, systemd=systemd.enabled)
+        systemd.watchdog()
+
     try:
-        runtime.poll_until(stop)
+        runtime.poll_until(stop, after_each=after_poll)
     finally:
+        systemd.stopping("stopping: journaling moves in flight")
         runtime.stop()
         log.info("daemon_stopped", host=settings.host.name)
     return 0
+
+
+def _check_watchdog(systemd: SystemdNotifier, poll_interval_seconds: float) -> None:
+    """A poll interval longer than half the watchdog's would get a healthy daemon killed between polls."""
+    interval = systemd.watchdog_interval_seconds
+    if interval is not None and poll_interval_seconds > interval / 2:
+        log.warning("daemon_watchdog_too_short", watchdog_seconds=interval,
+                    poll_interval_seconds=poll_interval_seconds,
+                    hint="set WatchdogSec= to at least twice monitors.poll_interval_seconds")  # fmt: skip
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -78,7 +78,9 @@ class Runtime:
         self.host_view.on_verdict(verdict)  # the peers learn of a change at once, not at the next interval
         return verdict
 
-    def poll_until(self, stop: threading.Event) -> None:
+    def poll_until(self, stop: threading.Event, *, after_each: Callable[[], None] | None = None) -> None:
+        """Polls every poll_interval_seconds until `stop`; `after_each` runs after every poll, failed or not
+        (the loop is alive: systemd's watchdog is told so)."""
         interval = self.settings.monitors.poll_interval_seconds
         while not stop.is_set():
             started = time.monotonic()
@@ -86,6 +88,8 @@ class Runtime:
                 self.poll_once()
             except Exception as exc:  # one failed poll must not stop the daemon; the next one retries
                 log.error("poll_failed", error=str(exc), exc_info=True)
+            if after_each is not None:
+                after_each()
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
 
