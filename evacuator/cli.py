@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from evacuator.errors import EvacuatorError
 from evacuator.logs import configure_logging
@@ -12,6 +14,9 @@ from monitors.errors import MonitorError
 from notifiers.errors import NotifierError
 
 _DEFAULT_CONFIG = "/etc/evacuator/evacuator.yaml"
+CONFIG_ENV = "EVACUATOR_CONFIG"  # the settings file every command reads unless given --config
+# Exit code of a command whose reader went away (`evacuator sensors --json | head`): as if killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 # Each subcommand's module is imported only when it runs: `check-config`, `sensors` and `simulate` load
 # neither libvirt nor the broker's client, and only `demo` loads the lab.
@@ -83,8 +88,20 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+def _default_config() -> str:
+    return os.environ.get(CONFIG_ENV) or _DEFAULT_CONFIG
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=_DEFAULT_CONFIG, help="settings file (YAML)")
+    parser.add_argument("--config", default=_default_config(),
+                        help=f"settings file (YAML); default ${CONFIG_ENV}, else {_DEFAULT_CONFIG}")
+
+
+def _version() -> str:
+    try:
+        return version("evacuator")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _tenant_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -138,6 +155,7 @@ def _host_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evacuator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"evacuator {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon")
@@ -145,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check-config", help="validate a settings file")
-    check.add_argument("file", help="settings file (YAML)")
+    # --config as in every other command; the file may also be given bare, as earlier versions took it.
+    check.add_argument("file", nargs="?", default=None, help="settings file (YAML), same as --config")
+    _config_option(check)
     check.set_defaults(handler=_check_config)
 
     sensors = sub.add_parser("sensors", help="print every current sensor reading")
@@ -200,11 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader gone away shows here, inside the try, rather than at exit
+        return code
     except (EvacuatorError, MonitorError, NotifierError) as exc:
         # Startup failures exit non-zero so systemd restarts the service (STYLE habit 7).
         print(f"evacuator: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): no traceback. Python would still fail flushing stdout at
+        # exit, so stdout points at /dev/null from here on (as the Python docs on SIGPIPE advise).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

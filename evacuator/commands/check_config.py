@@ -12,9 +12,9 @@ from evacuator.settings import load_settings
 
 def main(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(Path(args.file))
+        settings = load_settings(Path(args.file or args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{args.file}: ok (host {settings.host.name}, {len(settings.peers)} peer(s))")
+    print(f"{args.file or args.config}: ok (host {settings.host.name}, {len(settings.peers)} peer(s))")
     return 0

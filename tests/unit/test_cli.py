@@ -4,14 +4,16 @@ fixture data and a fake rabbitmqctl."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from evacuator.cli import main
+from evacuator.cli import EXIT_BROKEN_PIPE, main
 from notifiers.provisioning import TENANT_TAG
 from tests.fakes import rabbitmqctl as fake_rabbitmqctl
 
@@ -25,6 +27,37 @@ def _evacuator(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "evacuator.cli", *args], capture_output=True, text=True, check=False, cwd=ROOT
     )
+
+
+def test_version_names_the_installed_package() -> None:
+    done = _evacuator("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"evacuator {version('evacuator')}")
+
+
+def test_every_command_reads_the_settings_file_named_by_evacuator_config(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text(EXAMPLE.read_text())
+    env = {**os.environ, "EVACUATOR_CONFIG": str(config)}
+    for args in (["check-config"], ["check-config", "--config", str(config)], ["check-config", str(config)]):
+        done = subprocess.run([sys.executable, "-m", "evacuator.cli", *args], capture_output=True, text=True,
+                              check=False, cwd=ROOT, env=env if len(args) == 1 else None)  # fmt: skip
+        assert (done.returncode, done.stdout.split(":")[0]) == (0, str(config)), (args, done.stderr)
+    missing = subprocess.run([sys.executable, "-m", "evacuator.cli", "check-config"], capture_output=True,
+                             text=True, check=False, cwd=ROOT,
+                             env={**os.environ, "EVACUATOR_CONFIG": str(tmp_path / "none.yaml")})  # fmt: skip
+    assert missing.returncode == 1 and "none.yaml" in missing.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evacuator.cli", "sensors", "--sysfs-root", str(TREE), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `| head` does once it has what it wants: before the report is written
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == EXIT_BROKEN_PIPE
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 
 def test_sensors_json_is_one_object_in_the_documented_shape() -> None:
