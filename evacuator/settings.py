@@ -191,6 +191,15 @@ class PlacementSettings(_Strict):
     accepting: bool = True
     # true: in maintenance, this host takes no VMs.
     maintenance: bool = False
+    # true: the daemon sends each VM where placement says over the host view, holding a claim on the
+    # destination's room; false: to `peers` in order, unchecked (a cloud without the host view).
+    use_host_view: bool = True
+    # Share of each resource a destination keeps free after an evacuation (for its own VMs' growth): used
+    # when this host places VMs and when it answers claims on its own room.
+    reserve_fraction: float = Field(default=0.05, ge=0.0, le=0.9)
+    # How long a destination holds a claim unless released; a mover that dies leaves it this long. The
+    # destination caps it at 2 h.
+    claim_ttl_seconds: int = Field(default=3600, ge=60, le=7200)
 
 
 class ReplyPolicySettings(_Strict):

@@ -51,6 +51,9 @@ class VmDefinition:
     macs: tuple[str, ...]
     volumes: tuple[VolumeRef, ...]
     facts: VmFacts
+    # What the guest was given (`<memory>`, `<vcpu>`): what a destination must have room for.
+    memory_bytes: int = 0
+    vcpus: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,4 +205,34 @@ def parse_definition(xml: str) -> VmDefinition:
     )
     element = root.find(f"./metadata/{{{NAMESPACE_URI}}}{ROOT_ELEMENT}")
     facts = VmFacts() if element is None else facts_from_element(element)
-    return VmDefinition(uuid=uuid, name=name, macs=macs, volumes=volumes, facts=facts)
+    return VmDefinition(uuid=uuid, name=name, macs=macs, volumes=volumes, facts=facts,
+                        memory_bytes=_memory_bytes(root), vcpus=_int_text(root.findtext("vcpu"), "vcpu"))
+
+
+# libvirt's memory units (domain XML "unit" attribute); without one it means KiB.
+_UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+               "mb": 1000**2, "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3, "t": 1 << 40, "tib": 1 << 40,
+               "tb": 1000**4, "p": 1 << 50, "pib": 1 << 50, "pb": 1000**5, "e": 1 << 60, "eib": 1 << 60,
+               "eb": 1000**6}
+
+
+def _memory_bytes(root: ElementTree.Element) -> int:
+    element = root.find("memory")
+    if element is None:
+        return 0
+    unit = (element.get("unit") or "KiB").lower()
+    if unit not in _UNIT_BYTES:
+        raise HypervisorError(f"domain XML: <memory> has an unknown unit {unit!r}")
+    return _int_text(element.text, "memory") * _UNIT_BYTES[unit]
+
+
+def _int_text(text: str | None, what: str) -> int:
+    if text is None or not text.strip():
+        return 0
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise HypervisorError(f"domain XML: <{what}> is not a whole number: {text.strip()[:40]!r}") from None
+    if value < 0:
+        raise HypervisorError(f"domain XML: <{what}> is negative")
+    return value

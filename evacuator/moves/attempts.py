@@ -16,6 +16,7 @@ from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
 from evacuator.hypervisor.model import Hypervisor, VmInfo, is_active
 from evacuator.migrate.factory import Migrators
 from evacuator.migrate.steps import StepEvent, StepPhase, TransferSlot, TryTransferSlot
+from evacuator.moves.destinations import Destinations, Nowhere, StaticPeers
 from evacuator.moves.journal import Journal
 from evacuator.moves.rollback import Rollback, RollbackOutcome, roll_back
 from evacuator.moves.state import STEP_STATE, MoveRecord, MoveState, Phase, allowed, invariant_violations
@@ -55,6 +56,9 @@ class EngineConfig:
     quiesce_ahead_moves: int = 2
     # A running VM's disks are copied while it shuts down when a transfer slot is free at once (precopy.py).
     precopy_during_shutdown: bool = True
+    # True: the engine's queue gives a unit the first of `peers` under its incoming cap (the static list).
+    # False: each runner asks its Destinations when the unit starts (the host view's choice, with a claim).
+    queue_picks_destination: bool = True
 
 
 class Attempts:
@@ -64,8 +68,10 @@ class Attempts:
         self, *, config: EngineConfig, journal: Journal, open_host: OpenHost, migrators: Migrators,
         slots: TransferSlots, cluster_slots: ClusterSlots, clock: Callable[[], datetime],
         sleep: Callable[[float], None], crash_point: CrashPoint = no_crash,
+        destinations: Destinations | None = None,
     ) -> None:
         self.config = config
+        self.destinations: Destinations = destinations or StaticPeers(config.peers)
         self.journal = journal
         self.open_host = open_host
         self.migrators = migrators
@@ -74,9 +80,6 @@ class Attempts:
         self._cluster_slots = cluster_slots
         self._sleep = sleep
         self._crash_point = crash_point
-
-    def next_peer(self, tried: list[str]) -> str | None:
-        return next((peer for peer in self.config.peers if peer not in tried), None)
 
     def retrying(self) -> Retrying:
         """Backoff for one move (or group) to one destination; every attempt starts from the journal."""
@@ -140,10 +143,13 @@ class Attempts:
         log.info("move_journaled_done", vm_uuid=done.vm_uuid, destination=destination)
         return done
 
-    def fail_unplaced(self, record: MoveRecord, outcomes: Outcomes) -> None:
-        """Ends a move that has nowhere to go."""
+    def fail_unplaced(self, record: MoveRecord, outcomes: Outcomes, nowhere: Nowhere) -> None:
+        """Ends a move that has nowhere to go; the VM stays on its source as it is, and the tenant hears
+        the stable reason first (`no_capacity: ...`)."""
+        log.warning("move_unplaced", vm_uuid=record.vm_uuid, group=record.group, reason=nowhere.reason,
+                    detail=nowhere.detail)
         failed = self.journal.advance(record, MoveState.FAILED, Phase.FAILED, self.clock(),
-                                      error="no destination host is configured")
+                                      error=nowhere.message)
         self.end((failed, None), outcomes)
 
     def roll_back(

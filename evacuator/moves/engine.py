@@ -80,7 +80,7 @@ class MoveEngine:
         self._clock = clock
         self._crash_point = crash_point
         self._waiting: dict[str, Unit] = {}
-        self._running: dict[str, str] = {}  # unit key -> destination
+        self._running: dict[str, str] = {}  # unit key -> destination ("": the runner's to choose)
         self._seq = itertools.count()
         self._stopping = False
         self._changed = threading.Condition()
@@ -208,20 +208,21 @@ class MoveEngine:
             )  # fmt: skip
             self._changed.notify_all()
 
-    def _next(self) -> tuple[Unit, str] | None:
+    def _next(self) -> tuple[Unit, str | None] | None:
         """Blocks until a unit may run (caps permitting) or the engine stops; marks it running."""
         with self._changed:
             while True:
                 if self._stopping:
                     return None
                 incoming = Counter(self._running.values())
-                chosen = next_unit(list(self._waiting.values()), incoming, self._config.peers,
+                peers = self._config.peers if self._config.queue_picks_destination else None
+                chosen = next_unit(list(self._waiting.values()), incoming, peers,
                                    max_incoming_per_peer=self._config.max_incoming_moves_per_peer
                                    + self._config.quiesce_ahead_moves)
                 if chosen is not None:
                     unit, destination = chosen
                     del self._waiting[unit.key]
-                    self._running[unit.key] = destination
+                    self._running[unit.key] = destination or ""
                     return chosen
                 self._changed.wait()
 
@@ -237,12 +238,13 @@ class MoveEngine:
                     del self._running[unit.key]
                     self._changed.notify_all()
 
-    def _execute(self, unit: Unit, destination: str) -> None:
+    def _execute(self, unit: Unit, destination: str | None) -> None:
         found = map(self._journal.get, unit.members)
         records = [r for r in found if r is not None and r.state not in TERMINAL]
-        # The destination is journaled before anything moves, so a restart resumes toward the same host.
-        records = [r if r.destination else self._journal.advance(r, r.state, r.phase, self._clock(),
-                                                                 destination=destination)
+        # The destination is journaled before anything moves, so a restart resumes toward the same host (a
+        # runner that chooses its own journals it in its first step's intent).
+        records = [r if r.destination or destination is None else
+                   self._journal.advance(r, r.state, r.phase, self._clock(), destination=destination)
                    for r in records]  # fmt: skip
         if not records:
             return

@@ -8,6 +8,7 @@ import structlog
 
 from evacuator.migrate.steps import MoveStep, StepEvent
 from evacuator.moves.attempts import Attempts, Outcomes
+from evacuator.moves.destinations import Nowhere
 from evacuator.moves.rollback import Rollback
 from evacuator.moves.state import MoveRecord, MoveState
 
@@ -34,24 +35,28 @@ class GroupRunner:
         attempts = self._attempts
         group = records[0].group
         ordered = boot_ordered(records)
-        destination = next((r.destination for r in ordered if r.destination), None) or attempts.next_peer([])
+        journaled = next((r.destination for r in ordered if r.destination), None)
+        choice = (attempts.destinations.resume(ordered, journaled) if journaled
+                  else attempts.destinations.choose(ordered, ()))  # fmt: skip
+        if isinstance(choice, Nowhere):
+            for record in ordered:
+                attempts.fail_unplaced(record, outcomes, choice)
+            return
+        destination = choice.host
         log.info("group_move_started", group=group, vm_uuids=[r.vm_uuid for r in ordered],
                  destination=destination)
-        rolling_back = [r for r in ordered if r.state is MoveState.ROLLING_BACK]
-        if rolling_back and destination is not None:
-            # A restart in the middle of a group rollback: finish it, for every member.
-            self._roll_back_group(ordered, rolling_back[0].error or "interrupted", destination, outcomes)
-            return
-        if destination is None:
-            for record in ordered:
-                attempts.fail_unplaced(record, outcomes)
-            return
-        try:
-            moved = self._retried(ordered, destination)
-        except Exception as exc:  # all or nothing: any member's failure sends the whole group back
-            reason = f"group {group}: {exc}"
-            self._roll_back_group(ordered, reason, destination, outcomes)
-            return
+        with choice:  # held until the whole group ran there, or came back
+            rolling_back = [r for r in ordered if r.state is MoveState.ROLLING_BACK]
+            if rolling_back:
+                # A restart in the middle of a group rollback: finish it, for every member.
+                self._roll_back_group(ordered, rolling_back[0].error or "interrupted", destination, outcomes)
+                return
+            try:
+                moved = self._retried(ordered, destination)
+            except Exception as exc:  # all or nothing: any member's failure sends the whole group back
+                reason = f"group {group}: {exc}"
+                self._roll_back_group(ordered, reason, destination, outcomes)
+                return
         log.info("group_move_finished", group=group, destination=destination)
         for record in moved:
             outcomes.moved(record)

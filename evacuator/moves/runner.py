@@ -9,6 +9,7 @@ from evacuator.hypervisor.facts import MoveMethod
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.migrate.steps import StepEvent
 from evacuator.moves.attempts import Attempts, Outcomes
+from evacuator.moves.destinations import Held, Nowhere
 from evacuator.moves.rollback import RollbackOutcome
 from evacuator.moves.state import MoveRecord, MoveState, Phase
 
@@ -28,26 +29,38 @@ class MoveRunner:
             attempts.end(attempts.roll_back(record, reason, record.destination, last_try=True), outcomes)
             return
         tried: list[str] = []
+        destinations = attempts.destinations
+        choice = (destinations.resume([record], record.destination) if record.destination
+                  else destinations.choose([record], tried))  # fmt: skip
         while True:
-            destination = record.destination or attempts.next_peer(tried)
-            if destination is None:
-                attempts.fail_unplaced(record, outcomes)
+            if isinstance(choice, Nowhere):
+                attempts.fail_unplaced(record, outcomes, choice)
                 return
+            destination = choice.host
             tried.append(destination)
-            try:
-                record = self._retried(record, destination)
-            except Exception as exc:  # whatever stopped the move, the journal and the tenant must hear of it
-                record = attempts.journal.get(record.vm_uuid) or record
-                reason = str(exc)
-            else:
-                outcomes.moved(record)
-                return
-            last_try = attempts.next_peer(tried) is None
-            record, rollback = attempts.roll_back(record, reason, destination, last_try=last_try)
+            # Held until the move ended: verified running there, or rolled back (the claim's room is then
+            # either counted by the destination's own accounting, or free again).
+            with choice:
+                try:
+                    record = self._retried(record, destination)
+                except Exception as exc:  # whatever stopped the move, the journal and the tenant hear of it
+                    record = attempts.journal.get(record.vm_uuid) or record
+                    reason = str(exc)
+                else:
+                    outcomes.moved(record)
+                    return
+                # Chosen (and held) before rolling back: only when no other host will be tried may the VM
+                # restart on its source.
+                choice = destinations.choose([record], tried)
+                last_try = isinstance(choice, Nowhere)
+                record, rollback = attempts.roll_back(record, reason, destination, last_try=last_try)
             if last_try or rollback.outcome is not RollbackOutcome.ON_SOURCE:
+                if isinstance(choice, Held):
+                    choice.release()
                 attempts.end((record, rollback), outcomes)
                 return
-            log.info("move_next_candidate", vm_uuid=record.vm_uuid, failed_on=destination)
+            log.info("move_next_candidate", vm_uuid=record.vm_uuid, failed_on=destination,
+                     next_destination=choice.host if isinstance(choice, Held) else None)
             record = attempts.journal.advance(record, MoveState.WAITING, Phase.DUE, attempts.clock(),
                                               destination=None)
 

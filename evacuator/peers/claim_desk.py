@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 
 import structlog
 
+from evacuator.hypervisor.room import RoomReader
 from evacuator.peers.messages import ClaimReply, ClaimRequest, ReleaseReply, ReleaseRequest, WireRoom
 from evacuator.placement.claims import Claim, ClaimAsk, ClaimBook, ClaimRules, Granted
-from evacuator.placement.model import Room
+from evacuator.placement.model import PlacementPolicy, Room
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,21 @@ CLAIM_FAILED = "claim_failed"
 
 FreeRoom = Callable[[], Room]
 """This host's live free room for guests (libvirt's accounting, capped by settings), claims not counted."""
+
+
+def free_above_reserve(room: RoomReader, policy: PlacementPolicy) -> FreeRoom:
+    """This host's live free room less the reserve placement keeps on it (`policy.reserve_on` its capacity):
+    a claim is granted against the same room the movers planned with, never into the reserve."""
+
+    def free() -> Room:
+        read = room.read_room()
+        capacity = Room(memory_bytes=read.memory_capacity_bytes, vcpus=read.vcpus_capacity,
+                        disk_bytes=read.pool_capacity_bytes)
+        left = Room(memory_bytes=read.memory_free_bytes, vcpus=read.vcpus_free,
+                    disk_bytes=read.pool_available_bytes)
+        return left - policy.reserve_on(capacity)
+
+    return free
 
 
 def _utc_now() -> datetime:

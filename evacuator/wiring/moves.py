@@ -13,6 +13,8 @@ import structlog
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.migrate.factory import MigrationTimings, Migrators
 from evacuator.moves.attempts import Attempts, CrashPoint, EngineConfig, OpenHost, no_crash
+from evacuator.moves.cloud_destinations import CloudConfig, CloudDestinations, HostStates
+from evacuator.moves.destinations import Destinations
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.groups import GroupRunner
 from evacuator.moves.journal import Journal
@@ -20,7 +22,7 @@ from evacuator.moves.runner import MoveRunner
 from evacuator.moves.state import Phase
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap, TransferSlots
 from evacuator.settings import Settings
-from evacuator.wiring.peers import cluster_slots_for, open_host_for
+from evacuator.wiring.peers import claims_client_for, cluster_slots_for, open_host_for, placement_policy
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +44,7 @@ def crash_point_from_env(environ: Mapping[str, str]) -> CrashPoint:
     return crash
 
 
-def engine_config(settings: Settings) -> EngineConfig:
+def engine_config(settings: Settings, *, queue_picks_destination: bool = True) -> EngineConfig:
     evacuation = settings.evacuation
     return EngineConfig(
         host=settings.host.name,
@@ -54,6 +56,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
         quiesce_ahead_moves=evacuation.quiesce_ahead_moves,
         precopy_during_shutdown=evacuation.precopy_during_shutdown,
+        queue_picks_destination=queue_picks_destination,
     )
 
 
@@ -70,6 +73,7 @@ def assemble_engine(
     config: EngineConfig, timings: MigrationTimings, *, journal: Journal, hypervisor: Hypervisor,
     open_host: OpenHost, clock: Callable[[], datetime], sleep: Callable[[float], None],
     crash_point: CrashPoint = no_crash, cluster_slots: ClusterSlots | None = None,
+    destinations: Destinations | None = None,
 ) -> MoveEngine:
     """The engine and what its workers share: one set of transfer slots, one way to build migrators, and
     the runners of single moves and consistency groups. The daemon, the `move` command and the tests build
@@ -79,7 +83,7 @@ def assemble_engine(
         crash_point=crash_point, migrators=Migrators(timings, clock=clock, sleep=sleep),
         slots=TransferSlots(max_outgoing=config.max_outgoing_moves,
                             max_incoming_per_peer=config.max_incoming_moves_per_peer),
-        cluster_slots=cluster_slots or NoClusterCap(),
+        cluster_slots=cluster_slots or NoClusterCap(), destinations=destinations,
     )
     return MoveEngine(config=config, journal=journal, hypervisor=hypervisor, runner=MoveRunner(attempts),
                       groups=GroupRunner(attempts), clock=clock, crash_point=crash_point)
@@ -90,14 +94,34 @@ def journal_for(settings: Settings) -> Journal:
     return Journal(settings.state_dir / "journal.sqlite")
 
 
-def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime]) -> MoveEngine:
+def cloud_destinations(settings: Settings, view: HostStates, open_host: OpenHost, *,
+                       clock: Callable[[], datetime]) -> CloudDestinations:  # fmt: skip
+    """Destinations chosen over `view` and held by claims. Only a configured peer is reachable: this daemon
+    knows the libvirt URI and broker user of no other host."""
+    peers = frozenset(p.name for p in settings.peers)
+    config = CloudConfig(source=settings.host.name, policy=placement_policy(settings),
+                         claim_ttl_seconds=settings.placement.claim_ttl_seconds,
+                         reachable=peers.__contains__)  # fmt: skip
+    return CloudDestinations(config=config, view=view, claims=claims_client_for(settings),
+                             open_host=open_host, clock=clock)  # fmt: skip
+
+
+def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime],
+                 view: HostStates | None = None) -> MoveEngine:  # fmt: skip
+    """The daemon's engine; with `view` (and placement.use_host_view) each move goes where placement over
+    the host view says, under a claim; without, to the peers in order (the `move` command's way)."""
+    open_host = open_host_for(settings)
+    destinations = None
+    if view is not None and settings.placement.use_host_view:
+        destinations = cloud_destinations(settings, view, open_host, clock=clock)
     return assemble_engine(
-        engine_config(settings), migration_timings(settings),
+        engine_config(settings, queue_picks_destination=destinations is None), migration_timings(settings),
         journal=journal_for(settings),
         hypervisor=hypervisor,
-        open_host=open_host_for(settings),
+        open_host=open_host,
         clock=clock,
         sleep=time.sleep,
         crash_point=crash_point_from_env(os.environ),
         cluster_slots=cluster_slots_for(settings),
+        destinations=destinations,
     )

@@ -10,19 +10,30 @@ from dataclasses import dataclass
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.hypervisor.model import Hypervisor
+from evacuator.hypervisor.room import RoomReader
 from evacuator.moves.attempts import OpenHost
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap
+from evacuator.peers.claim_desk import ClaimDesk, free_above_reserve
 from evacuator.peers.cloud_slots import BrokerCloudCaps
 from evacuator.peers.messages import PeerTrust
 from evacuator.peers.own_host import OpenOwnHost, PeerServices, own_volume_digester, own_volume_target
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import PeerClient
+from evacuator.placement.model import PlacementPolicy
 from evacuator.settings import DataChannelSettings, HostSettings, Settings
 from evacuator.transfer.receiver import VolumeReceiver
 from evacuator.transfer.sender import DataChannelClient
 from evacuator.transfer.wire import server_tls, takes_clear_text
 from notifiers.connection import ConnectionFactory, blocking_connection_factory
 from notifiers.settings import BrokerSettings
+
+
+def placement_policy(settings: Settings) -> PlacementPolicy:
+    """The placement as this host's settings describe it: its peers first, in order (the admin's spares),
+    the host view's staleness, and the reserve every host keeps (the one its own claim desk keeps too)."""
+    return PlacementPolicy(stale_after_seconds=settings.host_view.stale_after,
+                           reserve_fraction=settings.placement.reserve_fraction,
+                           preferred=tuple(p.name for p in settings.peers))  # fmt: skip
 
 
 def peer_trust(settings: Settings) -> PeerTrust:
@@ -35,6 +46,16 @@ def peer_trust(settings: Settings) -> PeerTrust:
 def peers_connection(broker: BrokerSettings, name: str) -> ConnectionFactory:
     """Connections to the daemons' own vhost (broker.peers_vhost), where no tenant may go."""
     return blocking_connection_factory(broker, connection_name=name, vhost=broker.peers_virtual_host)
+
+
+def claims_client_for(settings: Settings) -> PeerClient:
+    """How this host's movers claim room on a destination through its daemon (short connections)."""
+    return PeerClient(
+        peers_connection(settings.broker, f"evacuator-claims-{settings.host.name}"),
+        trust=peer_trust(settings), exchange=settings.broker.peers_exchange,
+        timeout_base_seconds=settings.evacuation.copy_timeout_base_seconds,
+        min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
+    )  # fmt: skip
 
 
 def open_host_for(settings: Settings) -> OpenHost:
@@ -137,9 +158,11 @@ def volume_receiver(host: HostSettings, channel: DataChannelSettings, addresses:
 def build_peer_services(
     *, host: HostSettings, broker: BrokerSettings, trust: PeerTrust, channel: DataChannelSettings,
     channel_addresses: ChannelAddresses | None, min_bytes_per_second: float, connection_name: str,
+    claims: ClaimDesk | None = None,
 ) -> PeerServices:
-    """What a host's daemon serves its peers' movers: digests of its volumes on the broker's peers exchange
-    and, when `channel` is enabled (with its `channel_addresses`), its data channel (neither started yet).
+    """What a host's daemon serves its peers' movers: digests of its volumes on the broker's peers exchange,
+    claims on its room (with `claims`; without, refused as `claims_not_served`) and, when `channel` is
+    enabled (with its `channel_addresses`), its data channel (none started yet).
     `connection_name`: how the broker lists the answering connection; `trust`: whom it answers."""
     receiver = volume_receiver(
         host, channel, channel_addresses, min_bytes_per_second=min_bytes_per_second,
@@ -151,17 +174,25 @@ def build_peer_services(
             digest_volume=own_volume_digester(host.name, host.storage_pool, own_host_opener(host),
                                               written_by=None if receiver is None else receiver.written_by),
             issue_ticket=None if receiver is None else receiver.issue,
+            claims=claims,
         ),
         receiver=receiver,
     )
 
 
-def peer_services(settings: Settings) -> PeerServices:
+def claim_desk_for(settings: Settings, room: RoomReader) -> ClaimDesk:
+    """This host's answers to claims on its room: its live room read from `room`, less the reserve its
+    peers' placement keeps on it (placement.reserve_fraction, the same setting on every host)."""
+    return ClaimDesk(host=settings.host.name, free_room=free_above_reserve(room, placement_policy(settings)))
+
+
+def peer_services(settings: Settings, *, room: RoomReader | None = None) -> PeerServices:
     """What this host's daemon serves its peers' movers (started by the runtime, after the broker is
-    reached)."""
+    reached); with `room`, claims on this host's room too."""
     return build_peer_services(
         host=settings.host, broker=settings.broker, trust=peer_trust(settings), channel=settings.data_channel,
         channel_addresses=channel_addresses(settings),
         min_bytes_per_second=settings.evacuation.copy_min_bytes_per_second,
         connection_name=f"evacuator-digest-answers-{settings.host.name}",
+        claims=None if room is None else claim_desk_for(settings, room),
     )

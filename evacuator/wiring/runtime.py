@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -15,7 +15,7 @@ from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
-from evacuator.wiring.host_view import HostViewParts, host_view_for
+from evacuator.wiring.host_view import HostViewParts, host_view_for, room_reader_for
 from evacuator.wiring.incident import build_incident
 from evacuator.wiring.moves import build_engine
 from evacuator.wiring.peers import peer_services
@@ -101,7 +101,10 @@ def open_own_host(settings: Settings) -> LibvirtHost:
 
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
     hypervisor = open_own_host(settings)
-    engine = build_engine(settings, hypervisor, clock=clock)
+    # One read-only reader of this host's room: for the state it publishes and the claims it answers alike.
+    room = room_reader_for(settings)
+    host_view = replace(host_view_for(settings, clock=clock, room=room), close_room=room.close)
+    engine = build_engine(settings, hypervisor, clock=clock, view=host_view.view)
     incident = build_incident(settings, hypervisor, engine, clock=clock)
     return Runtime(
         settings=settings,
@@ -112,7 +115,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         publisher=incident.publisher,
         consumer=incident.consumer,
         ledger=incident.ledger,
-        peers=peer_services(settings),
-        host_view=host_view_for(settings, clock=clock),
+        peers=peer_services(settings, room=room),
+        host_view=host_view,
         clock=clock,
     )

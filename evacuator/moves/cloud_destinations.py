@@ -1,0 +1,165 @@
+"""The cloud's destination for a move: placement over every host's latest state, then a claim on the chosen
+host's room answered by its own daemon; a refused or unanswered claim rules that host out and plans again.
+
+Why both: the host view lags by up to an interval, and other sources plan over the same view, so the plan
+alone could fill one destination twice; the destination's daemon sees every claim on it and decides. An
+unanswered claim is never taken for a yes (docs/moves.md, "Claims"): that host is ruled out for this move.
+Its claim is released anyway, in case it was granted and only the answer was lost; the TTL is the backstop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from evacuator.errors import EvacuatorError
+from evacuator.hypervisor.model import parse_definition
+from evacuator.moves.attempts import OpenHost
+from evacuator.moves.destinations import VM_UNREADABLE, Choice, Held, Nowhere
+from evacuator.moves.state import MoveRecord
+from evacuator.placement.model import HostState, PlacementPolicy, Reason, Room, VmDemand
+from evacuator.placement.place import plan
+
+log = structlog.get_logger(__name__)
+
+_CLAIM_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_DETAILS = {
+    Reason.NO_HEALTHY_HOST: "no host may take VMs now (every one sick, stale, quarantined, in maintenance, "
+                            "refusing, or already tried)",
+    Reason.NO_CAPACITY: "no host has room for it above its reserve",
+    Reason.ANTI_AFFINITY: "every host with room already runs a VM of the same function",
+}
+
+
+class HostStates(Protocol):
+    """Every host's latest state as this daemon hears it (peers/host_view.py HostView)."""
+
+    def hosts(self, now: datetime) -> list[HostState]: ...
+
+
+class ClaimAnswer(Protocol):
+    """What a claim came to (peers/rpc.py ClaimOutcome): granted, or why not (refused or unanswered)."""
+
+    @property
+    def granted(self) -> bool: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+
+class Claims(Protocol):
+    """Claims on a host's room, answered by that host's daemon (peers/rpc.py PeerClient)."""
+
+    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str],
+              ttl_seconds: int) -> ClaimAnswer: ...  # fmt: skip
+
+    def release(self, host: str, claim_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloudConfig:
+    """`source`: this host; `reachable`: whether this daemon can open a host's libvirt and ask its daemon."""
+
+    source: str
+    policy: PlacementPolicy
+    claim_ttl_seconds: int
+    reachable: Callable[[str], bool]
+
+
+def claim_id_for(source: str, records: Sequence[MoveRecord]) -> str:
+    """One id per move attempt (a retry or a restart claims again with it, renewing instead of booking
+    twice): the source, the VM's uuid or the group's name, and the attempt (a later incident's move)."""
+    first = records[0]
+    what = first.vm_uuid if first.group is None else f"group-{first.group}"
+    return _CLAIM_ID_UNSAFE.sub("-", f"{source}.{what}.{first.attempt}")[:128]
+
+
+class CloudDestinations:
+    """Destinations over the host view, held by claims (the Destinations seam of moves/destinations.py)."""
+
+    def __init__(self, *, config: CloudConfig, view: HostStates, claims: Claims, open_host: OpenHost,
+                 clock: Callable[[], datetime]) -> None:  # fmt: skip
+        self._config = config
+        self._view = view
+        self._claims = claims
+        self._open_host = open_host
+        self._clock = clock
+
+    def choose(self, records: Sequence[MoveRecord], tried: Collection[str]) -> Choice:
+        uuids = [r.vm_uuid for r in records]
+        try:
+            demands = self._demands(records)
+        except EvacuatorError as exc:
+            return Nowhere(reason=VM_UNREADABLE, detail=f"its size cannot be read on {self._config.source}: "
+                                                        f"{exc}"[:500])  # fmt: skip
+        ruled_out = set(tried)
+        while True:
+            choice = self._plan(demands, ruled_out)
+            if isinstance(choice, Nowhere):
+                log.warning("destination_none", vm_uuids=uuids, reason=choice.reason,
+                            ruled_out=sorted(ruled_out))
+                return choice
+            held = self._claim(records, demands, choice)
+            if held is not None:
+                log.info("destination_chosen", vm_uuids=uuids, destination=choice, claim_id=held.claim_id)
+                return held
+            ruled_out.add(choice)
+
+    def resume(self, records: Sequence[MoveRecord], host: str) -> Held:
+        try:
+            demands = self._demands(records)
+        except EvacuatorError as exc:
+            log.warning("destination_claim_skipped", destination=host, error=str(exc)[:300])
+            return Held(host=host)
+        held = self._claim(records, demands, host)
+        return held if held is not None else Held(host=host)
+
+    def _plan(self, demands: Sequence[VmDemand], ruled_out: set[str]) -> str | Nowhere:
+        now = self._clock()
+        hosts = [h for h in self._view.hosts(now)
+                 if h.name not in ruled_out and self._config.reachable(h.name)]
+        placement = plan(hosts, demands, self._config.policy, now)
+        for demand in demands:
+            reason = placement.unplaced.get(demand.uuid)
+            if reason is not None:
+                return Nowhere(reason=reason.value, detail=_DETAILS[reason])
+        return placement.assignments[demands[0].uuid]
+
+    def _claim(self, records: Sequence[MoveRecord], demands: Sequence[VmDemand], host: str) -> Held | None:
+        claim_id = claim_id_for(self._config.source, records)
+        room = Room()
+        for demand in demands:
+            room = room + demand.room
+        answer = self._claims.claim(host, claim_id=claim_id, room=room, vm_uuids=[d.uuid for d in demands],
+                                    ttl_seconds=self._config.claim_ttl_seconds)
+        if answer.granted:
+            return Held(host=host, claim_id=claim_id, release=lambda: self._release(host, claim_id))
+        log.info("destination_ruled_out", destination=host, claim_id=claim_id, reason=answer.reason)
+        self._release(host, claim_id)  # a grant whose answer was lost holds room until its TTL otherwise
+        return None
+
+    def _release(self, host: str, claim_id: str) -> None:
+        self._claims.release(host, claim_id)
+
+    def _demands(self, records: Sequence[MoveRecord]) -> list[VmDemand]:
+        """What each VM needs on a destination: memory and vCPUs as defined, and the bytes its disks hold
+        now (the copy is sparse-aware: only allocated extents travel and take pool space)."""
+        demands = []
+        with self._open_host(self._config.source) as source:
+            for record in records:
+                definition = parse_definition(source.vm_definition_xml(record.vm_uuid))
+                disk_bytes = 0
+                for ref in definition.volumes:
+                    volume = source.find_volume(ref.pool, ref.volume)
+                    disk_bytes += 0 if volume is None else volume.allocation_bytes
+                demands.append(VmDemand(
+                    uuid=record.vm_uuid, source=self._config.source, memory_bytes=definition.memory_bytes,
+                    vcpus=definition.vcpus, disk_bytes=disk_bytes, tenant=record.tenant, group=record.group,
+                    function=definition.facts.function, priority=record.priority,
+                ))  # fmt: skip
+        return demands
