@@ -10,6 +10,7 @@ from types import FrameType
 import structlog
 
 from evacuator.logs import configure_logging
+from evacuator.metrics import EventMetrics, serve_metrics
 from evacuator.settings import Settings
 from evacuator.wiring.runtime import build_runtime
 from evacuator.wiring.systemd import SystemdNotifier
@@ -21,15 +22,24 @@ def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; startup errors propagate so the CLI exits non-zero for systemd. Under
     systemd (Type=notify) READY=1 goes out only after libvirt and the broker are connected and the sensors
     were read once, and WATCHDOG=1 after every poll, so a hung poll loop gets the daemon restarted."""
-    configure_logging(settings.logging.format, level=settings.logging.level)
+    metrics = EventMetrics()
+    configure_logging(settings.logging.format, level=settings.logging.level, observers=[metrics])
     stop = threading.Event()
     _stop_on_signals(stop)
     systemd = SystemdNotifier.from_environment()
     _check_watchdog(systemd, settings.monitors.poll_interval_seconds)
 
+    config = settings.metrics
+    stop_metrics = serve_metrics(metrics, address=config.listen_address, port=config.port) \
+        if config.enabled else None  # fmt: skip
     systemd.status("connecting to libvirt and the broker")
-    runtime = build_runtime(settings)
-    runtime.start()
+    try:
+        runtime = build_runtime(settings)
+        runtime.start()
+    except BaseException:
+        if stop_metrics is not None:
+            stop_metrics()
+        raise
     log.info(
         "daemon_started",
         host=settings.host.name,
@@ -50,6 +60,8 @@ def run_daemon(settings: Settings) -> int:
     finally:
         systemd.stopping("stopping: journaling moves in flight")
         runtime.stop()
+        if stop_metrics is not None:
+            stop_metrics()
         log.info("daemon_stopped", host=settings.host.name)
     return 0
 

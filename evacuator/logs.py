@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Literal, TextIO
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -32,23 +33,43 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
-def configure_logging(fmt: LogFormat = "auto", *, level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process; call it from the entry point only."""
+def configure_logging(
+    fmt: LogFormat = "auto", *, level: str = "info", stream: TextIO | None = None,
+    observers: Sequence[structlog.typing.Processor] = (),
+) -> None:
+    """Configure structlog once for the process; call it from the entry point only. `observers` see every
+    event, whatever the level (the daemon's metrics count events a quieter log level does not write)."""
     out: TextIO = stream if stream is not None else _CurrentStderr()  # type: ignore[assignment]
     renderer: structlog.typing.Processor
     if _wants_json(fmt, out):
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *observers,
+            *([_below(threshold)] if observers else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        # With observers, every event reaches the processors and _below drops what the level does not write.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if observers else threshold),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def _below(threshold: int) -> structlog.typing.Processor:
+    """Drops an event under `threshold` (after the observers have seen it)."""
+    levels = logging.getLevelNamesMapping()
+
+    def drop(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if levels.get(str(event.get("level", "info")).upper(), logging.INFO) < threshold:
+            raise structlog.DropEvent
+        return event
+
+    return drop

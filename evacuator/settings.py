@@ -209,6 +209,15 @@ class ReplyPolicySettings(_Strict):
     severe_hard_limit_seconds: int = Field(default=7200, ge=0)
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (evacuator/metrics.py) on http://<listen_address>:<port>/metrics."""
+
+    enabled: bool = True
+    # Loopback by default: a scraper on the host, or a node_exporter-style proxy, reaches it; nothing else.
+    listen_address: str = "127.0.0.1"
+    port: int = Field(default=9469, ge=0, le=65535)  # 0: any free port, logged as metrics_listening
+
+
 class LoggingSettings(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -228,6 +237,7 @@ class Settings(_Strict):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _peers_are_others(self) -> Settings:

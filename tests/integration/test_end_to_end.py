@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from evacuator.hypervisor.libvirt.host import open_libvirt_host
 from evacuator.hypervisor.model import VmState
@@ -39,6 +41,21 @@ def daemon_memory(log: DaemonLog) -> str:
     lines = Path(f"/proc/{log.pid}/status").read_text(encoding="ascii").splitlines()
     values = {k: v.strip() for k, _, v in (line.partition(":") for line in lines) if k in fields}
     return ", ".join(f"{k} {values.get(k)}" for k in fields)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Every sample /metrics shows, by name and labels as Prometheus's text format writes them."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        f"{sample.name}{_labels(sample.labels)}": sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
 
 
 def _forge_reply_for(victim: str, attacker: LabTenant, broker: BrokerSettings, vm_uuid: str) -> str:
@@ -108,6 +125,13 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
         sensor.set_celsius(97)
         scheduled: EvacuationScheduled = _next_notice(tenant, EvacuationScheduled, 30)
         received_at = datetime.now(UTC)
+        metrics_url = f"http://127.0.0.1:{log.wait_for('metrics_listening', 5)['port']}/metrics"
+        during = _scrape(metrics_url)  # the evacuation is under way: told, nothing moved yet
+        assert during['evacuator_host_verdict{severity="severe"}'] == 1.0
+        assert during['evacuator_host_verdict{severity="healthy"}'] == 0.0
+        assert during["evacuator_incidents_total"] == 1.0
+        assert during.get('evacuator_moves_total{outcome="moved"}', 0.0) == 0.0
+        assert during['evacuator_notices_total{fate="confirmed",notice_type="evacuation_scheduled"}'] == 1.0
 
         assert scheduled.host == "host-a" and scheduled.severity == "severe"
         assert {vm.vm_uuid for vm in scheduled.vms} == set(uuids.values())
@@ -154,6 +178,15 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
             assert a.find_volume(host_a.pool, volume_name(name)) is None
             assert sha256_of_volume(host_b.uri, host_b.pool, volume_name(name)) == sums[name]
             assert sums[name] != hashlib.sha256(b"").hexdigest()
+
+    after = _scrape(metrics_url)
+    assert after['evacuator_moves_total{outcome="moved"}'] == 2.0
+    assert after.get('evacuator_moves_total{outcome="failed"}', 0.0) == 0.0
+    assert after["evacuator_move_duration_seconds_count"] == 2.0
+    assert after["evacuator_copied_bytes_total"] >= 2 * MIB  # each VM's 1 MiB of data at least
+    assert after['evacuator_notices_total{fate="confirmed",notice_type="vm_evacuated"}'] == 2.0
+    assert after['evacuator_replies_total{outcome="refused",reason="not_owner"}'] == 1.0
+    assert after['evacuator_move_step_duration_seconds_count{step="copy_disks"}'] == 2.0
 
     _report_timings(log, heated_at, received_at, uuids)
     print(f"daemon memory: {daemon_memory(log)}")
