@@ -62,6 +62,11 @@ def _settings(base: Path, host_a: LabHost, host_b: LabHost, broker: LabBroker) -
             "broker": {"url": broker.url},
             "evacuation": {"default_window_seconds": 60, "shutdown_timeout_seconds": 3},
             "data_channel": {"listen_address": "127.0.0.1", "port": 0},
+            # host-b runs the lab's peer services only (evacuator/lab/peer.py), which publish no host state
+            # and answer no claims: the host view would keep every VM where it is, so the demo's host-a
+            # sends them to its one peer as listed. Metrics on any free port, beside a real daemon.
+            "placement": {"use_host_view": False},
+            "metrics": {"port": 0},
             "state_dir": str(base / "state"),
         }
     )
