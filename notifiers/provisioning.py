@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, blocking_connection_factory
-from notifiers.errors import BrokerUnavailable, ProvisioningError, ProvisioningRefused
+from notifiers.errors import BrokerUnavailable, ProvisioningRefused
 from notifiers.rabbitmqctl import UserOutcome, ensure_user, list_user_tags, run_ctl
 from notifiers.settings import BrokerSettings
 from notifiers.topology import Topology, check_word, tenant_queue
@@ -49,16 +49,9 @@ def provision_tenant(
         raise ProvisioningRefused(f"tenant name {tenant!r} collides with an exchange name")
     if tenant in reserved_users:
         raise ProvisioningRefused(f"{tenant!r} is the broker user the service connects as, not a tenant")
-    outcome = ensure_user(tenant, password, check=_check_is_tenant, rabbitmqctl=rabbitmqctl,
-                          reset_password=reset_password)
     # Exactly the tenant tag: any other (administrator, monitoring, ...) is cleared.
-    try:
-        run_ctl(rabbitmqctl, ["set_user_tags", tenant, TENANT_TAG])
-    except ProvisioningError:
-        if outcome is TenantOutcome.CREATED:  # untagged, it would be refused by every later `tenant add`
-            with contextlib.suppress(ProvisioningError):
-                run_ctl(rabbitmqctl, ["delete_user", tenant])
-        raise
+    outcome = ensure_user(tenant, password, tag=TENANT_TAG, check=_check_is_tenant, rabbitmqctl=rabbitmqctl,
+                          reset_password=reset_password)
     run_ctl(
         rabbitmqctl,
         [

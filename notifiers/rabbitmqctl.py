@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -22,11 +23,27 @@ class UserOutcome(StrEnum):
 
 
 def ensure_user(
+    user: str, password: str, *, tag: str, check: Callable[[str, frozenset[str]], None],
+    rabbitmqctl: Sequence[str], reset_password: bool,
+) -> UserOutcome:
+    """Creates `user` with `password`, or, if it exists, lets `check` refuse it by its tags (it raises) and
+    sets the password only when `reset_password`; a user made meanwhile by someone else is checked too. Then
+    `tag` becomes its only tag (any other, administrator included, is cleared)."""
+    outcome = _user(user, password, check=check, rabbitmqctl=rabbitmqctl, reset_password=reset_password)
+    try:
+        run_ctl(rabbitmqctl, ["set_user_tags", user, tag])
+    except ProvisioningError:
+        if outcome is UserOutcome.CREATED:  # untagged, it would be refused by every later attempt
+            with contextlib.suppress(ProvisioningError):
+                run_ctl(rabbitmqctl, ["delete_user", user])
+        raise
+    return outcome
+
+
+def _user(
     user: str, password: str, *, check: Callable[[str, frozenset[str]], None], rabbitmqctl: Sequence[str],
     reset_password: bool,
 ) -> UserOutcome:
-    """Creates `user` with `password`, or, if it exists, lets `check` refuse it by its tags (it raises) and
-    sets the password only when `reset_password`. A user made meanwhile by someone else is checked too."""
     tags = list_user_tags(rabbitmqctl).get(user)
     if tags is None:
         if run_ctl(rabbitmqctl, ["add_user", user], stdin=password, ok_if="already exists"):

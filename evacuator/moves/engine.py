@@ -45,7 +45,8 @@ class GroupMoves(Protocol):
 
 
 class Planned(Protocol):
-    """A move the incident planned (its planner's PlannedMove): which VM, whose, and by when."""
+    """A move the incident planned: which VM, whose, and by when (the planner's PlannedMove, or the incident
+    ledger's record of it; incident/ports.py's Moves takes these too)."""
 
     @property
     def vm_uuid(self) -> str: ...

@@ -12,14 +12,13 @@ another's requests nor answer in its name. docs/moves.md, "Host identities", has
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from notifiers.errors import ProvisioningError, ProvisioningRefused
+from notifiers.errors import ProvisioningRefused
 from notifiers.rabbitmqctl import UserOutcome, ensure_user, list_user_tags, run_ctl
 from notifiers.topology import BROADCAST_HOST, check_word, host_replies_queue
 
@@ -153,15 +152,9 @@ def provision_host(
     `reset_password`. Any other user of that name is refused with ProvisioningRefused and left as it is.
     """
     user = host_user(name)
-    outcome = ensure_user(user, password, check=_check_is_host, rabbitmqctl=rabbitmqctl,
+    # Exactly the host tag: any other (administrator, monitoring, ...) is cleared.
+    outcome = ensure_user(user, password, tag=HOST_TAG, check=_check_is_host, rabbitmqctl=rabbitmqctl,
                           reset_password=reset_password)
-    try:
-        run_ctl(rabbitmqctl, ["set_user_tags", user, HOST_TAG])
-    except ProvisioningError:
-        if outcome is HostOutcome.CREATED:  # untagged, it would be refused by every later `host add`
-            with contextlib.suppress(ProvisioningError):
-                run_ctl(rabbitmqctl, ["delete_user", user])
-        raise
     for vhost in dict.fromkeys(grant.vhost for grant in grants.grants):
         run_ctl(rabbitmqctl, ["add_vhost", vhost], ok_if="already exists")
     for grant in grants.grants:
