@@ -10,6 +10,7 @@ Its claim is released anyway, in case it was granted and only the answer was los
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,6 +70,12 @@ class CloudConfig:
     policy: PlacementPolicy
     claim_ttl_seconds: int
     reachable: Callable[[str], bool]
+
+    @property
+    def renew_every_seconds(self) -> float:
+        """A held claim is claimed again this often, so a copy longer than its TTL keeps its room; a third of
+        the TTL leaves two renewals' worth of slack for a slow or briefly unreachable destination."""
+        return self.claim_ttl_seconds / 3
 
 
 def claim_id_for(source: str, records: Sequence[MoveRecord]) -> str:
@@ -138,7 +145,16 @@ class CloudDestinations:
         answer = self._claims.claim(host, claim_id=claim_id, room=room, vm_uuids=[d.uuid for d in demands],
                                     ttl_seconds=self._config.claim_ttl_seconds)
         if answer.granted:
-            return Held(host=host, claim_id=claim_id, release=lambda: self._release(host, claim_id))
+            renewal = _Renewal(lambda: self._claims.claim(host, claim_id=claim_id, room=room,
+                                                          vm_uuids=[d.uuid for d in demands],
+                                                          ttl_seconds=self._config.claim_ttl_seconds),
+                               every_seconds=self._config.renew_every_seconds, host=host, claim_id=claim_id)
+
+            def release() -> None:
+                renewal.stop()
+                self._release(host, claim_id)
+
+            return Held(host=host, claim_id=claim_id, release=release)
         log.info("destination_ruled_out", destination=host, claim_id=claim_id, reason=answer.reason)
         self._release(host, claim_id)  # a grant whose answer was lost holds room until its TTL otherwise
         return None
@@ -163,3 +179,33 @@ class CloudDestinations:
                     function=definition.facts.function, priority=record.priority,
                 ))  # fmt: skip
         return demands
+
+
+class _Renewal:
+    """Claims again, with the same id and content (the destination renews it), every `every_seconds` until
+    stopped, on a thread of its own: the move's thread is busy copying. A refused or unanswered renewal is
+    logged and tried again at the next turn; the move goes on (the claim was granted: the room was there)."""
+
+    def __init__(self, renew: Callable[[], ClaimAnswer], *, every_seconds: float, host: str,
+                 claim_id: str) -> None:  # fmt: skip
+        self._renew = renew
+        self._every_seconds = every_seconds
+        self._context = {"destination": host, "claim_id": claim_id}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claim-renewal-{claim_id}"[:60], daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every_seconds):
+            try:
+                answer = self._renew()
+            except Exception as exc:  # a renewal must never end the thread while the move goes on
+                log.warning("claim_renewal_failed", error=str(exc)[:300], **self._context)
+                continue
+            if not answer.granted:
+                log.warning("claim_renewal_failed", error=answer.reason, **self._context)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)

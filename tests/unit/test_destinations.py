@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import VmFacts
@@ -116,9 +118,9 @@ class FakeClaims:
 
 def cloud(hosts: Hosts, view: FakeView, claims: FakeClaims, *,
           reachable: Sequence[str] = ("host-b", "host-c"),
-          preferred: tuple[str, ...] = ()) -> CloudDestinations:  # fmt: skip
+          preferred: tuple[str, ...] = (), claim_ttl_seconds: int = 600) -> CloudDestinations:  # fmt: skip
     policy = PlacementPolicy(stale_after_seconds=15, reserve_fraction=0.05, preferred=preferred)
-    config = CloudConfig(source="host-a", policy=policy, claim_ttl_seconds=600,
+    config = CloudConfig(source="host-a", policy=policy, claim_ttl_seconds=claim_ttl_seconds,
                          reachable=frozenset(reachable).__contains__)
     return CloudDestinations(config=config, view=view, claims=claims, open_host=hosts.open, clock=lambda: T0)
 
@@ -252,3 +254,23 @@ def test_a_failed_move_tries_the_next_choice_with_its_claim(tmp_path: Path) -> N
     assert [r.destination for r in told.moves] == ["host-c"]
     assert [c[0] for c in claims.claims] == ["host-b", "host-c"]
     assert sorted(claims.releases) == [("host-b", f"host-a.{web}.0"), ("host-c", f"host-a.{web}.0")]
+
+
+def test_a_held_claim_is_renewed_until_released_even_when_a_renewal_is_refused() -> None:
+    hosts, claims = Hosts(), FakeClaims()
+    web = hosts.add_vm("web")
+    with capture_logs() as logs:
+        held = cloud(hosts, FakeView([host("host-a"), host("host-b")]), claims, claim_ttl_seconds=1).choose(
+            [record_of(web)], ())
+        assert isinstance(held, Held)
+        with held:  # a copy longer than the claim's TTL (1 s; renewed every third of it)
+            time.sleep(0.5)
+            claims.answers["host-b"] = Answer(granted=False, reason="claim_changed")
+            time.sleep(0.7)
+        renewed = len(claims.claims) - 1
+        time.sleep(0.7)
+    assert renewed >= 3, claims.claims
+    assert len(claims.claims) == renewed + 1, "no renewal after the release"
+    assert len({(c[0], c[1], c[2], c[3]) for c in claims.claims}) == 1, "the same id and content each time"
+    assert claims.releases == [("host-b", held.claim_id)]
+    assert any(e["event"] == "claim_renewal_failed" and e["error"] == "claim_changed" for e in logs)
