@@ -2,17 +2,21 @@
 host's room answered by its own daemon; a refused or unanswered claim rules that host out and plans again.
 
 Why both: the host view lags by up to an interval, and other sources plan over the same view, so the plan
-alone could fill one destination twice; the destination's daemon sees every claim on it and decides. An
-unanswered claim is never taken for a yes (docs/moves.md, "Claims"): that host is ruled out for this move.
-Its claim is released anyway, in case it was granted and only the answer was lost; the TTL is the backstop.
+alone could fill one destination twice (or send two replicas of one function there); the destination's
+daemon sees every claim on it and decides. A refusal that says why (`no_room` with the room left,
+`function_taken`) corrects that host in this move's plan, so the next plan knows what the host said and the
+tenant hears the real reason (`no_capacity`, `anti_affinity`) when nothing else is left; any other refusal,
+or a second one, rules the host out. An unanswered claim is never taken for a yes (docs/moves.md, "Claims"):
+that host is ruled out for this move. Its claim is released anyway, in case it was granted and only the
+answer was lost; the TTL is the backstop.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -23,7 +27,8 @@ from evacuator.hypervisor.model import parse_definition
 from evacuator.moves.attempts import OpenHost
 from evacuator.moves.destinations import VM_UNREADABLE, Choice, Held, Nowhere
 from evacuator.moves.state import MoveRecord
-from evacuator.placement.model import HostState, PlacementPolicy, Reason, Room, VmDemand
+from evacuator.placement.claims import Refusal
+from evacuator.placement.model import FunctionKey, HostState, PlacementPolicy, Reason, Room, VmDemand
 from evacuator.placement.place import plan
 
 log = structlog.get_logger(__name__)
@@ -52,12 +57,15 @@ class ClaimAnswer(Protocol):
     @property
     def reason(self) -> str | None: ...
 
+    @property
+    def available(self) -> Room | None: ...
+
 
 class Claims(Protocol):
     """Claims on a host's room, answered by that host's daemon (peers/rpc.py PeerClient)."""
 
-    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str],
-              ttl_seconds: int) -> ClaimAnswer: ...  # fmt: skip
+    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str], ttl_seconds: int,
+              functions: Collection[FunctionKey] = ()) -> ClaimAnswer: ...  # fmt: skip
 
     def release(self, host: str, claim_id: str) -> bool: ...
 
@@ -105,17 +113,23 @@ class CloudDestinations:
             return Nowhere(reason=VM_UNREADABLE, detail=f"its size cannot be read on {self._config.source}: "
                                                         f"{exc}"[:500])  # fmt: skip
         ruled_out = set(tried)
+        told: dict[str, HostState] = {}  # hosts as their refusals described them
         while True:
-            choice = self._plan(demands, ruled_out)
+            choice = self._plan(demands, ruled_out, told)
             if isinstance(choice, Nowhere):
                 log.warning("destination_none", vm_uuids=uuids, reason=choice.reason,
-                            ruled_out=sorted(ruled_out))
+                            ruled_out=sorted(ruled_out), corrected=sorted(told))
                 return choice
-            held = self._claim(records, demands, choice)
-            if held is not None:
-                log.info("destination_chosen", vm_uuids=uuids, destination=choice, claim_id=held.claim_id)
+            name, state = choice
+            held = self._claim(records, demands, name)
+            if isinstance(held, Held):
+                log.info("destination_chosen", vm_uuids=uuids, destination=name, claim_id=held.claim_id)
                 return held
-            ruled_out.add(choice)
+            corrected = None if name in told else corrected_by(state, held, demands, self._config.policy)
+            if corrected is None:
+                ruled_out.add(name)
+            else:
+                told[name] = corrected
 
     def resume(self, records: Sequence[MoveRecord], host: str) -> Held:
         try:
@@ -124,31 +138,37 @@ class CloudDestinations:
             log.warning("destination_claim_skipped", destination=host, error=str(exc)[:300])
             return Held(host=host)
         held = self._claim(records, demands, host)
-        return held if held is not None else Held(host=host)
+        return held if isinstance(held, Held) else Held(host=host)
 
-    def _plan(self, demands: Sequence[VmDemand], ruled_out: set[str]) -> str | Nowhere:
+    def _plan(self, demands: Sequence[VmDemand], ruled_out: set[str],
+              told: Mapping[str, HostState]) -> tuple[str, HostState] | Nowhere:  # fmt: skip
         now = self._clock()
-        hosts = [h for h in self._view.hosts(now)
+        hosts = [told.get(h.name, h) for h in self._view.hosts(now)
                  if h.name not in ruled_out and self._config.reachable(h.name)]
         placement = plan(hosts, demands, self._config.policy, now)
         for demand in demands:
             reason = placement.unplaced.get(demand.uuid)
             if reason is not None:
                 return Nowhere(reason=reason.value, detail=_DETAILS[reason])
-        return placement.assignments[demands[0].uuid]
+        chosen = placement.assignments[demands[0].uuid]
+        return chosen, next(h for h in hosts if h.name == chosen)
 
-    def _claim(self, records: Sequence[MoveRecord], demands: Sequence[VmDemand], host: str) -> Held | None:
+    def _claim(self, records: Sequence[MoveRecord], demands: Sequence[VmDemand],
+               host: str) -> Held | ClaimAnswer:  # fmt: skip
         claim_id = claim_id_for(self._config.source, records)
         room = Room()
         for demand in demands:
             room = room + demand.room
-        answer = self._claims.claim(host, claim_id=claim_id, room=room, vm_uuids=[d.uuid for d in demands],
-                                    ttl_seconds=self._config.claim_ttl_seconds)
+        functions = {key for d in demands if (key := d.function_key) is not None}
+
+        def claim() -> ClaimAnswer:
+            return self._claims.claim(host, claim_id=claim_id, room=room, vm_uuids=[d.uuid for d in demands],
+                                      ttl_seconds=self._config.claim_ttl_seconds, functions=functions)
+
+        answer = claim()
         if answer.granted:
-            renewal = _Renewal(lambda: self._claims.claim(host, claim_id=claim_id, room=room,
-                                                          vm_uuids=[d.uuid for d in demands],
-                                                          ttl_seconds=self._config.claim_ttl_seconds),
-                               every_seconds=self._config.renew_every_seconds, host=host, claim_id=claim_id)
+            renewal = _Renewal(claim, every_seconds=self._config.renew_every_seconds, host=host,
+                               claim_id=claim_id)  # fmt: skip
 
             def release() -> None:
                 renewal.stop()
@@ -157,7 +177,7 @@ class CloudDestinations:
             return Held(host=host, claim_id=claim_id, release=release)
         log.info("destination_ruled_out", destination=host, claim_id=claim_id, reason=answer.reason)
         self._release(host, claim_id)  # a grant whose answer was lost holds room until its TTL otherwise
-        return None
+        return answer
 
     def _release(self, host: str, claim_id: str) -> None:
         self._claims.release(host, claim_id)
@@ -179,6 +199,19 @@ class CloudDestinations:
                     function=definition.facts.function, priority=record.priority,
                 ))  # fmt: skip
         return demands
+
+
+def corrected_by(state: HostState, answer: ClaimAnswer, demands: Sequence[VmDemand],
+                 policy: PlacementPolicy) -> HostState | None:  # fmt: skip
+    """`state` as `answer`, a refusal, describes the host: with the room it said it had left (placement takes
+    the reserve off again, so its free room is that plus the reserve), or running the functions it said it
+    runs or expects. None for a refusal that says neither: that host is ruled out."""
+    if answer.reason == Refusal.NO_ROOM and answer.available is not None:
+        return replace(state, free=answer.available + policy.reserve_on(state.capacity))
+    if answer.reason == Refusal.FUNCTION_TAKEN:
+        keys = {key for d in demands if (key := d.function_key) is not None}
+        return replace(state, functions=state.functions | keys) if keys else None
+    return None
 
 
 class _Renewal:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -24,7 +25,7 @@ import structlog
 from evacuator.hypervisor.room import RoomReader
 from evacuator.peers.messages import ClaimReply, ClaimRequest, ReleaseReply, ReleaseRequest, WireRoom
 from evacuator.placement.claims import Claim, ClaimAsk, ClaimBook, ClaimRules, Granted
-from evacuator.placement.model import PlacementPolicy, Room
+from evacuator.placement.model import FunctionKey, PlacementPolicy, Room
 
 log = structlog.get_logger(__name__)
 
@@ -35,21 +36,31 @@ NOT_A_PEER = "not_a_peer"
 BUSY = "busy"
 CLAIM_FAILED = "claim_failed"
 
-FreeRoom = Callable[[], Room]
-"""This host's live free room for guests (libvirt's accounting, capped by settings), claims not counted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveRoom:
+    """This host's free room for guests now (libvirt's accounting, capped by settings; claims not counted),
+    and the (tenant, function) keys of its active VMs, which no claim may bring a second VM of."""
+
+    free: Room
+    functions: frozenset[FunctionKey] = frozenset()
+
+
+FreeRoom = Callable[[], LiveRoom]
 
 
 def free_above_reserve(room: RoomReader, policy: PlacementPolicy) -> FreeRoom:
     """This host's live free room less the reserve placement keeps on it (`policy.reserve_on` its capacity):
     a claim is granted against the same room the movers planned with, never into the reserve."""
 
-    def free() -> Room:
+    def free() -> LiveRoom:
         read = room.read_room()
         capacity = Room(memory_bytes=read.memory_capacity_bytes, vcpus=read.vcpus_capacity,
                         disk_bytes=read.pool_capacity_bytes)
         left = Room(memory_bytes=read.memory_free_bytes, vcpus=read.vcpus_free,
                     disk_bytes=read.pool_available_bytes)
-        return left - policy.reserve_on(capacity)
+        return LiveRoom(free=left - policy.reserve_on(capacity), functions=read.functions)
 
     return free
 
@@ -88,15 +99,16 @@ class ClaimDesk:
         if request.host != self._host:
             return refuse(WRONG_HOST, f"this is {self._host}, not {request.host}")
         ask = ClaimAsk(claim_id=request.claim_id, requester=requester, room=request.room,
-                       vm_uuids=request.vm_uuids, ttl_seconds=request.ttl_seconds)
+                       vm_uuids=request.vm_uuids, ttl_seconds=request.ttl_seconds,
+                       functions=frozenset(request.functions))
         with self._lock:
             now = self._expire()
             try:
-                free = self._free_room()
+                live = self._free_room()
             except Exception as exc:  # libvirt unreachable, say: refuse rather than grant blind
                 log.warning("claim_room_unknown", host=self._host, error=repr(exc)[:300])
                 return refuse(ROOM_UNKNOWN, f"{self._host} cannot read its free room: {exc!r}")
-            self._book, decision = self._book.decide(ask, free=free, now=now)
+            self._book, decision = self._book.decide(ask, free=live.free, now=now, running=live.functions)
         if not isinstance(decision, Granted):
             return refuse(decision.code.value, decision.detail, decision.available)
         claim = decision.claim

@@ -41,6 +41,7 @@ _REASON = r"^[a-z][a-z_]{0,63}$"  # a stable snake_case code: an asker takes one
 _VM_UUID = r"^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}$"
 _MAX_BYTES = 1 << 60  # 1 EiB: any real host's memory or pool, far below what a 64-bit sum overflows at
 _MAX_VCPUS = 1 << 20
+_FunctionName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S+$")]
 MAX_CLAIM_VMS = 256  # a consistency group, claimed as one
 MAX_CLAIM_TTL_SECONDS = 86_400  # the wire's bound; each destination bounds it further (claims.ClaimRules)
 CLAIM_TYPE = "claim"
@@ -140,6 +141,10 @@ class ClaimRequest(BaseModel):
     vcpus: int = Field(ge=0, le=_MAX_VCPUS)
     disk_bytes: int = Field(ge=0, le=_MAX_BYTES)
     ttl_seconds: int = Field(ge=1, le=MAX_CLAIM_TTL_SECONDS)
+    # [tenant ("" for none), function] of each VM that has a function: the host refuses (function_taken) one
+    # it already runs or holds a claim for (anti-affinity, decided where every claim is seen).
+    functions: tuple[tuple[Annotated[str, Field(max_length=128)], _FunctionName], ...] = Field(
+        default=(), max_length=MAX_CLAIM_VMS)
 
     @property
     def room(self) -> Room:

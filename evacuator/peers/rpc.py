@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -51,7 +51,7 @@ from evacuator.peers.messages import (
     request_routing_key,
     responder_queue,
 )
-from evacuator.placement.model import Room
+from evacuator.placement.model import FunctionKey, Room
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
 from notifiers.connection import CONNECTION_ERRORS, ConnectionFactory, queue_consumers
@@ -132,15 +132,17 @@ class PeerClient:
         return self._ask_for(request, ReceiveTicket, timeout_seconds=timeout_seconds,
                              message_type=RECEIVE_TYPE)
 
-    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str],
-              ttl_seconds: int) -> ClaimOutcome:
+    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str], ttl_seconds: int,
+              functions: Collection[FunctionKey] = ()) -> ClaimOutcome:
         """Reserve `room` on `host` for `vm_uuids` (one VM, or a group as one claim) before copying them
         there. Claiming again with the same id and content is safe (a retry books nothing twice) and renews
-        the claim. A claim no daemon could take (a malformed id, negative sizes) raises ValidationError.
-        A claim may be granted while its reply is lost (`unanswered`): release it anyway when giving up."""
+        the claim. `functions`: the VMs' (tenant, function) keys, which the host refuses when it runs or
+        expects one already (`function_taken`). A claim no daemon could take (a malformed id, negative
+        sizes) raises ValidationError. A claim may be granted while its reply is lost (`unanswered`):
+        release it anyway when giving up."""
         request = ClaimRequest(host=host, claim_id=claim_id, vm_uuids=tuple(vm_uuids),
                                memory_bytes=room.memory_bytes, vcpus=room.vcpus, disk_bytes=room.disk_bytes,
-                               ttl_seconds=ttl_seconds)
+                               ttl_seconds=ttl_seconds, functions=tuple(sorted(functions)))
         context = {"host": host, "claim_id": claim_id, "vm_uuids": list(vm_uuids)}
         reply = self._ask_for(request, ClaimReply, timeout_seconds=self._claim_timeout_seconds,
                               message_type=CLAIM_TYPE)

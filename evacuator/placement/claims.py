@@ -5,6 +5,9 @@ claim); the daemon decides here, against its live free room *and* the claims it 
 sources can never over-commit one destination. The rules:
 - Grant when the claim's room fits in `free - reserve - held`, per resource; `held` sums the claims granted
   and not yet expired. Otherwise refuse with `NO_ROOM` and the room that was left (the mover re-plans).
+- Function anti-affinity, decided here too: refuse with `FUNCTION_TAKEN` a claim for a VM of a function the
+  host already runs (its live accounting) or holds a claim for. Placement checks the same over the host
+  view, but the view lags, and two sources may each send one replica of a database to the same host.
 - A claim id names one reservation. The same id from the same requester with the same room and VMs is a
   retry or a renewal: granted again without booking twice, its expiry pushed to `now + ttl`. The same id
   with other content is refused (`CLAIM_CHANGED`); the same id from another requester too (`CLAIM_ID_TAKEN`).
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from evacuator.placement.model import ZERO_ROOM, Room
+from evacuator.placement.model import ZERO_ROOM, FunctionKey, Room
 
 MAX_TTL_SECONDS = 2 * 3600.0
 MAX_CLAIMS_PER_REQUESTER = 256
@@ -39,17 +42,20 @@ class Refusal(StrEnum):
     CLAIM_ID_TAKEN = "claim_id_taken"
     CLAIM_CHANGED = "claim_changed"
     TOO_MANY_CLAIMS = "too_many_claims"
+    FUNCTION_TAKEN = "function_taken"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimAsk:
-    """One request for room: `requester` is the asking daemon's identity (its broker-checked user)."""
+    """One request for room: `requester` is the asking daemon's identity (its broker-checked user);
+    `functions`: the (tenant, function) keys of the VMs it is for, which the host must not run already."""
 
     claim_id: str
     requester: str
     room: Room
     vm_uuids: tuple[str, ...]
     ttl_seconds: float
+    functions: frozenset[FunctionKey] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.claim_id or not self.requester:
@@ -70,12 +76,14 @@ class Claim:
     vm_uuids: tuple[str, ...]
     granted_at: datetime
     expires_at: datetime
+    functions: frozenset[FunctionKey] = frozenset()
 
     def live(self, now: datetime) -> bool:
         return now < self.expires_at
 
     def same_ask(self, ask: ClaimAsk) -> bool:
-        return (self.requester, self.room, self.vm_uuids) == (ask.requester, ask.room, ask.vm_uuids)
+        return ((self.requester, self.room, self.vm_uuids, self.functions)
+                == (ask.requester, ask.room, ask.vm_uuids, ask.functions))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,8 +160,10 @@ class ClaimBook:
         kept = {claim_id: c for claim_id, c in self.claims.items() if c.live(now)}
         return replace(self, claims=kept), gone
 
-    def decide(self, ask: ClaimAsk, *, free: Room, now: datetime) -> tuple[ClaimBook, ClaimDecision]:
-        """Grant or refuse `ask` against `free`, the host's live free room (which does not count claims)."""
+    def decide(self, ask: ClaimAsk, *, free: Room, now: datetime,
+               running: frozenset[FunctionKey] = frozenset()) -> tuple[ClaimBook, ClaimDecision]:  # fmt: skip
+        """Grant or refuse `ask` against `free`, the host's live free room (which does not count claims), and
+        `running`, the functions of the VMs active on the host now."""
         book, _expired = self.expire(now)
         available = book.available(free, now)
         ttl_seconds = min(ask.ttl_seconds, self.rules.max_ttl_seconds)
@@ -172,11 +182,17 @@ class ClaimBook:
         if mine >= self.rules.max_claims_per_requester:
             return book, Refused(code=Refusal.TOO_MANY_CLAIMS, available=available,
                                  detail=f"{ask.requester} holds {mine} claims already")
+        taken = ask.functions & running.union(*(c.functions for c in book.live(now)))
+        if taken:
+            named = ", ".join(f"{tenant or '-'}/{function}" for tenant, function in sorted(taken))
+            return book, Refused(code=Refusal.FUNCTION_TAKEN, available=available,
+                                 detail=f"claim {ask.claim_id}: this host already runs or expects a VM of "
+                                        f"function {named}"[:500])  # fmt: skip
         if not ask.room.fits_in(available):
             return book, Refused(code=Refusal.NO_ROOM, available=available,
                                  detail=f"claim {ask.claim_id} needs {ask.room}, {available} is left")
         claim = Claim(claim_id=ask.claim_id, requester=ask.requester, room=ask.room, vm_uuids=ask.vm_uuids,
-                      granted_at=now, expires_at=expires_at)
+                      granted_at=now, expires_at=expires_at, functions=ask.functions)
         return book._with(claim), Granted(claim=claim, renewed=False, available=available - ask.room)
 
     def release(self, claim_id: str, *, requester: str) -> tuple[ClaimBook, Claim | None]:

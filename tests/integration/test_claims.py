@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from evacuator.peers.claim_desk import ClaimDesk
+from evacuator.peers.claim_desk import ClaimDesk, LiveRoom
 from evacuator.peers.messages import PeerTrust
 from evacuator.peers.responder import DigestResponder
 from evacuator.peers.rpc import ClaimOutcome, ClaimStatus, PeerClient
@@ -58,8 +58,8 @@ def _destination(settings: BrokerSettings, desk: ClaimDesk | None, *, trust: Pee
 
 def _desk(free: Room = FREE, clock: Callable[[], datetime] | None = None) -> ClaimDesk:
     if clock is None:
-        return ClaimDesk(host="host-c", free_room=lambda: free)
-    return ClaimDesk(host="host-c", free_room=lambda: free, clock=clock)
+        return ClaimDesk(host="host-c", free_room=lambda: LiveRoom(free=free))
+    return ClaimDesk(host="host-c", free_room=lambda: LiveRoom(free=free), clock=clock)
 
 
 class _Clock:

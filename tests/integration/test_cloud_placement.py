@@ -1,141 +1,160 @@
 """VMs go only where they fit, on real libvirt and the real broker: three lab hosts, host-a sick, host-b's
-advertised memory too small for its VMs, host-c healthy; host-b and host-c publish their state and answer
-claims as their daemons do: every VM lands on host-c, none on host-b, and every claim is given back."""
+advertised memory too small for its VMs, host-c healthy; each host publishes its state and answers claims as
+its daemon does (tests/fixtures/cloud.py). Every VM lands on host-c, none on host-b; two replicas of one
+function never share host-c; and once host-c's daemon dies mid-evacuation no move goes there blind."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from evacuator.hypervisor.libvirt.host import open_libvirt_host
-from evacuator.hypervisor.libvirt.room import LibvirtRoomReader
-from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import VmState
 from evacuator.hypervisor.room import RoomCaps
-from evacuator.incident.planner import PlannedMove
 from evacuator.lab.hosts import LabHosts, pool_volumes
 from evacuator.lab.vms import MEMORY_MIB, create_vm
-from evacuator.migrate.factory import MigrationTimings
-from evacuator.moves.attempts import EngineConfig
-from evacuator.moves.cloud_destinations import CloudConfig, CloudDestinations
-from evacuator.moves.journal import Journal
-from evacuator.peers.claim_desk import ClaimDesk, free_above_reserve
-from evacuator.peers.rpc import PeerClient
-from evacuator.peers.state_publisher import HostStatus, Switches
-from evacuator.placement.model import PlacementPolicy, Verdict
-from evacuator.settings import DataChannelSettings, HostSettings, HostViewSettings
-from evacuator.wiring.host_view import HostViewParts, build_host_view
-from evacuator.wiring.moves import assemble_engine
-from evacuator.wiring.peers import build_peer_services
-from notifiers.connection import blocking_connection_factory
+from evacuator.moves.state import MoveRecord
+from evacuator.placement.model import Verdict
 from notifiers.settings import BrokerSettings
-from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.outcomes import RecordedOutcomes
-from tests.fixtures.broker import lab_trust
+from tests.fixtures.cloud import (
+    MIB,
+    HostDaemon,
+    evacuate,
+    host_daemon,
+    lab_opener,
+    recording_claims,
+    utc_now,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.integration
 
-MIB = 1 << 20
-HOSTS = ("host-a", "host-b", "host-c")
-POLICY = PlacementPolicy(stale_after_seconds=3.0, reserve_fraction=0.05, preferred=("host-b", "host-c"))
 # host-b offers its guests less than one lab VM's memory; host-c room for several (vCPUs too: the lab machine
 # has few, shared by the three hosts).
 CAPS = {"host-a": RoomCaps(), "host-b": RoomCaps(guest_memory_bytes=MEMORY_MIB * MIB // 2),
         "host-c": RoomCaps(guest_memory_bytes=16 * MEMORY_MIB * MIB, guest_vcpus=16)}
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+def _cloud(stack: ExitStack, lab: LabHosts, broker: BrokerSettings) -> dict[str, HostDaemon]:
+    daemons = {name: stack.enter_context(host_daemon(
+        lab, name, broker, caps=CAPS[name], verdict=Verdict.SEVERE if name == "host-a" else Verdict.HEALTHY,
+    )) for name in ("host-a", "host-b", "host-c")}  # fmt: skip
+    wait_until_healthy(daemons["host-a"].view.view, ("host-b", "host-c"))
+    return daemons
 
 
-@contextmanager
-def host_daemon(lab: LabHosts, name: str,
-                broker: BrokerSettings) -> Iterator[tuple[HostViewParts, ClaimDesk]]:  # fmt: skip
-    """`name`'s daemon as its peers see it: its state on the peers exchange, claims on its room answered."""
-    host = {h.name: h for h in lab.hosts}[name]
-    room = LibvirtRoomReader(name=name, uri=host.uri, pool=host.pool, caps=CAPS[name])
-    trust = lab_trust(broker, HOSTS)
-    desk = ClaimDesk(host=name, free_room=free_above_reserve(room, POLICY))
-    services = build_peer_services(
-        host=HostSettings(name=name, libvirt_uri=host.uri, storage_pool=host.pool), broker=broker,
-        trust=trust,
-        channel=DataChannelSettings(enabled=False), channel_addresses=None, min_bytes_per_second=MIB,
-        connection_name=f"test-cloud-{name}", claims=desk,
-    )  # fmt: skip
-    view = build_host_view(host=name, broker=broker, trust=trust, room=room,
-                           view_settings=HostViewSettings(interval_seconds=1.0), switches=Switches(),
-                           clock=utc_now)  # fmt: skip
-    services.start()
-    view.start()
-    # As its first poll would: the source sick, the others healthy (until then a daemon says unknown).
-    verdict = Verdict.SEVERE if name == "host-a" else Verdict.HEALTHY
-    view.publisher.set_status(HostStatus(verdict=verdict, reasons=(), quarantined=False))
-    try:
-        yield view, desk
-    finally:
-        view.close()
-        services.close()
-        room.close()
+def _vms(lab: LabHosts, names: list[str], facts: VmFacts | None = None) -> dict[str, str]:
+    source = {h.name: h for h in lab.hosts}["host-a"]
+    return {create_vm(source.uri, source.pool, name=name, tenant="acme", window_seconds=0, disk_bytes=MIB,
+                      data=b"x" * 4096, mac=f"52:54:00:fb:01:{index:02x}", facts=facts): name
+            for index, name in enumerate(names)}  # fmt: skip
+
+
+def _where(lab: LabHosts, uuid: str) -> dict[str, VmState]:
+    """Every lab host the VM is defined on, with its state there."""
+    found = {}
+    for name in ("host-a", "host-b", "host-c"):
+        with lab_opener(lab)(name) as host:
+            vm = host.find_vm(uuid)
+            if vm is not None:
+                found[name] = vm.state
+    return found
 
 
 def test_every_vm_lands_on_the_host_with_room_and_none_on_the_full_one(
     tmp_path: Path, clean_fault_lab: LabHosts, broker_settings: BrokerSettings
 ) -> None:
     lab = clean_fault_lab
-    hosts = {h.name: h for h in lab.hosts}
-    source = hosts["host-a"]
-    vms = [create_vm(source.uri, source.pool, name=f"fit-{i}", tenant="acme", window_seconds=0,
-                     disk_bytes=MIB, data=b"x" * 4096, mac=f"52:54:00:fb:01:0{i}") for i in range(3)]
-
-    @contextmanager
-    def open_host(name: str) -> Iterator[Hypervisor]:
-        with open_libvirt_host(name, hosts[name].uri, hosts[name].pool) as opened:
-            yield opened
-
+    vms = _vms(lab, [f"fit-{i}" for i in range(3)])
+    told = RecordedOutcomes()
     with ExitStack() as stack:
-        own_view, _ = stack.enter_context(host_daemon(lab, "host-a", broker_settings))
-        _, desk_b = stack.enter_context(host_daemon(lab, "host-b", broker_settings))
-        _, desk_c = stack.enter_context(host_daemon(lab, "host-c", broker_settings))
-        deadline = time.monotonic() + 15
-        while {h.name for h in own_view.view.hosts(utc_now()) if h.verdict is Verdict.HEALTHY} \
-                != {"host-b", "host-c"}:  # fmt: skip
-            assert time.monotonic() < deadline, "host-b's and host-c's healthy states heard"
-            time.sleep(0.1)
-        claims = PeerClient(blocking_connection_factory(broker_settings, connection_name="test-cloud-claims"),
-                            trust=lab_trust(broker_settings, HOSTS), exchange=broker_settings.peers_exchange,
-                            timeout_base_seconds=30, min_bytes_per_second=MIB)  # fmt: skip
-        destinations = CloudDestinations(
-            config=CloudConfig(source="host-a", policy=POLICY, claim_ttl_seconds=600,
-                               reachable=frozenset(HOSTS).__contains__),
-            view=own_view.view, claims=claims, open_host=open_host, clock=utc_now,
-        )  # fmt: skip
-        told = RecordedOutcomes()
-        with Journal(tmp_path / "journal.sqlite") as journal:
-            engine = assemble_engine(
-                EngineConfig(host="host-a", peers=("host-b", "host-c"), move_attempts=2,
-                             retry_initial_seconds=0.1, queue_picks_destination=False),
-                MigrationTimings(shutdown_timeout_seconds=0.3), journal=journal,
-                hypervisor=FakeHypervisor(name="host-a"), open_host=open_host, clock=utc_now,
-                sleep=time.sleep, destinations=destinations,
-            )  # fmt: skip
-            engine.plan([PlannedMove(vm_uuid=u, vm_name=f"fit-{i}", tenant="acme", window_seconds=0,
-                                     deadline=utc_now()) for i, u in enumerate(vms)],
-                        may_restart_on_source=True)  # fmt: skip
-            engine.start(timer_pending=lambda _: False, outcomes=told)
-            assert engine.wait_idle(180)
-            engine.stop()
-        assert told.failures == []
-        assert sorted(r.vm_uuid for r in told.moves) == sorted(vms)
-        assert {r.destination for r in told.moves} == {"host-c"}
-        assert desk_c.held() == () and desk_b.held() == (), "every claim released once its VM ran"
+        daemons = _cloud(stack, lab, broker_settings)
+        claims = recording_claims(broker_settings, "host-a")
+        evacuate(tmp_path, lab, "host-a", vms, view=daemons["host-a"].view.view, claims=claims, outcomes=told)
+        assert daemons["host-c"].desk.held() == () and daemons["host-b"].desk.held() == (), \
+            "every claim released once its VM ran"  # fmt: skip
+    assert told.failures == []
+    assert sorted(r.vm_uuid for r in told.moves) == sorted(vms)
+    assert {r.destination for r in told.moves} == {"host-c"}
     for uuid in vms:
-        with open_host("host-c") as c:
-            moved = c.find_vm(uuid)
-            assert moved is not None and moved.state is VmState.RUNNING
-        with open_host("host-b") as b:
-            assert b.find_vm(uuid) is None
-    assert pool_volumes(hosts["host-b"]) == []
+        assert _where(lab, uuid) == {"host-c": VmState.RUNNING}
+    assert pool_volumes({h.name: h for h in lab.hosts}["host-b"]) == []
+
+
+def test_two_replicas_of_one_function_never_share_a_host(
+    tmp_path: Path, clean_fault_lab: LabHosts, broker_settings: BrokerSettings
+) -> None:
+    """Two acme "db" VMs, one host with room (host-c): one replica moves there; the other stays running on
+    its source, its tenant told anti_affinity, whether placement saw the first one on host-c in the view or
+    host-c's daemon refused the claim (function_taken) because it expected it."""
+    lab = clean_fault_lab
+    vms = _vms(lab, ["db-1", "db-2"], VmFacts(tenant="acme", window_seconds=0, function="db"))
+    told = RecordedOutcomes()
+    with ExitStack() as stack:
+        daemons = _cloud(stack, lab, broker_settings)
+        evacuate(tmp_path, lab, "host-a", vms, view=daemons["host-a"].view.view,
+                 claims=recording_claims(broker_settings, "host-a"), outcomes=told)  # fmt: skip
+        assert daemons["host-c"].desk.held() == ()
+    [moved] = told.moves
+    [(stayed, reason)] = told.failures
+    assert moved.destination == "host-c" and reason.startswith("anti_affinity: "), reason
+    assert _where(lab, moved.vm_uuid) == {"host-c": VmState.RUNNING}
+    assert _where(lab, stayed.vm_uuid) == {"host-a": VmState.RUNNING}, "never touched, still serving"
+
+
+class _KillOnFirstMove(RecordedOutcomes):
+    """Kills host-c's daemon the moment the first VM is verified running there, on the mover's own thread,
+    before it takes the next move (the engine moves one at a time here)."""
+
+    def __init__(self, daemon: HostDaemon) -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    def moved(self, record: MoveRecord) -> None:
+        super().moved(record)
+        if len(self.moves) == 1:
+            self._daemon.stop()
+
+
+def test_once_the_destinations_daemon_dies_no_move_goes_there_blind(
+    tmp_path: Path, clean_fault_lab: LabHosts, broker_settings: BrokerSettings
+) -> None:
+    """host-c's daemon dies after the first of three moves: its libvirt still answers, its state is still
+    fresh in host-a's view for a few seconds, but no daemon answers its claims, so the next moves never go
+    there; they stay running on host-a (host-b has no room), told no_capacity. Once host-c's state is stale
+    it is not even asked: a later move fails the same way without a claim sent to host-c."""
+    lab = clean_fault_lab
+    vms = _vms(lab, [f"kill-{i}" for i in range(4)])
+    first_three = dict(list(vms.items())[:3])
+    last = dict(list(vms.items())[3:])
+    with ExitStack() as stack:
+        daemons = _cloud(stack, lab, broker_settings)
+        view = daemons["host-a"].view.view
+        told = _KillOnFirstMove(daemons["host-c"])
+        claims = recording_claims(broker_settings, "host-a")
+        evacuate(tmp_path, lab, "host-a", first_three, view=view, claims=claims, outcomes=told,
+                 one_at_a_time=True)  # fmt: skip
+        [first] = told.moves
+        assert first.destination == "host-c"
+        assert [r.vm_uuid for r, _ in told.failures] == list(first_three)[1:]
+        assert all(reason.startswith("no_capacity: ") for _, reason in told.failures), told.failures
+        # Each later move planned host-c (fresh in the view), claimed it, heard nobody, and ruled it out.
+        assert claims.asked == ["host-c", "host-c", "host-c"]
+
+        deadline = time.monotonic() + 15
+        while {h.name: h.verdict for h in view.hosts(utc_now())}["host-c"] is not Verdict.UNKNOWN:
+            assert time.monotonic() < deadline, "host-c's state went stale"
+            time.sleep(0.2)
+        later = RecordedOutcomes()
+        claims.asked.clear()
+        (tmp_path / "later").mkdir()
+        evacuate(tmp_path / "later", lab, "host-a", last, view=view, claims=claims, outcomes=later)
+        [(_, reason)] = later.failures
+        assert reason.startswith("no_capacity: ") and claims.asked == [], "a stale host is not asked"
+    assert _where(lab, first.vm_uuid) == {"host-c": VmState.RUNNING}
+    for uuid in [*list(first_three)[1:], *last]:
+        assert _where(lab, uuid) == {"host-a": VmState.RUNNING}

@@ -27,16 +27,20 @@ VM = Room(memory_bytes=4 * GIB, vcpus=2, disk_bytes=20 * GIB)
 
 
 def _ask(claim_id: str = "c1", requester: str = "host.a", room: Room = VM, ttl_seconds: float = 600,
-         vm_uuids: tuple[str, ...] = ("vm-1",)) -> ClaimAsk:  # fmt: skip
+         vm_uuids: tuple[str, ...] = ("vm-1",), function: str | None = None) -> ClaimAsk:  # fmt: skip
     return ClaimAsk(claim_id=claim_id, requester=requester, room=room, vm_uuids=vm_uuids,
-                    ttl_seconds=ttl_seconds)
+                    ttl_seconds=ttl_seconds,
+                    functions=frozenset() if function is None else frozenset({("acme", function)}))
+
+
+RUNNING = frozenset({("acme", "web")})  # the host runs one acme web VM
 
 
 def _run(book: ClaimBook, *asks: ClaimAsk, free: Room = FREE, now: datetime = T0,
          ) -> tuple[ClaimBook, list[Granted | Refused]]:  # fmt: skip
     decisions = []
     for ask in asks:
-        book, decision = book.decide(ask, free=free, now=now)
+        book, decision = book.decide(ask, free=free, now=now, running=RUNNING)
         decisions.append(decision)
     return book, decisions
 
@@ -70,6 +74,14 @@ def _codes(decisions: list[Granted | Refused]) -> list[str]:
         pytest.param([_ask("c1", room=Room()), _ask("c2", requester="host.b", room=Room())],
                      ClaimRules(max_claims_per_requester=1), ["granted", "granted"],
                      id="the-bound-is-per-requester"),
+        pytest.param([_ask("c1", function="web")], ClaimRules(), ["function_taken"],
+                     id="a-function-the-host-runs-is-refused"),
+        pytest.param([_ask("c1", function="db"), _ask("c2", requester="host.b", function="db"),
+                      _ask("c3", requester="host.b", function="cache"), _ask("c4")], ClaimRules(),
+                     ["granted", "function_taken", "granted", "granted"],
+                     id="a-function-another-claim-holds-is-refused-others-fit"),
+        pytest.param([_ask("c1", function="db"), _ask("c1", function="cache")], ClaimRules(),
+                     ["granted", "claim_changed"], id="same-id-other-function-is-refused"),
     ],
 )
 def test_claims_are_decided_against_the_room_left(
@@ -167,6 +179,7 @@ class _Claim:
     claim_id: str
     room: Room
     ttl_seconds: int
+    function: str | None
 
 
 @dataclass(frozen=True)
@@ -185,7 +198,7 @@ _IDS = st.sampled_from([f"c{i}" for i in range(6)])
 _ROOMS = st.builds(Room, memory_bytes=st.integers(0, 8 * GIB), vcpus=st.integers(0, 4),
                    disk_bytes=st.integers(0, 40 * GIB))
 _STEPS = st.one_of(
-    st.builds(_Claim, _REQUESTERS, _IDS, _ROOMS, st.integers(1, 120)),
+    st.builds(_Claim, _REQUESTERS, _IDS, _ROOMS, st.integers(1, 120), st.sampled_from([None, "db", "web"])),
     st.builds(_Release, _REQUESTERS, _IDS),
     st.builds(_Wait, st.integers(0, 90)),
 )
@@ -199,9 +212,9 @@ def test_claims_never_exceed_the_free_room_less_the_reserve(steps: list[object],
     limit = FREE - reserve
     for step in steps:
         if isinstance(step, _Claim):
-            ask = _ask(step.claim_id, step.requester, step.room, step.ttl_seconds)
+            ask = _ask(step.claim_id, step.requester, step.room, step.ttl_seconds, function=step.function)
             before = book.held(now)
-            book, decision = book.decide(ask, free=FREE, now=now)
+            book, decision = book.decide(ask, free=FREE, now=now, running=RUNNING)
             if isinstance(decision, Granted) and decision.renewed:
                 assert book.held(now) == before  # a retry books nothing twice
         elif isinstance(step, _Release):
@@ -212,5 +225,7 @@ def test_claims_never_exceed_the_free_room_less_the_reserve(steps: list[object],
                 book, _ = book.expire(now)
         held = book.held(now)
         assert held.fits_in(limit), (held, limit)
+        functions = [key for claim in book.live(now) for key in claim.functions]
+        assert len(functions) == len(set(functions)) and RUNNING.isdisjoint(functions), "anti-affinity kept"
         owners = {claim.claim_id: claim.requester for claim in book.claims.values()}
         assert len(owners) == len(book.claims)  # one requester per claim id

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from evacuator.errors import HypervisorError
-from evacuator.peers.claim_desk import ClaimDesk
+from evacuator.peers.claim_desk import ClaimDesk, LiveRoom
 from evacuator.peers.messages import (
     TAKEN_TYPE,
     ClaimReply,
@@ -61,6 +61,9 @@ def _claim(claim_id: str = "c1", host: str = "hv-02", **changes: Any) -> ClaimRe
         pytest.param({"ttl_seconds": 0}, id="no-ttl"),
         pytest.param({"ttl_seconds": 86_401}, id="ttl-beyond-a-day"),
         pytest.param({"host": "hv 02"}, id="host-with-a-space"),
+        pytest.param({"functions": (("acme", ""),)}, id="empty-function"),
+        pytest.param({"functions": (("acme", "d b"),)}, id="function-with-a-space"),
+        pytest.param({"functions": (("acme", "db"),) * 257}, id="too-many-functions"),
     ],
 )
 def test_claim_requests_out_of_bounds_are_invalid(changes: dict[str, Any]) -> None:
@@ -75,6 +78,8 @@ def test_claim_messages_are_strict_about_types() -> None:
     with pytest.raises(ValidationError):  # a reason is a snake_case code, nothing more
         ClaimReply(host="hv-02", claim_id="c1", granted=False, reason="No Room!")
     assert ClaimRequest.model_validate_json(_claim().model_dump_json()) == _claim()
+    with_function = _claim(functions=(("", "db"), ("acme", "web")))
+    assert ClaimRequest.model_validate_json(with_function.model_dump_json()) == with_function
 
 
 def test_wire_room_is_never_negative() -> None:
@@ -90,8 +95,8 @@ class _Clock:
         return self.now
 
 
-def _desk(free: Callable[[], Room] = lambda: FREE, clock: Callable[[], datetime] | None = None,
-          **rules: Any) -> ClaimDesk:  # fmt: skip
+def _desk(free: Callable[[], LiveRoom] = lambda: LiveRoom(free=FREE),
+          clock: Callable[[], datetime] | None = None, **rules: Any) -> ClaimDesk:  # fmt: skip
     return ClaimDesk(host="hv-02", free_room=free, rules=ClaimRules(**rules), clock=clock or _Clock())
 
 
@@ -155,10 +160,10 @@ def test_an_expired_claim_is_logged_and_frees_its_room() -> None:
 def test_the_desk_reads_the_live_room_for_every_claim_and_refuses_when_it_cannot() -> None:
     rooms = [FREE, Room(memory_bytes=GIB, vcpus=8, disk_bytes=100 * GIB)]
 
-    def free() -> Room:
+    def free() -> LiveRoom:
         if not rooms:
             raise HypervisorError("libvirt is unreachable")
-        return rooms.pop(0)
+        return LiveRoom(free=rooms.pop(0))
 
     desk = _desk(free=free)
     assert desk.claim(_claim("c1"), "host.hv-01").granted
@@ -166,6 +171,21 @@ def test_the_desk_reads_the_live_room_for_every_claim_and_refuses_when_it_cannot
     blind = desk.claim(_claim("c3", memory_bytes=0, vcpus=0, disk_bytes=0), "host.hv-01")
     assert not shrunk.granted and shrunk.reason == "no_room"
     assert not blind.granted and blind.reason == "room_unknown" and "unreachable" in str(blind.detail)
+
+
+def test_the_desk_refuses_a_function_it_runs_or_expects_and_grants_others() -> None:
+    """Anti-affinity where every claim is seen: a db replica running here, or claimed by another source,
+    keeps a second one out (function_taken); another tenant's "db" and a VM with no function still fit."""
+    desk = _desk(free=lambda: LiveRoom(free=FREE, functions=frozenset({("acme", "db")})))
+    running = desk.claim(_claim("c1", functions=(("acme", "db"),)), "host.hv-01")
+    assert not running.granted and running.reason == "function_taken" and "acme/db" in str(running.detail)
+    assert desk.claim(_claim("c2", functions=(("globex", "db"),)), "host.hv-01").granted
+    expected = desk.claim(_claim("c3", functions=(("globex", "db"),)), "host.hv-03")
+    assert not expected.granted and expected.reason == "function_taken"
+    assert desk.claim(_claim("c4"), "host.hv-03").granted
+    assert desk.claim(_claim("c2", functions=(("globex", "db"),)), "host.hv-01").granted, "a renewal"
+    desk.release(ReleaseRequest(host="hv-02", claim_id="c2"), "host.hv-01")
+    assert desk.claim(_claim("c3", functions=(("globex", "db"),)), "host.hv-03").granted, "free once released"
 
 
 def test_the_desk_answers_only_for_its_own_host() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,6 +96,7 @@ class FakeView:
 class Answer:
     granted: bool
     reason: str | None = None
+    available: Room | None = None
 
 
 class FakeClaims:
@@ -104,11 +105,13 @@ class FakeClaims:
     def __init__(self, answers: dict[str, Answer] | None = None) -> None:
         self.answers = answers or {}
         self.claims: list[tuple[str, str, Room, tuple[str, ...]]] = []
+        self.functions: list[frozenset[tuple[str, str]]] = []
         self.releases: list[tuple[str, str]] = []
 
-    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str],
-              ttl_seconds: int) -> Answer:  # fmt: skip
+    def claim(self, host: str, *, claim_id: str, room: Room, vm_uuids: Sequence[str], ttl_seconds: int,
+              functions: Collection[tuple[str, str]] = ()) -> Answer:  # fmt: skip
         self.claims.append((host, claim_id, room, tuple(vm_uuids)))
+        self.functions.append(frozenset(functions))
         return self.answers.get(host, Answer(granted=True))
 
     def release(self, host: str, claim_id: str) -> bool:
@@ -169,6 +172,43 @@ def test_nowhere_to_go_says_why(states: list[HostState], tried: tuple[str, ...],
     assert choice.message.startswith(f"{reason}: ")
 
 
+def test_a_room_refusal_corrects_the_host_and_the_tenant_hears_no_capacity() -> None:
+    """The view said host-b had room; its daemon says what is left: re-planned with that, the VM fits
+    nowhere, and the reason is the real one, not "no healthy host"."""
+    hosts = Hosts()
+    claims = FakeClaims({"host-b": Answer(granted=False, reason="no_room", available=Room(memory_bytes=MIB))})
+    web = hosts.add_vm("web")
+    choice = cloud(hosts, FakeView([host("host-b")]), claims).choose([record_of(web)], ())
+    assert isinstance(choice, Nowhere) and choice.reason == "no_capacity"
+    assert [c[0] for c in claims.claims] == ["host-b"], "not asked twice: its answer was believed"
+
+
+def test_a_function_refusal_sends_the_replica_elsewhere_or_says_anti_affinity() -> None:
+    """host-b's view lacks the db replica that just landed there (or that another source is sending): its
+    daemon refuses with function_taken; the VM goes to host-c, or with no host-c stays: anti_affinity."""
+    hosts = Hosts()
+    claims = FakeClaims({"host-b": Answer(granted=False, reason="function_taken")})
+    db = hosts.add_vm("db", VmFacts(tenant="acme", function="db"))
+    choice = cloud(hosts, FakeView([host("host-b"), host("host-c")]), claims,
+                   preferred=("host-b",)).choose([record_of(db)], ())  # fmt: skip
+    assert isinstance(choice, Held) and choice.host == "host-c"
+    assert claims.functions == [frozenset({("acme", "db")})] * 2, "every claim names the VM's function"
+    alone = cloud(hosts, FakeView([host("host-b")]), claims).choose([record_of(db)], ())
+    assert isinstance(alone, Nowhere) and alone.reason == "anti_affinity"
+
+
+def test_a_host_refusing_again_after_its_correction_is_ruled_out() -> None:
+    """A daemon whose refusals contradict themselves (room left, then no room for it) cannot loop us."""
+    hosts = Hosts()
+    claims = FakeClaims({"host-b": Answer(granted=False, reason="no_room",
+                                          available=Room(memory_bytes=GIB, vcpus=8, disk_bytes=GIB))})
+    web = hosts.add_vm("web")
+    choice = cloud(hosts, FakeView([host("host-b"), host("host-c")]), claims,
+                   preferred=("host-b",)).choose([record_of(web)], ())  # fmt: skip
+    assert isinstance(choice, Held) and choice.host == "host-c"
+    assert [c[0] for c in claims.claims] == ["host-b", "host-b", "host-c"]
+
+
 def test_a_group_is_claimed_as_one_on_one_host() -> None:
     hosts, claims = Hosts(), FakeClaims()
     db, app = hosts.add_vm("db"), hosts.add_vm("app")
@@ -197,8 +237,8 @@ def test_resuming_claims_again_on_the_journaled_host_whatever_it_answers() -> No
 
 def test_claims_are_answered_above_the_same_reserve_placement_keeps() -> None:
     room = FakeRoomReader(a_room(memory_capacity_bytes=16 * GIB, memory_free_bytes=15 * GIB))
-    free = free_above_reserve(room, PlacementPolicy(stale_after_seconds=15, reserve_fraction=0.05))()
-    assert free.memory_bytes == 15 * GIB - math.ceil(16 * GIB * 0.05)
+    live = free_above_reserve(room, PlacementPolicy(stale_after_seconds=15, reserve_fraction=0.05))()
+    assert live.free.memory_bytes == 15 * GIB - math.ceil(16 * GIB * 0.05)
 
 
 # --- the engine with the cloud's choice --------------------------------------------------------------------
