@@ -64,6 +64,11 @@ class HostSettings(_Strict):
     # This host's address on the migration network: where peers reach its data channel, and the address
     # that channel listens on unless data_channel.listen_address says otherwise.
     migration_address: _ADDRESS | None = None
+    # How other hosts' daemons reach this host's libvirt (qemu+tls://hv-12.example.net/system): published in
+    # its host state so that, with placement.scope cloud, a host that does not list it as a peer may send it
+    # VMs. Required with scope cloud; None: not published.
+    advertised_libvirt_uri: str | None = Field(default=None, min_length=1, max_length=1024,
+                                               pattern=r"^[a-z][a-z0-9+.-]*://\S*$")
 
 
 class PeerSettings(_Strict):
@@ -200,6 +205,11 @@ class PlacementSettings(_Strict):
     # How long a destination holds a claim unless released; a mover that dies leaves it this long. The
     # destination caps it at 2 h.
     claim_ttl_seconds: int = Field(default=3600, ge=60, le=7200)
+    # Which hosts this daemon sends VMs to and answers (claims, tickets, digests). "peers": the `peers` list
+    # only. "cloud": any host of the cloud heard on the host view that publishes its libvirt URI
+    # (host.advertised_libvirt_uri), the peers first; a host is known by its broker user host.<name>, which
+    # only `evacuator host add` makes. Every host of a cloud-scope cloud sets it (docs/security.md).
+    scope: Literal["peers", "cloud"] = "peers"
 
 
 class ReplyPolicySettings(_Strict):
@@ -227,7 +237,9 @@ class Settings(_Strict):
     """The whole settings file (config/evacuator.example.yaml documents every field)."""
 
     host: HostSettings
-    peers: list[PeerSettings] = Field(min_length=1)
+    # The admin's destinations, in order: the only ones with placement.scope peers (at least one then), the
+    # preferred ones with scope cloud (may be empty).
+    peers: list[PeerSettings] = Field(default_factory=list)
     monitors: MonitorsSettings = Field(default_factory=MonitorsSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     evacuation: EvacuationSettings = Field(default_factory=EvacuationSettings)
@@ -238,6 +250,24 @@ class Settings(_Strict):
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _scope_is_complete(self) -> Settings:
+        if self.placement.scope == "peers":
+            if not self.peers:
+                raise ValueError("peers must list at least one host, unless placement.scope is cloud")
+            return self
+        if not self.placement.use_host_view:
+            raise ValueError("placement.scope cloud needs placement.use_host_view: the cloud's hosts are "
+                             "known from the host view only")  # fmt: skip
+        if self.host.advertised_libvirt_uri is None:
+            raise ValueError("placement.scope cloud needs host.advertised_libvirt_uri: how the cloud's other "
+                             "hosts reach this host's libvirt")  # fmt: skip
+        if self.data_channel.enabled and self.data_channel.allow_from is None:
+            raise ValueError("placement.scope cloud needs data_channel.allow_from (the migration network's "
+                             "addresses): any host of the cloud may send this host a copy, and the peers "
+                             "list names only some of them")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _peers_are_others(self) -> Settings:

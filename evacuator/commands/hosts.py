@@ -46,6 +46,7 @@ class HostRow:
     disk_allocation_bytes: int | None
     running_vms: int | None
     functions: list[list[str]]
+    libvirt_uri: str | None  # as it publishes it (host.advertised_libvirt_uri): reachable with scope cloud
     incarnation: str | None
     sequence: int | None
     age_seconds: float | None  # since this listener received it
@@ -69,7 +70,8 @@ def _row(heard: Heard, now: datetime, stale_after_seconds: float) -> HostRow:
         vcpus_free=state.free.vcpus, vcpus_capacity=state.capacity.vcpus,
         disk_free_bytes=state.free.disk_bytes, disk_capacity_bytes=state.capacity.disk_bytes,
         disk_allocation_bytes=heard.disk_allocation_bytes, running_vms=heard.running_vms,
-        functions=[list(key) for key in sorted(state.functions)], incarnation=heard.incarnation,
+        functions=[list(key) for key in sorted(state.functions)], libvirt_uri=heard.libvirt_uri,
+        incarnation=heard.incarnation,
         sequence=heard.sequence, age_seconds=round((now - state.seen_at).total_seconds(), 3),
     )  # fmt: skip
 
@@ -79,7 +81,7 @@ def _unheard(name: str) -> HostRow:
                    quarantined=None, maintenance=None, accepting=None, memory_free_bytes=None,
                    memory_capacity_bytes=None, vcpus_free=None, vcpus_capacity=None, disk_free_bytes=None,
                    disk_capacity_bytes=None, disk_allocation_bytes=None, running_vms=None, functions=[],
-                   incarnation=None, sequence=None, age_seconds=None)  # fmt: skip
+                   libvirt_uri=None, incarnation=None, sequence=None, age_seconds=None)  # fmt: skip
 
 
 def format_rows(found: Sequence[HostRow]) -> str:

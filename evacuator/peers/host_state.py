@@ -77,6 +77,11 @@ class HostStateMessage(_Wire):
     maintenance: bool
     accepting: bool
     room: RoomWire
+    # Where a source reaches this host's libvirt and pool (host.advertised_libvirt_uri); absent (the
+    # publisher leaves None out, so an older receiver still takes the state): only its peers send it VMs.
+    libvirt_uri: str | None = Field(default=None, min_length=1, max_length=1024,
+                                    pattern=r"^[a-z][a-z0-9+.-]*://\S*$")
+    storage_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
     def heard(self, received_at: datetime) -> Heard:
         """The state as placement keeps it, seen at `received_at` (this daemon's clock)."""
@@ -94,6 +99,8 @@ class HostStateMessage(_Wire):
             incarnation=self.incarnation, sequence=self.sequence, sent_at=self.sent_at,
             reasons=tuple(self.reasons), running_vms=room.running_vms,
             disk_allocation_bytes=room.pool_allocation_bytes,
+            libvirt_uri=self.libvirt_uri if self.storage_pool is not None else None,
+            storage_pool=self.storage_pool if self.libvirt_uri is not None else None,
         )  # fmt: skip
 
 

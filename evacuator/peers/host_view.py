@@ -59,6 +59,16 @@ class HostView:
         with self._changed:
             return sorted(self._heard.values(), key=lambda h: h.host)
 
+    def reach_of(self, host: str) -> tuple[str, str] | None:
+        """`host`'s libvirt URI and storage pool as its latest state publishes them (None: not heard, or it
+        publishes none). Stale or not: placement never picks a stale host, and a move under way finishes
+        where its journal says."""
+        with self._changed:
+            heard = self._heard.get(host)
+        if heard is None or heard.libvirt_uri is None or heard.storage_pool is None:
+            return None
+        return heard.libvirt_uri, heard.storage_pool
+
     def hosts(self, now: datetime) -> list[HostState]:
         """The view for placement at `now`: a host not heard from within stale_after is unknown."""
         with self._changed:

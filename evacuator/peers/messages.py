@@ -22,6 +22,7 @@ notices a daemon that went away with its request even when a restarted one alrea
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -29,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evacuator.errors import EvacuatorError
+from evacuator.peers.host_users import HOST_USER_PREFIX, host_user
 from evacuator.placement.model import Room
 from evacuator.transfer.digests import BLOCK_DIGEST_ALGORITHM
 from evacuator.transfer.wire import RECEIVE_TYPE, ReceiveRequest, ReceiveTicket
@@ -36,6 +38,7 @@ from notifiers.topology import check_word
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$"  # libvirt pool and volume names the evacuator creates
 _HOST = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_HOST_NAME = re.compile(_HOST)
 _CLAIM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _REASON = r"^[a-z][a-z_]{0,63}$"  # a stable snake_case code: an asker takes one it does not know as a refusal
 _VM_UUID = r"^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}$"
@@ -58,10 +61,13 @@ read it itself; an EvacuatorError when it will not (no open transfer from that r
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerTrust:
     """Who is who between daemons: this daemon's own broker user, sent as `user_id` with every message, and
-    its peers' users by host name. In a lab all hosts may share one user; in production each has its own."""
+    its peers' users by host name. In a lab all hosts may share one user; in production each has its own.
+    With `any_host` (placement.scope cloud) every host of the cloud counts as a peer, known by its user
+    `host.<name>`, which only `evacuator host add` makes (a tenant's name holds no dot)."""
 
     own_user: str
     peer_users: Mapping[str, str]
+    any_host: bool = False
 
     @classmethod
     def shared(cls, user: str, hosts: Iterable[str]) -> PeerTrust:
@@ -70,11 +76,19 @@ class PeerTrust:
 
     def user_of(self, host: str) -> str | None:
         """The broker user a reply from `host`'s daemon must carry; None for a host that is no peer."""
-        return self.peer_users.get(host)
+        user = self.peer_users.get(host)
+        if user is None and self.any_host and _HOST_NAME.match(host):
+            return host_user(host)
+        return user
 
     def is_peer(self, user: str | None) -> bool:
         """Whether a request published as `user` (the broker-checked user_id) comes from a peer's daemon."""
-        return user is not None and user in self.peer_users.values()
+        if user is None:
+            return False
+        if user in self.peer_users.values():
+            return True
+        name = user.removeprefix(HOST_USER_PREFIX)
+        return self.any_host and user.startswith(HOST_USER_PREFIX) and bool(_HOST_NAME.match(name))
 
 
 class DigestRequest(BaseModel):

@@ -48,10 +48,14 @@ class HostStatus:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Switches:
-    """The admin's switches, from the settings: a host in maintenance, or not accepting VMs, takes none."""
+    """What the settings say of this host in its state: in maintenance, or not accepting VMs, it takes none;
+    `libvirt_uri` and `storage_pool` (host.advertised_libvirt_uri, host.storage_pool), published when set,
+    let hosts that do not list it as a peer send it VMs (placement.scope cloud)."""
 
     maintenance: bool = False
     accepting: bool = True
+    libvirt_uri: str | None = None
+    storage_pool: str | None = None
 
 
 def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime, status: HostStatus,
@@ -66,6 +70,8 @@ def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime
         reasons=[reason[:200] for reason in reasons[:16]],
         quarantined=status.quarantined, maintenance=switches.maintenance,
         accepting=switches.accepting and room is not None, room=RoomWire.of(room or _NO_ROOM),
+        libvirt_uri=switches.libvirt_uri,
+        storage_pool=switches.storage_pool if switches.libvirt_uri is not None else None,
     )  # fmt: skip
 
 
@@ -190,7 +196,7 @@ class HostStatePublisher:
                               sent_at=self._clock(), status=status, switches=self._switches, room=room)
         channel.basic_publish(
             exchange=self._exchange, routing_key=state_routing_key(self._host),
-            body=message.model_dump_json().encode(),
+            body=message.model_dump_json(exclude_none=True).encode(),
             properties=pika.BasicProperties(
                 user_id=self._own_user, content_type="application/json", delivery_mode=1,
                 expiration=str(int(self._interval_seconds * EXPIRY_INTERVALS * 1000)),

@@ -33,6 +33,10 @@ class Heard:
     reasons: tuple[str, ...] = ()
     running_vms: int = 0
     disk_allocation_bytes: int = 0
+    # How a source reaches the host's libvirt and pool, when it publishes them (host.advertised_libvirt_uri):
+    # what makes a host that is no configured peer a destination (placement.scope cloud).
+    libvirt_uri: str | None = None
+    storage_pool: str | None = None
 
     @property
     def host(self) -> str:

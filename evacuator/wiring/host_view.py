@@ -82,8 +82,10 @@ def caps_of(placement: PlacementSettings) -> RoomCaps:
     return RoomCaps(guest_memory_bytes=placement.guest_memory_bytes, guest_vcpus=placement.guest_vcpus)
 
 
-def switches_of(placement: PlacementSettings) -> Switches:
-    return Switches(maintenance=placement.maintenance, accepting=placement.accepting)
+def switches_of(settings: Settings) -> Switches:
+    host, placement = settings.host, settings.placement
+    return Switches(maintenance=placement.maintenance, accepting=placement.accepting,
+                    libvirt_uri=host.advertised_libvirt_uri, storage_pool=host.storage_pool)
 
 
 def host_view_for(settings: Settings, *, clock: Callable[[], datetime],
@@ -92,7 +94,7 @@ def host_view_for(settings: Settings, *, clock: Callable[[], datetime],
     def build(reader: RoomReader) -> HostViewParts:
         return build_host_view(
             host=settings.host.name, broker=settings.broker, trust=peer_trust(settings), room=reader,
-            view_settings=settings.host_view, switches=switches_of(settings.placement), clock=clock,
+            view_settings=settings.host_view, switches=switches_of(settings), clock=clock,
         )  # fmt: skip
 
     if room is not None:

@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
@@ -27,6 +28,13 @@ from evacuator.wiring.peers import claims_client_for, cluster_slots_for, open_ho
 log = structlog.get_logger(__name__)
 
 CRASH_AT_ENV = "EVACUATOR_CRASH_AT"
+
+
+class CloudView(HostStates, Protocol):
+    """The host view as the daemon's movers use it (peers/host_view.py HostView): every host's state, and
+    how to reach a host that publishes its libvirt URI."""
+
+    def reach_of(self, host: str) -> tuple[str, str] | None: ...
 
 
 def crash_point_from_env(environ: Mapping[str, str]) -> CrashPoint:
@@ -94,23 +102,28 @@ def journal_for(settings: Settings) -> Journal:
     return Journal(settings.state_dir / "journal.sqlite")
 
 
-def cloud_destinations(settings: Settings, view: HostStates, open_host: OpenHost, *,
+def cloud_destinations(settings: Settings, view: CloudView, open_host: OpenHost, *,
                        clock: Callable[[], datetime]) -> CloudDestinations:  # fmt: skip
-    """Destinations chosen over `view` and held by claims. Only a configured peer is reachable: this daemon
-    knows the libvirt URI and broker user of no other host."""
+    """Destinations chosen over `view` and held by claims. With placement.scope peers only a configured peer
+    is reachable; with scope cloud, any host that publishes its libvirt URI too (its broker user is then
+    host.<name>, peer_trust)."""
     peers = frozenset(p.name for p in settings.peers)
+
+    def reachable(name: str) -> bool:
+        return name in peers or (settings.placement.scope == "cloud" and view.reach_of(name) is not None)
+
     config = CloudConfig(source=settings.host.name, policy=placement_policy(settings),
                          claim_ttl_seconds=settings.placement.claim_ttl_seconds,
-                         reachable=peers.__contains__)  # fmt: skip
+                         reachable=reachable)  # fmt: skip
     return CloudDestinations(config=config, view=view, claims=claims_client_for(settings),
                              open_host=open_host, clock=clock)  # fmt: skip
 
 
 def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime],
-                 view: HostStates | None = None) -> MoveEngine:  # fmt: skip
+                 view: CloudView | None = None) -> MoveEngine:  # fmt: skip
     """The daemon's engine; with `view` (and placement.use_host_view) each move goes where placement over
     the host view says, under a claim; without, to the peers in order (the `move` command's way)."""
-    open_host = open_host_for(settings)
+    open_host = open_host_for(settings) if view is None else open_host_for(settings, reach=view.reach_of)
     destinations = None
     if view is not None and settings.placement.use_host_view:
         destinations = cloud_destinations(settings, view, open_host, clock=clock)

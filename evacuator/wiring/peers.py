@@ -3,7 +3,7 @@ and the cloud-wide transfer caps on the broker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,9 +38,10 @@ def placement_policy(settings: Settings) -> PlacementPolicy:
 
 def peer_trust(settings: Settings) -> PeerTrust:
     """Who is who between daemons: this host's broker user (broker.url's) and each peer's
-    (`peers[].broker_user`, default `host.<name>`)."""
+    (`peers[].broker_user`, default `host.<name>`); with placement.scope cloud, any host's `host.<name>`."""
     return PeerTrust(own_user=settings.broker.user,
-                     peer_users={peer.name: peer.user for peer in settings.peers})  # fmt: skip
+                     peer_users={peer.name: peer.user for peer in settings.peers},
+                     any_host=settings.placement.scope == "cloud")  # fmt: skip
 
 
 def peers_connection(broker: BrokerSettings, name: str) -> ConnectionFactory:
@@ -58,10 +59,21 @@ def claims_client_for(settings: Settings) -> PeerClient:
     )  # fmt: skip
 
 
-def open_host_for(settings: Settings) -> OpenHost:
-    """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them)."""
+Reach = Callable[[str], tuple[str, str] | None]
+"""A host's libvirt URI and storage pool as it publishes them on the host view (None: not heard, or it
+publishes none): how a host that is no configured peer is opened, with placement.scope cloud."""
+
+
+def _nowhere(name: str) -> tuple[str, str] | None:
+    return None
+
+
+def open_host_for(settings: Settings, reach: Reach = _nowhere) -> OpenHost:
+    """Each move attempt opens fresh connections to this host and the chosen peer (one thread owns them):
+    a configured peer as listed; any other host where `reach` says (scope cloud), or not at all."""
     hosts = {p.name: (p.libvirt_uri, p.storage_pool) for p in settings.peers}
     hosts[settings.host.name] = (settings.host.libvirt_uri, settings.host.storage_pool)
+    cloud = settings.placement.scope == "cloud"
     connect = peers_connection(settings.broker, f"evacuator-digests-{settings.host.name}")
     peers = PeerClient(
         connect,
@@ -81,9 +93,11 @@ def open_host_for(settings: Settings) -> OpenHost:
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
-        if name not in hosts:
-            raise HypervisorError(f"host {name} is neither this host nor a configured peer")
-        uri, pool = hosts[name]
+        found = hosts.get(name) or (reach(name) if cloud else None)
+        if found is None:
+            raise HypervisorError(f"host {name} is neither this host nor a configured peer"
+                                  + (", and publishes no libvirt URI on the host view" if cloud else ""))
+        uri, pool = found
         # This host's disks are files this process may read itself; a peer's are digested by the peer's own
         # daemon when it answers, else read through libvirt.
         local = name == settings.host.name

@@ -185,6 +185,58 @@ def test_the_admins_switches_travel_with_the_state() -> None:
     assert (message.maintenance, message.accepting, message.verdict) == (True, False, Verdict.UNKNOWN)
 
 
+def test_a_host_publishing_its_libvirt_uri_can_be_reached_from_the_view() -> None:
+    uri = "qemu+tls://hv-b.example.net/system"
+    reaching = build_state(host="hv-b", incarnation=INCARNATION, sequence=0, sent_at=T0,
+                           status=HostStatus(verdict=Verdict.HEALTHY),
+                           switches=Switches(libvirt_uri=uri, storage_pool="vms"), room=a_room())  # fmt: skip
+    sub = subscriber()
+    assert deliver(sub, reaching, user="svc-b")
+    assert sub.view.reach_of("hv-b") == (uri, "vms") and sub.view.reach_of("hv-z") is None
+
+
+def test_a_host_publishing_no_uri_sends_no_such_field_and_an_older_state_is_taken() -> None:
+    """The publisher leaves the optional fields out (a daemon of the previous version, which forbids unknown
+    fields, still takes its state), and a state without them is no reachable host."""
+    plain = build_state(host="hv-b", incarnation=INCARNATION, sequence=0, sent_at=T0, status=HostStatus(),
+                        switches=Switches(storage_pool="vms"), room=a_room())
+    body = plain.model_dump_json(exclude_none=True)
+    assert "libvirt_uri" not in body and "storage_pool" not in body
+    sub = subscriber()
+    assert sub.receive("state.hv-b", "svc-b", body.encode())
+    assert sub.view.reach_of("hv-b") is None
+
+
+@pytest.mark.parametrize("uri", ["not a uri", "qemu+tls://hv b/system", "x" * 1025, ""])
+def test_a_nonsense_libvirt_uri_drops_the_state(uri: str) -> None:
+    body = json.dumps({**json.loads(state().model_dump_json()), "libvirt_uri": uri, "storage_pool": "vms"})
+    sub = subscriber()
+    with capture_logs() as logs:
+        assert not sub.receive("state.hv-b", "svc-b", body.encode())
+    assert logs[0]["event"] == "host_state_dropped"
+
+
+@pytest.mark.parametrize(
+    ("any_host", "host", "user", "is_peer"),
+    [
+        (False, "hv-b", "svc-b", True),  # a configured peer
+        (False, "hv-c", None, False),  # scope peers: no other host is one
+        (True, "hv-c", "host.hv-c", True),  # scope cloud: any host, as the user `host add` made
+        (True, "hv-b", "svc-b", True),  # a configured peer keeps its configured user
+    ],
+)
+def test_in_a_cloud_scope_every_host_user_is_a_peer(any_host: bool, host: str, user: str | None,
+                                                    is_peer: bool) -> None:  # fmt: skip
+    trust = PeerTrust(own_user="host.hv-a", peer_users={"hv-b": "svc-b"}, any_host=any_host)
+    assert trust.user_of(host) == user
+    assert trust.is_peer(user) is is_peer
+
+
+@pytest.mark.parametrize("user", ["acme", "host.", "host.hv c", "host.a.b", "guest", "HOST.hv-c"])
+def test_a_user_that_is_no_host_user_is_never_a_peer_even_in_a_cloud_scope(user: str) -> None:
+    assert not PeerTrust(own_user="host.hv-a", peer_users={}, any_host=True).is_peer(user)
+
+
 @pytest.mark.parametrize(
     ("severity", "quarantined"),
     [(Severity.HEALTHY, False), (Severity.MODERATE, True), (Severity.SEVERE, False),

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from evacuator.cli import main
 from evacuator.errors import ConfigError
 from evacuator.settings import PeerSettings, Settings, load_settings, parse_settings
+from evacuator.wiring.peers import peer_trust
 from notifiers.connection import blocking_connection_factory, broker_password, connection_parameters
 from notifiers.errors import BrokerUnavailable
 from notifiers.settings import BrokerSettings
@@ -419,3 +420,36 @@ def test_settings_errors_never_echo_their_input_even_raised_directly() -> None:
             "monitors": {"sources": {"ipmi": {"password": "Ip-9x", "password_env": "X"}}},
         })
     assert "Lv-9x" not in str(caught.value) and "Ip-9x" not in str(caught.value)
+
+
+_CLOUD = ("host: {name: hv-01, migration_address: 192.0.2.11, "
+          "advertised_libvirt_uri: 'qemu+tls://hv-01.example.net/system'}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("host: {name: hv-01, migration_address: 192.0.2.11}\n", "peers must list at least one host"),
+        ("host: {name: hv-01, migration_address: 192.0.2.11}\nplacement: {scope: cloud}\n"
+         "data_channel: {allow_from: [192.0.2.0]}\n", "needs host.advertised_libvirt_uri"),
+        (_CLOUD + "placement: {scope: cloud}\n", "needs data_channel.allow_from"),
+        (_CLOUD + "placement: {scope: cloud, use_host_view: false}\ndata_channel: {enabled: false}\n",
+         "needs placement.use_host_view"),
+        ("host: {name: hv-01, advertised_libvirt_uri: 'hv-01 system'}\ndata_channel: {enabled: false}\n"
+         "placement: {scope: cloud}\n", "host.advertised_libvirt_uri"),
+    ],
+    ids=["no-peers", "no-advertised-uri", "channel-open-to-peers-only", "no-host-view", "bad-uri"],
+)
+def test_a_cloud_scope_missing_what_it_needs_is_refused_saying_what(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, Path("evacuator.yaml"))
+    assert why in str(caught.value)
+
+
+def test_a_cloud_scope_needs_no_peers_and_trusts_any_host_user() -> None:
+    settings = parse_settings(_CLOUD + "placement: {scope: cloud}\ndata_channel: {allow_from: [192.0.2.0]}\n",
+                              Path("evacuator.yaml"))  # fmt: skip
+    assert settings.peers == [] and settings.placement.scope == "cloud"
+    trust = peer_trust(settings)
+    assert trust.any_host and trust.user_of("hv-77") == "host.hv-77"
+    assert not peer_trust(parse_settings(MINIMAL, Path("evacuator.yaml"))).any_host
