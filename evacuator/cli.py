@@ -82,6 +82,18 @@ def _hosts(args: argparse.Namespace) -> int:
     return hosts.main(args)
 
 
+def _pause(args: argparse.Namespace) -> int:
+    from evacuator.commands import pause
+
+    return pause.main_pause(args)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from evacuator.commands import pause
+
+    return pause.main_resume(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from evacuator.commands import demo
 
@@ -206,6 +218,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long to listen at most (default: host_view.interval_seconds + 1)")
     hosts.set_defaults(handler=_hosts)
 
+    pause = sub.add_parser("pause", help="pause evacuations cloud-wide: no new move starts until resume")
+    _config_option(pause)
+    pause.add_argument("--reason", default="(no reason given)", help="why, shown to admins and in the logs")
+    pause.add_argument("--status", action="store_true", help="only say whether evacuations are paused")
+    pause.add_argument("--json", action="store_true", help="one JSON object")
+    pause.set_defaults(handler=_pause)
+
+    resume = sub.add_parser("resume", help="lift a cloud-wide pause of evacuations")
+    _config_option(resume)
+    resume.add_argument("--json", action="store_true", help="one JSON object")
+    resume.set_defaults(handler=_resume)
+
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")
     demo.add_argument("--keep", action="store_true", help="leave the demo's state directory behind")
@@ -215,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts"):
+    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler

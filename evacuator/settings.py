@@ -212,6 +212,23 @@ class PlacementSettings(_Strict):
     scope: Literal["peers", "cloud"] = "peers"
 
 
+class GuardSettings(_Strict):
+    """Blast-radius guards, counted cloud-wide (README, "Guard rails"): the same values on every host."""
+
+    # false: no guards (a cloud without the host view has none either); `evacuator pause` still holds.
+    enabled: bool = True
+    # At most this share of the cloud's hosts evacuate at once (rounded down, at least one): 25% as Windows
+    # failover clusters quarantine at most; a failed host never waits.
+    max_evacuating_share: float = Field(default=0.25, gt=0, le=1)
+    # No severe host starts when its VMs would leave the cloud's hosts that take VMs with less than this share
+    # of their memory, vCPUs or pool bytes free.
+    min_free_share: float = Field(default=0.10, ge=0, lt=1)
+    # Between two severe hosts' starts, cloud-wide (draino spaces drains 10 minutes apart).
+    min_start_spacing_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    # How often a held host looks again (and how soon a pause stops new moves).
+    poll_seconds: float = Field(default=0.5, gt=0, le=60)
+
+
 class ReplyPolicySettings(_Strict):
     """What tenants' replies may ask for: caps on postponing (the longest window is evacuation's cap)."""
 
@@ -247,6 +264,7 @@ class Settings(_Strict):
     replies: ReplyPolicySettings = Field(default_factory=ReplyPolicySettings)
     host_view: HostViewSettings = Field(default_factory=HostViewSettings)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    guards: GuardSettings = Field(default_factory=GuardSettings)
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -31,6 +31,7 @@ _EVENT_IDS = (
     "7a9c1e3f-5b7d-4f1a-9c3e-5f7b9d1a3c5e", "3b5d7f9a-1c3e-4a5c-a7e9-1b3d5f7a9c2e",
     "5c7e9a1b-3d5f-4b7d-b9f1-3c5e7a9b1d4f", "8d0f2b4c-6e8a-4c0e-82a4-6d8f0b2c4e7a",
     "2e4a6c8d-0f2b-4d6f-a8c0-2e4a6c8d0f9b", "4f6b8d0e-2a4c-4e8a-9b2d-4f6b8d0e2a1c",
+    "6a8c0e2f-4b6d-4f0b-8c2e-6a8c0e2f4b3d",
 )  # fmt: skip
 _REPLY_MESSAGE_ID = "c2d4e6f8-0a1b-4c3d-9e5f-7a8b9c0d1e2f"
 _SEQ = int(_T0.timestamp() * 1000)  # the outbox numbers notices from its creation time in milliseconds
@@ -60,6 +61,7 @@ def examples() -> dict[str, tuple[WireModel, ...]]:
         # A postpone of 600 s sent at 04:02 is added to the deadline (04:10), not to the time of the reply.
         wire.EvacuationUpdated(cause="postponed", vms=(vm(20),), **sent(2)),
         wire.EvacuationUpdated(cause="expedited", vms=(vm(5),), **sent(5)),
+        wire.EvacuationUpdated(cause="held_back", hold="too_many_evacuating", vms=(vm(5),), **sent(6)),
         wire.EvacuationStarted(vm_uuid=_VM, vm_name="web-1", **sent(5)),
         wire.VmEvacuated(vm_uuid=_VM, vm_name="web-1", from_host="hv-01", to_host="hv-02", **sent(7)),
         wire.EvacuationCompleted(moved_vm_uuids=(_VM,), **sent(7)),

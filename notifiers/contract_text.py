@@ -114,7 +114,10 @@ REPLY_TEXT = {
 MESSAGE_TEXT = {
     "evacuation_updated": "`cause` says why: `postponed` (a postpone was granted; the deadline may be less "
     "than asked, capped at `latest_deadline`), `expedited` (a `ready` was accepted: the move starts now), "
-    "`severity_changed` (reserved for deadlines changed by a new reading; not sent by this version). Each "
+    "`severity_changed` (reserved for deadlines changed by a new reading; not sent by this version), "
+    "`held_back` (the windows are over but a cloud-wide guard holds the moves back, `hold` says which: "
+    "`paused`, `too_many_evacuating`, `too_little_room`, `too_soon`; each move still starts with its "
+    "`evacuation_started`). Each "
     "VM carries its current `deadline` and the unchanged `latest_deadline` of the scheduled notice.",
     "reply_rejected": "`in_reply_to` is the AMQP `message_id` of the refused reply (null if it had none). "
     "The codes:\n\n" + reject_code_table(),

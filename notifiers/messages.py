@@ -102,10 +102,18 @@ class EvacuationUpdated(_Notice):
     type: Literal["evacuation_updated"] = "evacuation_updated"
     host: Name
     tenant: Name
-    cause: Literal["postponed", "expedited", "severity_changed"] = Field(
+    cause: Literal["postponed", "expedited", "severity_changed", "held_back"] = Field(
         description="postponed: a postpone was granted (the new deadline may be less than asked, capped at "
         "latest_deadline). expedited: a ready was accepted, the move starts now. severity_changed: reserved "
-        "for deadlines changed by a new reading (not sent by this version)."
+        "for deadlines changed by a new reading (not sent by this version). held_back: the windows are over "
+        "but a cloud-wide guard holds the moves back (`hold` says which); they start as soon as it allows, "
+        "each announced by evacuation_started."
+    )
+    hold: Literal["paused", "too_many_evacuating", "too_little_room", "too_soon"] | None = Field(
+        default=None,
+        description="With cause held_back: paused (an admin paused evacuations cloud-wide), "
+        "too_many_evacuating (the share of hosts that may evacuate at once is reached), too_little_room (the "
+        "cloud would be left with too little free room), too_soon (another host began moments ago).",
     )
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
     at: UtcDatetime

@@ -105,10 +105,11 @@ class TenantNotifier:
         return self._send(tenant, notice)
 
     def evacuation_updated(
-        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord]
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord], hold: str | None = None
     ) -> Future[datetime]:
         notice = wire.EvacuationUpdated(
             tenant=tenant, host=self._host, cause=cause,  # type: ignore[arg-type]  # validated by the model
+            hold=hold,  # type: ignore[arg-type]
             vms=tuple(_scheduled_vm(vm) for vm in vms), at=self._clock(),
             scheduled_event_id=self._event(tenant),
         )  # fmt: skip

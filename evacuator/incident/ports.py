@@ -10,6 +10,7 @@ from typing import Protocol
 from evacuator.incident.ledger import Incident, ScheduledRecord
 from evacuator.moves.engine import Planned
 from evacuator.moves.state import MoveRecord, MoveState
+from evacuator.placement.guards import Hold
 
 
 class Notifier(Protocol):
@@ -27,6 +28,27 @@ class Notifier(Protocol):
     def evacuation_completed(
         self, *, tenant: str, moved: Sequence[str], failed: Sequence[str] = ()
     ) -> Future[datetime]: ...
+    def evacuation_updated(
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord], hold: str | None = None
+    ) -> Future[datetime]: ...
+
+
+class Guard(Protocol):
+    """The blast-radius guards as the service brackets an incident with them (moves/guard.py CloudGuard):
+    `on_hold` hears each new reason the moves are held back."""
+
+    def begin(self, *, failed: bool, on_hold: Callable[[Hold], None]) -> None: ...
+    def end(self) -> None: ...
+
+
+class NoGuard:
+    """No blast-radius guards (no host view)."""
+
+    def begin(self, *, failed: bool, on_hold: Callable[[Hold], None]) -> None:
+        """Nothing to bracket."""
+
+    def end(self) -> None:
+        """Nothing to give back."""
 
 
 class MoveOutcomes(Protocol):

@@ -18,11 +18,12 @@ import structlog
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
-from evacuator.incident.ports import Moves, Notifier
+from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
 from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
 from evacuator.moves.state import PENDING, MoveRecord, MoveState, Phase
+from evacuator.placement.guards import Hold
 from monitors.verdicts import HostVerdict, Severity
 from notifiers.wire import new_event_id
 
@@ -50,9 +51,10 @@ class Service:
 
     def __init__(
         self, *, config: ServiceConfig, hypervisor: Hypervisor, notifier: Notifier, timers: Timers,
-        engine: Moves, ledger: IncidentLedger, clock: Clock,
+        engine: Moves, ledger: IncidentLedger, clock: Clock, guard: Guard | None = None,
     ) -> None:  # fmt: skip
         self._config = config
+        self._guard: Guard = guard or NoGuard()
         self._hypervisor = hypervisor
         self._notifier = notifier
         self._timers = timers
@@ -92,10 +94,13 @@ class Service:
             self._last_severity = verdict.severity
         if verdict.severity in _EVACUATE and self._incident is None:
             self._open_incident(verdict)
+        elif verdict.severity is Severity.FAILED and self._incident is not None:
+            self._guard.begin(failed=True, on_hold=self._held)  # failed now: never held back any more
         elif verdict.severity is Severity.HEALTHY and self._incident is not None and not self.busy():
             self._ledger.close_incident(self._incident.incident_id, self._clock())
             log.info("incident_closed", host=self._config.host, incident_id=self._incident.incident_id)
             self._incident = None
+            self._guard.end()
 
     def _open_incident(self, verdict: HostVerdict) -> None:
         now = self._clock()
@@ -117,6 +122,7 @@ class Service:
             {notice.tenant: new_event_id() for notice in plan.notices},
         )  # fmt: skip
         self._incident = incident
+        self._guard.begin(failed=incident.severity is Severity.FAILED, on_hold=self._held)
         log.info("incident_opened", host=self._config.host, incident_id=incident.incident_id,
                  severity=str(incident.severity))
         # A failed host must not get its VMs back: a rollback restarts them on the source only if sub-healthy.
@@ -163,6 +169,7 @@ class Service:
         ledger's deadline (a timer lost in a crash, or a postpone or ready journaled just before it), and
         every notice never handed to the outbox is sent now."""
         self._incident = incident
+        self._guard.begin(failed=incident.severity is Severity.FAILED, on_hold=self._held)
         records = self._ledger.records(incident.incident_id)
         log.info("incident_resumed", host=self._config.host, incident_id=incident.incident_id,
                  severity=str(incident.severity), opened_at=incident.opened_at.isoformat(),
@@ -247,9 +254,28 @@ class Service:
             return  # not moved by an open incident (the `move` command), or already counted
         self._ledger.settle(scheduled, outcome)
         incident = self._incident
-        if incident is not None and scheduled.tenant is not None \
-                and scheduled.incident_id == incident.incident_id:  # fmt: skip
+        if incident is None or scheduled.incident_id != incident.incident_id:
+            return
+        if scheduled.tenant is not None:
             self._complete_if_settled(incident, scheduled.tenant)
+        if all(r.outcome is not None for r in self._ledger.records(incident.incident_id)):
+            self._guard.end()  # every VM of the incident ended: the permit goes to the next host
+
+    def _held(self, hold: Hold) -> None:
+        """The guards hold this host's moves back: each tenant with VMs still to move is told why."""
+        incident = self._incident
+        if incident is None:
+            return
+        records = [r for r in self._ledger.records(incident.incident_id) if r.outcome is None]
+        for tenant in sorted({r.tenant for r in records if r.tenant is not None}):
+            vms = [r for r in records if r.tenant == tenant]
+            try:
+                future = self._notifier.evacuation_updated(tenant=tenant, cause="held_back", vms=vms,
+                                                           hold=str(hold.cause))  # fmt: skip
+            except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
+                log.error("notice_failed", kind="evacuation_updated", tenant=tenant, error=str(exc))
+                continue
+            future.add_done_callback(_log_confirm("evacuation_updated", tenant))
 
     def _complete_if_settled(self, incident: Incident, tenant: str) -> None:
         with self._lock:

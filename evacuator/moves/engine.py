@@ -14,6 +14,7 @@ import structlog
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmInfo
 from evacuator.moves.attempts import CrashPoint, EngineConfig, Outcomes, no_crash
+from evacuator.moves.guard import Gate, OpenGate
 from evacuator.moves.journal import Journal
 from evacuator.moves.queue import Unit, next_unit
 from evacuator.moves.state import (
@@ -71,8 +72,10 @@ class MoveEngine:
         groups: GroupMoves,
         clock: Clock,
         crash_point: CrashPoint = no_crash,
+        gate: Gate | None = None,
     ) -> None:
         self._config = config
+        self._gate: Gate = gate or OpenGate()
         self._journal = journal
         self._hypervisor = hypervisor
         self._runner = runner
@@ -249,6 +252,9 @@ class MoveEngine:
                    for r in records]  # fmt: skip
         if not records:
             return
+        # Only a move that has not begun waits for the blast-radius guards; one under way goes on.
+        if all(r.step is None for r in records) and not self._gate.admit(lambda: self._stopping):
+            return  # stopping while held: the journal keeps it due, and a restart queues it again
         if unit.key.startswith("group:"):
             self._groups.execute_group(records, self._outcomes)
         else:

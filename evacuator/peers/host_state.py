@@ -82,6 +82,8 @@ class HostStateMessage(_Wire):
     libvirt_uri: str | None = Field(default=None, min_length=1, max_length=1024,
                                     pattern=r"^[a-z][a-z0-9+.-]*://\S*$")
     storage_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+    # Since when this host evacuates (moves/guard.py): other hosts count it against the blast-radius guards.
+    evacuating_since: AwareDatetime | None = None
 
     def heard(self, received_at: datetime) -> Heard:
         """The state as placement keeps it, seen at `received_at` (this daemon's clock)."""
@@ -101,6 +103,7 @@ class HostStateMessage(_Wire):
             disk_allocation_bytes=room.pool_allocation_bytes,
             libvirt_uri=self.libvirt_uri if self.storage_pool is not None else None,
             storage_pool=self.storage_pool if self.libvirt_uri is not None else None,
+            evacuating_since=self.evacuating_since,
         )  # fmt: skip
 
 

@@ -85,7 +85,8 @@ def host_grants(
         read=[notices, replies, own_replies],
     )
     own_peer_queues = [rf"{peers}\.digest\.{host}", rf"{peers}\.alive\.{host}\..*"]
-    slots = rf"{peers}\.(incoming|total)-slot\..*"
+    # Transfer slots, and the blast-radius guards' permits, lock and pause flag (guard_broker.py).
+    slots = rf"{peers}\.((incoming|total|evacuation)-slot\..*|guard-lock\..*|paused)"
     peers_access = _Access(
         configure=[peers, *own_peer_queues, _SERVER_NAMED, slots],
         write=[peers, *own_peer_queues, _SERVER_NAMED, slots, r"amq\.default"],

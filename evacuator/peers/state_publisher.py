@@ -59,7 +59,8 @@ class Switches:
 
 
 def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime, status: HostStatus,
-                switches: Switches, room: HostRoom | None) -> HostStateMessage:
+                switches: Switches, room: HostRoom | None,
+                evacuating_since: datetime | None = None) -> HostStateMessage:  # fmt: skip
     """The message for this moment. Without a room (libvirt unreadable) the host says it is alive but
     unknown and takes nothing, rather than falling silent: its peers then know why."""
     reasons = status.reasons if room is not None else ("room unreadable: libvirt did not answer",
@@ -72,6 +73,7 @@ def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime
         accepting=switches.accepting and room is not None, room=RoomWire.of(room or _NO_ROOM),
         libvirt_uri=switches.libvirt_uri,
         storage_pool=switches.storage_pool if switches.libvirt_uri is not None else None,
+        evacuating_since=evacuating_since,
     )  # fmt: skip
 
 
@@ -94,6 +96,7 @@ class HostStatePublisher:
         self.incarnation = uuid.uuid4().hex
         self._sequence = 0
         self._status = HostStatus()
+        self._evacuating_since: datetime | None = None
         self._lock = threading.Lock()
         self._due = threading.Event()  # publish now, not at the next interval
         self._stopping = threading.Event()
@@ -122,6 +125,14 @@ class HostStatePublisher:
         """The host's health now; a change is published at once."""
         with self._lock:
             changed, self._status = status != self._status, status
+        if changed:
+            self.refresh()
+
+    def set_evacuating(self, since: datetime | None) -> None:
+        """This host evacuates since `since` (None: no longer), under the blast-radius guards
+        (moves/guard.py); published at once, so the other hosts count it."""
+        with self._lock:
+            changed, self._evacuating_since = since != self._evacuating_since, since
         if changed:
             self.refresh()
 
@@ -190,10 +201,11 @@ class HostStatePublisher:
             log.warning("host_room_unreadable", host=self._host, error=str(exc))
             room = None
         with self._lock:
-            status, sequence = self._status, self._sequence
+            status, sequence, since = self._status, self._sequence, self._evacuating_since
             self._sequence += 1
         message = build_state(host=self._host, incarnation=self.incarnation, sequence=sequence,
-                              sent_at=self._clock(), status=status, switches=self._switches, room=room)
+                              sent_at=self._clock(), status=status, switches=self._switches, room=room,
+                              evacuating_since=since)  # fmt: skip
         channel.basic_publish(
             exchange=self._exchange, routing_key=state_routing_key(self._host),
             body=message.model_dump_json(exclude_none=True).encode(),

@@ -37,6 +37,8 @@ class Heard:
     # what makes a host that is no configured peer a destination (placement.scope cloud).
     libvirt_uri: str | None = None
     storage_pool: str | None = None
+    # Since when the host evacuates (its first move under the blast-radius guards), by its own clock.
+    evacuating_since: datetime | None = None
 
     @property
     def host(self) -> str:

@@ -9,9 +9,12 @@ from datetime import datetime
 
 from evacuator.hypervisor.libvirt.room import LibvirtRoomReader
 from evacuator.hypervisor.room import RoomCaps, RoomReader
+from evacuator.moves.guard import CloudGuard
+from evacuator.peers.guard_broker import BrokerGuardState
 from evacuator.peers.host_view import HostStateSubscriber, HostView
 from evacuator.peers.messages import PeerTrust
 from evacuator.peers.state_publisher import HostStatePublisher, HostStatus, Switches
+from evacuator.placement.guards import GuardPolicy
 from evacuator.placement.model import Verdict
 from evacuator.settings import HostViewSettings, PlacementSettings, Settings
 from evacuator.wiring.peers import peer_trust, peers_connection
@@ -101,6 +104,27 @@ def host_view_for(settings: Settings, *, clock: Callable[[], datetime],
         return build(room)
     own = room_reader_for(settings)
     return replace(build(own), close_room=own.close)
+
+
+def guard_state_for(settings: Settings, label: str) -> BrokerGuardState:
+    """The cloud-wide pause, evacuation permits and guard lock, as this host's user in the peers vhost."""
+    broker = settings.broker
+    return BrokerGuardState(peers_connection(broker, f"evacuator-{label}-{settings.host.name}"),
+                            exchange=broker.peers_exchange)  # fmt: skip
+
+
+def guard_for(settings: Settings, parts: HostViewParts, *, clock: Callable[[], datetime]) -> CloudGuard:
+    """The blast-radius guards of this host's daemon over its host view; with guards.enabled false, only
+    the cloud-wide pause holds (the permits are taken all the same, so `evacuator status` can count them)."""
+    guards = settings.guards
+    policy = GuardPolicy(max_evacuating_share=1.0, min_free_share=0.0, min_start_spacing_seconds=0.0)
+    if guards.enabled:
+        policy = GuardPolicy(max_evacuating_share=guards.max_evacuating_share,
+                             min_free_share=guards.min_free_share,
+                             min_start_spacing_seconds=guards.min_start_spacing_seconds)  # fmt: skip
+    return CloudGuard(host=settings.host.name, policy=policy, state=guard_state_for(settings, "guards"),
+                      view=parts.view, announce=parts.publisher.set_evacuating, clock=clock,
+                      poll_seconds=guards.poll_seconds)  # fmt: skip
 
 
 def listener_for(settings: Settings, *, clock: Callable[[], datetime]) -> HostStateSubscriber:

@@ -12,6 +12,7 @@ from evacuator.hypervisor.libvirt.host import LibvirtHost
 from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import WindowPolicy
+from evacuator.incident.ports import Guard
 from evacuator.incident.reply_desk import ReplyDesk
 from evacuator.incident.reply_limit import DEFAULT_REJECTION_LIMIT
 from evacuator.incident.reply_policy import ReplyPolicy
@@ -41,7 +42,8 @@ def incident_ledger_for(settings: Settings) -> IncidentLedger:
 
 
 def build_incident(
-    settings: Settings, hypervisor: LibvirtHost, engine: MoveEngine, *, clock: Callable[[], datetime]
+    settings: Settings, hypervisor: LibvirtHost, engine: MoveEngine, *, clock: Callable[[], datetime],
+    guard: Guard | None = None,
 ) -> IncidentParts:
     host = settings.host
     broker = settings.broker
@@ -81,6 +83,7 @@ def build_incident(
         engine=engine,
         ledger=ledger,
         clock=clock,
+        guard=guard,
     )
     # The service owns the timers, so the desk changes a VM's window through it; registered windows go into
     # the VM's definition through the daemon's own libvirt connection.

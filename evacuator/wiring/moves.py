@@ -18,6 +18,7 @@ from evacuator.moves.cloud_destinations import CloudConfig, CloudDestinations, H
 from evacuator.moves.destinations import Destinations
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.groups import GroupRunner
+from evacuator.moves.guard import Gate
 from evacuator.moves.journal import Journal
 from evacuator.moves.runner import MoveRunner
 from evacuator.moves.state import Phase
@@ -81,7 +82,7 @@ def assemble_engine(
     config: EngineConfig, timings: MigrationTimings, *, journal: Journal, hypervisor: Hypervisor,
     open_host: OpenHost, clock: Callable[[], datetime], sleep: Callable[[float], None],
     crash_point: CrashPoint = no_crash, cluster_slots: ClusterSlots | None = None,
-    destinations: Destinations | None = None,
+    destinations: Destinations | None = None, gate: Gate | None = None,
 ) -> MoveEngine:
     """The engine and what its workers share: one set of transfer slots, one way to build migrators, and
     the runners of single moves and consistency groups. The daemon, the `move` command and the tests build
@@ -94,7 +95,7 @@ def assemble_engine(
         cluster_slots=cluster_slots or NoClusterCap(), destinations=destinations,
     )
     return MoveEngine(config=config, journal=journal, hypervisor=hypervisor, runner=MoveRunner(attempts),
-                      groups=GroupRunner(attempts), clock=clock, crash_point=crash_point)
+                      groups=GroupRunner(attempts), clock=clock, crash_point=crash_point, gate=gate)
 
 
 def journal_for(settings: Settings) -> Journal:
@@ -120,7 +121,7 @@ def cloud_destinations(settings: Settings, view: CloudView, open_host: OpenHost,
 
 
 def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[[], datetime],
-                 view: CloudView | None = None) -> MoveEngine:  # fmt: skip
+                 view: CloudView | None = None, gate: Gate | None = None) -> MoveEngine:  # fmt: skip
     """The daemon's engine; with `view` (and placement.use_host_view) each move goes where placement over
     the host view says, under a claim; without, to the peers in order (the `move` command's way)."""
     open_host = open_host_for(settings) if view is None else open_host_for(settings, reach=view.reach_of)
@@ -137,4 +138,5 @@ def build_engine(settings: Settings, hypervisor: Hypervisor, *, clock: Callable[
         crash_point=crash_point_from_env(os.environ),
         cluster_slots=cluster_slots_for(settings),
         destinations=destinations,
+        gate=gate,
     )

@@ -15,7 +15,7 @@ from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
-from evacuator.wiring.host_view import HostViewParts, host_view_for, room_reader_for
+from evacuator.wiring.host_view import HostViewParts, guard_for, host_view_for, room_reader_for
 from evacuator.wiring.incident import build_incident
 from evacuator.wiring.moves import build_engine
 from evacuator.wiring.peers import peer_services
@@ -104,8 +104,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     # One read-only reader of this host's room: for the state it publishes and the claims it answers alike.
     room = room_reader_for(settings)
     host_view = replace(host_view_for(settings, clock=clock, room=room), close_room=room.close)
-    engine = build_engine(settings, hypervisor, clock=clock, view=host_view.view)
-    incident = build_incident(settings, hypervisor, engine, clock=clock)
+    # The blast-radius guards need the host view: they count the cloud's hosts and who evacuates.
+    guard = guard_for(settings, host_view, clock=clock) if settings.placement.use_host_view else None
+    engine = build_engine(settings, hypervisor, clock=clock, view=host_view.view, gate=guard)
+    incident = build_incident(settings, hypervisor, engine, clock=clock, guard=guard)
     return Runtime(
         settings=settings,
         service=incident.service,

@@ -52,9 +52,11 @@ class RecordingNotifier:
         return self._done("evacuation_failed", tenant, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason)
 
     def evacuation_updated(
-        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord]
+        self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord], hold: str | None = None
     ) -> Future[datetime]:
-        return self._done("evacuation_updated", tenant, cause=cause, vms=tuple(vms))
+        if hold is None:
+            return self._done("evacuation_updated", tenant, cause=cause, vms=tuple(vms))
+        return self._done("evacuation_updated", tenant, cause=cause, vms=tuple(vms), hold=hold)
 
     def evacuation_started(self, *, tenant: str, vm_uuid: str, vm_name: str) -> Future[datetime]:
         return self._done("evacuation_started", tenant, vm_uuid=vm_uuid, vm_name=vm_name)

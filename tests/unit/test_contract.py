@@ -106,7 +106,8 @@ def test_every_example_notice_has_its_own_event_id() -> None:
 def test_the_examples_show_an_update_for_a_postpone_and_for_a_ready_with_the_same_latest_deadline() -> None:
     scheduled = next(example for kind, _, example in EXAMPLES if kind == "evacuation_scheduled")
     updates = {example["cause"]: example for kind, _, example in EXAMPLES if kind == "evacuation_updated"}
-    assert set(updates) == {"postponed", "expedited"}
+    assert set(updates) == {"postponed", "expedited", "held_back"}
+    assert updates["held_back"]["hold"] == "too_many_evacuating" and updates["postponed"]["hold"] is None
     latest = scheduled["vms"][0]["latest_deadline"]
     assert latest is not None
     assert all(update["vms"][0]["latest_deadline"] == latest for update in updates.values())

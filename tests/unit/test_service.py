@@ -23,12 +23,16 @@ from evacuator.incident.windows import EvacuationWindows, WindowChange
 from evacuator.lab.vms import domain_xml
 from evacuator.migrate.factory import MigrationTimings
 from evacuator.moves.attempts import EngineConfig
+from evacuator.moves.guard import CloudGuard
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState
+from evacuator.placement.guards import GuardPolicy
+from evacuator.placement.model import HostState, Room, Verdict
 from evacuator.wiring.moves import assemble_engine
 from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers.messages import ReadyReply
 from notifiers.reply_acceptance import TenantReply
+from tests.fakes.guards import GIB, FakeGuardState, FakeGuardView
 from tests.fakes.hypervisor import FakeHypervisor
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.timers import ManualTimers
@@ -74,7 +78,7 @@ def ticking_clock() -> Callable[[], datetime]:
 class World:
     def __init__(
         self, journal_path: Path, timers: ManualTimers | None = None,
-        hosts: tuple[FakeHypervisor, FakeHypervisor] | None = None,
+        hosts: tuple[FakeHypervisor, FakeHypervisor] | None = None, guard: CloudGuard | None = None,
     ) -> None:  # fmt: skip
         self.journal_path = journal_path
         self.source, self.destination = hosts or (FakeHypervisor(name="host-a"),
@@ -88,7 +92,7 @@ class World:
             EngineConfig(host="host-a", peers=("host-b",), move_attempts=1),
             MigrationTimings(shutdown_timeout_seconds=1),
             journal=self.journal, hypervisor=self.source, open_host=self.mover.open_host,
-            clock=ticking_clock(), sleep=lambda s: None,
+            clock=ticking_clock(), sleep=lambda s: None, gate=guard,
         )  # fmt: skip
         self.service = Service(
             config=ServiceConfig(
@@ -97,7 +101,7 @@ class World:
                 reply_policy=POLICY,
             ),
             hypervisor=self.source, notifier=self.notifier, timers=self.timers, engine=self.engine,
-            ledger=self.ledger, clock=lambda: T0,
+            ledger=self.ledger, clock=lambda: T0, guard=guard,
         )  # fmt: skip
         self.uuids: dict[str, str] = {}
 
@@ -457,3 +461,44 @@ def test_a_crash_between_the_ledger_and_the_journal_journals_the_moves_at_restar
     again.wait_moved(1)
     assert again.mover.moved == [web]
     again.service.stop()
+
+
+def test_a_host_held_back_by_the_guards_tells_its_tenants_and_moves_once_allowed(tmp_path: Path) -> None:
+    """Two of ten hosts evacuate already (the 25% guard): the window closes, the move waits, every tenant
+    with VMs still to move hears evacuation_updated (held_back, too_many_evacuating) once; a permit frees,
+    the move goes; the incident's last VM gives the permit back and the host stops saying it evacuates."""
+    cloud = [HostState(name=name, verdict=Verdict.HEALTHY, seen_at=T0,
+                       capacity=Room(memory_bytes=100 * GIB, vcpus=64, disk_bytes=1000 * GIB),
+                       free=Room(memory_bytes=60 * GIB, vcpus=40, disk_bytes=600 * GIB))
+             for name in ["host-a", *(f"hv-{i}" for i in range(9))]]  # fmt: skip
+    state = FakeGuardState(held={0, 1})
+    view = FakeGuardView(cloud, {"hv-1": T0 - timedelta(hours=1), "hv-2": T0 - timedelta(hours=1)})
+    announced: list[datetime | None] = []
+    guard = CloudGuard(host="host-a", policy=GuardPolicy(min_start_spacing_seconds=0), state=state, view=view,
+                       announce=announced.append, clock=lambda: T0, poll_seconds=0.01)  # fmt: skip
+    world = World(tmp_path / "journal.sqlite", guard=guard)
+    world.service.start()
+    try:
+        web = world.add_vm("web", "acme", 60)
+        world.add_vm("db", "beta", 600)
+        world.service.on_verdict(verdict(Severity.SEVERE))
+        world.timers.advance(T0 + timedelta(seconds=60))
+        deadline = time.monotonic() + 5
+        while ("evacuation_updated", "beta") not in world.kinds():
+            assert time.monotonic() < deadline, "the tenants were told the hold"
+            time.sleep(0.01)
+        held = [details for kind, _, details in world.notifier.sent if kind == "evacuation_updated"]
+        assert [(d["cause"], d["hold"]) for d in held] == [("held_back", "too_many_evacuating")] * 2
+        assert world.mover.moved == [], "held: nothing moved"
+        state.held.discard(1)
+        del view.evacuating["hv-2"]
+        world.wait_moved(1)
+        assert world.mover.moved == [web] and len(announced) == 1 and announced[0] is not None
+        world.timers.advance(T0 + timedelta(seconds=600))
+        world.wait_moved(2)
+        assert announced[-1] is None and state.held == {0}, "the permit given back after the last VM"
+        assert [kind for kind, _ in world.kinds()].count("evacuation_updated") == 2, "told once"
+    finally:
+        world.service.stop()
+        world.journal.close()
+        world.ledger.close()
