@@ -94,6 +94,18 @@ def _resume(args: argparse.Namespace) -> int:
     return pause.main_resume(args)
 
 
+def _drain(args: argparse.Namespace) -> int:
+    from evacuator.commands import drain
+
+    return drain.main_drain(args)
+
+
+def _undrain(args: argparse.Namespace) -> int:
+    from evacuator.commands import drain
+
+    return drain.main_undrain(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from evacuator.commands import demo
 
@@ -229,6 +241,22 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(resume)
     resume.add_argument("--json", action="store_true", help="one JSON object")
     resume.set_defaults(handler=_resume)
+
+    drain = sub.add_parser("drain", help="planned maintenance: move every VM off this host through the "
+                           "tenant contract, and take none until undrain")  # fmt: skip
+    _config_option(drain)
+    drain.add_argument("--window", type=int, default=None, metavar="SECONDS",
+                       help="the window of a VM that registered none "
+                       "(default: evacuation.default_window_seconds)")  # fmt: skip
+    drain.add_argument("--reason", default="planned maintenance", help="what the tenants are told")
+    drain.add_argument("--wait", action="store_true", help="follow the drain until every VM moved")
+    drain.add_argument("--json", action="store_true", help="one JSON object")
+    drain.set_defaults(handler=_drain)
+
+    undrain = sub.add_parser("undrain", help="return a drained host to service: it takes VMs again")
+    _config_option(undrain)
+    undrain.add_argument("--json", action="store_true", help="one JSON object")
+    undrain.set_defaults(handler=_undrain)
 
     demo = sub.add_parser("demo", help="bring up two local hosts and a broker and evacuate a hot host")
     demo.add_argument("--state-dir", help="where the demo keeps its hosts (default: a temporary directory)")

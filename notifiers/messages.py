@@ -88,7 +88,11 @@ class EvacuationScheduled(_Notice):
     type: Literal["evacuation_scheduled"] = "evacuation_scheduled"
     host: Name
     tenant: Name
-    severity: WireSeverity
+    severity: WireSeverity = Field(
+        description="How sick the host is (severe, failed; moderate is not sent: it only quarantines), or "
+        "maintenance: an admin drains a healthy host (evacuator drain), and the one reason, with source "
+        "maintenance, says why in its message."
+    )
     reasons: tuple[Reason, ...]
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
     allowed_replies: tuple[ReplyType, ...] = ("ready",)

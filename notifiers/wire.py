@@ -39,7 +39,7 @@ UuidText = Annotated[str, AfterValidator(_canonical_uuid), Field(json_schema_ext
 EventId = Annotated[str, AfterValidator(_canonical_uuid4), Field(json_schema_extra={"format": "uuid"})]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
-WireSeverity: TypeAlias = Literal["moderate", "severe", "failed"]
+WireSeverity: TypeAlias = Literal["moderate", "severe", "failed", "maintenance"]
 ReplyType: TypeAlias = Literal["ready", "postpone", "register"]
 # Strict: a JSON string "30", a float 30.5 or true is refused rather than silently converted.
 Seconds = Annotated[int, Field(strict=True, ge=0, le=MAX_WIRE_SECONDS)]

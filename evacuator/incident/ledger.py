@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from evacuator.errors import JournalError
+from evacuator.incident.admin import MAINTENANCE_SOURCE
 from monitors.verdicts import Reason, Severity
 
 _SCHEMA = """
@@ -54,6 +55,11 @@ class Incident:
     severity: Severity
     reasons: tuple[Reason, ...]
     opened_at: datetime
+
+    @property
+    def planned(self) -> bool:
+        """An admin's drain (`evacuator drain`), not a sick spell: its one reason is the admin's."""
+        return bool(self.reasons) and all(r.source == MAINTENANCE_SOURCE for r in self.reasons)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

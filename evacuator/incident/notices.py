@@ -41,8 +41,8 @@ def scheduled_notice(
     """The notice one tenant gets when its VMs on `host` are about to move; sent again after a restart, it is
     the same notice (event id, deadlines). `answers_replies`: the ReplyDesk answers postpone and register
     (postpone not on a failed host)."""
-    severity = str(incident.severity)
-    if severity not in ("moderate", "severe", "failed"):
+    severity = "maintenance" if incident.planned else str(incident.severity)
+    if severity not in ("moderate", "severe", "failed", "maintenance"):
         raise ValueError(f"no evacuation notice for a {severity} incident")
     return wire.EvacuationScheduled(
         event_id=event_id,

@@ -16,6 +16,7 @@ from datetime import datetime
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
+from evacuator.incident.admin import MAINTENANCE_SOURCE
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
@@ -24,7 +25,7 @@ from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
 from evacuator.moves.state import PENDING, MoveRecord, MoveState, Phase
 from evacuator.placement.guards import Hold
-from monitors.verdicts import HostVerdict, Severity
+from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers.wire import new_event_id
 
 log = structlog.get_logger(__name__)
@@ -102,9 +103,32 @@ class Service:
             self._incident = None
             self._guard.end()
 
-    def _open_incident(self, verdict: HostVerdict) -> None:
+    def drain(self, *, reason: str, window_seconds: int | None) -> tuple[str, str | None]:
+        """The admin drains this (healthy) host for maintenance (`evacuator drain`): every VM moves through
+        the tenant contract as for a sick host, the notices saying severity `maintenance` and the admin's
+        reason; `window_seconds` is the window of a VM that registered none (a registered one is kept, up
+        to the admin's maximum). The outcome ("accepted" or "refused: why") and the incident's id."""
+        if self._incident is not None:
+            return (f"refused: an evacuation is under way already (incident {self._incident.incident_id}, "
+                    f"{self._incident.severity})"), self._incident.incident_id  # fmt: skip
+        now = self._clock()
+        cause = Reason(source=MAINTENANCE_SOURCE, sensor="drain", value=None, threshold=None, unit="",
+                       message=reason[:1024] or "planned maintenance")  # fmt: skip
+        self._open_incident(HostVerdict(severity=Severity.SEVERE, reasons=(cause,), at=now),
+                            window_seconds=window_seconds)  # fmt: skip
+        incident = self._incident
+        return "accepted", None if incident is None else incident.incident_id
+
+    def draining(self) -> bool:
+        """A drain's incident is open: its moves are pending or running."""
+        return self._incident is not None and self._incident.planned
+
+    def _open_incident(self, verdict: HostVerdict, *, window_seconds: int | None = None) -> None:
         now = self._clock()
         policy = self._config.window_policy
+        if window_seconds is not None:
+            policy = WindowPolicy(default_window_seconds=min(window_seconds, policy.max_window_seconds),
+                                  max_window_seconds=policy.max_window_seconds)  # fmt: skip
         if verdict.severity is Severity.FAILED:
             policy = WindowPolicy(
                 default_window_seconds=0, max_window_seconds=policy.max_window_seconds, immediate=True

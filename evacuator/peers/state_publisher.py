@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -128,6 +128,14 @@ class HostStatePublisher:
         if changed:
             self.refresh()
 
+    def set_maintenance(self, maintenance: bool) -> None:
+        """In maintenance (`evacuator drain`) or back in service (`undrain`): published at once."""
+        with self._lock:
+            changed = maintenance != self._switches.maintenance
+            self._switches = replace(self._switches, maintenance=maintenance)
+        if changed:
+            self.refresh()
+
     def set_evacuating(self, since: datetime | None) -> None:
         """This host evacuates since `since` (None: no longer), under the blast-radius guards
         (moves/guard.py); published at once, so the other hosts count it."""
@@ -201,10 +209,11 @@ class HostStatePublisher:
             log.warning("host_room_unreadable", host=self._host, error=str(exc))
             room = None
         with self._lock:
-            status, sequence, since = self._status, self._sequence, self._evacuating_since
+            status, sequence, since, switches = (self._status, self._sequence, self._evacuating_since,
+                                                 self._switches)  # fmt: skip
             self._sequence += 1
         message = build_state(host=self._host, incarnation=self.incarnation, sequence=sequence,
-                              sent_at=self._clock(), status=status, switches=self._switches, room=room,
+                              sent_at=self._clock(), status=status, switches=switches, room=room,
                               evacuating_since=since)  # fmt: skip
         channel.basic_publish(
             exchange=self._exchange, routing_key=state_routing_key(self._host),

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import structlog
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
+from evacuator.incident.admin import AdminStore
 from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
 from evacuator.peers.own_host import PeerServices
@@ -46,6 +47,7 @@ class Runtime:
     ledger: IncidentLedger
     peers: PeerServices
     host_view: HostViewParts
+    admin: AdminStore
     clock: Callable[[], datetime]
 
     def start(self) -> None:
@@ -60,6 +62,8 @@ class Runtime:
         self.service.start()
         self.consumer.start()
         self.peers.start()
+        if self.admin.maintenance() is not None:  # drained before this start: still in maintenance
+            self.host_view.publisher.set_maintenance(True)
         self.host_view.start()
 
     def stop(self) -> None:
@@ -69,6 +73,7 @@ class Runtime:
         self.service.stop()
         self.publisher.close()
         self.ledger.close()
+        self.admin.close()
         self.hypervisor.close()
 
     def poll_once(self) -> HostVerdict:
@@ -76,7 +81,30 @@ class Runtime:
         verdict = self.detector.observe(snapshot, self.clock())
         self.service.on_verdict(verdict)
         self.host_view.on_verdict(verdict)  # the peers learn of a change at once, not at the next interval
+        self.take_requests()
         return verdict
+
+    def take_requests(self) -> None:
+        """The admin's drain and undrain requests (incident/admin.py), each taken once, oldest first."""
+        for request in self.admin.untaken():
+            now = self.clock()
+            incident_id = None
+            if request.action == "drain":
+                outcome, incident_id = self.service.drain(reason=request.reason,
+                                                          window_seconds=request.window_seconds)  # fmt: skip
+                if outcome == "accepted":
+                    self.admin.set_maintenance(request.reason, now)
+                    self.host_view.publisher.set_maintenance(True)
+            elif self.service.draining():
+                outcome = ("refused: the drain is under way; wait for it to end, or cancel its pending moves "
+                           "first (evacuator cancel VM_UUID)")  # fmt: skip
+            else:
+                self.admin.set_maintenance(None, now)
+                self.host_view.publisher.set_maintenance(self.settings.placement.maintenance)
+                outcome = "accepted"
+            self.admin.settle(request, outcome=outcome, now=now, incident_id=incident_id)
+            log.info("admin_request_taken", request_id=request.request_id, action=request.action,
+                     outcome=outcome, incident_id=incident_id, reason=request.reason)
 
     def poll_until(self, stop: threading.Event, *, after_each: Callable[[], None] | None = None) -> None:
         """Polls every poll_interval_seconds until `stop`; `after_each` runs after every poll, failed or not
@@ -99,6 +127,11 @@ def open_own_host(settings: Settings) -> LibvirtHost:
     return open_libvirt_host(host.name, host.libvirt_uri, host.storage_pool)
 
 
+def admin_store_for(settings: Settings) -> AdminStore:
+    """The admin's requests to the daemon and the maintenance flag (`evacuator drain`, `undrain`)."""
+    return AdminStore(settings.state_dir / "admin.sqlite")
+
+
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
     hypervisor = open_own_host(settings)
     # One read-only reader of this host's room: for the state it publishes and the claims it answers alike.
@@ -119,5 +152,6 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         ledger=incident.ledger,
         peers=peer_services(settings, room=room),
         host_view=host_view,
+        admin=admin_store_for(settings),
         clock=clock,
     )

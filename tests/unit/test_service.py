@@ -502,3 +502,26 @@ def test_a_host_held_back_by_the_guards_tells_its_tenants_and_moves_once_allowed
         world.service.stop()
         world.journal.close()
         world.ledger.close()
+
+
+def test_a_drain_moves_every_vm_of_a_healthy_host_with_maintenance_notices(world: World) -> None:
+    """`evacuator drain`: the incident is the admin's (its one reason, source maintenance), each tenant is
+    told with the drain's window for a VM that registered none; a second drain while it runs is refused."""
+    web = world.add_vm("web", "acme", 60)
+    db = world.add_vm("db", "beta", None)
+    outcome, incident_id = world.service.drain(reason="BIOS update", window_seconds=30)
+    assert outcome == "accepted" and incident_id is not None and world.service.draining()
+    assert world.timers.pending() == {web: T0 + timedelta(seconds=60), db: T0 + timedelta(seconds=30)}
+    scheduled = [details for kind, _, details in world.notifier.sent if kind == "evacuation_scheduled"]
+    assert len(scheduled) == 2
+    incident = scheduled[0]["incident"]
+    assert isinstance(incident, Incident) and incident.planned
+    assert [(r.source, r.message) for r in incident.reasons] == [("maintenance", "BIOS update")]
+    again, same = world.service.drain(reason="twice", window_seconds=None)
+    assert again.startswith("refused: an evacuation is under way") and same == incident_id
+    world.service.on_verdict(verdict(Severity.SEVERE))  # a sick spell meanwhile opens nothing new
+    assert [kind for kind, _ in world.kinds()].count("evacuation_scheduled") == 2
+    world.timers.advance(T0 + timedelta(seconds=60))
+    world.wait_moved(2)
+    world.service.on_verdict(verdict(Severity.HEALTHY))
+    assert not world.service.draining(), "the drain's incident closes once every VM moved"
