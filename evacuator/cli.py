@@ -94,6 +94,12 @@ def _resume(args: argparse.Namespace) -> int:
     return pause.main_resume(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from evacuator.commands import status
+
+    return status.main(args)
+
+
 def _drain(args: argparse.Namespace) -> int:
     from evacuator.commands import drain
 
@@ -242,6 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="one JSON object")
     resume.set_defaults(handler=_resume)
 
+    status = sub.add_parser("status", help="this host now: verdict and why, incident, VMs to move, moves "
+                            "under way (from its state directory)")  # fmt: skip
+    _config_option(status)
+    status.add_argument("--cloud", action="store_true", help="also the other hosts in brief and the pause "
+                        "(listens on the broker)")  # fmt: skip
+    status.add_argument("--json", action="store_true", help="one JSON object (fields: README, \"Status\")")
+    status.set_defaults(handler=_status)
+
     drain = sub.add_parser("drain", help="planned maintenance: move every VM off this host through the "
                            "tenant contract, and take none until undrain")  # fmt: skip
     _config_option(drain)
@@ -267,7 +281,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume"):
+    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume",
+                        "status"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -14,6 +14,7 @@ from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.incident.admin import AdminStore
 from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.service import Service
+from evacuator.incident.status_file import write_status
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
 from evacuator.wiring.host_view import HostViewParts, guard_for, host_view_for, room_reader_for
@@ -81,6 +82,7 @@ class Runtime:
         verdict = self.detector.observe(snapshot, self.clock())
         self.service.on_verdict(verdict)
         self.host_view.on_verdict(verdict)  # the peers learn of a change at once, not at the next interval
+        write_status(self.settings.state_dir, verdict)  # what `evacuator status` shows, without the broker
         self.take_requests()
         return verdict
 

@@ -49,6 +49,12 @@ def _cli(config: Path, *args: str, timeout_seconds: float = 60) -> subprocess.Co
                           capture_output=True, text=True, timeout=timeout_seconds, check=False)  # fmt: skip
 
 
+def _status(config: Path) -> Any:
+    shown = _cli(config, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
 def _maintenance(config: Path) -> bool:
     shown = _cli(config, "hosts", "--json", "--listen-seconds", "8")
     assert shown.returncode == 0, shown.stderr
@@ -70,7 +76,9 @@ def test_drain_moves_every_vm_through_the_contract_and_undrain_returns_the_host(
                         disk_bytes=4 * MIB, data=b"d" * 4096, mac="52:54:00:d1:00:02"),
     }  # fmt: skip
     HeatableHwmon(tmp_path / "sys", celsius=45)  # a healthy host: nothing but the admin moves its VMs
-    config = write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys")
+    # The lab's guests ignore ACPI: each shutdown takes this long, long enough for `status` to see a move.
+    config = write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys",
+                          evacuation={"shutdown_timeout_seconds": 6})  # fmt: skip
     log = daemon(config)
 
     with TenantClient(owner.url, owner.name, replies_exchange=broker_settings.replies_exchange) as tenant:
@@ -85,7 +93,18 @@ def test_drain_moves_every_vm_through_the_contract_and_undrain_returns_the_host(
         deadlines = {vm.vm_uuid: vm.deadline for vm in scheduled.vms}
         window = (deadlines[uuids["web"]] - deadlines[uuids["db"]]).total_seconds()
         assert window == pytest.approx(WEB_WINDOW_SECONDS - DRAIN_WINDOW_SECONDS, abs=2), "each its window"
+        waiting = _status(config)  # `evacuator status` while the VMs wait
+        assert waiting["daemon"]["running"] and waiting["incident"]["severity"] == "maintenance"
+        left = {vm["vm_name"]: vm["seconds_left"] for vm in waiting["vms"]}
+        assert left["web"] > WEB_WINDOW_SECONDS - 30 and all(vm["outcome"] is None for vm in waiting["vms"])
         tenant.send_ready("host-a", uuids["web"], scheduled.event_id)
+        deadline = time.monotonic() + 20
+        while not (moving := [m for m in _status(config)["moving"] if m["vm_name"] == "web"]):
+            assert time.monotonic() < deadline, "status showed web's move under way"
+        assert moving[0]["destination"] == "host-b" and moving[0]["step"]
+        shown = _cli(config, "status")
+        print("evacuator status during the move:\n" + shown.stdout)
+        assert "web" in shown.stdout and "maintenance" in shown.stdout
         moved = {_next(tenant, VmEvacuated, 90).vm_uuid for _ in uuids}
         out, err = drain.communicate(timeout=90)
     print("evacuator drain --wait:\n" + out)
