@@ -94,6 +94,19 @@ def _resume(args: argparse.Namespace) -> int:
     return pause.main_resume(args)
 
 
+def _history(args: argparse.Namespace) -> int:
+    from evacuator.commands import history
+
+    return history.main(args)
+
+
+def _since(text: str) -> object:
+    """--since, parsed when the arguments are (a bad one exits 2 with the usage)."""
+    from evacuator.commands import history
+
+    return history.parse_since(text)
+
+
 def _status(args: argparse.Namespace) -> int:
     from evacuator.commands import status
 
@@ -196,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     # --config as in every other command; the file may also be given bare, as earlier versions took it.
     check.add_argument("file", nargs="?", default=None, help="settings file (YAML), same as --config")
     _config_option(check)
+    check.add_argument("--schema", action="store_true",
+                       help="print the settings file's JSON Schema instead (docs/settings.schema.json)")
     check.set_defaults(handler=_check_config)
 
     sensors = sub.add_parser("sensors", help="print every current sensor reading")
@@ -248,6 +263,14 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="one JSON object")
     resume.set_defaults(handler=_resume)
 
+    history = sub.add_parser("history", help="this host's incidents and moves, from its journal (read-only)")
+    _config_option(history)
+    history.add_argument("--since", type=_since, default=None, metavar="WHEN",
+                         help="only what ended since WHEN: an ISO time (UTC unless it says) or a duration "
+                         "back from now (90m, 24h, 7d)")  # fmt: skip
+    history.add_argument("--json", action="store_true", help="one JSON object (fields: README, \"History\")")
+    history.set_defaults(handler=_history)
+
     status = sub.add_parser("status", help="this host now: verdict and why, incident, VMs to move, moves "
                             "under way (from its state directory)")  # fmt: skip
     _config_option(status)
@@ -281,8 +304,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume",
-                        "status"):
+    if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume", "status",
+                        "history"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
         configure_logging("auto", level="warning")
     handler: Callable[[argparse.Namespace], int] = args.handler

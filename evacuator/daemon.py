@@ -9,19 +9,41 @@ from types import FrameType
 
 import structlog
 
+from evacuator.errors import ConfigError, EvacuatorError, HypervisorError, JournalError, TimerError
 from evacuator.logs import configure_logging
 from evacuator.metrics import EventMetrics, serve_metrics
 from evacuator.settings import Settings
 from evacuator.wiring.runtime import build_runtime
 from evacuator.wiring.systemd import SystemdNotifier
+from monitors.errors import MonitorError, NoWorkingSourceError
+from notifiers.errors import NotifierError, OutboxError
 
 log = structlog.get_logger(__name__)
 
+# A start that fails exits with this, so systemd restarts the service (Restart=on-failure).
+EXIT_STARTUP_FAILED = 1
+# What failed to start, by the error's class (the first that matches): a fixed word to filter the log on.
+_STAGES: tuple[tuple[type[Exception], str], ...] = (
+    (ConfigError, "settings"), (HypervisorError, "libvirt"), (NoWorkingSourceError, "sensors"),
+    (JournalError, "state"), (TimerError, "state"), (OutboxError, "state"), (NotifierError, "broker"),
+)
+
+
+def startup_failed(stage: str, reason: str, **context: object) -> int:
+    """Logs a start that failed as one event in the configured format, never a traceback; the exit code."""
+    log.error("startup_failed", stage=stage, reason=reason, **context)
+    return EXIT_STARTUP_FAILED
+
+
+def _stage(exc: Exception) -> str:
+    return next((stage for kind, stage in _STAGES if isinstance(exc, kind)), "start")
+
 
 def run_daemon(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; startup errors propagate so the CLI exits non-zero for systemd. Under
-    systemd (Type=notify) READY=1 goes out only after libvirt and the broker are connected and the sensors
-    were read once, and WATCHDOG=1 after every poll, so a hung poll loop gets the daemon restarted."""
+    """Run until SIGTERM or SIGINT. A failed start (libvirt, the broker, the sensors, the state files) is
+    logged as `startup_failed` with its stage and reason, and returns EXIT_STARTUP_FAILED. Under systemd
+    (Type=notify) READY=1 goes out only after libvirt and the broker are connected and the sensors were read
+    once, and WATCHDOG=1 after every poll, so a hung poll loop gets the daemon restarted."""
     metrics = EventMetrics()
     configure_logging(settings.logging.format, level=settings.logging.level, observers=[metrics])
     stop = threading.Event()
@@ -36,10 +58,15 @@ def run_daemon(settings: Settings) -> int:
     try:
         runtime = build_runtime(settings)
         runtime.start()
-    except BaseException:
+    except BaseException as exc:
         if stop_metrics is not None:
             stop_metrics()
-        raise
+        if not isinstance(exc, Exception):  # SIGINT while starting, or an exit: not a failed start
+            raise
+        # An error we know says what failed; anything else is a bug, whose traceback goes in the event.
+        known = isinstance(exc, EvacuatorError | MonitorError | NotifierError | OSError)
+        return startup_failed(_stage(exc), str(exc), host=settings.host.name, error_type=type(exc).__name__,
+                              exc_info=not known)  # fmt: skip
     log.info(
         "daemon_started",
         host=settings.host.name,

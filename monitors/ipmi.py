@@ -148,22 +148,27 @@ def _memory_event(record: SelRecord) -> MemoryErrorEvent | None:
 
 
 class PyghmiClient:
-    """IpmiClient over pyghmi's IPMI-over-LAN session; one session, rebuilt after any failure."""
+    """IpmiClient over pyghmi's IPMI-over-LAN session; one session, rebuilt after any failure. `connect`
+    opens the session (pyghmi's Command; tests hand in their own)."""
 
-    def __init__(self, *, host: str, port: int, username: str, password: str) -> None:
-        self._connect: Callable[[], Any] = lambda: _pyghmi_command(host, port, username, password)
-        self._host = host
+    def __init__(
+        self, *, host: str, port: int, username: str, password: str,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        self._connect: Callable[[], Any] = connect or (
+            lambda: _pyghmi_command(host, port, username, password))
+        self._target = f"BMC {host}:{port}"
         self._command: Any = None
 
     def read_sensors(self) -> list[BmcSensor]:
-        return self._call(self._sensors)
+        return self._call("reading the sensors (SDR and readings)", self._sensors)
 
     def sel_last_addition(self) -> int:
         def addition(command: Any) -> int:
             data = bytes(_raw(command, _NETFN_STORAGE, _GET_SEL_INFO, ())["data"])
             return int.from_bytes(data[5:9], "little")
 
-        return self._call(addition)
+        return self._call("reading the SEL info (Get SEL Info)", addition)
 
     def read_sel(self) -> list[SelRecord]:
         def records(command: Any) -> list[SelRecord]:
@@ -178,18 +183,21 @@ class PyghmiClient:
                 for e in command.get_event_log()
             ]
 
-        return self._call(records)
+        return self._call("reading the SEL (Get SEL Entry)", records)
 
-    def _call(self, operation: Callable[[Any], T]) -> T:
+    def _call(self, what: str, operation: Callable[[Any], T]) -> T:
         from pyghmi.exceptions import IpmiException  # type: ignore[import-untyped]
 
+        doing = what
         try:
             if self._command is None:
+                doing = "opening the IPMI-over-LAN session"
                 self._command = self._connect()
+                doing = what
             return operation(self._command)
         except (IpmiException, OSError, KeyError, ValueError) as exc:
             self._command = None
-            raise SourceError(f"BMC {self._host}: {type(exc).__name__}: {exc}") from exc
+            raise SourceError(f"{self._target}: {doing} failed: {describe(exc)}") from exc
 
     def _sensors(self, command: Any) -> list[BmcSensor]:
         sdr = command.init_sdr()
@@ -208,6 +216,15 @@ class PyghmiClient:
                 )
             )
         return sensors
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's type and text; pyghmi raises some with none (`IpmiException(None)` when a session
+    gets no answer), which would read `IpmiException: None`."""
+    text = "" if exc.args[:1] == (None,) else str(exc).strip()
+    code = getattr(exc, "ipmicode", 0)
+    completion = f" (IPMI completion code {code:#04x})" if isinstance(code, int) and code else ""
+    return f"{type(exc).__name__}: {text or 'no message'}{completion}"
 
 
 def _thresholds(command: Any, entry: Any) -> dict[str, float | None]:

@@ -137,8 +137,10 @@ class Attempts:
         self._crash_point(str(event.step), phase)
         return record
 
-    def done(self, record: MoveRecord, destination: str) -> MoveRecord:
-        done = self.journal.advance(record, MoveState.DONE, Phase.FINISHED, self.clock(), error=None)
+    def done(self, record: MoveRecord, destination: str, *, bytes_copied: int | None = None) -> MoveRecord:
+        """Journals the move done; `bytes_copied` (what the last attempt wrote there) goes to its history."""
+        done = self.journal.advance(record, MoveState.DONE, Phase.FINISHED, self.clock(), error=None,
+                                    bytes_copied=bytes_copied)
         self._crash_point("done", Phase.FINISHED)
         log.info("move_journaled_done", vm_uuid=done.vm_uuid, destination=destination)
         return done

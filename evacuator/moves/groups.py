@@ -80,10 +80,13 @@ class GroupRunner:
             uuids = [r.vm_uuid for r in ordered]
             attempts.migrators.group_quiesce(source, dest, on_step=on_step).quiesce_together(uuids)
             cold = attempts.migrators.cold(source, dest, on_step=on_step, transfer_slot=slot)
+            copied = dict.fromkeys(uuids, 0)
             for phase in (_PREPARE, _START, _CLEAN):
                 for uuid in uuids:
-                    cold.move(uuid, start_on_destination=records[uuid].start_on_destination, steps=phase)
-            return [attempts.done(records[uuid], destination) for uuid in uuids]
+                    report = cold.move(uuid, start_on_destination=records[uuid].start_on_destination,
+                                       steps=phase)
+                    copied[uuid] += report.bytes_copied
+            return [attempts.done(records[uuid], destination, bytes_copied=copied[uuid]) for uuid in uuids]
 
     def _roll_back_group(
         self, ordered: list[MoveRecord], reason: str, destination: str, outcomes: Outcomes

@@ -1,10 +1,11 @@
-"""The move journal: one durable record per VM move plus its history, in SQLite (WAL) under the state dir."""
+"""The move journal: one durable record per VM move plus its history, in SQLite (WAL) under the state dir;
+and its read-only reading, for the operator's `evacuator history` while the daemon writes it."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,12 @@ CREATE TABLE IF NOT EXISTS move_history (
     step TEXT, destination TEXT, error TEXT, at TEXT NOT NULL
 );
 """
+# History columns added after the first version: a file an older version wrote gets them when opened for
+# writing (NULL in its earlier rows), and the read-only reader takes them as None where they are missing. An
+# older version still writes to a newer file: it names the columns it inserts.
+_ADDED_HISTORY_COLUMNS = {"start_on_destination": "INTEGER", "bytes_copied": "INTEGER"}
+_HISTORY_COLUMNS = ("vm_uuid", "state", "phase", "step", "destination", "error", "at",
+                    *_ADDED_HISTORY_COLUMNS)
 _COLUMNS = (
     "vm_uuid", "vm_name", "tenant", "source", "destination", "state", "phase", "step", "start_on_destination",
     "may_restart_on_source", "deadline", "attempt", "error", "updated_at", "grp", "boot_order", "priority",
@@ -44,6 +51,7 @@ class Journal:
             # survive a power cut as well as a killed process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _add_history_columns(self._db)
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the move journal: {exc}") from exc
         self._path = path
@@ -76,8 +84,9 @@ class Journal:
                            (vm_uuid,))
         return tuple((MoveState(state), Phase(phase), step) for state, phase, step in rows)
 
-    def put(self, record: MoveRecord) -> MoveRecord:
-        """Writes the record after checking the transition from the stored one (a new VM starts anywhere)."""
+    def put(self, record: MoveRecord, *, bytes_copied: int | None = None) -> MoveRecord:
+        """Writes the record after checking the transition from the stored one (a new VM starts anywhere).
+        `bytes_copied`: the disk bytes a finished move wrote to its destination, kept in its history."""
         with self._lock:
             try:
                 row = self._db.execute(
@@ -89,11 +98,13 @@ class Journal:
                 self._db.execute(
                     f"INSERT OR REPLACE INTO moves ({', '.join(_COLUMNS)}) "
                     f"VALUES ({', '.join('?' for _ in _COLUMNS)})", values)
+                start = record.start_on_destination
                 self._db.execute(
-                    "INSERT INTO move_history (vm_uuid, state, phase, step, destination, error, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO move_history ({', '.join(_HISTORY_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _HISTORY_COLUMNS)})",
                     (record.vm_uuid, record.state.value, record.phase.value, record.step, record.destination,
-                     record.error, record.updated_at.isoformat()))
+                     record.error, record.updated_at.isoformat(), None if start is None else int(start),
+                     bytes_copied))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
@@ -102,10 +113,12 @@ class Journal:
         return record
 
     def advance(
-        self, record: MoveRecord, state: MoveState, phase: Phase, at: datetime, **changes: Any
+        self, record: MoveRecord, state: MoveState, phase: Phase, at: datetime, *,
+        bytes_copied: int | None = None, **changes: Any,
     ) -> MoveRecord:
         """Writes `record` moved on to `state`/`phase` (plus any other field changes) and returns it."""
-        return self.put(replace(record, state=state, phase=phase, updated_at=at, **changes))
+        return self.put(replace(record, state=state, phase=phase, updated_at=at, **changes),
+                        bytes_copied=bytes_copied)
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -141,4 +154,83 @@ def _record(row: tuple[Any, ...]) -> MoveRecord:
         attempt=int(values["attempt"]), error=values["error"],
         updated_at=datetime.fromisoformat(values["updated_at"]), group=values["grp"],
         boot_order=int(values["boot_order"]), priority=int(values["priority"]),
+    )
+
+
+def _add_history_columns(db: sqlite3.Connection) -> None:
+    """Gives a file an older version wrote the history columns added since (once: a second process opening
+    the same file at the same time finds them inside its own transaction)."""
+
+    def missing() -> list[str]:
+        present = {row[1] for row in db.execute("PRAGMA table_info(move_history)")}
+        return [name for name in _ADDED_HISTORY_COLUMNS if name not in present]
+
+    if not missing():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in missing():
+            db.execute(f"ALTER TABLE move_history ADD COLUMN {name} {_ADDED_HISTORY_COLUMNS[name]}")
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        db.execute("ROLLBACK")
+        raise
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    """One write of a VM's move as its history keeps it; the fields added later are None in the rows an older
+    version wrote (`start_on_destination`: the run state the move keeps; `bytes_copied`: on a `done` row)."""
+
+    vm_uuid: str
+    state: MoveState
+    phase: Phase
+    step: str | None
+    destination: str | None
+    error: str | None
+    at: datetime
+    start_on_destination: bool | None = None
+    bytes_copied: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalContents:
+    """The whole journal at one moment: every VM's latest record and every history row, in writing order."""
+
+    records: tuple[MoveRecord, ...]
+    entries: tuple[HistoryEntry, ...]
+
+
+def read_journal(path: Path) -> JournalContents:
+    """Reads the journal read-only, as one snapshot: safe while the daemon writes it (in WAL mode a reader
+    sees the last committed write and never blocks the writer), and from a file an older version wrote. It
+    never writes a row; SQLite may leave the -wal and -shm files beside a journal no one had open."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10,
+                             isolation_level=None)
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot open the move journal: {exc}") from exc
+    try:
+        db.execute("BEGIN")  # one read transaction: the records and the history of the same moment
+        present = {row[1] for row in db.execute("PRAGMA table_info(move_history)")}
+        wanted = ", ".join(c if c in present else f"NULL AS {c}" for c in _HISTORY_COLUMNS)
+        moves = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM moves ORDER BY updated_at, vm_uuid")
+        records = moves.fetchall()
+        rows = db.execute(f"SELECT {wanted} FROM move_history ORDER BY id").fetchall()
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot read the move journal: {exc}") from exc
+    finally:
+        db.close()
+    return JournalContents(records=tuple(_record(row) for row in records),
+                           entries=tuple(_entry(row) for row in rows))
+
+
+def _entry(row: tuple[Any, ...]) -> HistoryEntry:
+    vm_uuid, state, phase, step, destination, error, at, start, copied = row
+    return HistoryEntry(
+        vm_uuid=vm_uuid, state=MoveState(state), phase=Phase(phase), step=step, destination=destination,
+        error=error, at=datetime.fromisoformat(at),
+        start_on_destination=None if start is None else bool(start),
+        bytes_copied=None if copied is None else int(copied),
     )

@@ -90,6 +90,7 @@ class MoveRunner:
                 live = attempts.migrators.live(source, dest, on_step=on_step)
                 with attempts.transfer_slot(destination, [record])(record.vm_uuid):
                     live.move(record.vm_uuid, start_on_destination=True)
+                # libvirt copies a live move's disks: their bytes are not counted (None, not 0).
                 return attempts.done(holder[-1], destination)
             except MigrationError as exc:
                 if method is MoveMethod.LIVE:
@@ -99,5 +100,5 @@ class MoveRunner:
         cold = attempts.migrators.cold(
             source, dest, on_step=on_step, transfer_slot=attempts.transfer_slot(dest.name, [record]),
             precopy_slot=attempts.precopy_slot(dest.name))
-        cold.move(record.vm_uuid, start_on_destination=record.start_on_destination)
-        return attempts.done(holder[-1], destination)
+        report = cold.move(record.vm_uuid, start_on_destination=record.start_on_destination)
+        return attempts.done(holder[-1], destination, bytes_copied=report.bytes_copied)

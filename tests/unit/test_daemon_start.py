@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,5 +32,7 @@ def test_daemon_with_no_working_source_exits_nonzero(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("evacuator: ") and "source" in last, done.stderr
+    # The reason is logged as the daemon logs everything (here JSON), not as a loose line of text.
+    last = json.loads(done.stderr.strip().splitlines()[-1])
+    assert (last["event"], last["stage"]) == ("startup_failed", "sensors"), done.stderr
+    assert "source" in last["reason"], done.stderr
