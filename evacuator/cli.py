@@ -113,6 +113,18 @@ def _status(args: argparse.Namespace) -> int:
     return status.main(args)
 
 
+def _approve(args: argparse.Namespace) -> int:
+    from evacuator.commands import approval
+
+    return approval.main_approve(args)
+
+
+def _reject(args: argparse.Namespace) -> int:
+    from evacuator.commands import approval
+
+    return approval.main_reject(args)
+
+
 def _drain(args: argparse.Namespace) -> int:
     from evacuator.commands import drain
 
@@ -278,6 +290,14 @@ def _parser() -> argparse.ArgumentParser:
                         "(listens on the broker)")  # fmt: skip
     status.add_argument("--json", action="store_true", help="one JSON object (fields: README, \"Status\")")
     status.set_defaults(handler=_status)
+
+    for name, handler, what in (("approve", _approve, "let the evacuation awaiting approval begin"),
+                                ("reject", _reject, "refuse it: nothing moves, the host stays quarantined")):
+        answer = sub.add_parser(name, help=what)
+        _config_option(answer)
+        answer.add_argument("--reason", default="", help="why, for the logs")
+        answer.add_argument("--json", action="store_true", help="one JSON object")
+        answer.set_defaults(handler=handler)
 
     drain = sub.add_parser("drain", help="planned maintenance: move every VM off this host through the "
                            "tenant contract, and take none until undrain")  # fmt: skip

@@ -42,7 +42,8 @@ def collect(settings: Settings, now: datetime) -> dict[str, Any]:
         daemon = {"running": age <= stale_after and _alive(last.pid), "pid": last.pid,
                   "verdict_age_seconds": round(age, 1)}  # fmt: skip
         verdict = {"severity": last.severity, "at": last.at.isoformat(), "reasons": last.reasons,
-                   "quarantined": last.severity == "moderate"}  # fmt: skip
+                   "quarantined": last.severity != "healthy" and last.severity != "unknown",
+                   "awaiting_approval": last.awaiting_approval}  # fmt: skip
     with AdminStore(state / "admin.sqlite") as admin:
         maintenance = admin.maintenance()
         waiting_requests = [{"request_id": r.request_id, "action": r.action, "reason": r.reason,
@@ -111,6 +112,10 @@ def render(found: dict[str, Any]) -> str:
     flags = [f"maintenance since {found['maintenance']['since']}: {found['maintenance']['reason']}"
              if found["maintenance"] else None, "quarantined" if verdict and verdict["quarantined"] else None]
     lines += [f"  {flag}" for flag in flags if flag]
+    if verdict and verdict.get("awaiting_approval"):
+        waiting = verdict["awaiting_approval"]
+        lines.append(f"  AWAITING APPROVAL since {waiting['since']}: a {waiting['severity']} evacuation; "
+                     "`evacuator approve` lets it begin, `evacuator reject` keeps the host quarantined")
     incident = found["incident"]
     if incident is None:
         lines.append("no open incident")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from evacuator.errors import JournalError
 
-Action = Literal["drain", "undrain"]
+Action = Literal["drain", "undrain", "approve", "reject"]
 MAINTENANCE_SOURCE = "maintenance"  # the source of a drained incident's one reason (no sensor found it)
 
 _SCHEMA = """

@@ -10,13 +10,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.admin import MAINTENANCE_SOURCE
+from evacuator.incident.approval import Approvals, Decision, EvacuationPolicy, Proposal
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
@@ -44,6 +45,8 @@ class ServiceConfig:
     # The caps on tenants' postpones, when the reply desk answers them: each VM's latest deadline comes
     # from them at planning and never moves. None: no postpones are offered.
     reply_policy: ReplyPolicy | None = None
+    # Evacuate, wait for approval, or quarantine only, per severity (incident/approval.py).
+    evacuation: EvacuationPolicy = field(default_factory=EvacuationPolicy)
 
 
 class Service:
@@ -56,6 +59,8 @@ class Service:
     ) -> None:  # fmt: skip
         self._config = config
         self._guard: Guard = guard or NoGuard()
+        self._approvals = Approvals(config.evacuation)
+        self._withheld: Decision | None = None  # the last decision that opened nothing, logged once
         self._hypervisor = hypervisor
         self._notifier = notifier
         self._timers = timers
@@ -93,8 +98,16 @@ class Service:
                      previous=None if self._last_severity is None else str(self._last_severity),
                      reasons=[r.message for r in verdict.reasons])  # fmt: skip
             self._last_severity = verdict.severity
+        decision = self._approvals.decide(verdict)
         if verdict.severity in _EVACUATE and self._incident is None:
-            self._open_incident(verdict)
+            if decision is Decision.EVACUATE:
+                self._open_incident(verdict)
+            elif decision is not self._withheld:
+                proposal = self._approvals.awaiting()
+                log.warning("evacuation_withheld", host=self._config.host, severity=str(verdict.severity),
+                            decision=str(decision),
+                            since=None if proposal is None else proposal.since.isoformat())  # fmt: skip
+            self._withheld = None if decision is Decision.EVACUATE else decision
         elif verdict.severity is Severity.FAILED and self._incident is not None:
             self._guard.begin(failed=True, on_hold=self._held)  # failed now: never held back any more
         elif verdict.severity is Severity.HEALTHY and self._incident is not None and not self.busy():
@@ -102,6 +115,17 @@ class Service:
             log.info("incident_closed", host=self._config.host, incident_id=self._incident.incident_id)
             self._incident = None
             self._guard.end()
+
+    def approve(self) -> str:
+        """The admin's `evacuator approve`: the evacuation awaiting approval begins at the next poll."""
+        return self._approvals.approve()
+
+    def reject(self) -> str:
+        """The admin's `evacuator reject`: no evacuation; the host stays quarantined until healthy again."""
+        return self._approvals.reject()
+
+    def awaiting_approval(self) -> Proposal | None:
+        return self._approvals.awaiting()
 
     def drain(self, *, reason: str, window_seconds: int | None) -> tuple[str, str | None]:
         """The admin drains this (healthy) host for maintenance (`evacuator drain`): every VM moves through

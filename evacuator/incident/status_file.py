@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from evacuator.incident.approval import Proposal
 from monitors.verdicts import HostVerdict
 
 STATUS_FILE = "status.json"
@@ -25,11 +26,16 @@ class LastVerdict:
     reasons: list[dict[str, Any]]
     at: datetime
     pid: int
+    awaiting_approval: dict[str, str] | None = None  # severity, since: an evacuation waiting for the admin
 
 
-def write_status(state_dir: Path, verdict: HostVerdict, *, pid: int | None = None) -> None:
-    """The daemon's latest verdict, replacing the previous one atomically."""
+def write_status(state_dir: Path, verdict: HostVerdict, *, pid: int | None = None,
+                 awaiting: Proposal | None = None) -> None:  # fmt: skip
+    """The daemon's latest verdict (and an evacuation awaiting approval), replacing the previous file
+    atomically."""
     data = {
+        "awaiting_approval": None if awaiting is None else {"severity": str(awaiting.severity),
+                                                            "since": awaiting.since.isoformat()},
         "severity": str(verdict.severity), "at": verdict.at.isoformat(), "pid": pid or os.getpid(),
         "reasons": [{"source": r.source, "sensor": r.sensor, "value": r.value, "threshold": r.threshold,
                      "unit": r.unit, "severity": str(r.severity), "message": r.message}
@@ -46,6 +52,7 @@ def read_status(state_dir: Path) -> LastVerdict | None:
     try:
         data = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
         return LastVerdict(severity=str(data["severity"]), reasons=list(data["reasons"]),
-                           at=datetime.fromisoformat(data["at"]), pid=int(data["pid"]))  # fmt: skip
+                           at=datetime.fromisoformat(data["at"]), pid=int(data["pid"]),
+                           awaiting_approval=data.get("awaiting_approval"))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None

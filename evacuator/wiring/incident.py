@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from evacuator.hypervisor.libvirt.host import LibvirtHost
+from evacuator.incident.approval import EvacuationPolicy
 from evacuator.incident.ledger import IncidentLedger
 from evacuator.incident.notices import TenantNotifier
 from evacuator.incident.planner import WindowPolicy
@@ -20,6 +21,7 @@ from evacuator.incident.scheduler import ApschedulerTimers
 from evacuator.incident.service import Service, ServiceConfig
 from evacuator.moves.engine import MoveEngine
 from evacuator.settings import Settings
+from monitors.verdicts import Severity
 from notifiers.delivery import OutboxPublisher
 from notifiers.outbox import Outbox
 from notifiers.publisher import NoticePublisher
@@ -76,6 +78,7 @@ def build_incident(
                 max_window_seconds=evacuation.max_window_seconds,
             ),
             reply_policy=reply_policy,
+            evacuation=evacuation_policy(settings),
         ),
         hypervisor=hypervisor,
         notifier=notifier,
@@ -97,6 +100,14 @@ def build_incident(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
     return IncidentParts(service=service, publisher=publisher, consumer=consumer, ledger=ledger)
+
+
+def evacuation_policy(settings: Settings) -> EvacuationPolicy:
+    """Per severity: evacuate or quarantine only, and whether an evacuation waits for `evacuator approve`."""
+    evacuation = settings.evacuation
+    approvals = ((Severity.SEVERE, evacuation.approval_severe), (Severity.FAILED, evacuation.approval_failed))
+    return EvacuationPolicy(on_severe=evacuation.on_severe, on_failed=evacuation.on_failed,
+                            manual=frozenset(s for s, approval in approvals if approval == "manual"))
 
 
 @contextmanager

@@ -82,7 +82,8 @@ class Runtime:
         verdict = self.detector.observe(snapshot, self.clock())
         self.service.on_verdict(verdict)
         self.host_view.on_verdict(verdict)  # the peers learn of a change at once, not at the next interval
-        write_status(self.settings.state_dir, verdict)  # what `evacuator status` shows, without the broker
+        # What `evacuator status` shows, without the broker.
+        write_status(self.settings.state_dir, verdict, awaiting=self.service.awaiting_approval())
         self.take_requests()
         return verdict
 
@@ -91,7 +92,9 @@ class Runtime:
         for request in self.admin.untaken():
             now = self.clock()
             incident_id = None
-            if request.action == "drain":
+            if request.action in ("approve", "reject"):
+                outcome = self.service.approve() if request.action == "approve" else self.service.reject()
+            elif request.action == "drain":
                 outcome, incident_id = self.service.drain(reason=request.reason,
                                                           window_seconds=request.window_seconds)  # fmt: skip
                 if outcome == "accepted":

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from evacuator.hypervisor.facts import VmFacts
 from evacuator.hypervisor.model import Hypervisor, VmState
+from evacuator.incident.approval import Approvals, Decision, EvacuationPolicy
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.planner import WindowPolicy
 from evacuator.incident.reply_desk import ReplyDesk
@@ -79,6 +80,7 @@ class World:
     def __init__(
         self, journal_path: Path, timers: ManualTimers | None = None,
         hosts: tuple[FakeHypervisor, FakeHypervisor] | None = None, guard: CloudGuard | None = None,
+        evacuation: EvacuationPolicy | None = None,
     ) -> None:  # fmt: skip
         self.journal_path = journal_path
         self.source, self.destination = hosts or (FakeHypervisor(name="host-a"),
@@ -98,7 +100,7 @@ class World:
             config=ServiceConfig(
                 host="host-a", peers=("host-b",),
                 window_policy=WindowPolicy(default_window_seconds=600, max_window_seconds=3600),
-                reply_policy=POLICY,
+                reply_policy=POLICY, evacuation=evacuation or EvacuationPolicy(),
             ),
             hypervisor=self.source, notifier=self.notifier, timers=self.timers, engine=self.engine,
             ledger=self.ledger, clock=lambda: T0, guard=guard,
@@ -525,3 +527,71 @@ def test_a_drain_moves_every_vm_of_a_healthy_host_with_maintenance_notices(world
     world.wait_moved(2)
     world.service.on_verdict(verdict(Severity.HEALTHY))
     assert not world.service.draining(), "the drain's incident closes once every VM moved"
+
+
+MANUAL_SEVERE = EvacuationPolicy(manual=frozenset({Severity.SEVERE}))
+
+
+def test_a_manual_evacuation_waits_for_approval_telling_no_one(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite", evacuation=MANUAL_SEVERE)
+    world.service.start()
+    try:
+        world.add_vm("web", "acme", 60)
+        with capture_logs() as logs:
+            for _ in range(3):
+                world.service.on_verdict(verdict(Severity.SEVERE))
+        assert world.notifier.sent == [] and world.timers.pending() == {}, "nobody told, nothing planned"
+        assert [e["event"] for e in logs].count("evacuation_withheld") == 1
+        awaiting = world.service.awaiting_approval()
+        assert awaiting is not None and awaiting.severity is Severity.SEVERE
+        assert world.service.approve().startswith("accepted")
+        world.service.on_verdict(verdict(Severity.SEVERE))
+        assert world.kinds() == [("evacuation_scheduled", "acme")]
+        assert world.service.awaiting_approval() is None
+    finally:
+        world.service.stop()
+        world.journal.close()
+        world.ledger.close()
+
+
+def test_a_rejected_evacuation_stays_quarantined_until_the_host_was_healthy(tmp_path: Path) -> None:
+    world = World(tmp_path / "journal.sqlite", evacuation=MANUAL_SEVERE)
+    world.service.start()
+    try:
+        world.add_vm("web", "acme", 60)
+        assert world.service.reject().startswith("refused"), "nothing awaits approval yet"
+        world.service.on_verdict(verdict(Severity.SEVERE))
+        assert world.service.reject().startswith("accepted")
+        world.service.on_verdict(verdict(Severity.SEVERE))
+        assert world.notifier.sent == [] and world.service.awaiting_approval() is None
+        world.service.on_verdict(verdict(Severity.FAILED))  # failed is automatic here: it evacuates at once
+        assert world.kinds() == [("evacuation_scheduled", "acme")]
+    finally:
+        world.service.stop()
+        world.journal.close()
+        world.ledger.close()
+
+
+@pytest.mark.parametrize(("policy", "severity", "decision"), [
+    (EvacuationPolicy(), Severity.SEVERE, Decision.EVACUATE),
+    (EvacuationPolicy(on_severe="quarantine"), Severity.SEVERE, Decision.QUARANTINE),
+    (EvacuationPolicy(on_severe="quarantine"), Severity.FAILED, Decision.EVACUATE),
+    (EvacuationPolicy(on_failed="quarantine"), Severity.FAILED, Decision.QUARANTINE),
+    (EvacuationPolicy(manual=frozenset({Severity.FAILED})), Severity.FAILED, Decision.AWAIT_APPROVAL),
+    (EvacuationPolicy(manual=frozenset({Severity.FAILED})), Severity.SEVERE, Decision.EVACUATE),
+    (EvacuationPolicy(), Severity.MODERATE, Decision.NOTHING),
+    (EvacuationPolicy(), Severity.HEALTHY, Decision.NOTHING),
+])  # fmt: skip
+def test_each_severity_is_evacuated_quarantined_or_awaits_approval_as_configured(
+    policy: EvacuationPolicy, severity: Severity, decision: Decision
+) -> None:
+    assert Approvals(policy).decide(verdict(severity)) is decision
+
+
+def test_a_healthy_verdict_forgets_an_approval() -> None:
+    approvals = Approvals(EvacuationPolicy(manual=frozenset({Severity.SEVERE})))
+    assert approvals.decide(verdict(Severity.SEVERE)) is Decision.AWAIT_APPROVAL
+    approvals.approve()
+    assert approvals.decide(verdict(Severity.SEVERE)) is Decision.EVACUATE
+    approvals.decide(verdict(Severity.HEALTHY))
+    assert approvals.decide(verdict(Severity.SEVERE)) is Decision.AWAIT_APPROVAL, "a new spell asks again"
