@@ -6,10 +6,8 @@ and tells nobody anything twice (docs/moves.md, "Restarts").
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,6 +17,7 @@ from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.admin import MAINTENANCE_SOURCE
 from evacuator.incident.approval import Approvals, Decision, EvacuationPolicy, Proposal
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
+from evacuator.incident.notices_told import IncidentNotices, log_confirm
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
@@ -71,7 +70,7 @@ class Service:
         # One incident per sick spell: opened once, closed only when the detector says healthy again and
         # nothing is pending, so a host that stays severe is never re-planned (nor its tenants re-notified).
         self._incident: Incident | None = None
-        self._lock = threading.Lock()  # one tenant's last outcome sends its evacuation_completed once
+        self._tell = IncidentNotices(ledger=ledger, notifier=notifier, engine=engine)
 
     def start(self) -> None:
         self._timers.start(self.on_timer)
@@ -194,23 +193,15 @@ class Service:
         return max(move.deadline, latest_deadline(pending, policy))
 
     def _notify_scheduled(self, incident: Incident) -> None:
-        """Hands each tenant's scheduled notice to the notifier, once: after a restart, only those never
-        handed over are, with the event id and deadlines the ledger holds."""
-        records = self._ledger.records(incident.incident_id)
-        for told in self._ledger.tenants(incident.incident_id):
-            if told.scheduled_sent:
-                continue
-            vms = [r for r in records if r.tenant == told.tenant]
-            try:
-                future = self._notifier.evacuation_scheduled(
-                    tenant=told.tenant, event_id=told.event_id, incident=incident, vms=vms)
-            except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
-                log.error("notice_failed", kind="evacuation_scheduled", tenant=told.tenant, error=str(exc))
-                continue
-            self._ledger.scheduled_sent(incident.incident_id, told.tenant)
-            future.add_done_callback(_log_confirm("evacuation_scheduled", told.tenant))
-            for vm in vms:
-                self._engine.mark(vm.vm_uuid, MoveState.NOTIFIED)
+        self._tell.scheduled(incident)
+
+    def _held(self, hold: Hold) -> None:
+        incident = self._incident
+        if incident is not None:
+            self._tell.held(incident, hold)
+
+    def _complete_if_settled(self, incident: Incident, tenant: str) -> None:
+        self._tell.completed_if_settled(incident, tenant)
 
     def _resume(self, incident: Incident) -> None:
         """Carries on the open incident after a restart: each pending window gets its timer back at the
@@ -276,7 +267,7 @@ class Service:
         if vm is not None and vm.facts.tenant is not None:
             self._notifier.evacuation_started(
                 tenant=vm.facts.tenant, vm_uuid=vm_uuid, vm_name=vm.name
-            ).add_done_callback(_log_confirm("evacuation_started", vm.facts.tenant))
+            ).add_done_callback(log_confirm("evacuation_started", vm.facts.tenant))
 
     # --- Outcomes: the engine reports how each move ended -------------------------------------------------
 
@@ -285,14 +276,14 @@ class Service:
             self._notifier.vm_evacuated(
                 tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name,
                 to_host=record.destination,
-            ).add_done_callback(_log_confirm("vm_evacuated", record.tenant))
+            ).add_done_callback(log_confirm("vm_evacuated", record.tenant))
         self._settle(record, "moved")
 
     def failed(self, record: MoveRecord, reason: str) -> None:
         if record.tenant is not None:
             self._notifier.evacuation_failed(
                 tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name, reason=reason
-            ).add_done_callback(_log_confirm("evacuation_failed", record.tenant))
+            ).add_done_callback(log_confirm("evacuation_failed", record.tenant))
         self._settle(record, "failed")
 
     def _settle(self, record: MoveRecord, outcome: str) -> None:
@@ -309,41 +300,4 @@ class Service:
         if all(r.outcome is not None for r in self._ledger.records(incident.incident_id)):
             self._guard.end()  # every VM of the incident ended: the permit goes to the next host
 
-    def _held(self, hold: Hold) -> None:
-        """The guards hold this host's moves back: each tenant with VMs still to move is told why."""
-        incident = self._incident
-        if incident is None:
-            return
-        records = [r for r in self._ledger.records(incident.incident_id) if r.outcome is None]
-        for tenant in sorted({r.tenant for r in records if r.tenant is not None}):
-            vms = [r for r in records if r.tenant == tenant]
-            try:
-                future = self._notifier.evacuation_updated(tenant=tenant, cause="held_back", vms=vms,
-                                                           hold=str(hold.cause))  # fmt: skip
-            except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
-                log.error("notice_failed", kind="evacuation_updated", tenant=tenant, error=str(exc))
-                continue
-            future.add_done_callback(_log_confirm("evacuation_updated", tenant))
 
-    def _complete_if_settled(self, incident: Incident, tenant: str) -> None:
-        with self._lock:
-            told = next((t for t in self._ledger.tenants(incident.incident_id) if t.tenant == tenant), None)
-            vms = [r for r in self._ledger.records(incident.incident_id) if r.tenant == tenant]
-            if told is None or told.completed_sent or not vms or any(r.outcome is None for r in vms):
-                return
-            moved = [r.vm_uuid for r in vms if r.outcome == "moved"]
-            failed = [r.vm_uuid for r in vms if r.outcome == "failed"]
-            future = self._notifier.evacuation_completed(tenant=tenant, moved=moved, failed=failed)
-            self._ledger.completed_sent(incident.incident_id, tenant)
-        future.add_done_callback(_log_confirm("evacuation_completed", tenant))
-
-
-def _log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:
-    """The publisher logs each confirm; a notice the broker never confirmed is the service's to report."""
-
-    def done(future: Future[datetime]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            log.error("notice_not_confirmed", kind=kind, tenant=tenant, error=str(exc))
-
-    return done
