@@ -97,12 +97,8 @@ class BrokerGuardState:
         connection = self._connect()
         try:
             channel = connection.channel()
-            try:
-                channel.queue_declare(queue=paused_queue(self._exchange), passive=True)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == NOT_FOUND:
-                    return None
-                raise
+            if not _queue_exists(channel, paused_queue(self._exchange)):
+                return None
             method, _properties, body = channel.basic_get(queue=paused_queue(self._exchange), auto_ack=False)
             if method is None:
                 return Pause(by="unknown", at="unknown", reason="(no reason recorded)")
@@ -132,12 +128,8 @@ class BrokerGuardState:
         connection = self._connect()
         try:
             channel = connection.channel()
-            try:
-                channel.queue_declare(queue=paused_queue(self._exchange), passive=True)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == NOT_FOUND:
-                    return False
-                raise
+            if not _queue_exists(channel, paused_queue(self._exchange)):
+                return False
             channel.queue_delete(queue=paused_queue(self._exchange))
             return True
         finally:
@@ -171,6 +163,17 @@ class BrokerGuardState:
                 connection.close()
             return None
         return Permit(connection, index)
+
+
+def _queue_exists(channel: Any, queue: str) -> bool:
+    """Whether `queue` exists (a passive declare: a missing queue closes `channel`, not used again)."""
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def _pause_of(body: bytes) -> Pause:
