@@ -8,13 +8,16 @@ import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
+import structlog
 
 from notifiers.errors import BrokerUnavailable
-from notifiers.settings import BrokerSettings
+from notifiers.settings import BrokerSettings, redact_url
+
+_log = structlog.get_logger(__name__)
 
 ConnectionFactory = Callable[[], Any]
 """Returns a new, open pika BlockingConnection; called on the thread that will own it."""
@@ -63,22 +66,66 @@ def blocking_connection_factory(
 ) -> ConnectionFactory:
     """A factory for connections named `connection_name` (shown by `rabbitmqctl list_connections`), to the
     virtual host `vhost` (None: the URL's). The password is read at each connection (`broker_password`), so
-    a rotated file or variable takes effect at the next reconnect."""
+    a rotated file or variable takes effect at the next reconnect.
+
+    Each connection goes to the first node that answers: `url`, then `failover_urls` (a cluster's other
+    nodes) in order, except that the node that answered this factory last is tried first (then the ones
+    after it, round), so a dead node costs one failed attempt, not one per connection: a powered-off node
+    costs its whole connect timeout. A node that answers after another did not is logged
+    (`broker_failover`); when none does, BrokerUnavailable names each node (passwords hidden) and why."""
+    answered = 0  # index of the node that answered last
 
     def connect() -> Any:
+        nonlocal answered
+        nodes = node_parameters(settings, connection_name=connection_name, vhost=vhost)
+        start = answered if answered < len(nodes) else 0
+        failures: list[str] = []
+        last: Exception | None = None
+        for index in [*range(start, len(nodes)), *range(start)]:
+            shown, parameters = nodes[index]
+            try:
+                connection = pika.BlockingConnection(parameters)
+            except CONNECTION_ERRORS as exc:
+                failures.append(f"{shown}: {exc!r}")
+                last = exc
+                continue
+            answered = index
+            if failures:
+                _log.warning("broker_failover", connection=connection_name, node=shown, unreachable=failures)
+            return connection
+        if len(failures) == 1:
+            raise BrokerUnavailable(f"cannot connect to {failures[0]}") from last
+        raise BrokerUnavailable(f"cannot connect to any node of the broker: {'; '.join(failures)}") from last
+
+    return connect
+
+
+def node_parameters(
+    settings: BrokerSettings, *, connection_name: str, vhost: str | None = None
+) -> list[tuple[str, pika.URLParameters]]:
+    """(the node's URL with its password hidden, pika parameters) for every node in the order tried. The one
+    password (`password_file` or `password_env`, read now, else `url`'s) serves every node; each amqps://
+    node verifies its own certificate and host name against the same CA."""
+    urls = settings.node_urls
+    password = broker_password(settings)
+    shared = password if password is not None else _url_password(urls[0])
+    nodes: list[tuple[str, pika.URLParameters]] = []
+    for index, url in enumerate(urls):
         parameters = connection_parameters(
-            settings.url.get_secret_value(), password=broker_password(settings), vhost=vhost,
+            url, password=password if index == 0 else shared, vhost=vhost,
             ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file,
         )  # fmt: skip
         # A broker under a memory or disk alarm blocks publishers silently; give up after the confirm timeout.
         parameters.blocked_connection_timeout = settings.confirm_timeout_seconds
         parameters.client_properties = {"connection_name": connection_name}
-        try:
-            return pika.BlockingConnection(parameters)
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot connect to {settings.redacted_url}: {exc!r}") from exc
+        nodes.append((redact_url(url), parameters))
+    return nodes
 
-    return connect
+
+def _url_password(url: str) -> str | None:
+    """The password a URL holds, decoded as pika decodes it; it serves the failover nodes too."""
+    password = urlsplit(url).password
+    return None if password is None else unquote(password)
 
 
 def connection_parameters(

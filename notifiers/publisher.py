@@ -30,6 +30,8 @@ from notifiers.topology import Topology, check_word, notice_routing_key
 
 _log = structlog.get_logger(__name__)
 _IDLE_POLL_SECONDS = 1.0  # how often an idle publisher services heartbeats
+# The AMQP reply code with which the broker refuses to declare a queue that exists with other arguments.
+_PRECONDITION_FAILED = 406
 
 
 def _utc_now() -> datetime:
@@ -101,7 +103,7 @@ class NoticePublisher:
         check_word("tenant", tenant)
 
         def declare(channel: Any) -> None:
-            self._topology.declare_tenant_queue(channel, tenant)
+            self._declare_tenant_queue(tenant)
             self._tenants.add(tenant)
             _log.info("tenant_queue_declared", tenant=tenant)
 
@@ -177,6 +179,10 @@ class NoticePublisher:
             job.future.set_exception(UnroutableNotice(f"no queue is bound for {job.context}"))
             _log.warning("notice_unroutable", error=repr(exc), **job.context)
         except pika.exceptions.NackError as exc:
+            # A channel that first published to a quorum queue while its leader was being replaced (its node
+            # died) is nacked for as long as it lives (RabbitMQ 3.10, docs/broker-cluster.md): the retry
+            # takes a new channel.
+            self._discard_channel()
             job.future.set_exception(NoticeNacked(f"the broker nacked {job.context}"))
             _log.warning("notice_nacked", error=repr(exc), **job.context)
         except CONNECTION_ERRORS as exc:
@@ -189,16 +195,47 @@ class NoticePublisher:
     def _ensure_channel(self) -> Any:
         if self._channel is not None and self._channel.is_open:
             return self._channel
-        self._disconnect()
-        self._connection = self._connect()
+        connecting = self._connection is None or not self._connection.is_open
+        if connecting:
+            self._disconnect()
+            self._connection = self._connect()
         channel = self._connection.channel()
         channel.confirm_delivery()
         self._topology.declare_exchanges(channel)
         for tenant in sorted(self._tenants):
-            self._topology.declare_tenant_queue(channel, tenant)
+            self._declare_tenant_queue(tenant)
         self._channel = channel
-        _log.info("broker_connected", role="publisher", url=self._settings.redacted_url)
+        if connecting:
+            _log.info("broker_connected", role="publisher", url=self._settings.redacted_url)
         return channel
+
+    def _declare_tenant_queue(self, tenant: str) -> None:
+        """Declare on a channel of its own, closed after: the broker's refusal closes the channel it comes
+        on, which must not be the publishing one. A queue of the other type (or other arguments) is used as
+        it is, with a warning: refusing it would hold every later notice back (they go out in order)."""
+        channel = self._connection.channel()
+        try:
+            self._topology.declare_tenant_queue(channel, tenant)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _PRECONDITION_FAILED:
+                raise
+            channel = self._connection.channel()
+            self._topology.declare_tenant_queue(channel, tenant, passive=True)
+            _log.warning(
+                "tenant_queue_inequivalent", tenant=tenant, detail=exc.reply_text,
+                wanted=self._topology.queue_type,
+                action="used as it is; to give it broker.queue_type see docs/broker-cluster.md, 'Upgrading'",
+            )  # fmt: skip
+        finally:
+            if channel.is_open:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    channel.close()
+
+    def _discard_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                channel.close()
 
     def _service_connection(self) -> None:
         """Answer heartbeats while idle, and notice a broken connection before the next publish needs it."""

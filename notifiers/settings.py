@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _EXCHANGE_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 # What an environment variable's name may be (POSIX): a name, never a value pasted in by mistake.
@@ -17,6 +17,11 @@ _URL_EXPECTED = (
     "expected amqp://USER:PASSWORD@HOST[:PORT]/VHOST or amqps://... with a host and a numeric port "
     "(percent-encode @ : / ? # in the user and password)"
 )
+
+
+# At most this many failover nodes: a RabbitMQ cluster has an odd handful of nodes, and every one that does
+# not answer costs a connection attempt before the next is tried.
+MAX_FAILOVER_URLS = 8
 
 
 def redact_url(url: str) -> str:
@@ -46,12 +51,45 @@ def url_user(url: str) -> str:
     return unquote(username) if username else "guest"
 
 
+def _check_amqp_url(url: str) -> None:
+    """Raise ValueError(_URL_EXPECTED) unless `url` is an amqp:// or amqps:// URL with a host."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(_URL_EXPECTED) from None  # urllib's message may quote a piece of the password
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError(_URL_EXPECTED)
+
+
+def _failover_url(value: SecretStr) -> SecretStr:
+    _check_amqp_url(value.get_secret_value())
+    if urlsplit(value.get_secret_value()).password is not None:
+        raise ValueError("holds a password: give it once, in url, password_file or password_env (it serves "
+                         "every node): amqp://USER@HOST:PORT/VHOST")  # fmt: skip
+    return value
+
+
+# One of the cluster's other nodes: a URL without a password (errors are located at its index).
+_FailoverUrl = Annotated[SecretStr, AfterValidator(_failover_url)]
+
+
+def _node_address(url: str) -> tuple[str, int]:
+    """(host, port) of a valid broker URL, the port defaulted as pika does: two URLs naming one node match."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (5671 if parts.scheme == "amqps" else 5672)
+
+
 class BrokerSettings(BaseModel):
     """How to reach RabbitMQ and which exchanges carry notices and replies.
 
     The password is the URL's, or comes from `password_file` (its first line) or `password_env` (a variable,
     e.g. from systemd's EnvironmentFile=), read at each connection (notifiers/connection.py). Giving one of
     those and a password in the URL too is refused as ambiguous. None of them is ever logged or echoed.
+
+    A RabbitMQ cluster's other nodes are `failover_urls`, tried in order when `url`'s node does not answer
+    (notifiers/connection.py): the same scheme (so the same TLS files), user and virtual host as `url`, and
+    no password of their own (the one password serves every node, as the cluster shares its users).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -60,6 +98,7 @@ class BrokerSettings(BaseModel):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F"),
         description="amqp:// or amqps:// URL, e.g. amqp://evacuator:PASSWORD@mq:5672/%2F",
     )
+    failover_urls: tuple[_FailoverUrl, ...] = Field(default=(), max_length=MAX_FAILOVER_URLS)
     password_file: Path | None = None
     password_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
     notices_exchange: str = Field(default="evacuator.notices", pattern=_EXCHANGE_NAME_PATTERN)
@@ -88,14 +127,25 @@ class BrokerSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        try:
-            parts = urlsplit(value.get_secret_value())
-            _ = parts.port  # raises ValueError for a port that is not a number
-        except ValueError:
-            raise ValueError(_URL_EXPECTED) from None  # urllib's message may quote a piece of the password
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError(_URL_EXPECTED)
+        _check_amqp_url(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> BrokerSettings:
+        first = self.url.get_secret_value()
+        seen = {_node_address(first)}
+        for index, value in enumerate(self.failover_urls):
+            node = value.get_secret_value()
+            if urlsplit(node).scheme != urlsplit(first).scheme:
+                raise ValueError(f"failover_urls[{index}] must use url's scheme (amqp:// or amqps://): every "
+                                 "node is reached with the same TLS settings")  # fmt: skip
+            if (url_user(node), url_vhost(node)) != (url_user(first), url_vhost(first)):
+                raise ValueError(f"failover_urls[{index}] must name url's user and virtual host: the nodes "
+                                 "are one cluster, which shares its users and virtual hosts")  # fmt: skip
+            if _node_address(node) in seen:
+                raise ValueError(f"failover_urls[{index}] names a node (host and port) already listed")
+            seen.add(_node_address(node))
+        return self
 
     @model_validator(mode="after")
     def _one_password(self) -> BrokerSettings:
@@ -126,6 +176,17 @@ class BrokerSettings(BaseModel):
         return redact_url(self.url.get_secret_value())
 
     @property
+    def node_urls(self) -> tuple[str, ...]:
+        """Every node's URL in the order tried: `url`, then `failover_urls`. Secret: `url` may hold the
+        password; log `redacted_node_urls`."""
+        return (self.url.get_secret_value(), *(u.get_secret_value() for u in self.failover_urls))
+
+    @property
+    def redacted_node_urls(self) -> str:
+        """Every node's URL, passwords hidden, comma-separated: for logs and error messages."""
+        return ", ".join(redact_url(url) for url in self.node_urls)
+
+    @property
     def user(self) -> str:
         """The broker user the service connects as."""
         return url_user(self.url.get_secret_value())
@@ -137,4 +198,9 @@ class BrokerSettings(BaseModel):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield (name, self.redacted_url) if name == "url" else (name, value)
+            if name == "url":
+                yield name, self.redacted_url
+            elif name == "failover_urls":
+                yield name, tuple(redact_url(u.get_secret_value()) for u in self.failover_urls)
+            else:
+                yield name, value

@@ -95,10 +95,17 @@ class Topology:
         for name in (self.notices_exchange, self.replies_exchange):
             channel.exchange_declare(exchange=name, exchange_type="topic", durable=True)
 
-    def declare_tenant_queue(self, channel: Any, tenant: str) -> str:
-        """The tenant's notices queue, bound to every notice routed to it; returns the queue name."""
+    def declare_tenant_queue(self, channel: Any, tenant: str, *, passive: bool = False) -> str:
+        """The tenant's notices queue, bound to every notice routed to it; returns the queue name.
+
+        A queue declared earlier with other arguments (the other `queue_type`: a classic queue from before a
+        move to quorum queues) makes the broker close the channel with 406 PRECONDITION_FAILED: then call
+        again on a new channel with `passive` set, which uses the queue as it is."""
         queue = tenant_queue(tenant)
-        self._declare_queue(channel, queue)
+        if passive:
+            channel.queue_declare(queue=queue, passive=True)
+        else:
+            self._declare_queue(channel, queue)
         channel.queue_bind(queue=queue, exchange=self.notices_exchange, routing_key=f"{tenant}.#")
         return queue
 

@@ -8,6 +8,7 @@ import structlog
 pytest_plugins = [
     "tests.fixtures.libvirt_lab",
     "tests.fixtures.broker",
+    "tests.fixtures.rabbit_cluster",
     "tests.fixtures.daemon",
 ]
 

@@ -28,6 +28,7 @@ def valid_settings(m: list[str], password_from: str = "url") -> Doc:
     IPMI password, libvirt URIs' passwords, and in neighbouring fields."""
     broker: Doc = {
         "url": f"amqp://svc:{m[0]}@mq.example.net:5672/%2F",
+        "failover_urls": ["amqp://svc@mq-2.example.net:5672/%2F"],  # a cluster's other node: no password
         "notices_exchange": m[1],
         "peers_vhost": m[2],
     }
@@ -81,7 +82,7 @@ _STRINGS: list[Where] = [
 ]  # fmt: skip
 _SECTIONS: list[Where] = [
     ("host",), ("broker",), ("monitors",), ("monitors", "sources", "ipmi"), ("data_channel",), ("peers", 0),
-    ("evacuation",), ("logging",), ("peers",), ("data_channel", "allow_from"),
+    ("evacuation",), ("logging",), ("peers",), ("data_channel", "allow_from"), ("broker", "failover_urls"),
 ]  # fmt: skip
 _MAPPINGS: list[Where] = [
     (), ("host",), ("broker",), ("monitors",), ("monitors", "sources", "ipmi"), ("peers", 0), ("peers", 1),
@@ -111,7 +112,7 @@ def _model_level(draw: st.DrawFn, doc: Doc, m: str) -> str:
     broken = draw(st.sampled_from([
         "peer_is_host", "same_peer_names", "same_broker_users", "window_over_cap", "two_ipmi_passwords",
         "url_and_password_file", "two_broker_password_sources", "tls_files_without_amqps",
-        "no_channel_address",
+        "no_channel_address", "failover_other_user", "failover_other_scheme",
         "clear_over_threshold", "stale_under_poll", "window_under_consecutive",
     ]))  # fmt: skip
     peers, broker = doc["peers"], doc["broker"]
@@ -134,6 +135,10 @@ def _model_level(draw: st.DrawFn, doc: Doc, m: str) -> str:
         broker["ca_file"] = f"/etc/{m}.pem"
     elif broken == "no_channel_address":
         del doc["host"]["migration_address"]
+    elif broken == "failover_other_user":
+        broker["failover_urls"] = [f"amqp://{m}@mq-2.example.net/%2F"]
+    elif broken == "failover_other_scheme":
+        broker["failover_urls"] = [f"amqps://svc@{m}.example.net/%2F"]
     elif broken == "clear_over_threshold":
         doc["monitors"]["temperature"] = {"threshold_celsius": 80, "clear_celsius": 90}
     elif broken == "stale_under_poll":
@@ -156,6 +161,10 @@ _BAD_VALUES: list[tuple[Where, Callable[[str], Any]]] = [
     (("monitors", "poll_interval_seconds"), lambda m: -1), (("logging", "level"), lambda m: m),
     (("data_channel", "allow_from"), lambda m: [f"{m}:1"]), (("data_channel", "allow_from"), lambda m: []),
     (("peers", 0, "broker_user"), lambda m: f"{m} {m}"), (("broker", "queue_type"), lambda m: m),
+    (("broker", "failover_urls"), lambda m: [f"amqp://svc:{m}@mq-2/%2F"]),
+    (("broker", "failover_urls"), lambda m: [f"http://svc:{m}@mq-2/"]),
+    (("broker", "failover_urls"), lambda m: ["amqp://svc@mq-2/%2F", f"amqp://svc:{m}/x@mq-3/"]),
+    (("broker", "failover_urls"), lambda m: f"amqp://svc:{m}@mq-2/%2F"),
 ]  # fmt: skip
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -94,6 +96,11 @@ PROCESS_CASES = {
         f"broker: {{url: 'amqp://u:{_M}/x@mq/%2F'}}\n"
     ),
     "alias": f"host: {{name: hv-01}}\nbroker: {{url: *{_M}}}\n",
+    "failover_password": (
+        f"host: {{name: hv-01, migration_address: 127.0.0.1}}\n"
+        f"peers: [{{name: hv-02, libvirt_uri: x}}]\n"
+        f"broker: {{url: 'amqp://u@mq/%2F', password_env: X, failover_urls: ['amqp://u:{_M}@mq-2/%2F']}}\n"
+    ),
 }
 
 
@@ -229,7 +236,9 @@ def test_a_start_up_that_cannot_reach_the_broker_says_why_without_the_password(
     }[failure]
     output = _run_until_started(_daemon_config(tmp_path, broker, f"{TAG}-{secrets.token_hex(8)}"), {})
     last = output.strip().splitlines()[-1]
-    assert last.startswith("evacuator: "), output[-3000:]
+    # The start-up failure is one startup_failed event in the configured (JSON) log format, saying why.
+    failed = json.loads(last)
+    assert (failed["event"], failed["stage"]) == ("startup_failed", "broker"), output[-3000:]
     named = {
         "wrong_password": f"amqp://{user}:***@",
         "missing_file": "no-such-file",
@@ -237,3 +246,47 @@ def test_a_start_up_that_cannot_reach_the_broker_says_why_without_the_password(
     }[failure]
     assert named in last, output[-3000:]
     assert password not in output and wrong not in output and TAG not in output, output[-3000:]
+
+
+# --- several broker nodes: a start-up through a failover node, and one that reaches none ---
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # nothing listens there once the probe is closed
+
+
+@pytest.mark.parametrize("password_from", ["url", "file"])
+def test_a_start_up_through_a_failover_node_never_shows_the_password(
+    tmp_path: Path, lab_broker: LabBroker, broker_user: tuple[str, str], password_from: str,
+    broker_janitor: BrokerJanitor,
+) -> None:  # fmt: skip
+    user, password = broker_user
+    live, dead = lab_broker.url.rpartition("@")[2], f"127.0.0.1:{_closed_port()}/%2F"
+    broker: dict[str, Any] = {"url": f"amqp://{user}:{password}@{dead}", "failover_urls": [f"amqp://{user}@{live}"]}
+    if password_from == "file":
+        (tmp_path / "broker.password").write_text(password + "\n", encoding="utf-8")
+        broker.update(url=f"amqp://{user}@{dead}", password_file=str(tmp_path / "broker.password"))
+    config = _daemon_config(tmp_path, broker, f"{TAG}-{secrets.token_hex(8)}", janitor=broker_janitor)
+    output = _run_until_started(config, {})
+    assert '"broker_failover"' in output and '"daemon_started"' in output, output[-3000:]
+    assert f"amqp://{user}" in output and dead in output  # the node skipped is named, redacted
+    assert password not in output and TAG not in output, output[-3000:]
+
+
+def test_a_start_up_that_reaches_no_node_names_each_without_the_password(
+    tmp_path: Path, broker_user: tuple[str, str]
+) -> None:
+    user, _ = broker_user
+    wrong = f"{TAG}-{secrets.token_hex(8)}"
+    first, second = f"127.0.0.1:{_closed_port()}", f"127.0.0.1:{_closed_port()}"
+    broker = {"url": f"amqp://{user}:{wrong}@{first}/%2F", "failover_urls": [f"amqp://{user}@{second}/%2F"],
+              "reconnect_max_seconds": 1}  # fmt: skip
+    output = _run_until_started(_daemon_config(tmp_path, broker, f"{TAG}-{secrets.token_hex(8)}"), {})
+    # The start-up's error (its last line, whatever its format) names each node, the password hidden.
+    last = output.strip().splitlines()[-1]
+    assert "cannot connect to any node of the broker" in last, output[-3000:]
+    assert f"amqp://{user}:***@{first}/%2F" in last and f"amqp://{user}@{second}/%2F" in last, last
+    assert wrong not in output and TAG not in output, output[-3000:]
