@@ -17,8 +17,10 @@ state), over `--rate-seconds` of steady state. Exits 1 if the latency goal fails
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import random
+import resource
 import secrets
 import statistics
 import threading
@@ -57,13 +59,38 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+class Sightings:
+    """When each of a worker's agents first held each change; `last` wakes as the last of them does."""
+
+    def __init__(self, agents: int) -> None:
+        self._agents = agents
+        self._times: dict[int, list[float]] = {}
+        self._changed = threading.Condition()
+
+    def saw(self, change: int, at: float) -> None:
+        with self._changed:
+            times = self._times.setdefault(change, [])
+            times.append(at)
+            if len(times) == self._agents:
+                self._changed.notify_all()
+
+    def last(self, change: int, timeout_seconds: float) -> float:
+        """When the last agent held `change`; inf if one had not within the timeout."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._times.get(change, ())) >= self._agents, timeout_seconds)
+            times = self._times.get(change, [])
+            return max(times) if len(times) == self._agents else math.inf
+
+
 class Agent:
     """One simulated daemon: its publisher and its subscriber, and when its view first held each change."""
 
-    def __init__(self, name: str, *, broker: BrokerSettings, trust: PeerTrust, interval: float) -> None:
+    def __init__(self, name: str, *, broker: BrokerSettings, trust: PeerTrust, interval: float,
+                 sightings: Sightings) -> None:  # fmt: skip
         self.name = name
-        self.seen: dict[int, float] = {}
+        self.seen: set[int] = set()
         self.kept = 0
+        self._sightings = sightings
         view = HostView(stale_after_seconds=3 * interval, on_kept=self._on_kept)
         self.subscriber = HostStateSubscriber(
             blocking_connection_factory(broker, connection_name=f"bench-view-{name}"), trust=trust, host=name,
@@ -77,7 +104,10 @@ class Agent:
         self.kept += 1
         for reason in heard.reasons:
             if reason.startswith("change "):
-                self.seen.setdefault(int(reason.split()[1]), time.time())
+                change = int(reason.split()[1])
+                if change not in self.seen:
+                    self.seen.add(change)
+                    self._sightings.saw(change, time.time())
 
 
 def _status(change: int) -> HostStatus:
@@ -91,7 +121,9 @@ def worker(names: list[str], everyone: list[str], url: str, exchange: str, inter
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up only
     broker = BrokerSettings.model_validate({"url": url, "peers_exchange": exchange})
     trust = PeerTrust.shared("guest", everyone)
-    agents = [Agent(name, broker=broker, trust=trust, interval=interval) for name in names]
+    sightings = Sightings(len(names))
+    agents = [Agent(name, broker=broker, trust=trust, interval=interval, sightings=sightings)
+              for name in names]  # fmt: skip
     for agent in agents:
         agent.subscriber.start(timeout_seconds=120)
     for agent in agents:
@@ -103,17 +135,16 @@ def worker(names: list[str], everyone: list[str], url: str, exchange: str, inter
         if command == "stop":
             break
         if command == "counts":
-            results.put(("counts", sum(a.publisher.published for a in agents), sum(a.kept for a in agents)))
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            results.put(("counts", sum(a.publisher.published for a in agents), sum(a.kept for a in agents),
+                         usage.ru_utime + usage.ru_stime))  # fmt: skip
             continue
         changed_at = None
         if command == "change":
             changed_at = time.time()
             agents[0].publisher.set_status(_status(change))
-        deadline = time.monotonic() + 30
-        while not all(change in a.seen for a in agents) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        last = max((a.seen.get(change, float("inf")) for a in agents), default=0.0)
-        results.put(("seen", changed_at, last))
+        # Woken by the last agent's view rather than polling, which would take the GIL from the agents.
+        results.put(("seen", changed_at, sightings.last(change, 30)))
     for agent in agents:
         agent.publisher.close()
         agent.subscriber.close()
@@ -183,26 +214,30 @@ def _measure(args: argparse.Namespace, workers: list[Any], commands: list[Any], 
     print(f"change seen by all {args.agents} agents, over {len(latencies)} changes: "
           f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
           f"(goal p99 < {GOAL_P99_SECONDS:g} s)")
-    published, delivered, seconds = _rate(commands, results, args.rate_seconds)
+    published, delivered, cpu_seconds, seconds = _rate(commands, results, args.rate_seconds)
     print(f"broker message rate at interval {args.interval:g} s over {seconds:.1f} s: "
           f"{published / seconds:.1f} published/s (expected {args.agents / args.interval:.1f}), "
           f"{delivered / seconds:.0f} delivered/s (expected {args.agents * args.agents / args.interval:.0f})")
+    print(f"agents' CPU (user+system) over it: {cpu_seconds / max(delivered, 1) * 1e6:.0f} us per delivery, "
+          f"{cpu_seconds / seconds / len(workers) * 100:.0f}% of a core per process")
     ok = p99 < GOAL_P99_SECONDS
     print("goal met" if ok else "GOAL MISSED")
     return 0 if ok else 1
 
 
-def _rate(commands: list[Any], results: Any, seconds: float) -> tuple[int, int, float]:
-    def counts() -> tuple[int, int]:
+def _rate(commands: list[Any], results: Any, seconds: float) -> tuple[int, int, float, float]:
+    """States published and kept, and the worker processes' CPU seconds, over `seconds`, and the seconds."""
+
+    def counts() -> tuple[int, int, float]:
         for queue in commands:
             queue.put(("counts", 0))
         found = _gather(results, len(commands), "counts")
-        return sum(item[1] for item in found), sum(item[2] for item in found)
+        return sum(item[1] for item in found), sum(item[2] for item in found), sum(item[3] for item in found)
 
     first, began = counts(), time.monotonic()
     threading.Event().wait(seconds)
     last = counts()
-    return last[0] - first[0], last[1] - first[1], time.monotonic() - began
+    return last[0] - first[0], last[1] - first[1], last[2] - first[2], time.monotonic() - began
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 The first connect's failure reaches start() (so the daemon refuses to start blind, and systemd retries);
 later losses reconnect with backoff; the connection is closed on every way out, because one left open after
 a channel error keeps its exclusive queues and consumers until the broker notices the silence.
+
+The thread waits on its connection with no time limit and close() wakes it (add_callback_threadsafe): a
+time-limited wait costs pika a timer per call, and a timer cancelled by an earlier delivery still wakes the
+thread at its deadline (pika's ioloop sleeps until the first timer on its heap, cancelled or not), so a
+consumer that polled got about 1.6 wake-ups per delivery instead of 1 (bench/bench_host_view.py).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from notifiers.errors import BrokerUnavailable, NotifierClosed, NotifierError
 
 _log = structlog.get_logger(__name__)
 
-_POLL_SECONDS = 0.25  # how quickly close() is noticed by the consumer thread
 _RECONNECT_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -36,6 +40,7 @@ class ConsumerThread:
         self._stopping = threading.Event()
         self._ready: Future[None] = Future()
         self._thread: threading.Thread | None = None
+        self._connection: Any | None = None  # the consuming thread's, only for waking it
 
     def start(self, *, timeout_seconds: float = 30.0) -> None:
         """Connect and consume; raise BrokerUnavailable (or the NotifierError met) if the first try fails."""
@@ -53,6 +58,11 @@ class ConsumerThread:
     def close(self, *, timeout_seconds: float = 30.0) -> None:
         """Stop consuming; unacked messages go back to their queue."""
         self._stopping.set()
+        # Set before looking: the thread either is seen here and woken, or sees _stopping before it waits.
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS, pika.exceptions.ConnectionWrongStateError):
+                connection.add_callback_threadsafe(lambda: None)
         if self._thread is not None:
             self._thread.join(timeout=timeout_seconds)
 
@@ -74,12 +84,18 @@ class ConsumerThread:
             failures = 0
             if not self._ready.done():
                 self._ready.set_result(None)
-            self._consume(connection, channel)
+            self._connection = connection
+            try:
+                self._consume(connection, channel)
+            finally:
+                self._connection = None
 
     def _consume(self, connection: Any, channel: Any) -> None:
         try:
             while not self._stopping.is_set():
-                connection.process_data_events(time_limit=_POLL_SECONDS)
+                # Returns after a delivery, a wake-up from close() or the broker closing the channel;
+                # heartbeats are served inside it.
+                connection.process_data_events(time_limit=None)
                 if channel.is_closed:
                     # The broker closed only the channel (a consumer timeout, a deleted queue): pika does
                     # not raise for that, and the connection would go on consuming nothing.

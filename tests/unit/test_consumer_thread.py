@@ -1,6 +1,6 @@
 """The shared consumer loop with hand-written fake connections: a channel the broker closed, a handler's bug
-and a lost connection each end in a fresh connection, and every connection is closed; and queue_consumers
-reads a queue's state from a passive declare's answer."""
+and a lost connection each end in a fresh connection, and every connection is closed; close() wakes a loop
+waiting for deliveries; and queue_consumers reads a queue's state from a passive declare's answer."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ class _Connection:
         self.closed = False
         self._trouble = trouble
 
-    def process_data_events(self, time_limit: float) -> None:
+    def process_data_events(self, time_limit: float | None) -> None:
+        assert time_limit is None  # the loop waits for events, close() wakes it
         trouble, self._trouble = self._trouble, None
         if trouble == "channel closed by the broker":
             self.channel.is_closed = True
@@ -38,7 +39,29 @@ class _Connection:
             raise pika.exceptions.StreamLostError("gone")
         elif trouble == "handler bug":
             raise KeyError("a bug in on_message")
-        time.sleep(min(time_limit, 0.01))
+        time.sleep(0.01)
+
+    def add_callback_threadsafe(self, callback: Any) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _QuietConnection:
+    """Nothing is delivered: an unlimited wait lasts until add_callback_threadsafe wakes it."""
+
+    def __init__(self) -> None:
+        self.channel = _Channel()
+        self.waiting = threading.Event()
+        self._woken = threading.Event()
+        self.closed = False
+
+    def process_data_events(self, time_limit: float | None) -> None:
+        self.waiting.set()
+        assert self._woken.wait(None if time_limit is None else time_limit + 10)
+
+    def add_callback_threadsafe(self, callback: Any) -> None:
+        self._woken.set()
 
     def close(self) -> None:
         self.closed = True
@@ -65,6 +88,17 @@ def test_trouble_on_a_connection_ends_in_a_fresh_one_and_the_old_one_closed(trou
     expected = "consumer_failed" if trouble == "handler bug" else "broker_connection_lost"
     troubles = [e["event"] for e in logs if e["event"] in ("consumer_failed", "broker_connection_lost")]
     assert troubles == [expected]
+
+
+def test_close_wakes_a_consumer_waiting_for_deliveries_at_once() -> None:
+    connection = _QuietConnection()
+    loop = ConsumerThread(open_connection=lambda: (connection, connection.channel), role="replies",
+                          host="hv1")  # fmt: skip
+    loop.start()
+    assert connection.waiting.wait(10)
+    began = time.monotonic()
+    loop.close(timeout_seconds=10)
+    assert connection.closed and time.monotonic() - began < 5
 
 
 def test_a_first_connect_that_fails_reaches_start_and_a_loop_starts_once() -> None:

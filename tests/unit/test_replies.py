@@ -160,14 +160,14 @@ class FakeConnection:
     def channel(self) -> FakeChannel:
         return self._channel
 
-    def process_data_events(self, *, time_limit: float) -> None:
+    def process_data_events(self, *, time_limit: float | None) -> None:
         with self._broker.lock:
             if self._broker.break_next_poll:
                 self._broker.break_next_poll = False
                 raise pika.exceptions.StreamLostError("fake connection lost")
             message = self._broker.pending.popleft() if self._broker.pending else None
         if message is None:
-            time.sleep(min(time_limit, 0.01))
+            time.sleep(0.01 if time_limit is None else min(time_limit, 0.01))
             return
         tag, redelivered, body, user_id, key = message
         self._channel.unacked[tag] = message
@@ -175,6 +175,8 @@ class FakeConnection:
         properties = SimpleNamespace(user_id=user_id, message_id=f"m{tag}")
         assert self._channel.on_message is not None
         self._channel.on_message(self._channel, method, properties, body)
+
+    def add_callback_threadsafe(self, callback: Callable[[], None]) -> None: ...
 
     def close(self) -> None: ...
 
