@@ -116,24 +116,24 @@ class CloudGuard:
             log.info("evacuation_permit_released", host=self._host)
 
     def admit(self, stopping: Callable[[], bool]) -> bool:
-        with self._lock:
-            held: HoldCause | None = None
-            began = time.monotonic()
-            while not stopping():
-                hold = self._check()
-                if hold is None:
-                    if held is not None:
-                        log.info("evacuation_admitted", host=self._host,
-                                 held_seconds=round(time.monotonic() - began, 3))  # fmt: skip
-                    return True
-                if hold is not _BUSY and hold.cause is not held:
-                    log.warning("evacuation_held", host=self._host, cause=str(hold.cause), detail=hold.detail,
-                                until=None if hold.until is None else hold.until.isoformat())  # fmt: skip
-                    held = hold.cause
-                    self._tell(hold)
-                self._wake.clear()
-                self._wake.wait(self._poll_seconds)
-            return False
+        held: HoldCause | None = None
+        began = time.monotonic()
+        while not stopping():
+            with self._lock:  # one worker at a time checks and takes the permit; never held while waiting,
+                hold = self._check()  # or end() (the incident closing) would wait for a held move
+            if hold is None:
+                if held is not None:
+                    log.info("evacuation_admitted", host=self._host,
+                             held_seconds=round(time.monotonic() - began, 3))  # fmt: skip
+                return True
+            if hold is not _BUSY and hold.cause is not held:
+                log.warning("evacuation_held", host=self._host, cause=str(hold.cause), detail=hold.detail,
+                            until=None if hold.until is None else hold.until.isoformat())  # fmt: skip
+                held = hold.cause
+                self._tell(hold)
+            self._wake.clear()
+            self._wake.wait(self._poll_seconds)
+        return False
 
     def _tell(self, hold: Hold) -> None:
         try:

@@ -4,6 +4,7 @@ passes (moves/guard.py) over a hand-written broker state and host view."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -153,3 +154,21 @@ def test_an_unreachable_broker_lets_the_move_go_saying_so() -> None:
     with capture_logs() as logs:
         assert guard.admit(lambda: False)
     assert any(e["event"] == "guard_unavailable" for e in logs)
+
+
+def test_the_incident_ending_never_waits_for_a_move_held_at_the_gate() -> None:
+    """end() (the incident closing on the poll loop) while a worker is held: it returns at once (it once
+    waited for the worker's lock, which the worker held while waiting: the daemon's poll loop hung)."""
+    guard = gate(FakeState(held={0, 1}), FakeView(CLOUD, {"hv-1": T0, "hv-2": T0}), [])
+    guard.begin(failed=False)
+    stop = threading.Event()
+    worker = threading.Thread(target=guard.admit, args=(stop.is_set,), daemon=True)
+    worker.start()
+    time.sleep(0.1)  # the worker is held now
+    ended = threading.Thread(target=guard.end, daemon=True)
+    ended.start()
+    ended.join(2)
+    assert not ended.is_alive(), "end() returned while a move is held"
+    stop.set()
+    worker.join(2)
+    assert not worker.is_alive()
