@@ -177,6 +177,12 @@ class Detector:
     def state(self) -> DetectorState:
         return self._state
 
+    def reconfigure(self, policy: DetectorPolicy) -> None:
+        """New thresholds from a reloaded settings file (SIGHUP). The state is kept: a channel counting its
+        samples over the threshold goes on counting against the new one, and a host in its hold-down stays
+        there. One reference swap, so a poll on another thread sees the old policy or the new, never half."""
+        self._policy = policy
+
     @property
     def verdict(self) -> HostVerdict | None:
         """The latest verdict, None before the first observation."""

@@ -85,7 +85,8 @@ class OutboxPublisher:
             entry = self._outbox.put(notice)
             self._waiting[entry.seq] = future
         _log.info("notice_stored", tenant=tenant, host=host, notice_type=notice.type,
-                  event_id=notice.event_id, incarnation=entry.seq)  # fmt: skip
+                  event_id=notice.event_id, incarnation=entry.seq,
+                  outbox_depth=self._outbox.count())  # fmt: skip
         self._wake.set()
         return future
 
@@ -133,6 +134,9 @@ class OutboxPublisher:
             self._declared.discard(entry.tenant)  # someone deleted the queue: declare it again, then retry
             raise
         self._outbox.delete(entry.seq)
+        # The metrics read the outbox's depth here, and each notice's latency since its notice_stored.
+        _log.debug("notice_delivered", notice_type=entry.notice_type, event_id=entry.event_id,
+                   outbox_depth=self._outbox.count())  # fmt: skip
         with self._lock:
             future = self._waiting.pop(entry.seq, None)
         if future is not None and future.set_running_or_notify_cancel():

@@ -38,4 +38,4 @@ def main(args: argparse.Namespace) -> int:
         fmt, level = logging_asked(path)
         configure_logging(fmt, level=level)
         return startup_failed("settings", str(exc), config=str(path))
-    return run_daemon(settings)
+    return run_daemon(settings, config_path=path)

@@ -54,6 +54,11 @@ class Approvals:
         self._approved = False
         self._rejected = False
 
+    def reconfigure(self, policy: EvacuationPolicy) -> None:
+        """A new policy per severity (a reload): the next verdict is decided with it."""
+        with self._lock:
+            self._policy = policy
+
     def decide(self, verdict: HostVerdict) -> Decision:
         with self._lock:
             if verdict.severity not in (Severity.SEVERE, Severity.FAILED):

@@ -91,6 +91,10 @@ class ReplyDesk:
         self._limit = rejection_limit
         self._buckets: dict[str, TenantBucket] = {}
 
+    def reconfigure(self, policy: ReplyPolicy) -> None:
+        """New caps on postpones (a reload): the next reply is decided with them (one reference, swapped)."""
+        self._policy = policy
+
     def on_reply(self, reply: TenantReply) -> None:
         request = request_from(reply)
         vm = self._hypervisor.find_vm(request.vm_uuid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
@@ -122,6 +122,13 @@ class Service:
     def reject(self) -> str:
         """The admin's `evacuator reject`: no evacuation; the host stays quarantined until healthy again."""
         return self._approvals.reject()
+
+    def reconfigure(self, *, window_policy: WindowPolicy, reply_policy: ReplyPolicy | None,
+                    evacuation: EvacuationPolicy) -> None:  # fmt: skip
+        """New policies (a reload): the next incident plans with them; an open one keeps its deadlines."""
+        self._config = replace(self._config, window_policy=window_policy, reply_policy=reply_policy,
+                               evacuation=evacuation)  # fmt: skip
+        self._approvals.reconfigure(evacuation)
 
     def awaiting_approval(self) -> Proposal | None:
         return self._approvals.awaiting()

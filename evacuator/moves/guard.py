@@ -98,6 +98,11 @@ class CloudGuard:
         self._lock = threading.Lock()  # one worker at a time checks the guards
         self._wake = threading.Event()
 
+    def reconfigure(self, policy: GuardPolicy, *, poll_seconds: float) -> None:
+        """New guard settings (a reload): the next check uses them; a held worker looks again at once."""
+        self._policy, self._poll_seconds = policy, poll_seconds
+        self._wake.set()
+
     def begin(self, *, failed: bool, on_hold: OnHold = _nobody) -> None:
         """An incident opened (or was resumed, or its host got worse: `failed` then jumps the queue)."""
         self._failed = failed

@@ -179,6 +179,7 @@ class VolumeReceiver:
             if not self._slots.acquire(blocking=False):
                 raise ChannelError("too many transfers at once")
             slot = True
+            log.debug("volume_receive_started", host=self._host, pool=ticket.pool, volume=ticket.volume)
             conn.settimeout(self._stall_timeout_seconds)
             began = time.monotonic()
             conn.sendall(GO)

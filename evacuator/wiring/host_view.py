@@ -116,15 +116,19 @@ def guard_state_for(settings: Settings, label: str) -> BrokerGuardState:
 def guard_for(settings: Settings, parts: HostViewParts, *, clock: Callable[[], datetime]) -> CloudGuard:
     """The blast-radius guards of this host's daemon over its host view; with guards.enabled false, only
     the cloud-wide pause holds (the permits are taken all the same, so `evacuator status` can count them)."""
+    return CloudGuard(host=settings.host.name, policy=guard_policy(settings),
+                      state=guard_state_for(settings, "guards"), view=parts.view,
+                      announce=parts.publisher.set_evacuating, clock=clock,
+                      poll_seconds=settings.guards.poll_seconds)  # fmt: skip
+
+
+def guard_policy(settings: Settings) -> GuardPolicy:
+    """The guards' limits; with guards.enabled false, limits that hold nothing back."""
     guards = settings.guards
-    policy = GuardPolicy(max_evacuating_share=1.0, min_free_share=0.0, min_start_spacing_seconds=0.0)
-    if guards.enabled:
-        policy = GuardPolicy(max_evacuating_share=guards.max_evacuating_share,
-                             min_free_share=guards.min_free_share,
-                             min_start_spacing_seconds=guards.min_start_spacing_seconds)  # fmt: skip
-    return CloudGuard(host=settings.host.name, policy=policy, state=guard_state_for(settings, "guards"),
-                      view=parts.view, announce=parts.publisher.set_evacuating, clock=clock,
-                      poll_seconds=guards.poll_seconds)  # fmt: skip
+    if not guards.enabled:
+        return GuardPolicy(max_evacuating_share=1.0, min_free_share=0.0, min_start_spacing_seconds=0.0)
+    return GuardPolicy(max_evacuating_share=guards.max_evacuating_share, min_free_share=guards.min_free_share,
+                       min_start_spacing_seconds=guards.min_start_spacing_seconds)  # fmt: skip
 
 
 def listener_for(settings: Settings, *, clock: Callable[[], datetime]) -> HostStateSubscriber:

@@ -36,6 +36,7 @@ class IncidentParts:
     publisher: OutboxPublisher
     consumer: ReplyConsumer
     ledger: IncidentLedger
+    desk: ReplyDesk  # its reply policy changes on a reload (wiring/reload.py)
 
 
 def incident_ledger_for(settings: Settings) -> IncidentLedger:
@@ -56,12 +57,7 @@ def build_incident(
         reconnect_initial_seconds=broker.reconnect_initial_seconds,
         reconnect_max_seconds=broker.reconnect_max_seconds,
     )  # fmt: skip
-    evacuation = settings.evacuation
-    reply_policy = ReplyPolicy(
-        max_postpone_seconds=settings.replies.max_postpone_seconds,
-        severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
-        max_window_seconds=evacuation.max_window_seconds,
-    )
+    replies = reply_policy(settings)
     ledger = incident_ledger_for(settings)
     notifier = TenantNotifier(
         publisher=publisher, host=host.name, replies_exchange=settings.broker.replies_exchange, clock=clock,
@@ -73,11 +69,8 @@ def build_incident(
         config=ServiceConfig(
             host=host.name,
             peers=tuple(p.name for p in settings.peers),
-            window_policy=WindowPolicy(
-                default_window_seconds=evacuation.default_window_seconds,
-                max_window_seconds=evacuation.max_window_seconds,
-            ),
-            reply_policy=reply_policy,
+            window_policy=window_policy(settings),
+            reply_policy=replies,
             evacuation=evacuation_policy(settings),
         ),
         hypervisor=hypervisor,
@@ -94,12 +87,25 @@ def build_incident(
     # `replies.rejections_per_minute` would replace the constant.
     desk = ReplyDesk(
         hypervisor=hypervisor, windows=service, ledger=ledger, notifier=notifier,
-        window_store=hypervisor, policy=reply_policy, clock=clock, rejection_limit=DEFAULT_REJECTION_LIMIT,
+        window_store=hypervisor, policy=replies, clock=clock, rejection_limit=DEFAULT_REJECTION_LIMIT,
     )  # fmt: skip
     consumer = ReplyConsumer(
         settings.broker, host=host.name, on_reply=desk.on_reply, on_rejected=desk.on_rejected
     )
-    return IncidentParts(service=service, publisher=publisher, consumer=consumer, ledger=ledger)
+    return IncidentParts(service=service, publisher=publisher, consumer=consumer, ledger=ledger, desk=desk)
+
+
+def window_policy(settings: Settings) -> WindowPolicy:
+    evacuation = settings.evacuation
+    return WindowPolicy(default_window_seconds=evacuation.default_window_seconds,
+                        max_window_seconds=evacuation.max_window_seconds)  # fmt: skip
+
+
+def reply_policy(settings: Settings) -> ReplyPolicy:
+    """The caps on tenants' postpones; the longest window is the admin's, from evacuation."""
+    return ReplyPolicy(max_postpone_seconds=settings.replies.max_postpone_seconds,
+                       severe_hard_limit_seconds=settings.replies.severe_hard_limit_seconds,
+                       max_window_seconds=settings.evacuation.max_window_seconds)  # fmt: skip
 
 
 def evacuation_policy(settings: Settings) -> EvacuationPolicy:

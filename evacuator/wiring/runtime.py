@@ -21,6 +21,7 @@ from evacuator.wiring.host_view import HostViewParts, guard_for, host_view_for, 
 from evacuator.wiring.incident import build_incident
 from evacuator.wiring.moves import build_engine
 from evacuator.wiring.peers import peer_services
+from evacuator.wiring.reload import PolicyHolders
 from monitors.detector import Detector
 from monitors.sources import SourcePoller, build_sources, require_working_source
 from monitors.verdicts import HostVerdict
@@ -50,6 +51,7 @@ class Runtime:
     host_view: HostViewParts
     admin: AdminStore
     clock: Callable[[], datetime]
+    policies: PolicyHolders  # what a reload (SIGHUP) changes
 
     def start(self) -> None:
         # A daemon that can read no sensor at all would report "unknown" forever: refuse to start instead,
@@ -146,10 +148,11 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     guard = guard_for(settings, host_view, clock=clock) if settings.placement.use_host_view else None
     engine = build_engine(settings, hypervisor, clock=clock, view=host_view.view, gate=guard)
     incident = build_incident(settings, hypervisor, engine, clock=clock, guard=guard)
+    detector = Detector(settings.monitors.to_policy())
     return Runtime(
         settings=settings,
         service=incident.service,
-        detector=Detector(settings.monitors.to_policy()),
+        detector=detector,
         poller=SourcePoller(build_sources(settings.monitors)),
         hypervisor=hypervisor,
         publisher=incident.publisher,
@@ -159,4 +162,5 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         host_view=host_view,
         admin=admin_store_for(settings),
         clock=clock,
+        policies=PolicyHolders(detector=detector, service=incident.service, desk=incident.desk, guard=guard),
     )

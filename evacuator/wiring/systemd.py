@@ -1,5 +1,5 @@
 """systemd's notify protocol (sd_notify(3)): READY=1 once the daemon serves, STATUS= lines, WATCHDOG=1 from
-the poll loop, STOPPING=1 on the way out.
+the poll loop, RELOADING=1 then READY=1 around a reload, STOPPING=1 on the way out.
 
 The protocol is a few documented lines (one datagram per message, to the AF_UNIX socket named by
 $NOTIFY_SOCKET, '@' meaning the abstract namespace), so it is written here rather than pulled in. Without
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import structlog
@@ -52,6 +53,11 @@ class SystemdNotifier:
         """The poll loop is alive; systemd restarts the daemon when these stop for WatchdogSec."""
         if self.watchdog_interval_seconds is not None:
             self._send("WATCHDOG=1")
+
+    def reloading(self, status: str) -> None:
+        """A reload begins (SIGHUP); READY=1 says it ended. MONOTONIC_USEC is the time the reload began,
+        which systemd 253 and later ask for, to tell this reload from one it requested earlier."""
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS={status}")
 
     def stopping(self, status: str) -> None:
         self._send(f"STOPPING=1\nSTATUS={status}")

@@ -54,6 +54,17 @@ def _scrape(url: str) -> dict[str, float]:
     }
 
 
+def _scrape_until(
+    url: str, settled: Callable[[dict[str, float]], bool], timeout_seconds: float
+) -> dict[str, float]:
+    """/metrics once `settled` holds of it (the last notices may still be on their way to the broker)."""
+    deadline = time.monotonic() + timeout_seconds
+    while not settled(scraped := _scrape(url)):
+        assert time.monotonic() < deadline, scraped
+        time.sleep(0.2)
+    return scraped
+
+
 def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
 
@@ -187,6 +198,14 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     assert after['evacuator_notices_total{fate="confirmed",notice_type="vm_evacuated"}'] == 2.0
     assert after['evacuator_replies_total{outcome="refused",reason="not_owner"}'] == 1.0
     assert after['evacuator_move_step_duration_seconds_count{step="copy_disks"}'] == 2.0
+    # Each notice's latency from the outbox to the broker's confirm; the sensor against its threshold.
+    assert after['evacuator_notice_confirm_seconds_count{notice_type="evacuation_scheduled"}'] == 1.0
+    assert after['evacuator_notice_confirm_seconds_count{notice_type="vm_evacuated"}'] == 2.0
+    readings = {k: v for k, v in after.items() if k.startswith("evacuator_temperature_")}
+    assert 97.0 in readings.values() and 90.0 in readings.values(), readings
+    # Nothing left in flight once every move ended: no disk copy, no notice waiting in the outbox.
+    settled = _scrape_until(metrics_url, lambda m: m["evacuator_outbox_notices"] == 0.0, 10)
+    assert settled['evacuator_transfers_in_flight{direction="outgoing"}'] == 0.0
 
     _report_timings(log, heated_at, received_at, uuids)
     print(f"daemon memory: {daemon_memory(log)}")

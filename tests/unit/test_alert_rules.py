@@ -20,7 +20,7 @@ def test_promtool_accepts_the_rules() -> None:
     done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True,
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
 
 
 def test_every_metric_the_rules_name_is_exported() -> None:

@@ -127,3 +127,76 @@ def test_served_text_holds_the_counters() -> None:
     finally:
         stop()
     assert "evacuator_incidents_total 1.0" in text
+
+
+@pytest.mark.parametrize(
+    ("events", "metric", "labels", "expected"),
+    [
+        pytest.param([("notice_stored", {"event_id": "e1", "outbox_depth": 3})], "evacuator_outbox_notices",
+                     {}, 3, id="depth-when-stored"),
+        pytest.param([("notice_stored", {"event_id": "e1", "outbox_depth": 3}),
+                      ("notice_delivered", {"event_id": "e1", "outbox_depth": 0})],
+                     "evacuator_outbox_notices", {}, 0, id="depth-when-delivered"),
+        pytest.param([("outbox_backlog_found", {"notice_count": 7})], "evacuator_outbox_notices", {}, 7,
+                     id="backlog-of-an-earlier-run"),
+        pytest.param([("move_step_started", {"vm_uuid": "a", "step": "copy_disks"}),
+                      ("move_step_started", {"vm_uuid": "b", "step": "copy_disks"}),
+                      ("move_step_started", {"vm_uuid": "c", "step": "quiesce"})],
+                     "evacuator_transfers_in_flight", {"direction": "outgoing"}, 2, id="two-copying"),
+        pytest.param([("move_step_started", {"vm_uuid": "a", "step": "copy_disks"}),
+                      ("move_step_finished", {"vm_uuid": "a", "step": "copy_disks", "seconds": 1.0})],
+                     "evacuator_transfers_in_flight", {"direction": "outgoing"}, 0, id="copied"),
+        pytest.param([("move_step_started", {"vm_uuid": "a", "step": "copy_disks"}),
+                      ("move_failed", {"vm_uuid": "a", "error": "x"})],
+                     "evacuator_transfers_in_flight", {"direction": "outgoing"}, 0, id="failed-mid-copy"),
+        pytest.param([("move_step_failed", {"vm_uuid": "a", "step": "copy_disks"})],
+                     "evacuator_transfers_in_flight", {"direction": "outgoing"}, 0, id="end-without-start"),
+        pytest.param([("volume_receive_started", {"pool": "p", "volume": "v1"}),
+                      ("volume_receive_started", {"pool": "p", "volume": "v2"}),
+                      ("volume_received", {"pool": "p", "volume": "v1"})],
+                     "evacuator_transfers_in_flight", {"direction": "incoming"}, 1, id="receiving"),
+        pytest.param([("volume_receive_started", {"pool": "p", "volume": "v1"}),
+                      ("volume_receive_failed", {"pool": "p", "volume": "v1"})],
+                     "evacuator_transfers_in_flight", {"direction": "incoming"}, 0, id="receive-failed"),
+        pytest.param([("settings_reloaded", {"applied": []})], "evacuator_settings_reloads_total",
+                     {"outcome": "applied"}, 1, id="reloaded"),
+        pytest.param([("reload_refused", {"error": "x"})], "evacuator_settings_reloads_total",
+                     {"outcome": "refused"}, 1, id="reload-refused"),
+        pytest.param([("outbox_backlog_found", {})], "evacuator_outbox_notices", {}, 0,
+                     id="malformed-event-skipped"),
+    ],
+)  # fmt: skip
+def test_gauges_follow_what_is_in_flight(
+    events: list[tuple[str, dict[str, object]]], metric: str, labels: dict[str, str], expected: float
+) -> None:
+    metrics = EventMetrics()
+    for event, context in events:
+        _emit(metrics, event, **context)
+    assert _value(metrics, metric, **labels) == expected
+
+
+def test_confirm_latency_runs_from_stored_to_delivered_for_this_runs_notices() -> None:
+    now = [100.0]
+    metrics = EventMetrics(clock=lambda: now[0])
+    _emit(metrics, "notice_stored", event_id="e1", notice_type="evacuation_scheduled", outbox_depth=1)
+    now[0] += 0.25
+    _emit(metrics, "notice_delivered", event_id="e1", notice_type="evacuation_scheduled", outbox_depth=0)
+    _emit(metrics, "notice_delivered", event_id="from-an-earlier-run", notice_type="evacuation_scheduled")
+    labels = {"notice_type": "evacuation_scheduled"}
+    assert _value(metrics, "evacuator_notice_confirm_seconds_count", **labels) == 1
+    assert _value(metrics, "evacuator_notice_confirm_seconds_sum", **labels) == 0.25
+
+
+def test_readings_are_replaced_whole_at_every_poll() -> None:
+    metrics = EventMetrics()
+    hot = {"source": "hwmon", "sensor": "coretemp/temp1", "celsius": 97.0, "threshold_celsius": 90.0}
+    dimm = {"source": "edac", "location": "DIMM_A1", "kind": "corrected", "errors": 4, "threshold": 10}
+    _emit(metrics, "sensor_readings", temperatures=[hot], memory_errors=[dimm])
+    sensor = {"source": "hwmon", "sensor": "coretemp/temp1"}
+    assert _value(metrics, "evacuator_temperature_celsius", **sensor) == 97
+    assert _value(metrics, "evacuator_temperature_threshold_celsius", **sensor) == 90
+    location = {"source": "edac", "location": "DIMM_A1", "kind": "corrected"}
+    assert _value(metrics, "evacuator_memory_errors", **location) == 4
+    assert _value(metrics, "evacuator_memory_errors_threshold", kind="corrected") == 10
+    _emit(metrics, "sensor_readings", temperatures=[], memory_errors=[])
+    assert metrics.registry.get_sample_value("evacuator_temperature_celsius", sensor) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def test_each_message_is_one_datagram_in_the_protocols_words(listener: tuple[soc
     assert [sock.recv(4096).decode() for _ in range(4)] == [
         "STATUS=connecting", "READY=1\nSTATUS=watching hv-01", "WATCHDOG=1", "STOPPING=1\nSTATUS=stopping",
     ]  # fmt: skip
+
+
+def test_a_reload_says_reloading_and_when_it_began(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    before_usec = time.monotonic_ns() // 1000
+    SystemdNotifier.from_environment({"NOTIFY_SOCKET": path}).reloading("reloading the settings")
+    first, stamp, status = sock.recv(4096).decode().split("\n")
+    after_usec = time.monotonic_ns() // 1000
+    assert (first, status) == ("RELOADING=1", "STATUS=reloading the settings")
+    name, _, value = stamp.partition("=")
+    assert name == "MONOTONIC_USEC" and before_usec <= int(value) <= after_usec
 
 
 def test_an_abstract_socket_is_reached_by_its_at_sign_name() -> None:
