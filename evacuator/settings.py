@@ -239,6 +239,17 @@ class GuardSettings(_Strict):
     poll_seconds: float = Field(default=0.5, gt=0, le=60)
 
 
+class ReturnToServiceSettings(_Strict):
+    """A sick host that recovers (README, "Return to service"): once its detector's hold-down has passed
+    (monitors.hold_down_seconds) it is healthy, a destination again, and optionally given back its VMs."""
+
+    # true: once in service again (healthy, not drained), this host asks for the VMs evacuated or drained
+    # from it before then; each host running one offers it back through the tenant contract (notice, window,
+    # ready or postpone) under the guards, once. Off by default: a move back is one more shutdown for the
+    # tenant.
+    move_back: bool = False
+
+
 class ReplyPolicySettings(_Strict):
     """What tenants' replies may ask for: caps on postponing (the longest window is evacuation's cap)."""
 
@@ -275,9 +286,17 @@ class Settings(_Strict):
     host_view: HostViewSettings = Field(default_factory=HostViewSettings)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     guards: GuardSettings = Field(default_factory=GuardSettings)
+    return_to_service: ReturnToServiceSettings = Field(default_factory=ReturnToServiceSettings)
     state_dir: Path = Path("/var/lib/evacuator")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _move_back_is_heard(self) -> Settings:
+        if self.return_to_service.move_back and not self.placement.use_host_view:
+            raise ValueError("return_to_service.move_back needs placement.use_host_view: a host asks for its "
+                             "VMs back on the host view")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _scope_is_complete(self) -> Settings:

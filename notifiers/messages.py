@@ -91,7 +91,8 @@ class EvacuationScheduled(_Notice):
     severity: WireSeverity = Field(
         description="How sick the host is (severe, failed; moderate is not sent: it only quarantines), or "
         "maintenance: an admin drains a healthy host (evacuator drain), and the one reason, with source "
-        "maintenance, says why in its message."
+        "maintenance, says why in its message; or the VMs go back to the host they were evacuated from, now "
+        "in service again (the one reason has source maintenance and sensor move_back)."
     )
     reasons: tuple[Reason, ...]
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)

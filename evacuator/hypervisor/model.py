@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.facts import NAMESPACE_URI, ROOT_ELEMENT, VmFacts, facts_from_element
+from evacuator.hypervisor.origin import Origin, find_origin
 from evacuator.transfer.chunks import Chunk
 
 
@@ -54,6 +55,7 @@ class VmDefinition:
     # What the guest was given (`<memory>`, `<vcpu>`): what a destination must have room for.
     memory_bytes: int = 0
     vcpus: int = 0
+    origin: Origin | None = None  # the host it was evacuated from (hypervisor/origin.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +68,7 @@ class VmInfo:
     macs: tuple[str, ...]
     volumes: tuple[VolumeRef, ...]
     facts: VmFacts
+    origin: Origin | None = None  # the host it was evacuated from (hypervisor/origin.py)
 
 
 def is_active(vm: VmInfo | None) -> bool:
@@ -117,6 +120,11 @@ class Hypervisor(Protocol):
         ...
 
     def undefine_vm(self, uuid: str) -> None: ...
+
+    def set_origin(self, uuid: str, origin: Origin | None) -> None:
+        """Records where the VM was evacuated from in its definition (and its running domain), or removes
+        that record (None)."""
+        ...
 
     def find_volume(self, pool: str, volume: str) -> VolumeInfo | None: ...
 
@@ -206,7 +214,8 @@ def parse_definition(xml: str) -> VmDefinition:
     element = root.find(f"./metadata/{{{NAMESPACE_URI}}}{ROOT_ELEMENT}")
     facts = VmFacts() if element is None else facts_from_element(element)
     return VmDefinition(uuid=uuid, name=name, macs=macs, volumes=volumes, facts=facts,
-                        memory_bytes=_memory_bytes(root), vcpus=_int_text(root.findtext("vcpu"), "vcpu"))
+                        memory_bytes=_memory_bytes(root), vcpus=_int_text(root.findtext("vcpu"), "vcpu"),
+                        origin=find_origin(root))  # fmt: skip
 
 
 # libvirt's memory units (domain XML "unit" attribute); without one it means KiB.

@@ -40,8 +40,11 @@ CREATE TABLE IF NOT EXISTS scheduled_vms (
     PRIMARY KEY (incident_id, vm_uuid)
 );
 """
+# Added after the first version: a ledger an older version wrote gets it when opened (NULL in its rows).
+_ADDED_VM_COLUMNS = {"return_to": "TEXT"}
 _VM_COLUMNS = ("v.vm_uuid, v.tenant, v.vm_name, v.planned_deadline, v.deadline, v.latest_deadline, "
-               "v.postponed_seconds, v.outcome, n.event_id, i.severity, i.opened_at, i.incident_id")
+               "v.postponed_seconds, v.outcome, n.event_id, i.severity, i.opened_at, i.incident_id, "
+               "v.return_to")
 _VM_FROM = ("scheduled_vms v JOIN incidents i ON i.incident_id = v.incident_id "
             "LEFT JOIN tenant_notices n ON n.incident_id = v.incident_id AND n.tenant = v.tenant")
 
@@ -71,6 +74,7 @@ class LedgerVm:
     tenant: str | None
     deadline: datetime
     latest_deadline: datetime | None
+    return_to: str | None = None  # a move back's one destination
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +93,7 @@ class ScheduledRecord:
     latest_deadline: datetime | None
     postponed_seconds: int
     outcome: str | None  # "moved" or "failed" once the move ended
+    return_to: str | None = None  # a move back's one destination
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +120,10 @@ class IncidentLedger:
             # FULL: a tenant may act on what it was told right after; that must survive a power cut too.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(scheduled_vms)")}
+            for name, kind in _ADDED_VM_COLUMNS.items():
+                if name not in present:  # one daemon owns the ledger: no other writer races this
+                    self._db.execute(f"ALTER TABLE scheduled_vms ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise JournalError(f"{self._name}: cannot open the incident ledger: {exc}") from exc
 
@@ -143,9 +152,9 @@ class IncidentLedger:
             *(("INSERT INTO tenant_notices (incident_id, tenant, event_id) VALUES (?, ?, ?)",
                (incident.incident_id, tenant, event_id)) for tenant, event_id in sorted(event_ids.items())),
             *(("INSERT INTO scheduled_vms (incident_id, vm_uuid, tenant, vm_name, planned_deadline, "
-               "deadline, latest_deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               "deadline, latest_deadline, return_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                (incident.incident_id, vm.vm_uuid, vm.tenant, vm.vm_name, vm.deadline.isoformat(),
-                vm.deadline.isoformat(), _text(vm.latest_deadline))) for vm in vms),
+                vm.deadline.isoformat(), _text(vm.latest_deadline), vm.return_to)) for vm in vms),
         ])  # fmt: skip
 
     def open_incident(self) -> Incident | None:
@@ -257,11 +266,11 @@ def _at(text: str | None) -> datetime | None:
 
 def _record(row: tuple[Any, ...]) -> ScheduledRecord:
     (vm_uuid, tenant, vm_name, planned, deadline, latest, postponed, outcome, event_id, severity, opened_at,
-     incident_id) = row
+     incident_id, return_to) = row
     return ScheduledRecord(
         incident_id=incident_id, vm_uuid=vm_uuid, event_id=event_id, tenant=tenant, vm_name=vm_name,
         severity=Severity(severity), opened_at=datetime.fromisoformat(opened_at),
         planned_deadline=datetime.fromisoformat(planned), deadline=datetime.fromisoformat(deadline),
-        latest_deadline=_at(latest), postponed_seconds=int(postponed), outcome=outcome,
+        latest_deadline=_at(latest), postponed_seconds=int(postponed), outcome=outcome, return_to=return_to,
     )
 

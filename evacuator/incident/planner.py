@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +24,7 @@ class PlannedMove:
     tenant: str | None
     window_seconds: int
     deadline: datetime
+    return_to: str | None = None  # a move back: the one host it goes to
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +54,10 @@ def _movable(vm: VmInfo) -> bool:
     return vm.state is not VmState.OTHER
 
 
-def plan_evacuation(vms: Sequence[VmInfo], policy: WindowPolicy, now: datetime) -> Plan:
-    """Every movable VM gets a deadline; tenants are told about their own VMs only, in a stable order."""
+def plan_evacuation(vms: Sequence[VmInfo], policy: WindowPolicy, now: datetime,
+                    returns: Mapping[str, str] | None = None) -> Plan:  # fmt: skip
+    """Every movable VM gets a deadline; tenants are told about their own VMs only, in a stable order.
+    With `returns` (VM uuid -> the host it goes back to), only those VMs move, each to its host."""
     moves = tuple(
         PlannedMove(
             vm_uuid=vm.uuid,
@@ -62,9 +65,10 @@ def plan_evacuation(vms: Sequence[VmInfo], policy: WindowPolicy, now: datetime) 
             tenant=vm.facts.tenant,
             window_seconds=window_for(vm, policy),
             deadline=now + timedelta(seconds=window_for(vm, policy)),
+            return_to=None if returns is None else returns[vm.uuid],
         )
         for vm in sorted(vms, key=lambda v: (v.name, v.uuid))
-        if _movable(vm)
+        if _movable(vm) and (returns is None or vm.uuid in returns)
     )
     tenants = sorted({m.tenant for m in moves if m.tenant is not None})
     notices = tuple(TenantNotice(tenant=t, moves=tuple(m for m in moves if m.tenant == t)) for t in tenants)

@@ -7,17 +7,17 @@ and tells nobody anything twice (docs/moves.md, "Restarts").
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
 
 from evacuator.hypervisor.model import Hypervisor
-from evacuator.incident.admin import MAINTENANCE_SOURCE
 from evacuator.incident.approval import Approvals, Decision, EvacuationPolicy, Proposal
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
 from evacuator.incident.notices_told import IncidentNotices, log_confirm
+from evacuator.incident.planned import drain_verdict, return_verdict, windows_for
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
@@ -25,7 +25,7 @@ from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
 from evacuator.moves.state import PENDING, MoveRecord, MoveState, Phase
 from evacuator.placement.guards import Hold
-from monitors.verdicts import HostVerdict, Reason, Severity
+from monitors.verdicts import HostVerdict, Severity
 from notifiers.wire import new_event_id
 
 log = structlog.get_logger(__name__)
@@ -109,7 +109,10 @@ class Service:
             self._withheld = None if decision is Decision.EVACUATE else decision
         elif verdict.severity is Severity.FAILED and self._incident is not None:
             self._guard.begin(failed=True, on_hold=self._held)  # failed now: never held back any more
-        elif verdict.severity is Severity.HEALTHY and self._incident is not None and not self.busy():
+        elif self._incident is not None and not self.busy() and (verdict.severity is Severity.HEALTHY
+                                                                 or self._incident.planned):
+            # A planned incident (a drain, a move back) ends with its moves whatever the verdict: a host
+            # that fell sick meanwhile then opens its own incident for what is left, at the next poll.
             self._ledger.close_incident(self._incident.incident_id, self._clock())
             log.info("incident_closed", host=self._config.host, incident_id=self._incident.incident_id)
             self._incident = None
@@ -141,29 +144,29 @@ class Service:
         if self._incident is not None:
             return (f"refused: an evacuation is under way already (incident {self._incident.incident_id}, "
                     f"{self._incident.severity})"), self._incident.incident_id  # fmt: skip
-        now = self._clock()
-        cause = Reason(source=MAINTENANCE_SOURCE, sensor="drain", value=None, threshold=None, unit="",
-                       message=reason[:1024] or "planned maintenance")  # fmt: skip
-        self._open_incident(HostVerdict(severity=Severity.SEVERE, reasons=(cause,), at=now),
-                            window_seconds=window_seconds)  # fmt: skip
+        self._open_incident(drain_verdict(reason, self._clock()), window_seconds=window_seconds)
         incident = self._incident
         return "accepted", None if incident is None else incident.incident_id
+
+    def offer_returns(self, returns: Mapping[str, str]) -> str | None:
+        """Moves VMs back to the hosts they were evacuated from, now in service again (`returns`: VM uuid ->
+        host; return_to_service.move_back): a planned incident like a drain's, for those VMs only, each
+        bound to its host, through the same contract (notice with severity `maintenance` and a `move_back`
+        reason, the VM's window, ready and postpone). The incident's id; None while another is open."""
+        if self._incident is not None or not returns:
+            return None
+        self._open_incident(return_verdict(returns, self._clock()), returns=returns)
+        return None if self._incident is None else self._incident.incident_id
 
     def draining(self) -> bool:
         """A drain's incident is open: its moves are pending or running."""
         return self._incident is not None and self._incident.planned
 
-    def _open_incident(self, verdict: HostVerdict, *, window_seconds: int | None = None) -> None:
+    def _open_incident(self, verdict: HostVerdict, *, window_seconds: int | None = None,
+                       returns: Mapping[str, str] | None = None) -> None:  # fmt: skip
         now = self._clock()
-        policy = self._config.window_policy
-        if window_seconds is not None:
-            policy = WindowPolicy(default_window_seconds=min(window_seconds, policy.max_window_seconds),
-                                  max_window_seconds=policy.max_window_seconds)  # fmt: skip
-        if verdict.severity is Severity.FAILED:
-            policy = WindowPolicy(
-                default_window_seconds=0, max_window_seconds=policy.max_window_seconds, immediate=True
-            )
-        plan = plan_evacuation(self._hypervisor.list_vms(), policy, now)
+        policy = windows_for(self._config.window_policy, verdict.severity, window_seconds)
+        plan = plan_evacuation(self._hypervisor.list_vms(), policy, now, returns)
         log.info("evacuation_planned", host=self._config.host, vm_count=len(plan.moves))
         incident = Incident(incident_id=str(uuid.uuid4()), severity=verdict.severity,
                             reasons=verdict.reasons, opened_at=now)
@@ -172,7 +175,8 @@ class Service:
         self._ledger.open(
             incident,
             [LedgerVm(vm_uuid=m.vm_uuid, vm_name=m.vm_name, tenant=m.tenant, deadline=m.deadline,
-                      latest_deadline=self._latest(m, verdict.severity, now)) for m in plan.moves],
+                      latest_deadline=self._latest(m, verdict.severity, now), return_to=m.return_to)
+             for m in plan.moves],
             {notice.tenant: new_event_id() for notice in plan.notices},
         )  # fmt: skip
         self._incident = incident

@@ -14,6 +14,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from evacuator.errors import EvacuatorError, HypervisorError, MigrationError
 from evacuator.hypervisor.model import Hypervisor, VmInfo, is_active
+from evacuator.hypervisor.origin import Origin
 from evacuator.migrate.factory import Migrators
 from evacuator.migrate.steps import StepEvent, StepPhase, TransferSlot, TryTransferSlot
 from evacuator.moves.destinations import Destinations, Nowhere, StaticPeers
@@ -136,6 +137,16 @@ class Attempts:
         record = self.journal.advance(record, state, phase, event.at, step=str(event.step), error=event.error)
         self._crash_point(str(event.step), phase)
         return record
+
+    def record_origin(self, dest: Hypervisor, record: MoveRecord) -> None:
+        """Writes on the destination where the VM came from (this host, now), for a later move back; a move
+        back removes it instead. Before the move is journaled done, so a restart in between writes it again.
+        A failure only means the VM will not be offered back: it never fails a move whose VM runs there."""
+        origin = None if record.return_to else Origin(host=self.config.host, left_at=self.clock())
+        try:
+            dest.set_origin(record.vm_uuid, origin)
+        except HypervisorError as exc:
+            log.warning("vm_origin_unrecorded", vm_uuid=record.vm_uuid, destination=dest.name, error=str(exc))
 
     def done(self, record: MoveRecord, destination: str, *, bytes_copied: int | None = None) -> MoveRecord:
         """Journals the move done; `bytes_copied` (what the last attempt wrote there) goes to its history."""

@@ -105,7 +105,8 @@ class CloudDestinations:
         self._open_host = open_host
         self._clock = clock
 
-    def choose(self, records: Sequence[MoveRecord], tried: Collection[str]) -> Choice:
+    def choose(self, records: Sequence[MoveRecord], tried: Collection[str], *,
+               only: str | None = None) -> Choice:  # fmt: skip
         uuids = [r.vm_uuid for r in records]
         try:
             demands = self._demands(records)
@@ -114,6 +115,8 @@ class CloudDestinations:
                                                         f"{exc}"[:500])  # fmt: skip
         ruled_out = set(tried)
         told: dict[str, HostState] = {}  # hosts as their refusals described them
+        if only is not None:  # a move back: its origin, if placement and that host's daemon agree, or nowhere
+            ruled_out |= {h.name for h in self._view.hosts(self._clock()) if h.name != only}
         while True:
             choice = self._plan(demands, ruled_out, told)
             if isinstance(choice, Nowhere):

@@ -63,8 +63,10 @@ Choice = Held | Nowhere
 class Destinations(Protocol):
     """Chooses where one VM, or one consistency group (all its records together), goes."""
 
-    def choose(self, records: Sequence[MoveRecord], tried: Collection[str]) -> Choice:
-        """A destination that is none of `tried`, held; or Nowhere."""
+    def choose(self, records: Sequence[MoveRecord], tried: Collection[str], *,
+               only: str | None = None) -> Choice:  # fmt: skip
+        """A destination that is none of `tried`, held; or Nowhere. `only`: that host or none (a move
+        back)."""
         ...
 
     def resume(self, records: Sequence[MoveRecord], host: str) -> Held:
@@ -79,7 +81,11 @@ class StaticPeers:
     def __init__(self, peers: Sequence[str]) -> None:
         self._peers = tuple(peers)
 
-    def choose(self, records: Sequence[MoveRecord], tried: Collection[str]) -> Choice:
+    def choose(self, records: Sequence[MoveRecord], tried: Collection[str], *,
+               only: str | None = None) -> Choice:  # fmt: skip
+        if only is not None:  # a move back goes to its origin, listed or not (trusted as a host of the cloud)
+            return Held(host=only) if only not in tried else Nowhere(reason=NO_PEER_LEFT,
+                                                                     detail=f"{only} was tried")  # fmt: skip
         peer = next((p for p in self._peers if p not in tried), None)
         if peer is None:
             detail = "every configured peer was tried" if tried else "no destination host is configured"

@@ -57,6 +57,10 @@ class Planned(Protocol):
     def tenant(self) -> str | None: ...
     @property
     def deadline(self) -> datetime: ...
+    @property
+    def return_to(self) -> str | None:
+        """A move back's one destination (the VM's origin); None: wherever placement says."""
+        ...
 
 
 class MoveEngine:
@@ -150,7 +154,7 @@ class MoveEngine:
                 start_on_destination=None, may_restart_on_source=may_restart_on_source,
                 deadline=move.deadline, attempt=0 if current is None else current.attempt + 1, error=None,
                 updated_at=self._clock(), group=facts.group, boot_order=facts.boot_order or 0,
-                priority=facts.priority or 0,
+                priority=facts.priority or 0, return_to=move.return_to,
             ))  # fmt: skip
 
     def mark(self, vm_uuid: str, state: MoveState) -> None:
@@ -208,7 +212,9 @@ class MoveEngine:
                 key=key, members=tuple(m.vm_uuid for m in members),
                 priority=max(m.priority for m in members),
                 seq=next(self._seq),
-                destination=next((m.destination for m in members if m.destination), None),
+                # A move back goes to its origin only: counted there against the incoming cap.
+                destination=next((m.destination or m.return_to for m in members
+                                  if m.destination or m.return_to), None),
             )  # fmt: skip
             self._changed.notify_all()
 
@@ -247,7 +253,7 @@ class MoveEngine:
         records = [r for r in found if r is not None and r.state not in TERMINAL]
         # The destination is journaled before anything moves, so a restart resumes toward the same host (a
         # runner that chooses its own journals it in its first step's intent).
-        records = [r if r.destination or destination is None else
+        records = [r if r.destination or destination is None or r.return_to else
                    self._journal.advance(r, r.state, r.phase, self._clock(), destination=destination)
                    for r in records]  # fmt: skip
         if not records:

@@ -36,8 +36,10 @@ class GroupRunner:
         group = records[0].group
         ordered = boot_ordered(records)
         journaled = next((r.destination for r in ordered if r.destination), None)
+        # A group moves back only as a whole, to one origin (the first member's: they left together).
+        back = next((r.return_to for r in ordered if r.return_to), None)
         choice = (attempts.destinations.resume(ordered, journaled) if journaled
-                  else attempts.destinations.choose(ordered, ()))  # fmt: skip
+                  else attempts.destinations.choose(ordered, (), only=back))  # fmt: skip
         if isinstance(choice, Nowhere):
             for record in ordered:
                 attempts.fail_unplaced(record, outcomes, choice)
@@ -86,6 +88,8 @@ class GroupRunner:
                     report = cold.move(uuid, start_on_destination=records[uuid].start_on_destination,
                                        steps=phase)
                     copied[uuid] += report.bytes_copied
+            for uuid in uuids:
+                attempts.record_origin(dest, records[uuid])
             return [attempts.done(records[uuid], destination, bytes_copied=copied[uuid]) for uuid in uuids]
 
     def _roll_back_group(

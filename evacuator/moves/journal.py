@@ -32,9 +32,13 @@ CREATE TABLE IF NOT EXISTS move_history (
 _ADDED_HISTORY_COLUMNS = {"start_on_destination": "INTEGER", "bytes_copied": "INTEGER"}
 _HISTORY_COLUMNS = ("vm_uuid", "state", "phase", "step", "destination", "error", "at",
                     *_ADDED_HISTORY_COLUMNS)
+# The same for the moves' records: `return_to`, a move back's one destination (issue 20).
+_ADDED_MOVE_COLUMNS = {"return_to": "TEXT"}
+_ADDED_COLUMNS = {"move_history": _ADDED_HISTORY_COLUMNS, "moves": _ADDED_MOVE_COLUMNS}
 _COLUMNS = (
     "vm_uuid", "vm_name", "tenant", "source", "destination", "state", "phase", "step", "start_on_destination",
     "may_restart_on_source", "deadline", "attempt", "error", "updated_at", "grp", "boot_order", "priority",
+    *_ADDED_MOVE_COLUMNS,
 )
 
 
@@ -51,7 +55,7 @@ class Journal:
             # survive a power cut as well as a killed process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            _add_history_columns(self._db)
+            _add_columns(self._db)
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the move journal: {exc}") from exc
         self._path = path
@@ -153,24 +157,27 @@ def _record(row: tuple[Any, ...]) -> MoveRecord:
         deadline=None if values["deadline"] is None else datetime.fromisoformat(values["deadline"]),
         attempt=int(values["attempt"]), error=values["error"],
         updated_at=datetime.fromisoformat(values["updated_at"]), group=values["grp"],
-        boot_order=int(values["boot_order"]), priority=int(values["priority"]),
+        boot_order=int(values["boot_order"]), priority=int(values["priority"]), return_to=values["return_to"],
     )
 
 
-def _add_history_columns(db: sqlite3.Connection) -> None:
-    """Gives a file an older version wrote the history columns added since (once: a second process opening
-    the same file at the same time finds them inside its own transaction)."""
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Gives a file an older version wrote the columns added since (once: a second process opening the same
+    file at the same time finds them inside its own transaction)."""
 
-    def missing() -> list[str]:
-        present = {row[1] for row in db.execute("PRAGMA table_info(move_history)")}
-        return [name for name in _ADDED_HISTORY_COLUMNS if name not in present]
+    def missing() -> list[tuple[str, str]]:
+        found = []
+        for table, added in _ADDED_COLUMNS.items():
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            found += [(table, name) for name in added if name not in present]
+        return found
 
     if not missing():
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        for name in missing():
-            db.execute(f"ALTER TABLE move_history ADD COLUMN {name} {_ADDED_HISTORY_COLUMNS[name]}")
+        for table, name in missing():
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {_ADDED_COLUMNS[table][name]}")
         db.execute("COMMIT")
     except sqlite3.Error:
         db.execute("ROLLBACK")
@@ -212,9 +219,9 @@ def read_journal(path: Path) -> JournalContents:
         raise JournalError(f"{path}: cannot open the move journal: {exc}") from exc
     try:
         db.execute("BEGIN")  # one read transaction: the records and the history of the same moment
-        present = {row[1] for row in db.execute("PRAGMA table_info(move_history)")}
-        wanted = ", ".join(c if c in present else f"NULL AS {c}" for c in _HISTORY_COLUMNS)
-        moves = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM moves ORDER BY updated_at, vm_uuid")
+        wanted = _present(db, "move_history", _HISTORY_COLUMNS)
+        columns = _present(db, "moves", _COLUMNS)
+        moves = db.execute(f"SELECT {columns} FROM moves ORDER BY updated_at, vm_uuid")
         records = moves.fetchall()
         rows = db.execute(f"SELECT {wanted} FROM move_history ORDER BY id").fetchall()
         db.execute("COMMIT")
@@ -224,6 +231,12 @@ def read_journal(path: Path) -> JournalContents:
         db.close()
     return JournalContents(records=tuple(_record(row) for row in records),
                            entries=tuple(_entry(row) for row in rows))
+
+
+def _present(db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> str:
+    """The columns to select from a file that may predate some: NULL for those it lacks."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    return ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
 
 
 def _entry(row: tuple[Any, ...]) -> HistoryEntry:

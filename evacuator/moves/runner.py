@@ -31,7 +31,7 @@ class MoveRunner:
         tried: list[str] = []
         destinations = attempts.destinations
         choice = (destinations.resume([record], record.destination) if record.destination
-                  else destinations.choose([record], tried))  # fmt: skip
+                  else destinations.choose([record], tried, only=record.return_to))  # fmt: skip
         while True:
             if isinstance(choice, Nowhere):
                 attempts.fail_unplaced(record, outcomes, choice)
@@ -51,7 +51,7 @@ class MoveRunner:
                     return
                 # Chosen (and held) before rolling back: only when no other host will be tried may the VM
                 # restart on its source.
-                choice = destinations.choose([record], tried)
+                choice = destinations.choose([record], tried, only=record.return_to)
                 last_try = isinstance(choice, Nowhere)
                 record, rollback = attempts.roll_back(record, reason, destination, last_try=last_try)
             if last_try or rollback.outcome is not RollbackOutcome.ON_SOURCE:
@@ -90,6 +90,7 @@ class MoveRunner:
                 live = attempts.migrators.live(source, dest, on_step=on_step)
                 with attempts.transfer_slot(destination, [record])(record.vm_uuid):
                     live.move(record.vm_uuid, start_on_destination=True)
+                attempts.record_origin(dest, record)
                 # libvirt copies a live move's disks: their bytes are not counted (None, not 0).
                 return attempts.done(holder[-1], destination)
             except MigrationError as exc:
@@ -101,4 +102,5 @@ class MoveRunner:
             source, dest, on_step=on_step, transfer_slot=attempts.transfer_slot(dest.name, [record]),
             precopy_slot=attempts.precopy_slot(dest.name))
         report = cold.move(record.vm_uuid, start_on_destination=record.start_on_destination)
+        attempts.record_origin(dest, record)
         return attempts.done(holder[-1], destination, bytes_copied=report.bytes_copied)

@@ -104,6 +104,9 @@ class MoveRecord:
     group: str | None = None
     boot_order: int = 0
     priority: int = 0
+    # A move back (return_to_service.move_back): the one host it may go to, the one the VM was evacuated
+    # from; if that host will not take it, the VM stays where it runs.
+    return_to: str | None = None
 
 
 class ResumeAction(StrEnum):

@@ -84,6 +84,9 @@ class HostStateMessage(_Wire):
     storage_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
     # Since when this host evacuates (moves/guard.py): other hosts count it against the blast-radius guards.
     evacuating_since: AwareDatetime | None = None
+    # Since when this host is back in service and wants the VMs evacuated from it before then back
+    # (return_to_service.move_back); absent when it wants none.
+    move_back_since: AwareDatetime | None = None
 
     def heard(self, received_at: datetime) -> Heard:
         """The state as placement keeps it, seen at `received_at` (this daemon's clock)."""
@@ -103,7 +106,7 @@ class HostStateMessage(_Wire):
             disk_allocation_bytes=room.pool_allocation_bytes,
             libvirt_uri=self.libvirt_uri if self.storage_pool is not None else None,
             storage_pool=self.storage_pool if self.libvirt_uri is not None else None,
-            evacuating_since=self.evacuating_since,
+            evacuating_since=self.evacuating_since, move_back_since=self.move_back_since,
         )  # fmt: skip
 
 

@@ -43,6 +43,8 @@ class HostStatus:
     verdict: Verdict = Verdict.UNKNOWN  # until the first poll: never a destination
     reasons: tuple[str, ...] = ()
     quarantined: bool = False
+    # In service (healthy past its hold-down, not in maintenance) since then (placement/returns.py).
+    in_service_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +57,7 @@ class Switches:
     accepting: bool = True
     libvirt_uri: str | None = None
     storage_pool: str | None = None
+    move_back: bool = False  # return_to_service.move_back: ask for the VMs that left it, once in service
 
 
 def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime, status: HostStatus,
@@ -73,6 +76,7 @@ def build_state(*, host: str, incarnation: str, sequence: int, sent_at: datetime
         libvirt_uri=switches.libvirt_uri,
         storage_pool=switches.storage_pool if switches.libvirt_uri is not None else None,
         evacuating_since=evacuating_since,
+        move_back_since=status.in_service_since if switches.move_back else None,
     )  # fmt: skip
 
 

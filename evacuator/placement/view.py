@@ -39,6 +39,8 @@ class Heard:
     storage_pool: str | None = None
     # Since when the host evacuates (its first move under the blast-radius guards), by its own clock.
     evacuating_since: datetime | None = None
+    # Since when the host is back in service and wants the VMs that left it before then (returns.py).
+    move_back_since: datetime | None = None
 
     @property
     def host(self) -> str:

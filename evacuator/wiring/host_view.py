@@ -4,8 +4,10 @@ the daemon's verdicts) and the subscriber that keeps every host's latest state."
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+import structlog
 
 from evacuator.hypervisor.libvirt.room import LibvirtRoomReader
 from evacuator.hypervisor.room import RoomCaps, RoomReader
@@ -16,18 +18,23 @@ from evacuator.peers.messages import PeerTrust
 from evacuator.peers.state_publisher import HostStatePublisher, HostStatus, Switches
 from evacuator.placement.guards import GuardPolicy
 from evacuator.placement.model import Verdict
+from evacuator.placement.returns import InService
 from evacuator.settings import HostViewSettings, PlacementSettings, Settings
 from evacuator.wiring.peers import peer_trust, peers_connection
 from monitors.verdicts import HostVerdict, Severity
 from notifiers.settings import BrokerSettings
 
+log = structlog.get_logger(__name__)
 
-def status_of(verdict: HostVerdict) -> HostStatus:
+
+def status_of(verdict: HostVerdict, in_service_since: datetime | None = None) -> HostStatus:
     """What the host's state says of its health: the verdict and its reasons; a moderate host is
-    quarantined (DESIGN: moderate places no new VMs here)."""
+    quarantined (DESIGN: moderate places no new VMs here); since when it is in service (healthy past the
+    detector's hold-down, not drained)."""
     return HostStatus(verdict=Verdict(verdict.severity.value),
                       reasons=tuple(reason.message for reason in verdict.reasons),
-                      quarantined=verdict.severity is Severity.MODERATE)  # fmt: skip
+                      quarantined=verdict.severity is Severity.MODERATE,
+                      in_service_since=in_service_since)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +44,7 @@ class HostViewParts:
     publisher: HostStatePublisher
     subscriber: HostStateSubscriber
     close_room: Callable[[], None] | None = None  # the room reader's connection, when built here
+    in_service: InService = field(default_factory=InService)  # since when this host is in service
 
     @property
     def view(self) -> HostView:
@@ -53,7 +61,16 @@ class HostViewParts:
             self.close_room()
 
     def on_verdict(self, verdict: HostVerdict) -> None:
-        self.publisher.set_status(status_of(verdict))
+        before = self.in_service.since
+        since = self.in_service.observe(Verdict(verdict.severity.value), verdict.at)
+        if since is not None and before is None:
+            log.info("host_in_service", since=since.isoformat())
+        self.publisher.set_status(status_of(verdict, since))
+
+    def set_maintenance(self, maintenance: bool) -> None:
+        """In maintenance (drained) or back in service: published at once; in service from the next poll."""
+        self.in_service.set_maintenance(maintenance)
+        self.publisher.set_maintenance(maintenance)
 
 
 def build_host_view(
@@ -88,7 +105,8 @@ def caps_of(placement: PlacementSettings) -> RoomCaps:
 def switches_of(settings: Settings) -> Switches:
     host, placement = settings.host, settings.placement
     return Switches(maintenance=placement.maintenance, accepting=placement.accepting,
-                    libvirt_uri=host.advertised_libvirt_uri, storage_pool=host.storage_pool)
+                    libvirt_uri=host.advertised_libvirt_uri, storage_pool=host.storage_pool,
+                    move_back=settings.return_to_service.move_back)  # fmt: skip
 
 
 def host_view_for(settings: Settings, *, clock: Callable[[], datetime],

@@ -103,19 +103,25 @@ def journal_for(settings: Settings) -> Journal:
     return Journal(settings.state_dir / "journal.sqlite")
 
 
-def cloud_destinations(settings: Settings, view: CloudView, open_host: OpenHost, *,
-                       clock: Callable[[], datetime]) -> CloudDestinations:  # fmt: skip
-    """Destinations chosen over `view` and held by claims. With placement.scope peers only a configured peer
-    is reachable; with scope cloud, any host that publishes its libvirt URI too (its broker user is then
-    host.<name>, peer_trust)."""
+def reachable_for(settings: Settings, view: CloudView) -> Callable[[str], bool]:
+    """Whether this host's engine can open a host's libvirt: a configured peer, or with placement.scope
+    cloud any host that publishes its libvirt URI on the host view."""
     peers = frozenset(p.name for p in settings.peers)
 
     def reachable(name: str) -> bool:
         return name in peers or (settings.placement.scope == "cloud" and view.reach_of(name) is not None)
 
+    return reachable
+
+
+def cloud_destinations(settings: Settings, view: CloudView, open_host: OpenHost, *,
+                       clock: Callable[[], datetime]) -> CloudDestinations:  # fmt: skip
+    """Destinations chosen over `view` and held by claims. With placement.scope peers only a configured peer
+    is reachable; with scope cloud, any host that publishes its libvirt URI too (its broker user is then
+    host.<name>, peer_trust)."""
     config = CloudConfig(source=settings.host.name, policy=placement_policy(settings),
                          claim_ttl_seconds=settings.placement.claim_ttl_seconds,
-                         reachable=reachable)  # fmt: skip
+                         reachable=reachable_for(settings, view))  # fmt: skip
     return CloudDestinations(config=config, view=view, claims=claims_client_for(settings),
                              open_host=open_host, clock=clock)  # fmt: skip
 

@@ -13,13 +13,14 @@ import structlog
 from evacuator.hypervisor.libvirt.host import LibvirtHost, open_libvirt_host
 from evacuator.incident.admin import AdminStore
 from evacuator.incident.ledger import IncidentLedger
+from evacuator.incident.returns import MoveBackOffers
 from evacuator.incident.service import Service
 from evacuator.incident.status_file import write_status
 from evacuator.peers.own_host import PeerServices
 from evacuator.settings import Settings
 from evacuator.wiring.host_view import HostViewParts, guard_for, host_view_for, room_reader_for
 from evacuator.wiring.incident import build_incident
-from evacuator.wiring.moves import build_engine
+from evacuator.wiring.moves import build_engine, reachable_for
 from evacuator.wiring.peers import peer_services
 from evacuator.wiring.reload import PolicyHolders
 from monitors.detector import Detector
@@ -52,6 +53,7 @@ class Runtime:
     admin: AdminStore
     clock: Callable[[], datetime]
     policies: PolicyHolders  # what a reload (SIGHUP) changes
+    returns: MoveBackOffers | None = None  # offers VMs back to the hosts they left (with the host view)
 
     def start(self) -> None:
         # A daemon that can read no sensor at all would report "unknown" forever: refuse to start instead,
@@ -66,7 +68,7 @@ class Runtime:
         self.consumer.start()
         self.peers.start()
         if self.admin.maintenance() is not None:  # drained before this start: still in maintenance
-            self.host_view.publisher.set_maintenance(True)
+            self.host_view.set_maintenance(True)
         self.host_view.start()
 
     def stop(self) -> None:
@@ -87,6 +89,9 @@ class Runtime:
         # What `evacuator status` shows, without the broker.
         write_status(self.settings.state_dir, verdict, awaiting=self.service.awaiting_approval())
         self.take_requests()
+        if self.returns is not None:
+            maintenance = self.settings.placement.maintenance or self.admin.maintenance() is not None
+            self.returns.check(verdict, maintenance=maintenance)
         return verdict
 
     def take_requests(self) -> None:
@@ -101,13 +106,13 @@ class Runtime:
                                                           window_seconds=request.window_seconds)  # fmt: skip
                 if outcome == "accepted":
                     self.admin.set_maintenance(request.reason, now)
-                    self.host_view.publisher.set_maintenance(True)
+                    self.host_view.set_maintenance(True)
             elif self.service.draining():
                 outcome = ("refused: the drain is under way; wait for it to end, or cancel its pending moves "
                            "first (evacuator cancel VM_UUID)")  # fmt: skip
             else:
                 self.admin.set_maintenance(None, now)
-                self.host_view.publisher.set_maintenance(self.settings.placement.maintenance)
+                self.host_view.set_maintenance(self.settings.placement.maintenance)
                 outcome = "accepted"
             self.admin.settle(request, outcome=outcome, now=now, incident_id=incident_id)
             log.info("admin_request_taken", request_id=request.request_id, action=request.action,
@@ -139,6 +144,17 @@ def admin_store_for(settings: Settings) -> AdminStore:
     return AdminStore(settings.state_dir / "admin.sqlite")
 
 
+def returns_for(settings: Settings, hypervisor: LibvirtHost, host_view: HostViewParts, service: Service, *,
+                clock: Callable[[], datetime]) -> MoveBackOffers | None:  # fmt: skip
+    """This host's offers of VMs back to the hosts they left (any host may ask: its own setting decides);
+    none without the host view, where hosts ask."""
+    if not settings.placement.use_host_view:
+        return None
+    return MoveBackOffers(host=settings.host.name, hypervisor=hypervisor, view=host_view.view, desk=service,
+                          reachable=reachable_for(settings, host_view.view),
+                          stale_after_seconds=settings.host_view.stale_after, clock=clock)  # fmt: skip
+
+
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
     hypervisor = open_own_host(settings)
     # One read-only reader of this host's room: for the state it publishes and the claims it answers alike.
@@ -162,5 +178,6 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         host_view=host_view,
         admin=admin_store_for(settings),
         clock=clock,
+        returns=returns_for(settings, hypervisor, host_view, incident.service, clock=clock),
         policies=PolicyHolders(detector=detector, service=incident.service, desk=incident.desk, guard=guard),
     )

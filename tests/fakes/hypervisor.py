@@ -16,13 +16,14 @@ from evacuator.hypervisor.model import (
     VolumeInfo,
     parse_definition,
 )
+from evacuator.hypervisor.origin import Origin, with_origin
 from evacuator.transfer.chunks import Chunk, DataChunk, HoleChunk
 from evacuator.transfer.digests import block_digest_of_chunks
 
 OPERATIONS = frozenset({
     "list_vms", "find_vm", "vm_definition_xml", "define_vm", "start_vm", "request_shutdown", "destroy_vm",
     "undefine_vm", "find_volume", "create_volume", "read_volume", "write_volume", "delete_volume",
-    "migrate_live", "read_volume_live", "stored_file", "read_volume_range", "patch_volume",
+    "migrate_live", "read_volume_live", "stored_file", "read_volume_range", "patch_volume", "set_origin",
 })
 _BLOCK_BYTES = 4096
 
@@ -118,6 +119,11 @@ class FakeHypervisor:
     def define_vm(self, definition_xml: str) -> VmInfo:
         self._enter("define_vm")
         return self._define(definition_xml)
+
+    def set_origin(self, uuid: str, origin: Origin | None) -> None:
+        self._enter("set_origin", uuid)
+        vm = self._vm(uuid)
+        self._vms[uuid] = _Vm(xml=with_origin(vm.xml, origin), info=replace(vm.info, origin=origin))
 
     def start_vm(self, uuid: str) -> None:
         self._enter("start_vm", uuid)
@@ -269,6 +275,7 @@ class FakeHypervisor:
             macs=definition.macs,
             volumes=definition.volumes,
             facts=definition.facts,
+            origin=definition.origin,
         )
         self._vms[definition.uuid] = _Vm(xml=definition_xml, info=info)
         return info

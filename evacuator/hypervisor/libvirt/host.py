@@ -11,7 +11,7 @@ import libvirt
 
 from evacuator.errors import HypervisorError
 from evacuator.hypervisor.libvirt.connect import connect_libvirt
-from evacuator.hypervisor.libvirt.metadata import write_window
+from evacuator.hypervisor.libvirt.metadata import write_origin, write_window
 from evacuator.hypervisor.libvirt.storage import LibvirtStorage
 from evacuator.hypervisor.model import (
     Hypervisor,
@@ -21,6 +21,7 @@ from evacuator.hypervisor.model import (
     VolumeSender,
     parse_definition,
 )
+from evacuator.hypervisor.origin import Origin
 
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
@@ -113,6 +114,10 @@ class LibvirtHost(LibvirtStorage):
         with self._mapped("store_window", vm_uuid=vm_uuid):
             write_window(self._domain(vm_uuid), vm_uuid, window_seconds)
 
+    def set_origin(self, uuid: str, origin: Origin | None) -> None:
+        with self._mapped("set_origin", vm_uuid=uuid):
+            write_origin(self._domain(uuid), origin)
+
     def disk_files(self) -> frozenset[Path]:
         """Every file any defined VM names as a disk or in a disk's backing chain, running or persistent."""
         with self._mapped("disk_files"):
@@ -143,6 +148,7 @@ class LibvirtHost(LibvirtStorage):
             macs=definition.macs,
             volumes=definition.volumes,
             facts=definition.facts,
+            origin=definition.origin,
         )
 
     def _lookup(self, uuid: str) -> Any | None:
