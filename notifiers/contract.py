@@ -63,7 +63,9 @@ def examples() -> dict[str, tuple[WireModel, ...]]:
         wire.EvacuationUpdated(cause="expedited", vms=(vm(5),), **sent(5)),
         wire.EvacuationUpdated(cause="held_back", hold="too_many_evacuating", vms=(vm(5),), **sent(6)),
         wire.EvacuationStarted(vm_uuid=_VM, vm_name="web-1", **sent(5)),
-        wire.VmEvacuated(vm_uuid=_VM, vm_name="web-1", from_host="hv-01", to_host="hv-02", **sent(7)),
+        # Off 38.4 s (shutdown finished to running on hv-02); its 20 GiB disk had 3.1 GiB allocated.
+        wire.VmEvacuated(vm_uuid=_VM, vm_name="web-1", from_host="hv-01", to_host="hv-02",
+                         downtime_seconds=38.4, bytes_moved=3_328_599_654, **sent(7)),
         wire.EvacuationCompleted(moved_vm_uuids=(_VM,), **sent(7)),
         wire.EvacuationCancelled(vm_uuids=(_VM,), reason="hv-01 is healthy again", **sent(3)),
         wire.EvacuationFailed(vm_uuid=_VM, vm_name="web-1",

@@ -97,7 +97,8 @@ NOTICE_TEXT = {
     "evacuation_updated": "Deadlines of the scheduled event changed (postpone granted, ready accepted).",
     "evacuation_started": "The move of one VM has begun: it is being shut down now.",
     "vm_evacuated": 'One VM has moved ("vm moved"): it runs, or is defined if it was off, on to_host; '
-    "host (equal to from_host) is the host it left.",
+    "host (equal to from_host) is the host it left; downtime_seconds and bytes_moved say what the move cost "
+    "(null: not measured).",
     "evacuation_completed": "Every VM of the scheduled event has been handled.",
     "evacuation_cancelled": "The host recovered (or an operator cancelled) before these VMs moved.",
     "evacuation_failed": "Moving one VM failed; the reason is for humans.",

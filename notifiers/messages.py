@@ -149,6 +149,22 @@ class VmEvacuated(_Notice):
     to_host: Name
     at: UtcDatetime
     scheduled_event_id: EventId | None = None
+    # What the move cost, for the tenant's own service level. Defaults: a service older than these fields
+    # leaves them out, and a parser of this version still reads its notices.
+    downtime_seconds: float | None = Field(
+        default=None, strict=True, ge=0,
+        description="How long the VM was down for this move, in seconds: from the guest off on `host` (its "
+        "shutdown finished) to it running on `to_host` (its start there finished), as the move's journal "
+        "recorded them. null: not measured: the VM was off before the move (it is defined on `to_host` and "
+        "stays off: nothing was interrupted), or it moved live (its pause in libvirt's switch-over is not "
+        "measured); absent from a service older than this field.",
+    )  # fmt: skip
+    bytes_moved: int | None = Field(
+        default=None, strict=True, ge=0,
+        description="Disk bytes the move wrote to `to_host` (sparse disks send only their allocated "
+        "extents), counted by the move's last attempt. null: a live move (libvirt copies its disks "
+        "uncounted); absent from a service older than this field.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _host_is_from_host(self) -> VmEvacuated:

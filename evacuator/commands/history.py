@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evacuator.errors import JournalError
-from evacuator.moves.journal import HistoryEntry, JournalContents, read_journal
+from evacuator.moves.journal import HistoryEntry, JournalContents, downtime_seconds, read_journal
 from evacuator.moves.state import TERMINAL, MoveRecord, Phase
 from evacuator.settings import Settings, load_settings
 
@@ -131,11 +131,6 @@ def move_rows(journal: JournalContents, incidents: Sequence[IncidentRow]) -> lis
     return sorted(rows, key=lambda row: (row.planned_at, row.vm_name, row.vm_uuid))
 
 
-def _first(entries: Sequence[HistoryEntry], step: str, phase: Phase) -> HistoryEntry | None:
-    # The first: a resumed move replays its earlier steps, which find nothing to do and are journaled later.
-    return next((e for e in entries if e.step == step and e.phase is phase and e.state not in TERMINAL), None)
-
-
 def _move_row(entries: list[HistoryEntry], record: MoveRecord | None, newest: bool,
               incidents: Sequence[IncidentRow]) -> MoveRow:  # fmt: skip
     first, last = entries[0], entries[-1]
@@ -144,10 +139,8 @@ def _move_row(entries: list[HistoryEntry], record: MoveRecord | None, newest: bo
     tried = list(dict.fromkeys(e.destination for e in entries if e.destination))
     runs = [e.start_on_destination for e in entries if e.start_on_destination is not None]
     start_on_destination = runs[-1] if runs else (record.start_on_destination if newest and record else None)
-    off, running = _first(entries, "quiesce", Phase.FINISHED), _first(entries, "start", Phase.FINISHED)
-    downtime = None
-    if start_on_destination and off is not None and running is not None and running.at >= off.at:
-        downtime = (running.at - off.at).total_seconds()
+    # The same measure as the tenant's vm_evacuated notice carries.
+    downtime = downtime_seconds(entries, start_on_destination=start_on_destination)
     steps = {e.step for e in entries}
     incident = _incident_of(first, incidents)
     return MoveRow(

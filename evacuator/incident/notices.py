@@ -122,11 +122,14 @@ class TenantNotifier:
         )  # fmt: skip
         return self._send(tenant, notice)
 
-    def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]:
+    def vm_evacuated(
+        self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str, downtime_seconds: float | None = None,
+        bytes_moved: int | None = None,
+    ) -> Future[datetime]:
         notice = wire.VmEvacuated(
             tenant=tenant, vm_uuid=vm_uuid, vm_name=vm_name, host=self._host, from_host=self._host,
-            to_host=to_host,
-            at=self._clock(), scheduled_event_id=self._event(tenant),
+            to_host=to_host, at=self._clock(), scheduled_event_id=self._event(tenant),
+            downtime_seconds=downtime_seconds, bytes_moved=bytes_moved,
         )  # fmt: skip
         return self._send(tenant, notice)
 

@@ -1,6 +1,7 @@
 """What the incident service tells each tenant about a whole incident, once: the scheduled notice (again
 after a restart only if it was never handed over), the guards' holds, and the completed summary after the
-tenant's last VM (docs/moves.md, "Restarts"). Per-VM notices (started, evacuated, failed) are the service's.
+tenant's last VM (docs/moves.md, "Restarts"). Per-VM notices (started, evacuated, failed) are the service's;
+what a move cost, which vm_evacuated tells, is read here.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from datetime import datetime
 
 import structlog
 
+from evacuator.errors import JournalError
 from evacuator.incident.ledger import Incident, IncidentLedger
-from evacuator.incident.ports import Moves, Notifier
-from evacuator.moves.state import MoveState
+from evacuator.incident.ports import MoveCosts, Moves, Notifier
+from evacuator.moves.journal import MoveCost
+from evacuator.moves.state import MoveRecord, MoveState
 from evacuator.placement.guards import Hold
 
 log = structlog.get_logger(__name__)
@@ -84,3 +87,18 @@ def log_confirm(kind: str, tenant: str) -> Callable[[Future[datetime]], None]:
             log.error("notice_not_confirmed", kind=kind, tenant=tenant, error=str(exc))
 
     return done
+
+
+def measured_cost(costs: MoveCosts | None, record: MoveRecord) -> MoveCost:
+    """What the finished move cost its VM (None where not measured), logged as `move_cost_measured`, the
+    event the downtime histogram reads. Never raises: the tenant hears that its VM moved in any case."""
+    cost = MoveCost(downtime_seconds=None, bytes_moved=None)
+    if costs is None:
+        return cost
+    try:
+        cost = costs.cost(record.vm_uuid)
+    except JournalError as exc:
+        log.warning("move_cost_unread", vm_uuid=record.vm_uuid, error=str(exc))
+    log.info("move_cost_measured", vm_uuid=record.vm_uuid, tenant=record.tenant,
+             downtime_seconds=cost.downtime_seconds, bytes_moved=cost.bytes_moved)  # fmt: skip
+    return cost

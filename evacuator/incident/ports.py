@@ -9,6 +9,7 @@ from typing import Protocol
 
 from evacuator.incident.ledger import Incident, ScheduledRecord
 from evacuator.moves.engine import Planned
+from evacuator.moves.journal import MoveCost
 from evacuator.moves.state import MoveRecord, MoveState
 from evacuator.placement.guards import Hold
 
@@ -20,7 +21,10 @@ class Notifier(Protocol):
     def evacuation_scheduled(
         self, *, tenant: str, event_id: str, incident: Incident, vms: Sequence[ScheduledRecord]
     ) -> Future[datetime]: ...
-    def vm_evacuated(self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str) -> Future[datetime]: ...
+    def vm_evacuated(
+        self, *, tenant: str, vm_uuid: str, vm_name: str, to_host: str, downtime_seconds: float | None = None,
+        bytes_moved: int | None = None,
+    ) -> Future[datetime]: ...
     def evacuation_failed(
         self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str
     ) -> Future[datetime]: ...
@@ -31,6 +35,12 @@ class Notifier(Protocol):
     def evacuation_updated(
         self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord], hold: str | None = None
     ) -> Future[datetime]: ...
+
+
+class MoveCosts(Protocol):
+    """What each finished move cost its VM, as the move journal recorded it (moves/journal.py Journal)."""
+
+    def cost(self, vm_uuid: str) -> MoveCost: ...
 
 
 class Guard(Protocol):

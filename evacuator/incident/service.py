@@ -16,10 +16,10 @@ import structlog
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.incident.approval import Approvals, Decision, EvacuationPolicy, Proposal
 from evacuator.incident.ledger import Incident, IncidentLedger, LedgerVm
-from evacuator.incident.notices_told import IncidentNotices, log_confirm
+from evacuator.incident.notices_told import IncidentNotices, log_confirm, measured_cost
 from evacuator.incident.planned import drain_verdict, return_verdict, windows_for
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
-from evacuator.incident.ports import Guard, Moves, NoGuard, Notifier
+from evacuator.incident.ports import Guard, MoveCosts, Moves, NoGuard, Notifier
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
 from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
@@ -55,8 +55,10 @@ class Service:
     def __init__(
         self, *, config: ServiceConfig, hypervisor: Hypervisor, notifier: Notifier, timers: Timers,
         engine: Moves, ledger: IncidentLedger, clock: Clock, guard: Guard | None = None,
+        costs: MoveCosts | None = None,
     ) -> None:  # fmt: skip
         self._config = config
+        self._costs = costs  # None: what a move cost is not told (nor measured)
         self._guard: Guard = guard or NoGuard()
         self._approvals = Approvals(config.evacuation)
         self._withheld: Decision | None = None  # the last decision that opened nothing, logged once
@@ -283,10 +285,12 @@ class Service:
     # --- Outcomes: the engine reports how each move ended -------------------------------------------------
 
     def moved(self, record: MoveRecord) -> None:
+        cost = measured_cost(self._costs, record)
         if record.tenant is not None and record.destination is not None:
             self._notifier.vm_evacuated(
                 tenant=record.tenant, vm_uuid=record.vm_uuid, vm_name=record.vm_name,
-                to_host=record.destination,
+                to_host=record.destination, downtime_seconds=cost.downtime_seconds,
+                bytes_moved=cost.bytes_moved,
             ).add_done_callback(log_confirm("vm_evacuated", record.tenant))
         self._settle(record, "moved")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +88,20 @@ class Journal:
         rows = self._query("SELECT state, phase, step FROM move_history WHERE vm_uuid = ? ORDER BY id",
                            (vm_uuid,))
         return tuple((MoveState(state), Phase(phase), step) for state, phase, step in rows)
+
+    def cost(self, vm_uuid: str) -> MoveCost:
+        """What the VM's latest move cost it, read from its history rows (once the move is journaled done)."""
+        rows = self._query(f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM move_history WHERE vm_uuid = ? "
+                           "ORDER BY id", (vm_uuid,))  # fmt: skip
+        entries = [_entry(row) for row in rows]
+        # The latest move only: an earlier one of the same VM ended with a terminal row.
+        begins = [i for i in range(1, len(entries))
+                  if entries[i - 1].state in TERMINAL and entries[i].state not in TERMINAL]  # fmt: skip
+        latest = entries[begins[-1] if begins else 0:]
+        runs = [e.start_on_destination for e in latest if e.start_on_destination is not None]
+        done = [e.bytes_copied for e in latest if e.state is MoveState.DONE]
+        downtime = downtime_seconds(latest, start_on_destination=runs[-1] if runs else None)
+        return MoveCost(downtime_seconds=downtime, bytes_moved=done[-1] if done else None)
 
     def put(self, record: MoveRecord, *, bytes_copied: int | None = None) -> MoveRecord:
         """Writes the record after checking the transition from the stored one (a new VM starts anywhere).
@@ -198,6 +213,33 @@ class HistoryEntry:
     at: datetime
     start_on_destination: bool | None = None
     bytes_copied: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveCost:
+    """What one finished move cost its VM; None where it was not measured (see downtime_seconds)."""
+
+    downtime_seconds: float | None
+    bytes_moved: int | None  # disk bytes the move's last attempt wrote to the destination (a cold move)
+
+
+def downtime_seconds(entries: Sequence[HistoryEntry], *, start_on_destination: bool | None) -> float | None:
+    """One move's downtime from its history rows: the guest is off when its first quiesce step finished and
+    runs on the destination when the first start step after its last rollback finished. The first of each:
+    a resumed move replays the earlier steps, which find nothing to do and are journaled later; and a rollback
+    that tries another host never restarts the VM on its source (one that does ends the move). None for a VM
+    that was off before the move (it is never started), a live move (no quiesce: its pause is libvirt's
+    switch-over, not journaled), or a move not that far."""
+    if not start_on_destination:
+        return None
+    steps = [e for e in entries if e.state not in TERMINAL]  # an ending row repeats the last step's name
+    rolled = [i for i, e in enumerate(steps) if e.state is MoveState.ROLLING_BACK]
+    off = next((e for e in steps if e.step == "quiesce" and e.phase is Phase.FINISHED), None)
+    running = next((e for e in steps[rolled[-1] + 1 if rolled else 0:]
+                    if e.step == "start" and e.phase is Phase.FINISHED), None)  # fmt: skip
+    if off is None or running is None or running.at < off.at:
+        return None
+    return (running.at - off.at).total_seconds()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

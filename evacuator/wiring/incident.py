@@ -21,6 +21,7 @@ from evacuator.incident.scheduler import ApschedulerTimers
 from evacuator.incident.service import Service, ServiceConfig
 from evacuator.moves.engine import MoveEngine
 from evacuator.settings import Settings
+from evacuator.wiring.moves import journal_for
 from monitors.verdicts import Severity
 from notifiers.delivery import OutboxPublisher
 from notifiers.outbox import Outbox
@@ -80,6 +81,9 @@ def build_incident(
         ledger=ledger,
         clock=clock,
         guard=guard,
+        # The engine writes the journal; this connection of the service's only reads what each move cost
+        # (WAL: it never holds up the writer).
+        costs=journal_for(settings),
     )
     # The service owns the timers, so the desk changes a VM's window through it; registered windows go into
     # the VM's definition through the daemon's own libvirt connection.

@@ -65,6 +65,17 @@ def _scrape_until(
     return scraped
 
 
+def _allocated_bytes(host: LabHost, volumes: dict[str, str]) -> dict[str, int]:
+    """What each VM's disk (by VM uuid) stores on `host`: its allocated bytes, holes left out."""
+    found = {}
+    with open_libvirt_host(host.name, host.uri, host.pool) as opened:
+        for uuid, volume in volumes.items():
+            info = opened.find_volume(host.pool, volume)
+            assert info is not None, volume
+            found[uuid] = info.allocation_bytes
+    return found
+
+
 def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
 
@@ -120,6 +131,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
                         mac=macs["db"]),
     }  # fmt: skip
     sums = {name: sha256_of_volume(host_a.uri, host_a.pool, volume_name(name)) for name in uuids}
+    allocated = _allocated_bytes(host_a, {uuids[name]: volume_name(name) for name in uuids})
     sensor = HeatableHwmon(tmp_path / "sys", celsius=45)
     log = daemon(write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys"))
 
@@ -177,6 +189,12 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     assert moved[uuids["web"]].at < deadlines[uuids["web"]], "the ready VM moves before its window ends"
     assert db_started >= deadlines[uuids["db"]], "a VM without an answer waits out its whole window"
     assert web_started < db_started
+    # What each move cost, as the tenant hears it: the guest's downtime, inside the move, and the bytes of
+    # its disk that the copy sent, only the allocated ones (the lab guests have no OS: nothing writes).
+    for uuid, notice in moved.items():
+        finished = log.wait_for("move_finished", 1, vm_uuid=uuid)
+        assert notice.downtime_seconds is not None and 0 < notice.downtime_seconds < finished["seconds"]
+        assert notice.bytes_moved == finished["bytes_copied"] == allocated[uuid] >= MIB
 
     with open_libvirt_host("host-a", host_a.uri, host_a.pool) as a, \
             open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:  # fmt: skip
@@ -198,6 +216,9 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     assert after['evacuator_notices_total{fate="confirmed",notice_type="vm_evacuated"}'] == 2.0
     assert after['evacuator_replies_total{outcome="refused",reason="not_owner"}'] == 1.0
     assert after['evacuator_move_step_duration_seconds_count{step="copy_disks"}'] == 2.0
+    assert after["evacuator_move_downtime_seconds_count"] == 2.0
+    assert after["evacuator_move_downtime_seconds_sum"] == pytest.approx(
+        sum(n.downtime_seconds or 0.0 for n in moved.values()))
     # Each notice's latency from the outbox to the broker's confirm; the sensor against its threshold.
     assert after['evacuator_notice_confirm_seconds_count{notice_type="evacuation_scheduled"}'] == 1.0
     assert after['evacuator_notice_confirm_seconds_count{notice_type="vm_evacuated"}'] == 2.0

@@ -76,7 +76,8 @@ def published(tmp_path: Path, severity: Severity, *, answers_replies: bool = Tru
     notifier.evacuation_updated(tenant="acme", cause="postponed", vms=(later,))
     notifier.evacuation_updated(tenant="acme", cause="expedited", vms=(ledger.reschedule(later, T0),))
     notifier.evacuation_started(tenant="acme", vm_uuid=VM, vm_name="web-1")
-    notifier.vm_evacuated(tenant="acme", vm_uuid=VM, vm_name="web-1", to_host="hv2")
+    notifier.vm_evacuated(tenant="acme", vm_uuid=VM, vm_name="web-1", to_host="hv2", downtime_seconds=9.5,
+                          bytes_moved=4096)  # fmt: skip
     notifier.evacuation_failed(tenant="acme", vm_uuid=OTHER_VM, vm_name="web-2", reason="no room on hv2")
     notifier.evacuation_completed(tenant="acme", moved=(VM,), failed=(OTHER_VM,))
     notifier.evacuation_cancelled(tenant="acme", vm_uuids=(OTHER_VM,), reason="hv1 is healthy again")
@@ -117,6 +118,7 @@ def test_the_service_numbers_and_identifies_every_notice_on_its_own(tmp_path: Pa
     assert len({notice["event_id"] for notice in notices}) == len(notices)
     moved = next(n for n in notices if n["type"] == "vm_evacuated")
     assert moved["host"] == moved["from_host"] == "hv1"
+    assert (moved["downtime_seconds"], moved["bytes_moved"]) == (9.5, 4096)
 
 
 def _example_client() -> ModuleType:

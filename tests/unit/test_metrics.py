@@ -54,6 +54,12 @@ def _emit(metrics: EventMetrics, event: str, **context: object) -> None:
                      {"source": "ipmi"}, 1, id="source"),
         pytest.param("data_channel_sent", {}, "evacuator_data_channel_transfers_total",
                      {"direction": "sent"}, 1, id="sent"),
+        pytest.param("move_cost_measured", {"downtime_seconds": 4.25, "bytes_moved": 1024},
+                     "evacuator_move_downtime_seconds_sum", {}, 4.25, id="downtime"),
+        pytest.param("move_cost_measured", {"downtime_seconds": 4.25},
+                     "evacuator_move_downtime_seconds_bucket", {"le": "5.0"}, 1, id="downtime-bucket"),
+        pytest.param("move_cost_measured", {"downtime_seconds": None, "bytes_moved": None},
+                     "evacuator_move_downtime_seconds_count", {}, 0, id="downtime-not-measured"),
         pytest.param("some_other_event", {}, "evacuator_incidents_total", {}, 0, id="unknown-events-ignored"),
     ],
 )  # fmt: skip

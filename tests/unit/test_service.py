@@ -103,7 +103,7 @@ class World:
                 reply_policy=POLICY, evacuation=evacuation or EvacuationPolicy(),
             ),
             hypervisor=self.source, notifier=self.notifier, timers=self.timers, engine=self.engine,
-            ledger=self.ledger, clock=lambda: T0, guard=guard,
+            ledger=self.ledger, clock=lambda: T0, guard=guard, costs=self.journal,
         )  # fmt: skip
         self.uuids: dict[str, str] = {}
 
@@ -188,6 +188,29 @@ def test_deadline_moves_the_vm_and_tells_its_tenant(world: World) -> None:
     # The move's own notice, then (its tenant's last VM) the summary.
     assert world.kinds()[-2:] == [("vm_evacuated", "acme"), ("evacuation_completed", "acme")]
     assert world.notifier.sent[-2][2]["to_host"] == "host-b"
+
+
+def test_vm_evacuated_tells_the_tenant_the_downtime_and_the_bytes_its_journal_recorded(
+    world: World,
+) -> None:
+    web = world.add_vm("web", "acme", 60)
+    idle = world.add_vm("idle", "acme", 60)
+    world.source.destroy_vm(idle)  # off before the move: it stays off there, so nothing was down
+    world.service.on_verdict(verdict(Severity.SEVERE))
+    with capture_logs() as logs:
+        world.timers.advance(T0 + timedelta(seconds=60))
+        world.wait_moved(2)
+    told = {d["vm_uuid"]: d for kind, _, d in world.notifier.sent if kind == "vm_evacuated"}
+    copied = {e["vm_uuid"]: e["bytes_copied"] for e in logs if e["event"] == "move_finished"}
+    downtime = told[web]["downtime_seconds"]
+    # The clock ticks a second per reading: the guest is off for a few of them, inside the move.
+    assert isinstance(downtime, float) and 0 < downtime < 60
+    assert downtime == world.journal.cost(web).downtime_seconds
+    assert told[idle]["downtime_seconds"] is None
+    assert (told[web]["bytes_moved"], told[idle]["bytes_moved"]) == (copied[web], copied[idle])
+    assert copied[web] > 0 and copied[idle] > 0
+    measured = {e["vm_uuid"]: e["downtime_seconds"] for e in logs if e["event"] == "move_cost_measured"}
+    assert measured == {web: downtime, idle: None}
 
 
 def test_tenant_hears_started_per_vm_and_completed_once_after_its_last_vm(world: World) -> None:
