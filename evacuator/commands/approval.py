@@ -10,14 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from evacuator.commands.drain import request, wait_taken
 from evacuator.settings import Settings, load_settings
 
 
-def run_answer(settings: Settings, action: str, *, reason: str, as_json: bool = False) -> int:
-    request_id = request(settings, "approve" if action == "approve" else "reject", reason=reason,
-                         window_seconds=None)  # fmt: skip
+def run_answer(settings: Settings, action: Literal["approve", "reject"], *, reason: str,
+               as_json: bool = False) -> int:  # fmt: skip
+    request_id = request(settings, action, reason=reason, window_seconds=None)
     taken = wait_taken(settings, request_id)
     outcome = "not taken: the daemon did not take the request (is it running?)" if taken is None \
         else str(taken.outcome)  # fmt: skip

@@ -5,8 +5,6 @@ it begin, and only then does the tenant hear evacuation_scheduled."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,16 +19,11 @@ from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue
 from tests.fixtures.broker import BrokerJanitor, LabTenant
-from tests.fixtures.daemon import Daemons, write_config
+from tests.fixtures.daemon import Daemons, cli, write_config
 
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evacuator.cli", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=90, check=False)  # fmt: skip
 
 
 def test_a_manual_evacuation_waits_for_approve_and_tells_no_tenant_before(
@@ -50,18 +43,18 @@ def test_a_manual_evacuation_waits_for_approve_and_tells_no_tenant_before(
         sensor.set_celsius(97)
         deadline = time.monotonic() + 30
         while True:
-            shown = json.loads(_cli(config, "status", "--json").stdout)
+            shown = json.loads(cli(config, "status", "--json").stdout)
             if shown["verdict"] and shown["verdict"]["awaiting_approval"]:
                 break
             assert time.monotonic() < deadline, f"status showed the evacuation awaiting approval: {shown}"
             time.sleep(0.5)
         assert shown["verdict"]["severity"] == "severe" and shown["incident"] is None
-        assert "AWAITING APPROVAL" in _cli(config, "status").stdout
+        assert "AWAITING APPROVAL" in cli(config, "status").stdout
         assert tenant.next_notice(2) is None, "no tenant is told before the approval"
         assert log.matching("evacuation_planned") == []
 
-        approved = _cli(config, "approve", "--reason", "checked the BMC")
+        approved = cli(config, "approve", "--reason", "checked the BMC")
         assert approved.returncode == 0 and "approved" in approved.stdout, approved.stderr
         notice = tenant.next_notice(30)
         assert isinstance(notice, EvacuationScheduled) and notice.severity == "severe"
-    assert _cli(config, "approve").returncode == 1, "nothing awaits approval any more"
+    assert cli(config, "approve").returncode == 1, "nothing awaits approval any more"

@@ -37,7 +37,7 @@ from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import Topology, host_replies_queue, tenant_queue
-from tests.fixtures.broker import LabTenant
+from tests.fixtures.broker import LabTenant, next_notice_of
 from tests.fixtures.daemon import Daemons, write_config
 from tests.fixtures.rabbit_cluster import RabbitCluster
 
@@ -290,7 +290,7 @@ def test_the_daemon_evacuates_through_the_loss_of_its_broker_node(
     exchange = settings.replies_exchange
     with TenantClient(tenant.url, tenant.name, replies_exchange=exchange) as client:
         sensor.set_celsius(97)
-        scheduled = _next_of(client, EvacuationScheduled, 30)
+        scheduled = next_notice_of(client, EvacuationScheduled, 30)
         leaders = whole_cluster.queues(1)
         assert leaders[tenant_queue(tenant.name)]["leader"] == whole_cluster.lab.node(1).name
         died = whole_cluster.lab.kill(1)
@@ -298,7 +298,7 @@ def test_the_daemon_evacuates_through_the_loss_of_its_broker_node(
         _confirmed(lambda: client.send_ready("host-a", uuids["web"], scheduled.event_id))
         moved = {}
         for _ in uuids:
-            notice: VmEvacuated = _next_of(client, VmEvacuated, WINDOW_SECONDS + 90)
+            notice = next_notice_of(client, VmEvacuated, WINDOW_SECONDS + 90)
             moved[notice.vm_uuid] = notice
     all_moved = time.monotonic()
     assert set(moved) == set(uuids.values()) and all(n.to_host == "host-b" for n in moved.values())
@@ -311,15 +311,6 @@ def test_the_daemon_evacuates_through_the_loss_of_its_broker_node(
     assert lost, "the daemon saw its node go"
     report(request, e2e_node_death_to_both_vms_evacuated_and_told_seconds=all_moved - died)
     assert daemon.stop(log) == 0
-
-
-def _next_of(client: TenantClient, kind: type[Any], timeout_seconds: float) -> Any:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        notice = client.next_notice(max(0.1, deadline - time.monotonic()))
-        if isinstance(notice, kind):
-            return notice
-    raise AssertionError(f"no {kind.__name__} notice within {timeout_seconds} s")
 
 
 def _declare_tenant_queue_via(

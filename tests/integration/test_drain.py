@@ -21,12 +21,12 @@ from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.sysfs import HeatableHwmon
 from evacuator.lab.vms import create_vm
-from notifiers.messages import EvacuationScheduled, Notice, VmEvacuated
+from notifiers.messages import EvacuationScheduled, VmEvacuated
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue
-from tests.fixtures.broker import BrokerJanitor, LabTenant
-from tests.fixtures.daemon import Daemons, write_config
+from tests.fixtures.broker import BrokerJanitor, LabTenant, next_notice_of
+from tests.fixtures.daemon import Daemons, cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -35,28 +35,14 @@ DRAIN_WINDOW_SECONDS = 8  # db registered no window: it gets the drain's
 WEB_WINDOW_SECONDS = 300  # web's own window: its tenant answers ready long before
 
 
-def _next(client: TenantClient, kind: type[Notice], timeout_seconds: float) -> Any:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        notice = client.next_notice(max(0.1, deadline - time.monotonic()))
-        if isinstance(notice, kind):
-            return notice
-    raise AssertionError(f"no {kind.__name__} notice within {timeout_seconds} s")
-
-
-def _cli(config: Path, *args: str, timeout_seconds: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evacuator.cli", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=timeout_seconds, check=False)  # fmt: skip
-
-
 def _status(config: Path) -> Any:
-    shown = _cli(config, "status", "--json")
+    shown = cli(config, "status", "--json")
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout)
 
 
 def _maintenance(config: Path) -> bool:
-    shown = _cli(config, "hosts", "--json", "--listen-seconds", "8")
+    shown = cli(config, "hosts", "--json", "--listen-seconds", "8")
     assert shown.returncode == 0, shown.stderr
     return bool(next(h for h in json.loads(shown.stdout)["hosts"] if h["host"] == "host-a")["maintenance"])
 
@@ -87,7 +73,7 @@ def test_drain_moves_every_vm_through_the_contract_and_undrain_returns_the_host(
              "--window", str(DRAIN_WINDOW_SECONDS), "--reason", "BIOS update, rack 7"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        scheduled: EvacuationScheduled = _next(tenant, EvacuationScheduled, 30)
+        scheduled = next_notice_of(tenant, EvacuationScheduled, 30)
         assert scheduled.severity == "maintenance" and scheduled.host == "host-a"
         assert [(r.source, r.message) for r in scheduled.reasons] == [("maintenance", "BIOS update, rack 7")]
         deadlines = {vm.vm_uuid: vm.deadline for vm in scheduled.vms}
@@ -102,10 +88,10 @@ def test_drain_moves_every_vm_through_the_contract_and_undrain_returns_the_host(
         while not (moving := [m for m in _status(config)["moving"] if m["vm_name"] == "web"]):
             assert time.monotonic() < deadline, "status showed web's move under way"
         assert moving[0]["destination"] == "host-b" and moving[0]["step"]
-        shown = _cli(config, "status")
+        shown = cli(config, "status")
         print("evacuator status during the move:\n" + shown.stdout)
         assert "web" in shown.stdout and "maintenance" in shown.stdout
-        moved = {_next(tenant, VmEvacuated, 90).vm_uuid for _ in uuids}
+        moved = {next_notice_of(tenant, VmEvacuated, 90).vm_uuid for _ in uuids}
         out, err = drain.communicate(timeout=90)
     print("evacuator drain --wait:\n" + out)
     assert drain.returncode == 0, err
@@ -118,8 +104,8 @@ def test_drain_moves_every_vm_through_the_contract_and_undrain_returns_the_host(
             assert vm is not None and vm.state is VmState.RUNNING
 
     assert _maintenance(config), "drained: host-a takes no VMs"
-    again = _cli(config, "drain", "--wait")
+    again = cli(config, "drain", "--wait")
     assert again.returncode == 0, again.stderr  # nothing left to move: an empty drain ends at once
-    undrain = _cli(config, "undrain")
+    undrain = cli(config, "undrain")
     assert undrain.returncode == 0 and "back in service" in undrain.stdout, undrain.stderr
     assert not _maintenance(config), "undrained: host-a takes VMs again"
