@@ -31,8 +31,11 @@ __all__ = ["MAX_BODY_BYTES", "SCHEMA_VERSION", "WireRejectCode", "new_event_id"]
 
 class _Sent(WireModel):
     # What the service sends is described as it is written (serialization mode): every field is always
-    # there, null included, so every field is required in the published schema.
-    model_config = ConfigDict(json_schema_mode_override="serialization")
+    # there, null included, so every field is required in the published schema. A tolerant reader: a field
+    # this version does not know is ignored, not refused, and the published schemas allow it, so a newer
+    # service may add optional fields to schema 1 (as vm_evacuated's downtime_seconds) without breaking a
+    # tenant. Replies, which the service reads from tenants, stay strict (WireModel).
+    model_config = ConfigDict(json_schema_mode_override="serialization", extra="ignore")
 
 
 class Reason(_Sent):
