@@ -125,14 +125,17 @@ class EvacuationSettings(_Strict):
     # How long a move waits for a cloud-wide slot before it goes ahead without one (a failed host's move:
     # 2 s at most), so a host holding the slots delays the others' evacuations and never stalls them.
     cloud_slot_max_wait_seconds: float = Field(default=300.0, gt=0, le=86_400)
-    # What the daemon does for a severe and for a failed verdict: evacuate (tell the tenants, wait out their
-    # windows, move), or quarantine only (the host takes no VMs, nothing moves: for a sensor or a detector
-    # an admin does not trust yet). A moderate verdict always only quarantines.
-    on_severe: Literal["evacuate", "quarantine"] = "evacuate"
-    on_failed: Literal["evacuate", "quarantine"] = "evacuate"
+    # What the daemon does for a moderate, a severe and a failed verdict: evacuate (tell the tenants, wait
+    # out their windows, move), notify (tell each tenant its VMs are on a sick host, host_at_risk, and move
+    # nothing: the tenant may act on its own), or quarantine only (the host takes no VMs, nothing moves: for
+    # a sensor or a detector an admin does not trust yet). A sick host takes no new VMs whatever the action.
+    on_moderate: Literal["evacuate", "notify", "quarantine"] = "quarantine"
+    on_severe: Literal["evacuate", "notify", "quarantine"] = "evacuate"
+    on_failed: Literal["evacuate", "notify", "quarantine"] = "evacuate"
     # manual: an evacuation waits for `evacuator approve` (or `reject`) before any tenant is told (VMware
     # Proactive HA's manual mode); automatic: it begins at once. Per severity: a failed host's VMs are on
     # dying hardware, so think twice before making it wait for a person.
+    approval_moderate: Literal["automatic", "manual"] = "automatic"
     approval_severe: Literal["automatic", "manual"] = "automatic"
     approval_failed: Literal["automatic", "manual"] = "automatic"
 

@@ -31,7 +31,7 @@ _EVENT_IDS = (
     "7a9c1e3f-5b7d-4f1a-9c3e-5f7b9d1a3c5e", "3b5d7f9a-1c3e-4a5c-a7e9-1b3d5f7a9c2e",
     "5c7e9a1b-3d5f-4b7d-b9f1-3c5e7a9b1d4f", "8d0f2b4c-6e8a-4c0e-82a4-6d8f0b2c4e7a",
     "2e4a6c8d-0f2b-4d6f-a8c0-2e4a6c8d0f9b", "4f6b8d0e-2a4c-4e8a-9b2d-4f6b8d0e2a1c",
-    "6a8c0e2f-4b6d-4f0b-8c2e-6a8c0e2f4b3d",
+    "6a8c0e2f-4b6d-4f0b-8c2e-6a8c0e2f4b3d", "0b1d3f5a-7c9e-4b1d-8f3a-5c7e9b1d3f6a",
 )  # fmt: skip
 _REPLY_MESSAGE_ID = "c2d4e6f8-0a1b-4c3d-9e5f-7a8b9c0d1e2f"
 _SEQ = int(_T0.timestamp() * 1000)  # the outbox numbers notices from its creation time in milliseconds
@@ -50,11 +50,16 @@ def examples() -> dict[str, tuple[WireModel, ...]]:
         return wire.ScheduledVm(vm_uuid=_VM, vm_name="web-1", deadline=deadline,
                                 latest_deadline=_T0 + timedelta(minutes=40))  # fmt: skip
 
+    hot = wire.Reason(source="hwmon", sensor="coretemp/Package id 0", value=97.0, threshold=85.0,
+                      unit="celsius", message="Package id 0 at 97 °C, threshold 85 °C")  # fmt: skip
     samples: list[WireModel] = [
+        # A host whose policy for severe is notify: nothing moves; the tenant may act on its own.
+        wire.HostAtRisk(event_id=next(event_ids), tenant="acme", host="hv-01", severity="severe",
+                        reasons=(hot,), vms=(wire.AtRiskVm(vm_uuid=_VM, vm_name="web-1"),),
+                        at=_T0 - timedelta(minutes=30)),
         wire.EvacuationScheduled(
             event_id=_SCHEDULED, host="hv-01", tenant="acme", severity="severe",
-            reasons=(wire.Reason(source="hwmon", sensor="coretemp/Package id 0", value=97.0, threshold=85.0,
-                                 unit="celsius", message="Package id 0 at 97 °C, threshold 85 °C"),),
+            reasons=(hot,),
             vms=(vm(10),), allowed_replies=("ready", "postpone", "register"),
             reply_exchange="evacuator.replies", reply_routing_key="acme.hv-01",
         ),

@@ -93,6 +93,8 @@ DESCRIPTION = (
 )
 
 NOTICE_TEXT = {
+    "host_at_risk": "The host is sick and its policy for this severity is notify: nothing moves; act on your "
+    "own if you wish (no reply is expected).",
     "evacuation_scheduled": "The tenant's VMs on a sick host will be cold-migrated at their deadlines.",
     "evacuation_updated": "Deadlines of the scheduled event changed (postpone granted, ready accepted).",
     "evacuation_started": "The move of one VM has begun: it is being shut down now.",

@@ -51,6 +51,10 @@ class MalformedNotice(NotifierError):
         self.reason = reason
 
 
+class UnknownNoticeType(MalformedNotice):
+    """A schema 1 notice of a type this version does not know: a newer service's; a client ignores it."""
+
+
 class PublishError(NotifierError):
     """The broker did not take responsibility for a notice."""
 

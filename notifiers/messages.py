@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.config import JsonDict
 
-from notifiers.errors import MalformedNotice, MalformedReply
+from notifiers.errors import MalformedNotice, MalformedReply, UnknownNoticeType
 from notifiers.wire import (
     MAX_BODY_BYTES,
     SCHEMA_VERSION,
@@ -92,7 +93,7 @@ class EvacuationScheduled(_Notice):
     host: Name
     tenant: Name
     severity: WireSeverity = Field(
-        description="How sick the host is (severe, failed; moderate is not sent: it only quarantines), or "
+        description="How sick the host is (moderate, severe, failed: as its policy for each says), or "
         "maintenance: an admin drains a healthy host (evacuator drain), and the one reason, with source "
         "maintenance, says why in its message; or the VMs go back to the host they were evacuated from, now "
         "in service again (the one reason has source maintenance and sensor move_back)."
@@ -126,6 +127,28 @@ class EvacuationUpdated(_Notice):
     vms: tuple[ScheduledVm, ...] = Field(min_length=1)
     at: UtcDatetime
     scheduled_event_id: EventId | None = None
+
+
+class AtRiskVm(_Sent):
+    """A VM of the tenant on a host at risk."""
+
+    vm_uuid: UuidText
+    vm_name: Name
+
+
+class HostAtRisk(_Notice):
+    """Notice: `host` is sick and its policy for this severity is `notify`: nothing is moved (yet); the tenant
+    may act on its own (fail over, drain a replica, take a backup). Sent once per sick spell, and again when
+    the severity gets worse; no reply is expected. If the host later evacuates after all (a worse severity
+    whose policy is evacuate), evacuation_scheduled follows as usual."""
+
+    type: Literal["host_at_risk"] = "host_at_risk"
+    tenant: Name
+    host: Name
+    severity: Literal["moderate", "severe", "failed"]
+    reasons: tuple[Reason, ...]
+    vms: tuple[AtRiskVm, ...] = Field(min_length=1)
+    at: UtcDatetime
 
 
 class EvacuationStarted(_Notice):
@@ -285,7 +308,8 @@ class RegisterReply(_Reply):
 
 
 Notice: TypeAlias = Annotated[
-    EvacuationScheduled
+    HostAtRisk
+    | EvacuationScheduled
     | EvacuationUpdated
     | EvacuationStarted
     | VmEvacuated
@@ -297,7 +321,7 @@ Notice: TypeAlias = Annotated[
 ]
 Reply: TypeAlias = Annotated[ReadyReply | PostponeReply | RegisterReply, Field(discriminator="type")]
 NOTICE_MODELS: tuple[type[WireModel], ...] = (
-    EvacuationScheduled, EvacuationUpdated, EvacuationStarted, VmEvacuated,
+    HostAtRisk, EvacuationScheduled, EvacuationUpdated, EvacuationStarted, VmEvacuated,
     EvacuationCompleted, EvacuationCancelled, EvacuationFailed, ReplyRejected,
 )  # fmt: skip
 REPLY_MODELS: tuple[type[WireModel], ...] = (ReadyReply, PostponeReply, RegisterReply)
@@ -318,10 +342,13 @@ def encode(message: Notice | Reply) -> bytes:
 
 
 def parse_notice(body: bytes) -> Notice:
-    """Decode a notice body, or raise MalformedNotice saying what was wrong."""
+    """Decode a notice body, or raise MalformedNotice saying what was wrong: UnknownNoticeType for a
+    well-formed schema 1 notice of a type a newer service added, which a client ignores."""
     try:
         _precheck(body, NOTICE_TYPES)
         return _NOTICE_ADAPTER.validate_json(body)
+    except _UnknownType as exc:
+        raise UnknownNoticeType(str(exc)) from exc
     except ValueError as exc:
         raise MalformedNotice(_describe(exc)) from exc
 
@@ -353,7 +380,16 @@ def _precheck(body: bytes, known_types: tuple[str, ...]) -> None:
         raise ValueError(f"schema_version is {shown}, expected {SCHEMA_VERSION}")
     kind = document.get("type")
     if not isinstance(kind, str) or kind not in known_types:
-        raise ValueError(f"type is {_short(kind)}, expected one of {', '.join(known_types)}")
+        known = isinstance(kind, str) and _TYPE_NAME.fullmatch(kind) is not None
+        raise (_UnknownType if known else ValueError)(
+            f"type is {_short(kind)}, expected one of {', '.join(known_types)}")
+
+
+class _UnknownType(ValueError):
+    """A type word this version does not know (a newer one's), as opposed to garbage."""
+
+
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _short(value: object) -> str:

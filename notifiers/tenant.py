@@ -13,12 +13,15 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
+import structlog
 
 from notifiers.connection import CONNECTION_ERRORS, connection_parameters
-from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName
+from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName, UnknownNoticeType
 from notifiers.messages import Notice, PostponeReply, ReadyReply, RegisterReply, Reply, encode, parse_notice
 from notifiers.settings import redact_url
 from notifiers.topology import BROADCAST_HOST, check_word, reply_routing_key, tenant_queue
+
+log = structlog.get_logger(__name__)
 
 _Delivery = tuple[Any, bytes]
 
@@ -60,9 +63,20 @@ class TenantClient:
     def next_notice(self, timeout_seconds: float) -> Notice | None:
         """The next notice from the tenant's queue, acked; None if none came within the timeout.
 
-        A malformed notice is acked too (it would only come back) and raises MalformedNotice.
-        """
+        A malformed notice is acked too (it would only come back) and raises MalformedNotice. A notice of a
+        type a newer service added is acked and skipped (within schema 1 a client ignores what it does not
+        know)."""
         deadline = time.monotonic() + timeout_seconds
+        while True:
+            body = self._next_body(deadline)
+            if body is None:
+                return None
+            try:
+                return parse_notice(body)
+            except UnknownNoticeType as exc:
+                log.info("notice_type_unknown_skipped", tenant=self._tenant, reason=exc.reason)
+
+    def _next_body(self, deadline: float) -> bytes | None:
         try:
             self._ensure_consuming()
             while not self._inbox:
@@ -80,7 +94,7 @@ class TenantClient:
         except CONNECTION_ERRORS as exc:
             self._drop()
             raise BrokerUnavailable(f"reading notices failed: {exc!r}") from exc
-        return parse_notice(body)
+        return bytes(body)
 
     def send_ready(self, host: str, vm_uuid: str, event_id: str | None = None) -> str:
         """Tell the service on `host` that `vm_uuid` may move now; returns once the broker confirmed it."""

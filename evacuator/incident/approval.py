@@ -1,5 +1,6 @@
-"""What a sick verdict leads to, per severity: evacuate now, wait for the admin's approval, or quarantine only
-(settings: evacuation.on_severe / on_failed, approval_severe / approval_failed).
+"""What a sick verdict leads to, per severity: evacuate now, wait for the admin's approval, tell the tenants
+and move nothing (notify), or quarantine only (settings: evacuation.on_moderate / on_severe / on_failed,
+approval_moderate / approval_severe / approval_failed).
 
 Why: an admin trying a new sensor or detector, or running a cloud where moves need a change ticket, wants the
 evacuator to say what it would do and wait (VMware Proactive HA's manual mode, draino's dry run). While an
@@ -18,20 +19,27 @@ from typing import Literal
 
 from monitors.verdicts import HostVerdict, Severity
 
-Action = Literal["evacuate", "quarantine"]
+Action = Literal["evacuate", "notify", "quarantine"]
 
 
 class Decision(StrEnum):
     EVACUATE = "evacuate"
     AWAIT_APPROVAL = "await_approval"
+    NOTIFY = "notify"  # by policy: tell the tenants (host_at_risk), move nothing
     QUARANTINE = "quarantine"  # by policy, or the admin rejected the evacuation
     NOTHING = "nothing"  # not sick
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvacuationPolicy:
+    on_moderate: Action = "quarantine"  # DESIGN: a moderate host only takes no new VMs, by default
     on_severe: Action = "evacuate"
     on_failed: Action = "evacuate"
+
+    def action(self, severity: Severity) -> Action | None:
+        """What a verdict of `severity` leads to; None for one that is not sick."""
+        return {Severity.MODERATE: self.on_moderate, Severity.SEVERE: self.on_severe,
+                Severity.FAILED: self.on_failed}.get(severity)  # fmt: skip
     manual: frozenset[Severity] = frozenset()  # the severities whose evacuation waits for approval
 
 
@@ -61,13 +69,15 @@ class Approvals:
 
     def decide(self, verdict: HostVerdict) -> Decision:
         with self._lock:
-            if verdict.severity not in (Severity.SEVERE, Severity.FAILED):
+            action = self._policy.action(verdict.severity)
+            if action is None:
                 if verdict.severity is Severity.HEALTHY:
                     self._proposal, self._approved, self._rejected = None, False, False
                 return Decision.NOTHING
-            failed = verdict.severity is Severity.FAILED
-            if (self._policy.on_failed if failed else self._policy.on_severe) == "quarantine":
+            if action == "quarantine":
                 return Decision.QUARANTINE
+            if action == "notify":
+                return Decision.NOTIFY
             if verdict.severity not in self._policy.manual or self._approved:
                 return Decision.EVACUATE
             if self._rejected:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from evacuator.incident.ledger import Incident, ScheduledRecord
-from monitors.verdicts import Severity
+from monitors.verdicts import HostVerdict, Reason, Severity
 from notifiers import messages as wire
 from notifiers.topology import reply_routing_key
 from notifiers.wire import ReplyType, WireRejectCode
@@ -49,16 +49,17 @@ def scheduled_notice(
         host=host,
         tenant=tenant,
         severity=severity,  # type: ignore[arg-type]  # narrowed by the check above
-        reasons=tuple(
-            wire.Reason(source=r.source, sensor=r.sensor, value=r.value, threshold=r.threshold, unit=r.unit,
-                        message=r.message)
-            for r in incident.reasons
-        ),
+        reasons=_wire_reasons(incident.reasons),
         vms=tuple(_scheduled_vm(vm) for vm in vms),
         allowed_replies=_allowed_replies(incident.severity, answers_replies),
         reply_exchange=replies_exchange,
         reply_routing_key=reply_routing_key(tenant, host),
     )
+
+
+def _wire_reasons(reasons: Sequence[Reason]) -> tuple[wire.Reason, ...]:
+    return tuple(wire.Reason(source=r.source, sensor=r.sensor, value=r.value, threshold=r.threshold,
+                             unit=r.unit, message=r.message) for r in reasons)  # fmt: skip
 
 
 def _allowed_replies(severity: Severity, answers_replies: bool) -> tuple[ReplyType, ...]:
@@ -101,6 +102,19 @@ class TenantNotifier:
         notice = scheduled_notice(
             host=self._host, tenant=tenant, event_id=event_id, incident=incident, vms=vms,
             replies_exchange=self._replies_exchange, answers_replies=self._answers_replies,
+        )  # fmt: skip
+        return self._send(tenant, notice)
+
+    def host_at_risk(
+        self, *, tenant: str, verdict: HostVerdict, vms: Sequence[tuple[str, str]]
+    ) -> Future[datetime]:
+        """This host is sick and its policy for the severity is notify: the tenant's VMs here (uuid, name)."""
+        if verdict.severity not in (Severity.MODERATE, Severity.SEVERE, Severity.FAILED):
+            raise ValueError(f"no host_at_risk notice for a {verdict.severity} host")
+        notice = wire.HostAtRisk(
+            tenant=tenant, host=self._host, severity=str(verdict.severity),  # type: ignore[arg-type]
+            reasons=_wire_reasons(verdict.reasons), at=self._clock(),
+            vms=tuple(wire.AtRiskVm(vm_uuid=uuid, vm_name=name) for uuid, name in vms),
         )  # fmt: skip
         return self._send(tenant, notice)
 

@@ -7,18 +7,20 @@ what a move cost, which vm_evacuated tells, is read here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 
 import structlog
 
 from evacuator.errors import JournalError
+from evacuator.hypervisor.model import VmInfo
 from evacuator.incident.ledger import Incident, IncidentLedger
 from evacuator.incident.ports import MoveCosts, Moves, Notifier
 from evacuator.moves.journal import MoveCost
 from evacuator.moves.state import MoveRecord, MoveState
 from evacuator.placement.guards import Hold
+from monitors.verdicts import HostVerdict
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,21 @@ class IncidentNotices:
             future.add_done_callback(log_confirm("evacuation_scheduled", told.tenant))
             for vm in vms:
                 self._engine.mark(vm.vm_uuid, MoveState.NOTIFIED)
+
+    def at_risk(self, verdict: HostVerdict, vms: Sequence[VmInfo]) -> None:
+        """The host is sick and its policy says notify: each tenant with VMs here hears which (host_at_risk),
+        and nothing moves."""
+        tenants = sorted({vm.facts.tenant for vm in vms if vm.facts.tenant is not None})
+        for tenant in tenants:
+            mine = [(vm.uuid, vm.name) for vm in vms if vm.facts.tenant == tenant]
+            try:
+                future = self._notifier.host_at_risk(tenant=tenant, verdict=verdict, vms=mine)
+            except Exception as exc:  # one tenant's bad notice must not keep the others uninformed
+                log.error("notice_failed", kind="host_at_risk", tenant=tenant, error=str(exc))
+                continue
+            future.add_done_callback(log_confirm("host_at_risk", tenant))
+        log.warning("host_at_risk_told", severity=str(verdict.severity), tenants=tenants,
+                    reasons=[r.message for r in verdict.reasons])  # fmt: skip
 
     def held(self, incident: Incident, hold: Hold) -> None:
         """The guards hold this host's moves back: each tenant with VMs still to move is told why."""

@@ -12,6 +12,7 @@ from evacuator.moves.engine import Planned
 from evacuator.moves.journal import MoveCost
 from evacuator.moves.state import MoveRecord, MoveState
 from evacuator.placement.guards import Hold
+from monitors.verdicts import HostVerdict
 
 
 class Notifier(Protocol):
@@ -34,6 +35,9 @@ class Notifier(Protocol):
     ) -> Future[datetime]: ...
     def evacuation_updated(
         self, *, tenant: str, cause: str, vms: Sequence[ScheduledRecord], hold: str | None = None
+    ) -> Future[datetime]: ...
+    def host_at_risk(
+        self, *, tenant: str, verdict: HostVerdict, vms: Sequence[tuple[str, str]]
     ) -> Future[datetime]: ...
 
 

@@ -73,6 +73,7 @@ class Service:
         # nothing is pending, so a host that stays severe is never re-planned (nor its tenants re-notified).
         self._incident: Incident | None = None
         self._tell = IncidentNotices(ledger=ledger, notifier=notifier, engine=engine)
+        self._at_risk: Severity | None = None  # notify: the worst severity the tenants were told this spell
 
     def start(self) -> None:
         self._timers.start(self.on_timer)
@@ -100,10 +101,15 @@ class Service:
                      reasons=[r.message for r in verdict.reasons])  # fmt: skip
             self._last_severity = verdict.severity
         decision = self._approvals.decide(verdict)
-        if verdict.severity in _EVACUATE and self._incident is None:
+        if verdict.severity is Severity.HEALTHY:
+            self._at_risk = None
+        if decision is not Decision.NOTHING and self._incident is None:
             if decision is Decision.EVACUATE:
                 self._open_incident(verdict)
-            elif decision is not self._withheld:
+            elif decision is Decision.NOTIFY:
+                self._tell_at_risk(verdict)
+            elif decision is not self._withheld and (verdict.severity in _EVACUATE
+                                                     or decision is Decision.AWAIT_APPROVAL):  # fmt: skip
                 proposal = self._approvals.awaiting()
                 log.warning("evacuation_withheld", host=self._config.host, severity=str(verdict.severity),
                             decision=str(decision),
@@ -119,6 +125,13 @@ class Service:
             log.info("incident_closed", host=self._config.host, incident_id=self._incident.incident_id)
             self._incident = None
             self._guard.end()
+
+    def _tell_at_risk(self, verdict: HostVerdict) -> None:
+        """Notify: once per sick spell, and again when it gets worse (moderate, then severe)."""
+        if self._at_risk is not None and verdict.severity.rank <= self._at_risk.rank:
+            return
+        self._at_risk = verdict.severity
+        self._tell.at_risk(verdict, self._hypervisor.list_vms())
 
     def approve(self) -> str:
         """The admin's `evacuator approve`: the evacuation awaiting approval begins at the next poll."""

@@ -113,10 +113,14 @@ def reply_policy(settings: Settings) -> ReplyPolicy:
 
 
 def evacuation_policy(settings: Settings) -> EvacuationPolicy:
-    """Per severity: evacuate or quarantine only, and whether an evacuation waits for `evacuator approve`."""
+    """Per severity: evacuate, notify or quarantine only, and whether an evacuation waits for `evacuator
+    approve`."""
     evacuation = settings.evacuation
-    approvals = ((Severity.SEVERE, evacuation.approval_severe), (Severity.FAILED, evacuation.approval_failed))
-    return EvacuationPolicy(on_severe=evacuation.on_severe, on_failed=evacuation.on_failed,
+    approvals = ((Severity.MODERATE, evacuation.approval_moderate),
+                 (Severity.SEVERE, evacuation.approval_severe),
+                 (Severity.FAILED, evacuation.approval_failed))  # fmt: skip
+    return EvacuationPolicy(on_moderate=evacuation.on_moderate, on_severe=evacuation.on_severe,
+                            on_failed=evacuation.on_failed,
                             manual=frozenset(s for s, approval in approvals if approval == "manual"))
 
 

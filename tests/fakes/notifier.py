@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from evacuator.incident.ledger import Incident, ScheduledRecord
+from monitors.verdicts import HostVerdict
 from notifiers.wire import WireRejectCode
 
 
@@ -53,6 +54,11 @@ class RecordingNotifier:
             return self._done("vm_evacuated", tenant, vm_uuid=vm_uuid, vm_name=vm_name, to_host=to_host)
         return self._done("vm_evacuated", tenant, vm_uuid=vm_uuid, vm_name=vm_name, to_host=to_host,
                           downtime_seconds=downtime_seconds, bytes_moved=bytes_moved)  # fmt: skip
+
+    def host_at_risk(
+        self, *, tenant: str, verdict: HostVerdict, vms: Sequence[tuple[str, str]]
+    ) -> Future[datetime]:
+        return self._done("host_at_risk", tenant, severity=str(verdict.severity), vms=tuple(vms))
 
     def evacuation_failed(self, *, tenant: str, vm_uuid: str, vm_name: str, reason: str) -> Future[datetime]:
         return self._done("evacuation_failed", tenant, vm_uuid=vm_uuid, vm_name=vm_name, reason=reason)

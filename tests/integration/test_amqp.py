@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +30,7 @@ from notifiers.reply_acceptance import RejectedDelivery, TenantReply
 from notifiers.reply_consumer import ReplyConsumer
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
-from notifiers.topology import host_replies_queue, reply_routing_key, tenant_queue
+from notifiers.topology import host_replies_queue, notice_routing_key, reply_routing_key, tenant_queue
 from tests.fixtures.broker import BrokerJanitor, LabTenant, refusal
 
 pytestmark = pytest.mark.integration
@@ -140,6 +143,24 @@ def test_tenant_receives_the_notice_published_for_it_and_no_one_else_does(
         assert mine.next_notice(WAIT_SECONDS) == notice
         assert mine.next_notice(0.2) is None
         assert theirs.next_notice(0.2) is None
+
+
+def test_a_notice_type_a_newer_service_added_is_skipped_and_the_next_one_read(
+    publisher: NoticePublisher, broker_settings: BrokerSettings, acme: LabTenant, host: str
+) -> None:
+    """Within schema 1 a newer service may add a notice type: this client acks it, skips it and goes on."""
+    newer = {"schema_version": 1, "type": "host_recovered", "event_id": str(uuid.uuid4()),
+             "tenant": acme.name, "host": host, "at": datetime.now(UTC).isoformat()}  # fmt: skip
+    url = broker_settings.url.get_secret_value()
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as connection:
+        publish_raw(connection.channel(), broker_settings.notices_exchange,
+                    notice_routing_key(acme.name, host, "host_recovered"), json.dumps(newer).encode(),
+                    user_id=pika.URLParameters(url).credentials.username)  # fmt: skip
+    notice = scheduled(acme, host, broker_settings)
+    publisher.publish(acme.name, host, notice).result(timeout=WAIT_SECONDS)
+    with client(acme, broker_settings) as mine:
+        assert mine.next_notice(WAIT_SECONDS) == notice
+        assert mine.next_notice(0.2) is None
 
 
 def test_notice_for_a_tenant_without_a_queue_fails_as_unroutable(

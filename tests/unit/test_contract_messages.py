@@ -15,7 +15,7 @@ import pytest
 
 from evacuator.incident.ledger import IncidentLedger, LedgerVm
 from evacuator.incident.notices import TenantNotifier
-from monitors.verdicts import Severity
+from monitors.verdicts import HostVerdict, Severity
 from notifiers.messages import (
     NOTICE_MODELS,
     NOTICE_TYPES,
@@ -71,6 +71,8 @@ def published(tmp_path: Path, severity: Severity, *, answers_replies: bool = Tru
     incident = ledger.open_incident()
     assert incident is not None
     records = ledger.records(incident.incident_id)
+    sick = HostVerdict(severity=severity, reasons=incident.reasons, at=T0)
+    notifier.host_at_risk(tenant="acme", verdict=sick, vms=[(VM, "web-1"), (OTHER_VM, "web-2")])
     notifier.evacuation_scheduled(tenant="acme", event_id=EVENT, incident=incident, vms=records)
     later = ledger.reschedule(records[0], T0 + timedelta(minutes=20))
     notifier.evacuation_updated(tenant="acme", cause="postponed", vms=(later,))

@@ -12,16 +12,24 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from notifiers.connection import connection_parameters
-from notifiers.errors import BrokerUnavailable, InvalidName, MalformedNotice, MalformedReply
+from notifiers.errors import (
+    BrokerUnavailable,
+    InvalidName,
+    MalformedNotice,
+    MalformedReply,
+    UnknownNoticeType,
+)
 from notifiers.messages import (
     MAX_BODY_BYTES,
     NOTICE_TYPES,
+    AtRiskVm,
     EvacuationCancelled,
     EvacuationCompleted,
     EvacuationFailed,
     EvacuationScheduled,
     EvacuationStarted,
     EvacuationUpdated,
+    HostAtRisk,
     PostponeReply,
     ReadyReply,
     Reason,
@@ -89,13 +97,16 @@ NOTICES = [
         in_reply_to="m1", vm_uuid=VM, at=T0,
     ),
 ]  # fmt: skip
+# Every type, the one added since last (tests below index NOTICES by position).
+ALL_NOTICES = [*NOTICES, HostAtRisk(tenant="acme", host="hv1", severity="moderate", reasons=(), at=T0,
+                                    vms=(AtRiskVm(vm_uuid=VM, vm_name="web-1"),))]  # fmt: skip
 
 
 def test_every_notice_type_has_a_model_in_the_tests() -> None:
-    assert sorted(n.type for n in NOTICES) == sorted(NOTICE_TYPES)
+    assert sorted(n.type for n in ALL_NOTICES) == sorted(NOTICE_TYPES)
 
 
-@pytest.mark.parametrize("notice", NOTICES, ids=lambda n: n.type)
+@pytest.mark.parametrize("notice", ALL_NOTICES, ids=lambda n: n.type)
 def test_every_notice_survives_a_round_trip(notice: EvacuationScheduled) -> None:
     assert parse_notice(encode(notice)) == notice
 
@@ -241,6 +252,16 @@ def test_parse_reply_names_what_is_wrong(body: bytes, reason: str) -> None:
 def test_parse_notice_refuses_a_reply() -> None:
     with pytest.raises(MalformedNotice, match="type is 'ready'"):
         parse_notice(encode(ReadyReply(vm_uuid=VM)))
+
+
+def test_a_notice_type_a_newer_service_added_is_told_apart_from_garbage() -> None:
+    newer = {"schema_version": 1, "type": "host_recovered", "tenant": "acme", "host": "hv1"}
+    with pytest.raises(UnknownNoticeType, match="host_recovered"):
+        parse_notice(json.dumps(newer).encode())
+    for garbage in ("Host Recovered", "", 7, "x" * 200):
+        with pytest.raises(MalformedNotice) as caught:
+            parse_notice(json.dumps({**newer, "type": garbage}).encode())
+        assert not isinstance(caught.value, UnknownNoticeType), garbage
 
 
 def test_parse_notice_refuses_a_naive_deadline() -> None:

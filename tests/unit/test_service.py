@@ -602,7 +602,14 @@ def test_a_rejected_evacuation_stays_quarantined_until_the_host_was_healthy(tmp_
     (EvacuationPolicy(on_failed="quarantine"), Severity.FAILED, Decision.QUARANTINE),
     (EvacuationPolicy(manual=frozenset({Severity.FAILED})), Severity.FAILED, Decision.AWAIT_APPROVAL),
     (EvacuationPolicy(manual=frozenset({Severity.FAILED})), Severity.SEVERE, Decision.EVACUATE),
-    (EvacuationPolicy(), Severity.MODERATE, Decision.NOTHING),
+    (EvacuationPolicy(), Severity.MODERATE, Decision.QUARANTINE),  # DESIGN: moderate only quarantines
+    (EvacuationPolicy(on_moderate="notify"), Severity.MODERATE, Decision.NOTIFY),
+    (EvacuationPolicy(on_moderate="evacuate"), Severity.MODERATE, Decision.EVACUATE),
+    (EvacuationPolicy(on_moderate="evacuate", manual=frozenset({Severity.MODERATE})), Severity.MODERATE,
+     Decision.AWAIT_APPROVAL),
+    (EvacuationPolicy(on_severe="notify"), Severity.SEVERE, Decision.NOTIFY),
+    (EvacuationPolicy(on_failed="notify", manual=frozenset({Severity.FAILED})), Severity.FAILED,
+     Decision.NOTIFY),  # telling waits for nobody
     (EvacuationPolicy(), Severity.HEALTHY, Decision.NOTHING),
 ])  # fmt: skip
 def test_each_severity_is_evacuated_quarantined_or_awaits_approval_as_configured(
