@@ -6,6 +6,7 @@ import collections
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,11 +40,20 @@ class TenantClient:
         *,
         replies_exchange: str = "evacuator.replies",
         ca_file: Path | None = None,
+        failover_urls: Sequence[str] = (),
     ) -> None:
+        """`failover_urls`: a RabbitMQ cluster's other nodes (same user; a URL without a password uses
+        `url`'s), tried in turn when the node that answered last does not."""
         user = unquote(urlsplit(url).username or "")
         if user != check_word("tenant", tenant):
             raise InvalidName(f"tenant {tenant!r} must connect as its own broker user, not {user!r}")
+        for other in failover_urls:
+            other_user = unquote(urlsplit(other).username or "")
+            if other_user != user:
+                raise InvalidName(f"every node URL must name the tenant's user {user!r}, not {other_user!r}")
         self._url = url
+        self._urls = (url, *failover_urls)
+        self._answered = 0  # the node that answered last: tried first
         self._ca_file = ca_file
         self._tenant = tenant
         self._replies_exchange = replies_exchange
@@ -145,13 +155,31 @@ class TenantClient:
 
     def _ensure_connection(self) -> Any:
         if self._connection is None or not self._connection.is_open:
-            try:
-                parameters = connection_parameters(self._url, ca_file=self._ca_file)
-                self._connection = pika.BlockingConnection(parameters)
-            except CONNECTION_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot connect to {redact_url(self._url)}: {exc!r}") from exc
+            self._connection = self._connect()
             self._notices = self._replies = None
         return self._connection
+
+    def _connect(self) -> Any:
+        """The node that answered last first, then the others in order (a quorum queue lives on, and is
+        consumed from, any node of the cluster)."""
+        password = urlsplit(self._url).password
+        failures: list[str] = []
+        last: Exception | None = None
+        count = len(self._urls)
+        for index in [(self._answered + step) % count for step in range(count)]:
+            url = self._urls[index]
+            try:
+                parameters = connection_parameters(
+                    url, password=None if urlsplit(url).password else unquote(password or "") or None,
+                    ca_file=self._ca_file)  # fmt: skip
+                connection = pika.BlockingConnection(parameters)
+            except CONNECTION_ERRORS as exc:
+                failures.append(f"{redact_url(url)}: {exc!r}")
+                last = exc
+                continue
+            self._answered = index
+            return connection
+        raise BrokerUnavailable(f"cannot connect to {'; '.join(failures)}") from last
 
     def _ensure_consuming(self) -> None:
         if self._notices is not None and self._notices.is_open:

@@ -352,6 +352,39 @@ def _confirmed(send: Callable[[], object]) -> int:
     raise AssertionError("the broker confirmed no reply in 10 attempts")
 
 
+def test_a_tenant_given_every_node_reads_on_when_its_node_dies(
+    whole_cluster: RabbitCluster, service: Service, request: pytest.FixtureRequest
+) -> None:
+    """The tenant's client talks to node 1 and knows nodes 2 and 3 (failover_urls, no password of their
+    own): node 1 dies while notices are queued; the read under way fails (BrokerUnavailable), the next one
+    reconnects to another node and every notice arrives, with its event id."""
+    made = whole_cluster.tenant("nomad", node=1)
+    try:
+        others = [node.url.replace("guest:guest@", f"{made.name}@") for node in whole_cluster.lab.nodes[1:]]
+        service.outbox.ensure_tenant_queue(made.name).result(timeout=10)
+        for future in [service.notify(made.name, i) for i in range(BEFORE)]:
+            future.result(timeout=10)
+        exchange = whole_cluster.settings().replies_exchange
+        with TenantClient(made.url, made.name, replies_exchange=exchange, failover_urls=others) as client:
+            received = [_next(client).event_id for _ in range(BEFORE // 2)]
+            died = whole_cluster.lab.kill(1)
+            lost = 0
+            while len(set(received)) < BEFORE:
+                try:
+                    notice = client.next_notice(30.0)
+                except BrokerUnavailable:
+                    lost += 1  # the connection to node 1 went with it: the next read reconnects
+                    assert lost <= 3, "the client did not reach another node"
+                    continue
+                assert notice is not None, "a notice did not arrive within 30 s"
+                received.append(notice.event_id)
+            back = time.monotonic() - died
+        report(request, tenant_node_death_to_all_notices_read_seconds=back)
+        assert len(set(received)) == BEFORE
+    finally:
+        whole_cluster.remove_tenant(made)
+
+
 def _next(client: TenantClient) -> Notice:
     notice = client.next_notice(30.0)
     assert notice is not None, "a notice did not arrive within 30 s"
