@@ -101,6 +101,9 @@ def installed(wheel: Path) -> Installed:
         if system_units.is_dir():
             shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
             break
+    # And the one system command the unit names, as every Debian system has it (procps): ExecReload's kill.
+    (root / "bin").mkdir(exist_ok=True)
+    shutil.copy2("/bin/kill", root / "bin/kill")
     return Installed(root=root, venv=root / "opt/evacuator/venv", version=_wheel_version(wheel),
                      stderr=done.stderr, stdout=done.stdout)  # fmt: skip
 
