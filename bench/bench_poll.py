@@ -3,6 +3,8 @@
 Run: `.venv/bin/python bench/bench_poll.py [--polls N]`. The fake /sys tree is built in a temporary directory
 in the exact kernel format. The baseline, measured in the same run, is the bare cost of reading the same
 attribute files once each with os.open/os.read, so the ratio shows what parsing and the detector add.
+The RSS printed is this bench's own process; the running daemon's, as an operator reads it, is
+bench/bench_footprint.py's.
 """
 
 from __future__ import annotations

@@ -8,18 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from evacuator.errors import EvacuatorError
-from evacuator.logs import configure_logging
-from monitors.errors import MonitorError
-from notifiers.errors import NotifierError
-
 _DEFAULT_CONFIG = "/etc/evacuator/evacuator.yaml"
 CONFIG_ENV = "EVACUATOR_CONFIG"  # the settings file every command reads unless given --config
 # Exit code of a command whose reader went away (`evacuator sensors --json | head`): as if killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
 # Each subcommand's module is imported only when it runs: `check-config`, `sensors` and `simulate` load
-# neither libvirt nor the broker's client, and only `demo` loads the lab.
+# neither libvirt nor the broker's client, and only `demo` loads the lab. Logging and the error classes are
+# imported once the arguments parse (main), so `--version`, `--help` and a usage error load none of them.
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -324,6 +320,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The error modules import nothing; evacuator.logs must be the first to import structlog (see there).
+    from evacuator.errors import EvacuatorError
+    from evacuator.logs import configure_logging
+    from monitors.errors import MonitorError
+    from notifiers.errors import NotifierError
+
     if args.command in ("sensors", "simulate", "check-config", "peers", "hosts", "pause", "resume", "status",
                         "history"):
         # Their output is the report on stdout; only problems are logged, and to stderr.
