@@ -27,12 +27,13 @@ at any point with ERROR u16 length and a UTF-8 message, and closes.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,10 +41,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
 
 from evacuator.errors import EvacuatorError
@@ -137,29 +134,51 @@ class ServerTls:
     sha256: str
 
 
+# Makes a fresh P-256 key and a self-signed certificate for the common name in argv[1], and writes both as PEM
+# to stdout, certificate first. In a child process, so the daemon never imports `cryptography` (13 MiB of its
+# RSS, for one certificate at start); the key goes through the pipe between the two, nowhere else.
+_MAKE_CERTIFICATE = """
+import datetime as dt, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sys.argv[1][:64])])
+now = dt.datetime.now(dt.UTC)
+certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=3650))
+               .sign(key, hashes.SHA256()))
+sys.stdout.buffer.write(certificate.public_bytes(serialization.Encoding.PEM))
+sys.stdout.buffer.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+"""
+_PEM_END_CERTIFICATE = b"-----END CERTIFICATE-----\n"
+
+
 def server_tls(common_name: str) -> ServerTls:
     """A fresh P-256 key and self-signed certificate (never written anywhere lasting: the key lives in this
     process only), served with TLS 1.3 alone."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
+    try:
+        made = subprocess.run([sys.executable, "-c", _MAKE_CERTIFICATE, common_name], capture_output=True,
+                              timeout=60, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ChannelError(f"cannot make the data channel's TLS certificate: {exc}") from exc
+    cert_pem, found, key_pem = made.stdout.partition(_PEM_END_CERTIFICATE)
+    if not found or not key_pem:
+        raise ChannelError("cannot make the data channel's TLS certificate: no certificate and key came back")
+    cert_pem += _PEM_END_CERTIFICATE
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     # ssl loads a chain only from files: a private directory that is gone once they are read.
     with tempfile.TemporaryDirectory(prefix="evacuator-tls-") as directory:
         cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        cert_path.write_bytes(cert_pem)
         key_path.touch(mode=0o600)
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(key_pem)
         context.load_cert_chain(cert_path, key_path)
-    der = certificate.public_bytes(serialization.Encoding.DER)
+    der = ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii"))
     return ServerTls(context=context, sha256=hashlib.sha256(der).hexdigest())
 
 
