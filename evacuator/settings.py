@@ -118,6 +118,12 @@ class EvacuationSettings(_Strict):
     # Copy a running VM's disks while it shuts down, when a transfer slot is free at once; once it is off,
     # only the blocks read before that are read again, and those that changed written (docs/moves.md).
     precopy_during_shutdown: bool = True
+    # Once a window opens, choose and claim the move's destination and copy the running VM's disks there
+    # while the tenant preprocesses: a pass when a transfer slot is free (given up to any move that waits for
+    # one), then every precopy_pass_interval_seconds only the blocks that changed; once the VM is off only
+    # the blocks changed since travel, and the whole disk is verified as always (docs/moves.md).
+    precopy_during_window: bool = True
+    precopy_pass_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Counted on the broker (evacuator/peers/cloud_slots.py): transfers at once in the whole cloud (None: no
     # cap), and whether max_incoming_moves_per_peer holds for all sources together, not each on its own.
     max_total_transfers: int | None = Field(default=None, ge=1)

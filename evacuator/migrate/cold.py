@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from datetime import datetime, timedelta
 
 import structlog
 
 from evacuator.errors import EvacuatorError
-from evacuator.hypervisor.model import Hypervisor, VmInfo, VmState, VolumeInfo, is_active
+from evacuator.hypervisor.model import Hypervisor, VmInfo, VmState, VolumeInfo, VolumeRef, is_active
+from evacuator.migrate.converge import StoredDigests, converge_during_shutdown
 from evacuator.migrate.final_steps import clean_up_source, verify_destination
 from evacuator.migrate.precopy import copy_after_shutdown, precopy_during_shutdown
 from evacuator.migrate.shutdown_watch import ShutdownWatch
@@ -19,6 +20,7 @@ from evacuator.migrate.steps import (
     MoveAttempt,
     MoveReport,
     MoveStep,
+    PrecopiedVolume,
     StepEvent,
     StepRefused,
     TransferSlot,
@@ -69,12 +71,16 @@ class ColdMigrator:
     def move(
         self, vm_uuid: str, *, start_on_destination: bool | None = None,
         steps: Collection[MoveStep] | None = None,
+        precopied: Mapping[VolumeRef, PrecopiedVolume] | None = None,
     ) -> MoveReport:
         """Moves the VM. `start_on_destination` None means "if it runs now"; pass the journaled value on a
         retry after the quiesce step, when the VM no longer runs anywhere. `steps` runs only those (in their
-        order): a consistency group runs each phase for all its VMs before the next."""
+        order): a consistency group runs each phase for all its VMs before the next. `precopied`: what a
+        window's pre-copy sent to this destination (evacuator/moves/window_copies.py); only blocks changed
+        since are sent, and none of it counts before the last pass once the VM is off."""
         began = self._clock()
         move = self._stepper.begin(vm_uuid, start_on_destination)
+        move.precopied = dict(precopied or {})
         chosen = [(step, action) for step, action in self._plan() if steps is None or step in steps]
         return self._stepper.run(move, chosen, transfer_slot=self._transfer_slot, began=began)
 
@@ -119,8 +125,13 @@ class ColdMigrator:
         with ExitStack() as stack:
             if not stack.enter_context(slot(move.uuid)):
                 return
-            move.precopied = precopy_during_shutdown(
-                self._src, self._dst, src, watch=watch, clock=self._clock, limit_for=self._limit_seconds)
+            if move.precopied:  # a window's pre-copy: only what changed since its last pass travels now
+                move.precopied = converge_during_shutdown(
+                    self._src, self._dst, move.precopied, off=watch.off, polled=watch.polled,
+                    limit_for=self._limit_seconds, clock=self._clock)
+            else:
+                move.precopied = precopy_during_shutdown(
+                    self._src, self._dst, src, watch=watch, clock=self._clock, limit_for=self._limit_seconds)
             if watch.off.is_set() and move.precopied:
                 move.slot.enter_context(stack.pop_all())
                 move.holding = True
@@ -128,9 +139,16 @@ class ColdMigrator:
     def _copy_disks(self, move: MoveAttempt) -> bool:
         if self._dst.find_vm(move.uuid) is not None:
             return False
-        copied = copy_after_shutdown(self._src, self._dst, self._source_off(move).volumes,
-                                     precopied=move.precopied, limit_for=self._limit_seconds,
-                                     clock=self._clock)
+        volumes = self._source_off(move).volumes
+        # Everything pre-copied: the destination digests its copies while the last pass runs (below).
+        ahead = StoredDigests(self._dst, volumes) if move.precopied.keys() >= set(volumes) else None
+        copied = copy_after_shutdown(self._src, self._dst, volumes, precopied=move.precopied,
+                                     limit_for=self._limit_seconds, clock=self._clock)
+        if ahead is not None:
+            # Exact only for a copy the last pass left untouched: nothing was written to it after the digest
+            # began (every earlier write had returned). Any other is digested again when verified.
+            untouched = [ref for ref, c in copied.items() if c.patched_bytes == 0]
+            move.stored_sha256.update(ahead.results(untouched))
         move.precopied = {}
         move.bytes_copied += sum(c.bytes_written for c in copied.values())
         move.sent_sha256.update((ref, c.sent_digest) for ref, c in copied.items())
@@ -152,7 +170,7 @@ class ColdMigrator:
             # What was sent is what the source held (it is off): no need to read it a second time.
             source_sha256 = move.sent_sha256.get(ref) or self._src.volume_digest(ref.pool, ref.volume)
             # What the destination stored, read back there (see Hypervisor.volume_digest for how).
-            copy_sha256 = self._dst.volume_digest(ref.pool, ref.volume)
+            copy_sha256 = move.stored_sha256.pop(ref, None) or self._dst.volume_digest(ref.pool, ref.volume)
             if source_sha256 != copy_sha256:
                 raise StepRefused(f"volume {ref.pool}/{ref.volume} differs after copy: digest "
                                   f"{source_sha256} vs {copy_sha256}")

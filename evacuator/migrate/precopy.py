@@ -38,7 +38,7 @@ Clock = Callable[[], datetime]
 _ZERO_BLOCK = bytes(BLOCK_BYTES)
 
 
-class _Settling:
+class Settling:
     """Counts the bytes read, and notes where the first chunk asked for after `off` was set begins."""
 
     def __init__(self, off: threading.Event) -> None:
@@ -95,7 +95,8 @@ def copy_after_shutdown(
                                       clock=clock)
             if finished is not None:
                 copied[ref] = CopiedVolume(bytes_written=earlier.bytes_written + finished.bytes_written,
-                                           sent_digest=finished.sent_digest)
+                                           sent_digest=finished.sent_digest,
+                                           patched_bytes=finished.bytes_written)
                 continue
         clear_leftover(destination, ref, in_use)
         copied[ref] = copy_volume(source, destination, volume, limit_seconds=limit_for(volume), clock=clock)
@@ -122,7 +123,7 @@ def precopy_disks(
         except BaseException:
             close_chunks(live.chunks)
             raise
-        settling = _Settling(watch.off)
+        settling = Settling(watch.off)
         digest = BlockDigest(keep_blocks=True)
         sent = copy_volume(source, destination, volume, limit_seconds=limit_for(volume), clock=clock,
                            reading=settling.tap(live.chunks), digest=digest, sending=watch.polled)

@@ -124,6 +124,8 @@ class MoveAttempt:
     bytes_copied: int = 0
     forced_off: bool = False
     sent_sha256: dict[VolumeRef, str] = field(default_factory=dict)
+    # The destination's digests of copies nothing wrote to since they were taken (cold.py, a pre-copied move).
+    stored_sha256: dict[VolumeRef, str] = field(default_factory=dict)
     precopied: dict[VolumeRef, PrecopiedVolume] = field(default_factory=dict)
     # The transfer slot the steps hold: taken for the disks' steps, or kept from a pre-copy that ended
     # with the VM off, so its last blocks follow at once.

@@ -30,6 +30,8 @@ class CopiedVolume:
 
     bytes_written: int
     sent_digest: str
+    # Set when a pre-copy was finished (what its last pass wrote, once the VM was off); None: copied afresh.
+    patched_bytes: int | None = None
 
 
 def copy_volume(

@@ -57,6 +57,10 @@ class EngineConfig:
     quiesce_ahead_moves: int = 2
     # A running VM's disks are copied while it shuts down when a transfer slot is free at once (precopy.py).
     precopy_during_shutdown: bool = True
+    # Once a window opens, its move's destination is chosen and claimed and the VM's disks are pre-copied
+    # there, one pass every `precopy_pass_interval_seconds` until the move is due (moves/window_copies.py).
+    precopy_during_window: bool = True
+    precopy_pass_interval_seconds: float = 10.0
     # True: the engine's queue gives a unit the first of `peers` under its incoming cap (the static list).
     # False: each runner asks its Destinations when the unit starts (the host view's choice, with a claim).
     queue_picks_destination: bool = True
@@ -104,6 +108,14 @@ class Attempts:
         if not self.config.precopy_during_shutdown:
             return None
         return held_transfer_now(self._slots, self._cluster_slots, destination)
+
+    def window_slot(self, destination: str) -> TryTransferSlot:
+        """How a window's pre-copy tries for a slot: only one free at once and wanted by no waiting move."""
+        return held_transfer_now(self._slots, self._cluster_slots, destination)
+
+    def transfer_wanted(self) -> bool:
+        """Whether a move waits for a transfer slot (a window's pre-copy then gives its slot up)."""
+        return self._slots.wanted()
 
     # --- the journal's side of an attempt ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections import Counter
@@ -27,6 +28,7 @@ from evacuator.moves.state import (
     allowed,
     resume_action,
 )
+from evacuator.moves.window_copies import WindowCopies
 
 log = structlog.get_logger(__name__)
 
@@ -77,8 +79,10 @@ class MoveEngine:
         clock: Clock,
         crash_point: CrashPoint = no_crash,
         gate: Gate | None = None,
+        window: WindowCopies | None = None,
     ) -> None:
         self._config = config
+        self._window = window  # pre-copies during the windows (None: the disks travel once each move is due)
         self._gate: Gate = gate or OpenGate()
         self._journal = journal
         self._hypervisor = hypervisor
@@ -114,6 +118,8 @@ class MoveEngine:
             if action in (ResumeAction.MOVE, ResumeAction.ROLL_BACK):
                 self._enqueue(record.vm_uuid)
                 resumed.append(record.vm_uuid)
+            elif action is ResumeAction.WAIT_FOR_TIMER and record.state is MoveState.WAITING and self._window:
+                self._window.begin(record)  # toward its journaled destination, afresh
         for worker in self._workers:
             worker.start()
         return tuple(resumed)
@@ -122,6 +128,8 @@ class MoveEngine:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
+        if self._window is not None:
+            self._window.stop()
         for worker in self._workers:
             if worker.is_alive():
                 worker.join(timeout=timeout_seconds)
@@ -161,7 +169,10 @@ class MoveEngine:
         """Moves a pending record on (notified, waiting); ignored once the move has gone further."""
         record = self._journal.get(vm_uuid)
         if record is not None and record.state in PENDING and allowed(record.state, state):
-            self._journal.advance(record, state, Phase.ENTERED, self._clock())
+            due = record.phase is Phase.DUE  # its timer fired first: the move is queued, no window is left
+            record = self._journal.advance(record, state, Phase.ENTERED, self._clock())
+            if state is MoveState.WAITING and self._window is not None and not due:
+                self._window.begin(record)
 
     def submit(self, vm_uuid: str) -> bool:
         """A window closed: journal the move as due, then queue it. False if there is nothing to move."""
@@ -172,9 +183,11 @@ class MoveEngine:
             log.info("move_skipped", vm_uuid=vm_uuid, reason=reason)
             return False
         # A group is due as a whole when any of its VMs is: it moves all or nothing.
-        for member in self._members(record):
-            if member.state in PENDING:
-                self._journal.advance(member, member.state, Phase.DUE, self._clock())
+        with self._window.journal_lock if self._window is not None else contextlib.nullcontext():
+            # Read again: a window's pre-copy may have journaled its destination since.
+            for member in self._members(self._journal.get(vm_uuid) or record):
+                if member.state in PENDING:
+                    self._journal.advance(member, member.state, Phase.DUE, self._clock())
         self._crash_point("due", Phase.DUE)
         self._enqueue(vm_uuid)
         return True

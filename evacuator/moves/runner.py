@@ -6,12 +6,13 @@ import structlog
 
 from evacuator.errors import MigrationError
 from evacuator.hypervisor.facts import MoveMethod
-from evacuator.hypervisor.model import Hypervisor
-from evacuator.migrate.steps import StepEvent
+from evacuator.hypervisor.model import Hypervisor, VolumeRef
+from evacuator.migrate.steps import PrecopiedVolume, StepEvent
 from evacuator.moves.attempts import Attempts, Outcomes
 from evacuator.moves.destinations import Held, Nowhere
 from evacuator.moves.rollback import RollbackOutcome
 from evacuator.moves.state import MoveRecord, MoveState, Phase
+from evacuator.moves.window_copies import WindowCopies
 
 log = structlog.get_logger(__name__)
 
@@ -19,8 +20,9 @@ log = structlog.get_logger(__name__)
 class MoveRunner:
     """Takes one VM's journaled move from wherever it stands to done, restored_on_source or failed."""
 
-    def __init__(self, attempts: Attempts) -> None:
+    def __init__(self, attempts: Attempts, *, window: WindowCopies | None = None) -> None:
         self._attempts = attempts
+        self._window = window
 
     def execute(self, record: MoveRecord, outcomes: Outcomes) -> None:
         attempts = self._attempts
@@ -30,8 +32,17 @@ class MoveRunner:
             return
         tried: list[str] = []
         destinations = attempts.destinations
-        choice = (destinations.resume([record], record.destination) if record.destination
-                  else destinations.choose([record], tried, only=record.return_to))  # fmt: skip
+        # A window's pre-copy hands over the destination it chose, claimed and journaled, and what it sent.
+        handed = None if self._window is None else self._window.take(record.vm_uuid)
+        precopied: dict[VolumeRef, PrecopiedVolume] = {}
+        if handed is not None and handed.held.host == record.destination:
+            choice: Held | Nowhere = handed.held
+            precopied = handed.precopied
+        else:
+            if handed is not None:
+                handed.held.release()
+            choice = (destinations.resume([record], record.destination) if record.destination
+                      else destinations.choose([record], tried, only=record.return_to))  # fmt: skip
         while True:
             if isinstance(choice, Nowhere):
                 attempts.fail_unplaced(record, outcomes, choice)
@@ -42,7 +53,7 @@ class MoveRunner:
             # either counted by the destination's own accounting, or free again).
             with choice:
                 try:
-                    record = self._retried(record, destination)
+                    record = self._retried(record, destination, precopied)
                 except Exception as exc:  # whatever stopped the move, the journal and the tenant hear of it
                     record = attempts.journal.get(record.vm_uuid) or record
                     reason = str(exc)
@@ -64,18 +75,23 @@ class MoveRunner:
             record = attempts.journal.advance(record, MoveState.WAITING, Phase.DUE, attempts.clock(),
                                               destination=None)
 
-    def _retried(self, record: MoveRecord, destination: str) -> MoveRecord:
-        """Runs the (idempotent) move, again after a failure with backoff, on fresh connections."""
+    def _retried(self, record: MoveRecord, destination: str,
+                 precopied: dict[VolumeRef, PrecopiedVolume]) -> MoveRecord:  # fmt: skip
+        """Runs the (idempotent) move, again after a failure with backoff, on fresh connections. `precopied`
+        counts for the first attempt only (it is emptied): a failed one may have left its copies anywhere."""
         attempts = self._attempts
         for attempt in attempts.retrying():
             with attempt:
                 current = attempts.journal.get(record.vm_uuid) or record
                 with attempts.open_host(attempts.config.host) as source, \
                         attempts.open_host(destination) as dest:  # fmt: skip
-                    return self._run(current, source, dest, destination)
+                    handed = dict(precopied)
+                    precopied.clear()
+                    return self._run(current, source, dest, destination, handed)
         raise AssertionError("tenacity either returns or reraises")  # pragma: no cover
 
-    def _run(self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str) -> MoveRecord:
+    def _run(self, record: MoveRecord, source: Hypervisor, dest: Hypervisor, destination: str,
+             precopied: dict[VolumeRef, PrecopiedVolume]) -> MoveRecord:  # fmt: skip
         attempts = self._attempts
         record = attempts.intent(record, source, dest, destination)
         holder = [record]
@@ -101,6 +117,7 @@ class MoveRunner:
         cold = attempts.migrators.cold(
             source, dest, on_step=on_step, transfer_slot=attempts.transfer_slot(dest.name, [record]),
             precopy_slot=attempts.precopy_slot(dest.name))
-        report = cold.move(record.vm_uuid, start_on_destination=record.start_on_destination)
+        report = cold.move(record.vm_uuid, start_on_destination=record.start_on_destination,
+                           precopied=precopied)
         attempts.record_origin(dest, record)
         return attempts.done(holder[-1], destination, bytes_copied=report.bytes_copied)

@@ -31,9 +31,12 @@ class MoveState(StrEnum):
 
 
 class Phase(StrEnum):
-    """Journaled before a step (`started`) and after it (`finished`, `failed`); `due`: its timer fired."""
+    """Journaled before a step (`started`) and after it (`finished`, `failed`); `due`: its timer fired;
+    `precopying`: still in its window, with its destination chosen, claimed and journaled, and its disks
+    being pre-copied there (moves/window_copies.py)."""
 
     ENTERED = "entered"
+    PRECOPYING = "precopying"
     DUE = "due"
     STARTED = "started"
     FINISHED = "finished"

@@ -102,6 +102,12 @@ class TransferSlots:
                 self._incoming[destination] -= 1
                 self._changed.notify_all()
 
+    def wanted(self) -> bool:
+        """Whether a move waits for a slot: a window's pre-copy then gives its own up (it may wait; a move
+        whose window has ended must not)."""
+        with self._changed:
+            return bool(self._queue)
+
     def in_use(self) -> dict[str, int]:
         with self._changed:
             return {peer: count for peer, count in self._incoming.items() if count}

@@ -13,6 +13,7 @@ import structlog
 
 from evacuator.hypervisor.model import Hypervisor
 from evacuator.migrate.factory import MigrationTimings, Migrators
+from evacuator.migrate.steps import copy_timeout_seconds
 from evacuator.moves.attempts import Attempts, CrashPoint, EngineConfig, OpenHost, no_crash
 from evacuator.moves.cloud_destinations import CloudConfig, CloudDestinations, HostStates
 from evacuator.moves.destinations import Destinations
@@ -23,6 +24,7 @@ from evacuator.moves.journal import Journal
 from evacuator.moves.runner import MoveRunner
 from evacuator.moves.state import Phase
 from evacuator.moves.transfer_slots import ClusterSlots, NoClusterCap, TransferSlots
+from evacuator.moves.window_copies import WindowCopies
 from evacuator.settings import Settings
 from evacuator.wiring.peers import claims_client_for, cluster_slots_for, open_host_for, placement_policy
 
@@ -65,6 +67,8 @@ def engine_config(settings: Settings, *, queue_picks_destination: bool = True) -
         max_incoming_moves_per_peer=evacuation.max_incoming_moves_per_peer,
         quiesce_ahead_moves=evacuation.quiesce_ahead_moves,
         precopy_during_shutdown=evacuation.precopy_during_shutdown,
+        precopy_during_window=evacuation.precopy_during_window,
+        precopy_pass_interval_seconds=evacuation.precopy_pass_interval_seconds,
         queue_picks_destination=queue_picks_destination,
     )
 
@@ -94,8 +98,11 @@ def assemble_engine(
                             max_incoming_per_peer=config.max_incoming_moves_per_peer),
         cluster_slots=cluster_slots or NoClusterCap(), destinations=destinations,
     )
-    return MoveEngine(config=config, journal=journal, hypervisor=hypervisor, runner=MoveRunner(attempts),
-                      groups=GroupRunner(attempts), clock=clock, crash_point=crash_point, gate=gate)
+    window = WindowCopies(attempts, limit_for=lambda volume: copy_timeout_seconds(
+        volume.allocation_bytes, timings.copy_timeout_base_seconds, timings.copy_min_bytes_per_second))
+    return MoveEngine(config=config, journal=journal, hypervisor=hypervisor,
+                      runner=MoveRunner(attempts, window=window), groups=GroupRunner(attempts), clock=clock,
+                      crash_point=crash_point, gate=gate, window=window)  # fmt: skip
 
 
 def journal_for(settings: Settings) -> Journal:

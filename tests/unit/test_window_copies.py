@@ -1,0 +1,278 @@
+"""Pre-copy during the window over in-memory hosts: destination chosen and journaled when the window opens,
+passes under the transfer slots' rules, handover to the move, cancel, restart, and exactness of each pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from evacuator.hypervisor.facts import VmFacts
+from evacuator.hypervisor.model import Hypervisor, VmState, VolumeRef
+from evacuator.incident.planner import PlannedMove
+from evacuator.lab.vms import domain_xml
+from evacuator.migrate.converge import converge_volume, first_pass
+from evacuator.migrate.factory import MigrationTimings, Migrators
+from evacuator.migrate.precopy import finish_precopy
+from evacuator.moves.attempts import Attempts, EngineConfig
+from evacuator.moves.cancel import cancel_moves
+from evacuator.moves.engine import MoveEngine
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState, Phase, ResumeAction, resume_action
+from evacuator.moves.transfer_slots import NoClusterCap, TransferSlots
+from evacuator.moves.window_copies import WindowCopies
+from evacuator.wiring.moves import assemble_engine
+from tests.fakes.hypervisor import FakeHypervisor
+from tests.fakes.outcomes import RecordedOutcomes
+
+T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+MIB = 1 << 20
+POOL = "evacuator"
+DATA = bytes(range(256)) * (4 * MIB // 256)  # 4 blocks, none a hole
+
+
+class Hosts:
+    def __init__(self) -> None:
+        self.by_name = {name: FakeHypervisor(name=name) for name in ("host-a", "host-b", "host-c")}
+        self.source = self.by_name["host-a"]
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[Hypervisor]:
+        yield self.by_name[name]
+
+    def add_vm(self, name: str) -> str:
+        self.source.add_volume(POOL, f"{name}.raw", capacity_bytes=len(DATA), data=DATA)
+        xml = domain_xml(name=name, pool=POOL, volume=f"{name}.raw", mac="52:54:00:00:00:01",
+                         facts=VmFacts(tenant="acme"), uuid=str(uuid.uuid4()))
+        return self.source.add_vm(xml, state=VmState.RUNNING).uuid
+
+    def volume(self, host: str, name: str) -> bytes | None:
+        found = (POOL, f"{name}.raw") in self.by_name[host].volume_names()
+        return self.by_name[host].volume_bytes(POOL, f"{name}.raw") if found else None
+
+
+def _clock() -> Callable[[], datetime]:
+    """1 ms a look, whoever looks (a copy's time limit and the shutdown's deadline count these ticks)."""
+    ticks = iter(range(10**9))
+    return lambda: T0 + timedelta(milliseconds=next(ticks))
+
+
+def _config(peers: tuple[str, ...] = ("host-b",)) -> EngineConfig:
+    return EngineConfig(host="host-a", peers=peers, retry_initial_seconds=0,
+                        precopy_pass_interval_seconds=0.01)
+
+
+def _engine(hosts: Hosts, journal: Journal, config: EngineConfig | None = None) -> MoveEngine:
+    return assemble_engine(config or _config(), MigrationTimings(shutdown_timeout_seconds=1), journal=journal,
+                           hypervisor=hosts.source, open_host=hosts.open, clock=_clock(),
+                           sleep=lambda s: None)  # fmt: skip
+
+
+def _planned(vm_uuid: str, name: str, return_to: str | None = None) -> PlannedMove:
+    return PlannedMove(vm_uuid=vm_uuid, vm_name=name, tenant="acme", window_seconds=30,
+                       deadline=T0 + timedelta(seconds=30), return_to=return_to)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_the_window_opening_claims_and_journals_the_destination_and_pre_copies_what_the_guest_writes(
+    tmp_path: Path,
+) -> None:
+    hosts, told = Hosts(), RecordedOutcomes()
+    with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
+        engine = _engine(hosts, journal)
+        web = hosts.add_vm("web")
+        engine.plan([_planned(web, "web")], may_restart_on_source=True)
+        engine.start(timer_pending=lambda _: True, outcomes=told)
+        engine.mark(web, MoveState.WAITING)
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+        record = journal.get(web)
+        assert record is not None and record.destination == "host-b"
+        assert (record.state, record.phase) == (MoveState.WAITING, Phase.PRECOPYING)
+        hosts.source.guest_write(POOL, "web.raw", 3 * MIB + 5, b"written in the window")
+        final = hosts.volume("host-a", "web")
+        _until(lambda: hosts.volume("host-b", "web") == final)  # a later pass sent the change
+        assert engine.submit(web)
+        assert engine.wait_idle(5)
+        engine.stop()
+        record = journal.get(web)
+    assert record is not None and record.state is MoveState.DONE and told.failures == []
+    assert hosts.volume("host-b", "web") == final and hosts.volume("host-a", "web") is None
+    passes = [e for e in logs if e["event"] == "precopy_converged"]
+    assert passes and all(e["patched_bytes"] <= MIB for e in passes), "only changed blocks travel again"
+    finished = [e for e in logs if e["event"] == "precopy_finished"]
+    assert len(finished) == 1 and finished[0]["patched_bytes"] == 0
+    history = [(state, phase) for state, phase, _ in journal_history(tmp_path, web)]
+    assert (MoveState.WAITING, Phase.PRECOPYING) in history and (MoveState.WAITING, Phase.DUE) in history
+
+
+def journal_history(tmp_path: Path, vm_uuid: str) -> tuple[tuple[MoveState, Phase, str | None], ...]:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        return journal.history(vm_uuid)
+
+
+def test_a_cancelled_move_removes_its_pre_copied_volume(tmp_path: Path) -> None:
+    hosts = Hosts()
+    with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
+        engine = _engine(hosts, journal)
+        web = hosts.add_vm("web")
+        engine.plan([_planned(web, "web")], may_restart_on_source=True)
+        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
+        engine.mark(web, MoveState.WAITING)
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+        assert cancel_moves(journal, web, "the tenant cancelled", lambda: T0)
+        _until(lambda: hosts.volume("host-b", "web") is None)
+        assert not engine.submit(web)
+        engine.stop()
+    assert hosts.volume("host-a", "web") == DATA and hosts.by_name["host-b"].list_vms() == ()
+    assert any(e["event"] == "window_precopy_removed" for e in logs)
+
+
+def test_a_restart_resumes_the_pre_copy_toward_the_journaled_destination(tmp_path: Path) -> None:
+    hosts = Hosts()
+    config = _config(peers=("host-b", "host-c"))
+    with Journal(tmp_path / "j.sqlite") as journal:
+        web = hosts.add_vm("web")
+        first = _engine(hosts, journal, config)
+        first.plan([_planned(web, "web")], may_restart_on_source=True)
+        record = journal.get(web)
+        assert record is not None
+        # As a daemon killed mid-pass leaves it: waiting, pre-copying toward host-c, part of the disk there.
+        journal.advance(record, MoveState.WAITING, Phase.PRECOPYING, T0, destination="host-c")
+        hosts.by_name["host-c"].add_volume(POOL, "web.raw", capacity_bytes=len(DATA), data=DATA[:MIB])
+        current = journal.get(web)
+        assert current is not None
+        assert resume_action(current, timer_pending=True) is ResumeAction.WAIT_FOR_TIMER
+        engine = _engine(hosts, journal, config)
+        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
+        _until(lambda: hosts.volume("host-c", "web") == DATA)
+        assert engine.submit(web) and engine.wait_idle(5)
+        engine.stop()
+        record = journal.get(web)
+    assert record is not None and record.state is MoveState.DONE and record.destination == "host-c"
+    assert hosts.volume("host-b", "web") is None and hosts.volume("host-c", "web") == DATA
+
+
+def test_a_move_back_pre_copies_only_to_its_origin(tmp_path: Path) -> None:
+    hosts = Hosts()
+    with Journal(tmp_path / "j.sqlite") as journal:
+        engine = _engine(hosts, journal)  # host-b is the only peer; the origin is host-c
+        web = hosts.add_vm("web")
+        engine.plan([_planned(web, "web", return_to="host-c")], may_restart_on_source=True)
+        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
+        engine.mark(web, MoveState.WAITING)
+        _until(lambda: hosts.volume("host-c", "web") == DATA)
+        record = journal.get(web)
+        engine.stop()
+    assert record is not None and record.destination == "host-c" and hosts.volume("host-b", "web") is None
+
+
+def _window(hosts: Hosts, journal: Journal, slots: TransferSlots) -> WindowCopies:
+    clock = _clock()
+    attempts = Attempts(config=_config(), journal=journal, open_host=hosts.open, clock=clock,
+                        sleep=lambda s: None, slots=slots, cluster_slots=NoClusterCap(),
+                        migrators=Migrators(MigrationTimings(shutdown_timeout_seconds=1), clock=clock,
+                                            sleep=lambda s: None))  # fmt: skip
+    return WindowCopies(attempts, limit_for=lambda volume: 60.0)
+
+
+def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
+    hosts = Hosts()
+    slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        web = hosts.add_vm("web")
+        _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
+        window = _window(hosts, journal, slots)
+        with slots.slot("host-b", vm_uuid="due-move"):  # a move whose window ended holds the only slot
+            record = journal.get(web)
+            assert record is not None
+            window.begin(record)
+            _until(lambda: (r := journal.get(web)) is not None and r.phase is Phase.PRECOPYING)
+            time.sleep(0.2)
+            assert hosts.volume("host-b", "web") is None, "no pass without a free slot"
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+        handed = window.take(web)
+    assert handed is not None and handed.held.host == "host-b"
+    assert set(handed.precopied) == {VolumeRef(pool=POOL, volume="web.raw")}
+
+
+def test_a_pre_copy_gives_its_slot_up_at_once_when_a_due_move_waits_for_one(tmp_path: Path) -> None:
+    hosts = Hosts()
+    slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    waited: list[float] = []
+
+    def due_move() -> None:
+        began = time.monotonic()
+        with slots.slot("host-b", vm_uuid="due-move"):
+            waited.append(time.monotonic() - began)
+
+    mover = threading.Thread(target=due_move)
+
+    def guest(offset: int) -> None:
+        if offset == 2 * MIB and not mover.is_alive() and not waited:  # mid-pass, holding the slot
+            mover.start()
+            _until(slots.wanted)
+
+    with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
+        web = hosts.add_vm("web")
+        _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
+        hosts.source.before_live_read = guest
+        window = _window(hosts, journal, slots)
+        record = journal.get(web)
+        assert record is not None
+        window.begin(record)
+        _until(lambda: bool(waited))
+        mover.join()
+        window.stop()
+    assert waited[0] < 2.0
+    assert not [e for e in logs if e["event"] == "window_precopy_pass"], "the stopped pass did not count"
+
+
+@pytest.mark.parametrize("stop_after_chunks", [0, 1, 2, 5])
+def test_a_pass_stopped_anywhere_still_ends_in_an_exact_copy(stop_after_chunks: int) -> None:
+    hosts = Hosts()
+    source, destination = hosts.source, hosts.by_name["host-b"]
+    source.add_volume(POOL, "d.raw", capacity_bytes=len(DATA), data=DATA)
+    ref = VolumeRef(pool=POOL, volume="d.raw")
+    volume = source.find_volume(POOL, "d.raw")
+    assert volume is not None
+    clock = _clock()
+    copied = first_pass(source, destination, volume, limit_seconds=60, clock=clock, stop=lambda: False)
+    assert copied is not None and destination.volume_bytes(POOL, "d.raw") == DATA
+    for offset in (0, MIB + 3, 3 * MIB + 100):
+        source.guest_write(POOL, "d.raw", offset, b"new bytes")
+    asked = iter(range(100))
+    stopped = converge_volume(source, destination, ref, copied, limit_seconds=60, clock=clock,
+                              stop=lambda: next(asked) >= stop_after_chunks)  # fmt: skip
+    assert stopped is not None and stopped.settled_bytes == stopped.length_bytes
+    source.guest_write(POOL, "d.raw", 2 * MIB, b"after the pass")  # the guest goes on, then it is off
+    finished = finish_precopy(source, destination, ref, stopped, limit_seconds=60, clock=clock)
+    assert finished is not None
+    assert destination.volume_bytes(POOL, "d.raw") == source.volume_bytes(POOL, "d.raw")
+
+
+def test_slots_say_whether_a_move_waits_for_one() -> None:
+    slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
+    assert not slots.wanted()
+    def wait_for_one() -> None:
+        with slots.slot("host-b"):
+            pass
+
+    with slots.slot("host-b"):
+        waiter = threading.Thread(target=wait_for_one)
+        waiter.start()
+        _until(slots.wanted)
+    waiter.join(5)
+    assert not slots.wanted()

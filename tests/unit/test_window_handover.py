@@ -1,0 +1,65 @@
+"""A window's pre-copy handed to its move: the destination's digest taken while the last pass runs counts only
+for a copy that pass wrote nothing to; any other copy is digested again, and the move stays exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evacuator.moves.journal import Journal
+from evacuator.moves.state import MoveState
+from tests.fakes.outcomes import RecordedOutcomes
+from tests.unit.test_window_copies import DATA, MIB, POOL, Hosts, _engine, _planned, _until
+
+
+def _digests_taken(hosts: Hosts) -> int:
+    """The fake digests a volume by reading it whole (read_volume): nothing else of a move reads the copy."""
+    return sum(1 for call in hosts.by_name["host-b"].calls if call.startswith("read_volume "))
+
+
+def _moved(tmp_path: Path, hosts: Hosts, *, write_during_the_shutdown_pass: bool) -> bytes | None:
+    """Moves a VM pre-copied in its window; returns the source's final content."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        engine = _engine(hosts, journal)
+        web = hosts.add_vm("web")
+        engine.plan([_planned(web, "web")], may_restart_on_source=True)
+        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
+        engine.mark(web, MoveState.WAITING)
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+
+        written: list[int] = []
+
+        def guest(offset: int) -> None:
+            # The shutdown's pass reads the last block: the guest writes the first, which that pass read.
+            record = journal.get(web)
+            if (write_during_the_shutdown_pass and offset == 3 * MIB and not written and record is not None
+                    and record.state is MoveState.QUIESCING):  # fmt: skip
+                hosts.source.guest_write(POOL, "web.raw", 10, b"written as the guest shut down")
+                written.append(offset)
+
+        hosts.source.before_live_read = guest
+        final = hosts.volume("host-a", "web")
+        assert engine.submit(web)
+        assert engine.wait_idle(5)
+        assert written or not write_during_the_shutdown_pass
+        engine.stop()
+        record = journal.get(web)
+    assert record is not None and record.state is MoveState.DONE
+    return final
+
+
+def test_a_copy_the_last_pass_left_untouched_is_verified_by_the_digest_taken_meanwhile(
+    tmp_path: Path,
+) -> None:
+    hosts = Hosts()
+    final = _moved(tmp_path, hosts, write_during_the_shutdown_pass=False)
+    assert hosts.volume("host-b", "web") == final == DATA
+    assert _digests_taken(hosts) == 1
+
+
+def test_a_copy_the_last_pass_patched_is_digested_again_and_ends_exact(tmp_path: Path) -> None:
+    hosts = Hosts()
+    _moved(tmp_path, hosts, write_during_the_shutdown_pass=True)
+    copy = hosts.volume("host-b", "web")
+    assert copy is not None and copy[10:40] == b"written as the guest shut down"
+    assert copy[MIB:] == DATA[MIB:]
+    assert _digests_taken(hosts) == 2, "the digest taken during the last pass was not trusted"
