@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,11 @@ def _ctl(broker: LabBroker, *arguments: str) -> str:
 
 
 def test_readme_demo_tells_the_evacuation_by_both_hosts_daemons_and_leaves_nothing_behind(
-    tmp_path: Path, lab_broker: LabBroker
+    lab_broker: LabBroker,
 ) -> None:
-    state_dir = tmp_path / "demo"
+    # Short: libvirtd's sockets live under it, and a unix socket path holds 107 bytes at most (pytest's own
+    # tmp_path under xdist, /tmp/pytest-of-root/pytest-N/popen-gwN/<test name>/, leaves too little).
+    state_dir = Path(tempfile.mkdtemp(prefix="evacuator-demo-test-", dir="/tmp")) / "demo"
     output = _run_demo(state_dir)
     story = _story(output)
     assert "demo succeeded" in output
@@ -114,6 +117,7 @@ def test_readme_demo_tells_the_evacuation_by_both_hosts_daemons_and_leaves_nothi
     assert {"demo", "host-a", "host-b"} <= {process for process, _ in names}
 
     assert not state_dir.exists()
+    state_dir.parent.rmdir()  # ours, and empty: the demo left nothing in it
     assert _processes_mentioning(str(state_dir)) == [], "no daemon or libvirtd of the demo still runs"
     if not lab_broker.private:  # the demo used this broker; a private one it started is stopped already
         vhost = re.search(r"broker vhost (evacuator-demo-[0-9a-f]+)", output)
