@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pika
 import pika.exceptions
@@ -21,11 +20,11 @@ from evacuator.hypervisor.model import VmState
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.sysfs import HeatableHwmon
 from evacuator.lab.vms import create_vm, sha256_of_volume, volume_name
-from notifiers.messages import EvacuationScheduled, Notice, ReadyReply, VmEvacuated, encode
+from notifiers.messages import EvacuationScheduled, ReadyReply, VmEvacuated, encode
 from notifiers.settings import BrokerSettings
 from notifiers.tenant import TenantClient
 from notifiers.topology import host_replies_queue
-from tests.fixtures.broker import BrokerJanitor, LabTenant
+from tests.fixtures.broker import BrokerJanitor, LabTenant, next_notice_of
 from tests.fixtures.daemon import CONSECUTIVE, POLL_SECONDS, DaemonLog, Daemons, write_config
 
 pytestmark = pytest.mark.integration
@@ -99,15 +98,6 @@ def _forge_reply_for(victim: str, attacker: LabTenant, broker: BrokerSettings, v
     raise AssertionError("the broker accepted a reply on another tenant's routing key")
 
 
-def _next_notice(client: TenantClient, kind: type[Notice], timeout_seconds: float) -> Any:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        notice = client.next_notice(max(0.1, deadline - time.monotonic()))
-        if isinstance(notice, kind):
-            return notice
-    raise AssertionError(f"no {kind.__name__} notice within {timeout_seconds} s")
-
-
 def test_hot_host_evacuates_tenant_vms_to_healthy_host(
     tmp_path: Path,
     clean_lab_hosts: tuple[LabHost, ...],
@@ -146,7 +136,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
 
         heated_at = datetime.now(UTC)
         sensor.set_celsius(97)
-        scheduled: EvacuationScheduled = _next_notice(tenant, EvacuationScheduled, 30)
+        scheduled = next_notice_of(tenant, EvacuationScheduled, 30)
         received_at = datetime.now(UTC)
         metrics_url = f"http://127.0.0.1:{log.wait_for('metrics_listening', 5)['port']}/metrics"
         during = _scrape(metrics_url)  # the evacuation is under way: told, nothing moved yet
@@ -179,7 +169,7 @@ def test_hot_host_evacuates_tenant_vms_to_healthy_host(
         tenant.send_ready("host-a", uuids["web"], scheduled.event_id)
         moved = {}
         for _ in uuids:
-            notice: VmEvacuated = _next_notice(tenant, VmEvacuated, WAIT_WINDOW_SECONDS + 60)
+            notice = next_notice_of(tenant, VmEvacuated, WAIT_WINDOW_SECONDS + 60)
             moved[notice.vm_uuid] = notice
 
     assert set(moved) == set(uuids.values())

@@ -17,7 +17,7 @@ import yaml
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.sysfs import HeatableHwmon
 from notifiers.settings import BrokerSettings
-from tests.fixtures.daemon import CONSECUTIVE, POLL_SECONDS, Daemons, write_config
+from tests.fixtures.daemon import CONSECUTIVE, POLL_SECONDS, Daemons, notifications, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,9 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 
 def _messages_until(sock: socket.socket, wanted: str, seconds: float) -> list[str]:
-    got: list[str] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            continue
-        if got[-1].startswith(wanted):
-            return got
-    raise AssertionError(f"no {wanted} within {seconds} s: {got}")
+    got = notifications(sock, seconds, until=wanted)
+    assert got and got[-1].startswith(wanted), f"no {wanted} within {seconds} s: {got}"
+    return got
 
 
 def test_sighup_applies_a_new_threshold_refuses_a_bad_file_and_names_what_needs_a_restart(

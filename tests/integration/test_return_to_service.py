@@ -71,6 +71,21 @@ def _two_daemons(
     return sensors, logs
 
 
+def _tenant_with_vms_on_a(
+    hosts: tuple[LabHost, ...], broker: BrokerSettings, make_tenant: Callable[[str], LabTenant],
+    janitor: BrokerJanitor, *, mac: int,
+) -> tuple[LabTenant, dict[str, str]]:
+    """A tenant with web (window 300 s, its tenant answers ready) and db (no window of its own) on host-a."""
+    for host in hosts:
+        janitor.queue(host_replies_queue(host.name, replies_exchange=broker.replies_exchange))
+    owner, host_a = make_tenant("acme"), hosts[0]
+    uuids = {name: create_vm(host_a.uri, host_a.pool, name=name, tenant=owner.name, window_seconds=window,
+                             disk_bytes=4 * MIB, data=name.encode() * 1024,
+                             mac=f"52:54:00:{mac:02x}:00:0{index}")
+             for index, (name, window) in enumerate((("web", 300), ("db", None)))}  # fmt: skip
+    return owner, uuids
+
+
 def _evacuate_a(tenant: TenantClient, sensors: dict[str, HeatableHwmon], uuids: dict[str, str]) -> None:
     """host-a runs hot; the tenant says ready for web; both VMs run on host-b."""
     time.sleep(2)  # each daemon has heard the other's first state
@@ -88,13 +103,8 @@ def test_a_recovered_host_is_held_down_then_a_destination_again(
 ) -> None:  # fmt: skip
     """move_back off: host-a's VMs stay on host-b after it recovers; once host-a is in service (not before
     its hold-down ran out) and host-b runs hot in turn, host-b's VMs go to host-a."""
-    host_a = clean_lab_hosts[0]
-    for host in clean_lab_hosts:
-        broker_janitor.queue(host_replies_queue(host.name, replies_exchange=broker_settings.replies_exchange))
-    owner = make_tenant("acme")
-    uuids = {name: create_vm(host_a.uri, host_a.pool, name=name, tenant=owner.name, window_seconds=window,
-                             disk_bytes=4 * MIB, data=name.encode() * 1024, mac=f"52:54:00:e1:00:0{index}")
-             for index, (name, window) in enumerate((("web", 300), ("db", None)))}  # fmt: skip
+    owner, uuids = _tenant_with_vms_on_a(clean_lab_hosts, broker_settings, make_tenant, broker_janitor,
+                                         mac=0xE1)
     with TenantClient(owner.url, owner.name, replies_exchange=broker_settings.replies_exchange) as tenant:
         sensors, logs = _two_daemons(tmp_path, clean_lab_hosts, broker_settings, daemon, move_back=False)
         _evacuate_a(tenant, sensors, uuids)
@@ -135,13 +145,8 @@ def test_with_move_back_the_vms_come_home_through_a_notice_and_their_windows(
     """move_back on: once host-a is in service, host-b offers its VMs back: the tenant hears
     evacuation_scheduled from host-b (maintenance, reason move_back), says ready for web (it moves at once),
     and db waits out its window; both run on host-a with no origin left, and nothing moves again."""
-    host_a = clean_lab_hosts[0]
-    for host in clean_lab_hosts:
-        broker_janitor.queue(host_replies_queue(host.name, replies_exchange=broker_settings.replies_exchange))
-    owner = make_tenant("acme")
-    uuids = {name: create_vm(host_a.uri, host_a.pool, name=name, tenant=owner.name, window_seconds=window,
-                             disk_bytes=4 * MIB, data=name.encode() * 1024, mac=f"52:54:00:e2:00:0{index}")
-             for index, (name, window) in enumerate((("web", 300), ("db", None)))}  # fmt: skip
+    owner, uuids = _tenant_with_vms_on_a(clean_lab_hosts, broker_settings, make_tenant, broker_janitor,
+                                         mac=0xE2)
     with TenantClient(owner.url, owner.name, replies_exchange=broker_settings.replies_exchange) as tenant:
         sensors, logs = _two_daemons(tmp_path, clean_lab_hosts, broker_settings, daemon, move_back=True)
         _evacuate_a(tenant, sensors, uuids)

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 from evacuator.lab.hosts import LabHost
 from evacuator.lab.sysfs import HeatableHwmon
 from notifiers.settings import BrokerSettings
-from tests.fixtures.daemon import POLL_SECONDS, write_config
+from tests.fixtures.daemon import POLL_SECONDS, notifications, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -43,20 +42,6 @@ def _run(config: Path, notify: Path) -> subprocess.Popen[str]:
                                 stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)  # fmt: skip
 
 
-def _received(sock: socket.socket, seconds: float, *, until: str | None = None) -> list[str]:
-    """Every datagram within `seconds`, or up to and including the first holding `until`."""
-    got: list[str] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            continue
-        if until is not None and until in got[-1]:
-            break
-    return got
-
-
 def test_the_daemon_is_ready_after_its_first_poll_then_feeds_the_watchdog_and_says_it_stops(
     tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], broker_settings: BrokerSettings,
     notify_socket: tuple[socket.socket, Path],
@@ -66,17 +51,17 @@ def test_the_daemon_is_ready_after_its_first_poll_then_feeds_the_watchdog_and_sa
     HeatableHwmon(tmp_path / "sys", celsius=45)
     process = _run(write_config(tmp_path, host_a, host_b, broker_settings, tmp_path / "sys"), path)
     try:
-        before_ready = _received(sock, 60, until="READY=1")
+        before_ready = notifications(sock, 60, until="READY=1")
         assert before_ready and "READY=1" in before_ready[-1], before_ready
         assert before_ready[0] == "STATUS=connecting to libvirt and the broker"
         assert before_ready[-1] == "READY=1\nSTATUS=watching host-a"
         assert not any("WATCHDOG=1" in m for m in before_ready), "no watchdog ping before the first poll"
-        after = _received(sock, 10 * POLL_SECONDS)
+        after = notifications(sock, 10 * POLL_SECONDS)
         pings = [m for m in after if m == "WATCHDOG=1"]
         assert len(pings) >= 5, after  # one a poll, POLL_SECONDS apart
         process.terminate()
         assert process.wait(timeout=60) == 0
-        stopping = _received(sock, 2, until="STOPPING=1")
+        stopping = notifications(sock, 2, until="STOPPING=1")
         assert stopping and stopping[-1].startswith("STOPPING=1\nSTATUS="), stopping
     finally:
         if process.poll() is None:
@@ -106,6 +91,6 @@ def test_no_ready_when_the_broker_cannot_be_reached(
             process.kill()
             process.wait(timeout=30)
     assert code != 0
-    messages = _received(sock, 1)
+    messages = notifications(sock, 1)
     assert not any("READY=1" in m for m in messages), messages
     assert not any("WATCHDOG=1" in m for m in messages), messages
