@@ -94,7 +94,8 @@ class TransferSlots:
         if not free:
             yield False
             return
-        log.info("transfer_slot_taken_at_once", vm_uuid=vm_uuid, destination=destination)
+        # Debug: a window's pre-copy takes one for every pass (every precopy_pass_interval_seconds per VM).
+        log.debug("transfer_slot_taken_at_once", vm_uuid=vm_uuid, destination=destination)
         try:
             yield True
         finally:
