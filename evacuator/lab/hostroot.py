@@ -71,7 +71,7 @@ def require_tools() -> None:
         raise LabError("lab hosts run privileged libvirtd daemons in private mount namespaces: run as root")
 
 
-def prepare_root(host: LabHost, *, index: int, port: int, peers: Sequence[str]) -> None:
+def prepare_root(host: LabHost, *, port: int, peers: Sequence[str]) -> None:
     for sub in ("run", "lib", "log", "pool"):
         (host.root / sub).mkdir(parents=True, exist_ok=True)
     etc = host.root / "etc"
@@ -87,7 +87,10 @@ def prepare_root(host: LabHost, *, index: int, port: int, peers: Sequence[str]) 
         f'listen_addr = "127.0.0.1"\ntcp_port = "{port}"\nauth_tcp = "none"\nauth_unix_rw = "none"\n'
         'auth_unix_ro = "none"\nlog_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
     )
-    migration_port_min = 49152 + 100 * index
+    # Each lab host its own block of QEMU migration ports, chosen by its libvirtd port (unique on this
+    # machine), not by its index: two labs at once (xdist workers) would hand their hosts the same ports, and
+    # libvirt's check that a port is free races the other lab's QEMU binding it ("Address already in use").
+    migration_port_min = 49152 + 64 * (port % 128)
     (etc / "qemu.conf").write_text(
         'stdio_handler = "file"\ncgroup_controllers = [ ]\nuser = "root"\ngroup = "root"\n'
         f"remember_owner = 0\nmigration_port_min = {migration_port_min}\n"

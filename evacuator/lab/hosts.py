@@ -137,7 +137,7 @@ class LabHosts:
                            "another lab or service uses it, choose another base_port") from exc
         if len(str(host.root / "run" / "libvirt-sock")) > _MAX_SOCKET_PATH_CHARS:
             raise LabError(f"lab host {host.name}: {host.root} is too deep for a unix socket path")
-        prepare_root(host, index=index, port=port, peers=self._names)
+        prepare_root(host, port=port, peers=self._names)
         mounts = " && ".join(
             [f"mkdir -p {target} && mount --bind {host.root / source} {target}"
              for source, target in _PRIVATE_DIRS.items()]

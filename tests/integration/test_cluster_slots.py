@@ -103,7 +103,9 @@ def test_sources_together_keep_each_destinations_incoming_cap_and_the_total(
 def test_a_host_killed_while_holding_its_slot_frees_it(broker_settings: BrokerSettings, prefix: str) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
-            import time
+            import sys, time
+            import structlog
+            structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: "held"
             from pydantic import SecretStr
             from evacuator.peers.cloud_slots import BrokerClusterSlots
             from notifiers.connection import blocking_connection_factory
