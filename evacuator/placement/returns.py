@@ -28,6 +28,11 @@ class InService:
     def since(self) -> datetime | None:
         return self._since
 
+    @property
+    def maintenance(self) -> bool:
+        """In maintenance: drained, or set so in the settings (placement.maintenance)."""
+        return self._maintenance
+
     def set_maintenance(self, maintenance: bool) -> None:
         """Drained (not in service), or undrained (in service again from the next observation)."""
         self._maintenance = maintenance

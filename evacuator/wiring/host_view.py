@@ -113,10 +113,13 @@ def host_view_for(settings: Settings, *, clock: Callable[[], datetime],
                   room: RoomReader | None = None) -> HostViewParts:  # fmt: skip
     """This daemon's host view as its settings describe it (not started); `room`: its libvirt's by default."""
     def build(reader: RoomReader) -> HostViewParts:
-        return build_host_view(
+        parts = build_host_view(
             host=settings.host.name, broker=settings.broker, trust=peer_trust(settings), room=reader,
             view_settings=settings.host_view, switches=switches_of(settings), clock=clock,
         )  # fmt: skip
+        # In maintenance by the settings: not in service either, as the published state says (switches_of).
+        parts.in_service.set_maintenance(settings.placement.maintenance)
+        return parts
 
     if room is not None:
         return build(room)

@@ -89,9 +89,8 @@ class Runtime:
         # What `evacuator status` shows, without the broker.
         write_status(self.settings.state_dir, verdict, awaiting=self.service.awaiting_approval())
         self.take_requests()
-        if self.returns is not None:
-            maintenance = self.settings.placement.maintenance or self.admin.maintenance() is not None
-            self.returns.check(verdict, maintenance=maintenance)
+        if self.returns is not None:  # in maintenance or not is kept in memory (set_maintenance): no read
+            self.returns.check(verdict, maintenance=self.host_view.in_service.maintenance)
         return verdict
 
     def take_requests(self) -> None:

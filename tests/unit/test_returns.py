@@ -46,6 +46,7 @@ def test_a_host_is_in_service_from_its_first_healthy_verdict_outside_maintenance
     ]
     for seconds, verdict, maintenance, since in steps:
         service.set_maintenance(maintenance)
+        assert service.maintenance is maintenance
         assert service.observe(verdict, at(seconds)) == since, f"at {seconds} s ({verdict}, {maintenance})"
 
 
