@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -78,26 +78,34 @@ def blocking_connection_factory(
     def connect() -> Any:
         nonlocal answered
         nodes = node_parameters(settings, connection_name=connection_name, vhost=vhost)
-        start = answered if answered < len(nodes) else 0
-        failures: list[str] = []
-        last: Exception | None = None
-        for index in [*range(start, len(nodes)), *range(start)]:
-            shown, parameters = nodes[index]
-            try:
-                connection = pika.BlockingConnection(parameters)
-            except CONNECTION_ERRORS as exc:
-                failures.append(f"{shown}: {exc!r}")
-                last = exc
-                continue
-            answered = index
-            if failures:
-                _log.warning("broker_failover", connection=connection_name, node=shown, unreachable=failures)
-            return connection
-        if len(failures) == 1:
-            raise BrokerUnavailable(f"cannot connect to {failures[0]}") from last
-        raise BrokerUnavailable(f"cannot connect to any node of the broker: {'; '.join(failures)}") from last
+        answered, connection, failures = connect_first(nodes, start=answered)
+        if failures:
+            _log.warning("broker_failover", connection=connection_name, node=nodes[answered][0],
+                         unreachable=failures)  # fmt: skip
+        return connection
 
     return connect
+
+
+def connect_first(nodes: Sequence[tuple[str, pika.URLParameters]], *,
+                  start: int) -> tuple[int, Any, list[str]]:  # fmt: skip
+    """A blocking connection to the first of `nodes` (shown, parameters) that answers, trying them in order
+    from `start` round (the one that answered last, so a dead node costs one failed attempt, not one per
+    connection): its index, the connection, and why each node tried before it failed. When none answers,
+    BrokerUnavailable names each node (as shown) and why."""
+    start = start if start < len(nodes) else 0
+    failures: list[str] = []
+    last: Exception | None = None
+    for index in [*range(start, len(nodes)), *range(start)]:
+        shown, parameters = nodes[index]
+        try:
+            return index, pika.BlockingConnection(parameters), failures
+        except CONNECTION_ERRORS as exc:
+            failures.append(f"{shown}: {exc!r}")
+            last = exc
+    if len(failures) == 1:
+        raise BrokerUnavailable(f"cannot connect to {failures[0]}") from last
+    raise BrokerUnavailable(f"cannot connect to any node of the broker: {'; '.join(failures)}") from last
 
 
 def node_parameters(

@@ -16,7 +16,7 @@ import pika
 import pika.exceptions
 import structlog
 
-from notifiers.connection import CONNECTION_ERRORS, connection_parameters
+from notifiers.connection import CONNECTION_ERRORS, connect_first, connection_parameters
 from notifiers.errors import BrokerRefused, BrokerUnavailable, InvalidName, UnknownNoticeType
 from notifiers.messages import Notice, PostponeReply, ReadyReply, RegisterReply, Reply, encode, parse_notice
 from notifiers.settings import redact_url
@@ -161,25 +161,13 @@ class TenantClient:
 
     def _connect(self) -> Any:
         """The node that answered last first, then the others in order (a quorum queue lives on, and is
-        consumed from, any node of the cluster)."""
-        password = urlsplit(self._url).password
-        failures: list[str] = []
-        last: Exception | None = None
-        count = len(self._urls)
-        for index in [(self._answered + step) % count for step in range(count)]:
-            url = self._urls[index]
-            try:
-                parameters = connection_parameters(
-                    url, password=None if urlsplit(url).password else unquote(password or "") or None,
-                    ca_file=self._ca_file)  # fmt: skip
-                connection = pika.BlockingConnection(parameters)
-            except CONNECTION_ERRORS as exc:
-                failures.append(f"{redact_url(url)}: {exc!r}")
-                last = exc
-                continue
-            self._answered = index
-            return connection
-        raise BrokerUnavailable(f"cannot connect to {'; '.join(failures)}") from last
+        consumed from, any node of the cluster); a node URL without a password uses the first's."""
+        shared = urlsplit(self._url).password
+        nodes = [(redact_url(url), connection_parameters(
+            url, password=None if urlsplit(url).password or shared is None else unquote(shared),
+            ca_file=self._ca_file)) for url in self._urls]  # fmt: skip
+        self._answered, connection, _ = connect_first(nodes, start=self._answered)
+        return connection
 
     def _ensure_consuming(self) -> None:
         if self._notices is not None and self._notices.is_open:
