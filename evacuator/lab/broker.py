@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from evacuator.errors import LabError
+from evacuator.lab.commands import run_checked
 
 log = structlog.get_logger(__name__)
 
@@ -139,16 +140,7 @@ def _launch(state_dir: Path, node: str, dist_port: int) -> None:
 
 
 def _run(command: list[str], *, env: dict[str, str]) -> None:
-    try:
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=_START_TIMEOUT_SECONDS + 10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"`{' '.join(command)}` could not run: {exc!r}") from exc
-    if done.returncode != 0:
-        raise LabError(
-            f"`{' '.join(command)}` failed ({done.returncode}): {(done.stdout + done.stderr).strip()}"
-        )
+    run_checked(command, env=env, timeout_seconds=_START_TIMEOUT_SECONDS + 10)
 
 
 def _read_node_file(state_dir: Path) -> LabBroker | None:

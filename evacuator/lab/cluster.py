@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from evacuator.errors import LabError
+from evacuator.lab.commands import run_checked
 
 log = structlog.get_logger(__name__)
 
@@ -205,15 +206,7 @@ class LabCluster:
 
 
 def _run(command: list[str], *, env: dict[str, str]) -> str:
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True,
-                              timeout=_COMMAND_TIMEOUT_SECONDS, check=False)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"`{' '.join(command)}` could not run: {exc!r}") from exc
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip()
-        raise LabError(f"`{' '.join(command)}` failed ({done.returncode}): {output}")
-    return done.stdout
+    return run_checked(command, env=env, timeout_seconds=_COMMAND_TIMEOUT_SECONDS)
 
 
 def _alive(pid: int) -> bool:

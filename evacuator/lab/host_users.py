@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +16,8 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 
-from evacuator.errors import LabError
 from evacuator.lab.broker import LabBroker
+from evacuator.lab.commands import run_checked
 from notifiers.provisioning import provision_tenant, remove_tenant
 
 log = structlog.get_logger(__name__)
@@ -117,26 +116,13 @@ def remove_host_user(name: str, *, config: Path, broker: LabBroker) -> None:
 
 def _evacuator(arguments: Sequence[str]) -> None:
     # The CLI as an admin runs it, in a process of its own: this process's logging stays as it is.
-    command = [sys.executable, "-m", "evacuator.cli", *arguments]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_CTL_TIMEOUT_SECONDS,
-                              check=False)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"`evacuator {' '.join(arguments[:3])}` could not run: {exc!r}") from exc
-    if done.returncode != 0:
-        raise LabError(f"`evacuator {' '.join(arguments[:3])}` failed ({done.returncode}): "
-                       f"{(done.stdout + done.stderr).strip()[-2000:]}")  # fmt: skip
+    run_checked([sys.executable, "-m", "evacuator.cli", *arguments], timeout_seconds=_CTL_TIMEOUT_SECONDS,
+                shown=f"evacuator {' '.join(arguments[:3])}")  # fmt: skip
     # Not its output: `host add` prints a password when it makes one up (it does not here, but never log it).
     log.info("lab_host_user", action=arguments[1], host=arguments[2])
 
 
 def _ctl(broker: LabBroker, arguments: list[str]) -> None:
-    try:
-        done = subprocess.run([*broker.rabbitmqctl, "--quiet", *arguments], capture_output=True, text=True,
-                              timeout=_CTL_TIMEOUT_SECONDS, check=False)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"`rabbitmqctl {arguments[0]}` could not run: {exc!r}") from exc
-    if done.returncode != 0:
-        raise LabError(f"`rabbitmqctl {' '.join(arguments)}` failed ({done.returncode}): "
-                       f"{done.stderr.strip()}")  # fmt: skip
+    run_checked([*broker.rabbitmqctl, "--quiet", *arguments], timeout_seconds=_CTL_TIMEOUT_SECONDS,
+                shown=f"rabbitmqctl {' '.join(arguments)}")  # fmt: skip
     log.info("lab_vhost", action=arguments[0], vhost=arguments[1])
