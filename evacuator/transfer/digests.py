@@ -89,7 +89,7 @@ class BlockDigest(_Tapped):
 
     def update(self, chunk: Chunk) -> None:
         if isinstance(chunk, DataChunk):
-            self._data(memoryview(chunk.data))
+            self.update_data(memoryview(chunk.data))
             return
         remaining = chunk.length_bytes
         while remaining > 0:
@@ -102,7 +102,8 @@ class BlockDigest(_Tapped):
                 self._flush_if_full()
             remaining -= take
 
-    def _data(self, view: memoryview) -> None:
+    def update_data(self, view: memoryview) -> None:
+        """The next bytes, from a buffer the caller may reuse once this returns."""
         if len(view) == BLOCK_BYTES and not self._block and not self._pending_zero_bytes:
             self._emit(block_digest(view))  # a whole aligned block: no copy into the buffer
             return

@@ -82,7 +82,7 @@ def _fd_chunks(fd: int, path: Path, chunk_bytes: int, start_bytes: int, end_byte
     if end_bytes is not None and end_bytes > size_bytes:
         raise HypervisorError(f"{path} ends at byte {size_bytes}, before byte {end_bytes}")
     end = size_bytes if end_bytes is None else end_bytes
-    for start, stop, is_data in _extents(fd, start_bytes, end):
+    for start, stop, is_data in extents(fd, start_bytes, end):
         if not is_data:
             yield HoleChunk(length_bytes=stop - start)
             continue
@@ -133,7 +133,7 @@ def start_writeback(fd: int, offset: int, length_bytes: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length_bytes, _SYNC_FILE_RANGE_WRITE)
 
 
-def _extents(fd: int, start_bytes: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:
+def extents(fd: int, start_bytes: int, size_bytes: int) -> Iterator[tuple[int, int, bool]]:
     """(start, end, is_data) ranges covering [start_bytes, size_bytes)."""
     offset = start_bytes
     while offset < size_bytes:

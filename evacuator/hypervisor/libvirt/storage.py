@@ -24,6 +24,7 @@ from evacuator.hypervisor.libvirt.streams import (
 from evacuator.hypervisor.model import LiveRead, PeerDigests, StoredFile, VolumeInfo, VolumeSender
 from evacuator.transfer.chunks import Chunk, HoleChunk
 from evacuator.transfer.digests import block_digest_of_chunks
+from evacuator.transfer.direct_io import block_digest_of_file
 from evacuator.transfer.files import LiveFile, file_chunks, file_identity, flush_file
 
 log = structlog.get_logger(__name__)
@@ -141,7 +142,7 @@ class LibvirtStorage:
             return None
         if flush:
             flush_file(before[0])
-        digest = block_digest_of_chunks(file_chunks(before[0]))
+        digest = block_digest_of_file(before[0])
         if self._local_file(pool, volume) != before:
             raise HypervisorError(f"host {self._name}: {pool}/{volume} changed while it was digested")
         return digest
