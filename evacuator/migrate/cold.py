@@ -132,6 +132,10 @@ class ColdMigrator:
             else:
                 move.precopied = precopy_during_shutdown(
                     self._src, self._dst, src, watch=watch, clock=self._clock, limit_for=self._limit_seconds)
+            if move.precopied and move.precopied.keys() >= set(src.volumes):
+                # Every block this pass wrote is in: the destination digests its copies now, while the guest
+                # shuts down, not after. Kept only where the last pass, once it is off, writes nothing.
+                move.digests_ahead = StoredDigests(self._dst, src.volumes)
             if watch.off.is_set() and move.precopied:
                 move.slot.enter_context(stack.pop_all())
                 move.holding = True
@@ -140,13 +144,18 @@ class ColdMigrator:
         if self._dst.find_vm(move.uuid) is not None:
             return False
         volumes = self._source_off(move).volumes
-        # Everything pre-copied: the destination digests its copies while the last pass runs (below).
-        ahead = StoredDigests(self._dst, volumes) if move.precopied.keys() >= set(volumes) else None
+        # Everything pre-copied: the destination digests its copies while the last pass runs (below), unless
+        # it began during the shutdown (_precopy).
+        ahead = move.digests_ahead
+        move.digests_ahead = None
+        if ahead is None and move.precopied.keys() >= set(volumes):
+            ahead = StoredDigests(self._dst, volumes)
         copied = copy_after_shutdown(self._src, self._dst, volumes, precopied=move.precopied,
                                      limit_for=self._limit_seconds, clock=self._clock)
         if ahead is not None:
             # Exact only for a copy the last pass left untouched: nothing was written to it after the digest
-            # began (every earlier write had returned). Any other is digested again when verified.
+            # began (every earlier write had returned, and a copy made afresh has no patched_bytes). Any
+            # other is digested again when verified.
             untouched = [ref for ref, c in copied.items() if c.patched_bytes == 0]
             move.stored_sha256.update(ahead.results(untouched))
         move.precopied = {}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from evacuator.hypervisor.model import VolumeRef
 
@@ -114,6 +115,14 @@ class StepRefused(Exception):
     """Raised inside a step when reality forbids going on; the Stepper turns it into a MigrationError."""
 
 
+class PendingDigests(Protocol):
+    """Digests a destination is taking of its copies (converge.StoredDigests)."""
+
+    def results(self, refs: Iterable[VolumeRef]) -> dict[VolumeRef, str]:
+        """Once taken: the digests of `refs` that could be taken."""
+        ...
+
+
 @dataclass(slots=True, kw_only=True)
 class MoveAttempt:
     """Working state of one move attempt, shared by its steps (mutable by design)."""
@@ -127,6 +136,8 @@ class MoveAttempt:
     # The destination's digests of copies nothing wrote to since they were taken (cold.py, a pre-copied move).
     stored_sha256: dict[VolumeRef, str] = field(default_factory=dict)
     precopied: dict[VolumeRef, PrecopiedVolume] = field(default_factory=dict)
+    # The destination digesting its pre-copies, begun once the shutdown's pass wrote its last block.
+    digests_ahead: PendingDigests | None = None
     # The transfer slot the steps hold: taken for the disks' steps, or kept from a pre-copy that ended
     # with the VM off, so its last blocks follow at once.
     slot: ExitStack = field(default_factory=ExitStack)

@@ -69,10 +69,11 @@ def _config(peers: tuple[str, ...] = ("host-b",)) -> EngineConfig:
                         precopy_pass_interval_seconds=0.01)
 
 
-def _engine(hosts: Hosts, journal: Journal, config: EngineConfig | None = None) -> MoveEngine:
-    return assemble_engine(config or _config(), MigrationTimings(shutdown_timeout_seconds=1), journal=journal,
-                           hypervisor=hosts.source, open_host=hosts.open, clock=_clock(),
-                           sleep=lambda s: None)  # fmt: skip
+def _engine(hosts: Hosts, journal: Journal, config: EngineConfig | None = None, *,
+            shutdown_timeout_seconds: float = 1) -> MoveEngine:
+    timings = MigrationTimings(shutdown_timeout_seconds=shutdown_timeout_seconds)
+    return assemble_engine(config or _config(), timings, journal=journal, hypervisor=hosts.source,
+                           open_host=hosts.open, clock=_clock(), sleep=lambda s: None)
 
 
 def _planned(vm_uuid: str, name: str, return_to: str | None = None) -> PlannedMove:

@@ -1,8 +1,10 @@
-"""A window's pre-copy handed to its move: the destination's digest taken while the last pass runs counts only
-for a copy that pass wrote nothing to; any other copy is digested again, and the move stays exact."""
+"""A window's pre-copy handed to its move: the destination digests its copy while the guest shuts down, and
+that digest counts only for a copy the last pass (once the guest is off) wrote nothing to; any other copy
+is digested again, and the move stays exact."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from evacuator.moves.journal import Journal
@@ -16,10 +18,11 @@ def _digests_taken(hosts: Hosts) -> int:
     return sum(1 for call in hosts.by_name["host-b"].calls if call.startswith("read_volume "))
 
 
-def _moved(tmp_path: Path, hosts: Hosts, *, write_during_the_shutdown_pass: bool) -> bytes | None:
+def _moved(tmp_path: Path, hosts: Hosts, *, write_during_the_shutdown_pass: bool,
+           shutdown_timeout_seconds: float = 1) -> bytes | None:
     """Moves a VM pre-copied in its window; returns the source's final content."""
     with Journal(tmp_path / "j.sqlite") as journal:
-        engine = _engine(hosts, journal)
+        engine = _engine(hosts, journal, shutdown_timeout_seconds=shutdown_timeout_seconds)
         web = hosts.add_vm("web")
         engine.plan([_planned(web, "web")], may_restart_on_source=True)
         engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
@@ -63,3 +66,23 @@ def test_a_copy_the_last_pass_patched_is_digested_again_and_ends_exact(tmp_path:
     assert copy is not None and copy[10:40] == b"written as the guest shut down"
     assert copy[MIB:] == DATA[MIB:]
     assert _digests_taken(hosts) == 2, "the digest taken during the last pass was not trusted"
+
+
+def test_the_destination_digests_its_copy_while_the_guest_shuts_down_not_after(tmp_path: Path) -> None:
+    hosts = Hosts()
+    power_off = hosts.source.destroy_vm
+    digested_before_off: list[bool] = []
+
+    def destroy_vm(uuid: str) -> None:  # the shutdown's deadline: the guest ignored ACPI
+        deadline = time.monotonic() + 3
+        while _digests_taken(hosts) == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        digested_before_off.append(_digests_taken(hosts) == 1)
+        power_off(uuid)
+
+    hosts.source.destroy_vm = destroy_vm  # type: ignore[method-assign]
+    # The guest ignores ACPI for 10 s of the fake's clock (10,000 looks): the shutdown's pass ends first.
+    final = _moved(tmp_path, hosts, write_during_the_shutdown_pass=False, shutdown_timeout_seconds=10)
+    assert digested_before_off == [True]
+    assert hosts.volume("host-b", "web") == final == DATA
+    assert _digests_taken(hosts) == 1  # that digest verified the move: none taken after the guest was off
