@@ -61,12 +61,20 @@ class Gate(Protocol):
         """True once the move may start; False only when `stopping()` became true while waiting."""
         ...
 
+    def paused(self) -> bool:
+        """Whether the cloud-wide pause holds now (False when it cannot be known: fails open). A window's
+        pre-copy starts no pass while it holds."""
+        ...
+
 
 class OpenGate:
     """No guards (no host view, or the `move` command): every move may start."""
 
     def admit(self, stopping: Callable[[], bool]) -> bool:
         return True
+
+    def paused(self) -> bool:
+        return False
 
 
 OnHold = Callable[[Hold], None]
@@ -140,6 +148,13 @@ class CloudGuard:
             self._wake.wait(self._poll_seconds)
         return False
 
+    def paused(self) -> bool:
+        try:
+            return self._state.paused() is not None
+        except Exception as exc:
+            log.warning("guard_unavailable", host=self._host, error=repr(exc)[:300])
+            return False
+
     def _tell(self, hold: Hold) -> None:
         try:
             self._on_hold(hold)
@@ -147,12 +162,7 @@ class CloudGuard:
             log.error("evacuation_hold_not_told", host=self._host, error=repr(exc)[:300])
 
     def _check(self) -> Hold | None:
-        try:
-            paused = self._state.paused() is not None
-        except Exception as exc:
-            log.warning("guard_unavailable", host=self._host, error=repr(exc)[:300])
-            paused = False
-        if paused:
+        if self.paused():
             return check(me=self._host, failed=self._failed, paused=True, hosts=[], evacuating=[],
                          leaving=Room(), now=self._clock(), policy=self._policy)  # fmt: skip
         if self._started:

@@ -11,6 +11,8 @@ The rules (docs/moves.md, "Pre-copy during the window"):
 - A cancelled move (or one ended otherwise) removes its pre-copied volumes and gives its claim back; a
   rolled-back one has them removed by the rollback, which cleans the journaled destination.
 - After a crash nothing of a pass is trusted: the restarted pre-copy (or the move) copies afresh.
+- While the cloud-wide pause holds (`evacuator pause`), no pass starts: a pass under way ends as a move under
+  way does, and the claim is kept for when the pause is lifted.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = structlog.get_logger(__name__)
 _SLOT_RETRY_SECONDS = 1.0
 # How often a pass looks at the journal for a cancelled move (a SQLite read).
 _JOURNAL_LOOK_SECONDS = 0.5
+# How often a pre-copy held by the cloud-wide pause asks the broker again whether it still holds.
+_PAUSE_LOOK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,9 +54,12 @@ class Handover:
 class WindowCopies:
     """Every window's pre-copy of one engine, one thread each; thread-safe."""
 
-    def __init__(self, attempts: Attempts, *, limit_for: Callable[[VolumeInfo], float]) -> None:
+    def __init__(self, attempts: Attempts, *, limit_for: Callable[[VolumeInfo], float],
+                 paused: Callable[[], bool] = lambda: False) -> None:
+        """`paused`: whether the cloud-wide pause holds (guard.Gate.paused)."""
         self._attempts = attempts
         self._limit_for = limit_for
+        self._paused = paused
         self._lock = threading.Lock()
         self._copies: dict[str, _WindowCopy] = {}
         # Held by the engine while it journals a move due, and by a pre-copy while it journals its
@@ -168,11 +175,20 @@ class _WindowCopy:
             if vm is None:
                 return
             log.info("window_precopy_started", vm_uuid=self.vm_uuid, destination=held.host)
-            passes = 0
+            passes, held_by_pause = 0, False
             while not self.stopping.is_set():
                 if self._move_ended():
                     self._remove(dest, vm)
                     return
+                if self._owner._paused():
+                    if not held_by_pause:
+                        log.info("window_precopy_paused", vm_uuid=self.vm_uuid, destination=held.host)
+                    held_by_pause = True
+                    self.stopping.wait(_PAUSE_LOOK_SECONDS)
+                    continue
+                if held_by_pause:
+                    log.info("window_precopy_resumed", vm_uuid=self.vm_uuid, destination=held.host)
+                    held_by_pause = False
                 with attempts.window_slot(held.host)(self.vm_uuid) as got:
                     got = got and not attempts.transfer_wanted()
                     if got:

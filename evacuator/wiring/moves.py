@@ -19,7 +19,7 @@ from evacuator.moves.cloud_destinations import CloudConfig, CloudDestinations, H
 from evacuator.moves.destinations import Destinations
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.groups import GroupRunner
-from evacuator.moves.guard import Gate
+from evacuator.moves.guard import Gate, OpenGate
 from evacuator.moves.journal import Journal
 from evacuator.moves.runner import MoveRunner
 from evacuator.moves.state import Phase
@@ -98,7 +98,8 @@ def assemble_engine(
                             max_incoming_per_peer=config.max_incoming_moves_per_peer),
         cluster_slots=cluster_slots or NoClusterCap(), destinations=destinations,
     )
-    window = WindowCopies(attempts, limit_for=lambda volume: copy_timeout_seconds(
+    gate = gate or OpenGate()
+    window = WindowCopies(attempts, paused=gate.paused, limit_for=lambda volume: copy_timeout_seconds(
         volume.allocation_bytes, timings.copy_timeout_base_seconds, timings.copy_min_bytes_per_second))
     return MoveEngine(config=config, journal=journal, hypervisor=hypervisor,
                       runner=MoveRunner(attempts, window=window), groups=GroupRunner(attempts), clock=clock,

@@ -156,6 +156,17 @@ def test_an_unreachable_broker_lets_the_move_go_saying_so() -> None:
     assert any(e["event"] == "guard_unavailable" for e in logs)
 
 
+def test_the_gate_says_whether_the_pause_holds_and_fails_open_when_it_cannot_know() -> None:
+    state = FakeState()
+    guard = gate(state, FakeView(CLOUD), [])
+    assert not guard.paused()
+    state.pause = object()
+    assert guard.paused()
+    with capture_logs() as logs:
+        assert not gate(FakeState(unreachable=True), FakeView(CLOUD), []).paused()
+    assert [e["event"] for e in logs] == ["guard_unavailable"]
+
+
 def test_the_incident_ending_never_waits_for_a_move_held_at_the_gate() -> None:
     """end() (the incident closing on the poll loop) while a worker is held: it returns at once (it once
     waited for the worker's lock, which the worker held while waiting: the daemon's poll loop hung)."""

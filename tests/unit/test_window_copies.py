@@ -21,6 +21,7 @@ from evacuator.lab.vms import domain_xml
 from evacuator.migrate.converge import converge_volume, first_pass
 from evacuator.migrate.factory import MigrationTimings, Migrators
 from evacuator.migrate.precopy import finish_precopy
+from evacuator.moves import window_copies
 from evacuator.moves.attempts import Attempts, EngineConfig
 from evacuator.moves.cancel import cancel_moves
 from evacuator.moves.engine import MoveEngine
@@ -180,13 +181,14 @@ def test_a_move_back_pre_copies_only_to_its_origin(tmp_path: Path) -> None:
     assert record is not None and record.destination == "host-c" and hosts.volume("host-b", "web") is None
 
 
-def _window(hosts: Hosts, journal: Journal, slots: TransferSlots) -> WindowCopies:
+def _window(hosts: Hosts, journal: Journal, slots: TransferSlots,
+            paused: Callable[[], bool] = lambda: False) -> WindowCopies:
     clock = _clock()
     attempts = Attempts(config=_config(), journal=journal, open_host=hosts.open, clock=clock,
                         sleep=lambda s: None, slots=slots, cluster_slots=NoClusterCap(),
                         migrators=Migrators(MigrationTimings(shutdown_timeout_seconds=1), clock=clock,
                                             sleep=lambda s: None))  # fmt: skip
-    return WindowCopies(attempts, limit_for=lambda volume: 60.0)
+    return WindowCopies(attempts, limit_for=lambda volume: 60.0, paused=paused)
 
 
 def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
@@ -207,6 +209,32 @@ def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
         handed = window.take(web)
     assert handed is not None and handed.held.host == "host-b"
     assert set(handed.precopied) == {VolumeRef(pool=POOL, volume="web.raw")}
+
+
+def test_the_cloud_wide_pause_holds_every_pass_until_it_is_lifted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(window_copies, "_PAUSE_LOOK_SECONDS", 0.05)
+    hosts, pause = Hosts(), threading.Event()
+    pause.set()  # `evacuator pause` was run before the window opened
+    with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
+        web = hosts.add_vm("web")
+        _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
+        window = _window(hosts, journal, TransferSlots(max_outgoing=1, max_incoming_per_peer=1),
+                         paused=pause.is_set)
+        record = journal.get(web)
+        assert record is not None
+        window.begin(record)
+        _until(lambda: (r := journal.get(web)) is not None and r.phase is Phase.PRECOPYING)
+        time.sleep(0.3)
+        assert hosts.volume("host-b", "web") is None, "a pass started while paused"
+        assert [e["event"] for e in logs if e["event"].startswith("window_precopy_")] == [
+            "window_precopy_started", "window_precopy_paused"]  # said once, however often it looked
+        pause.clear()  # `evacuator resume`
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+        handed = window.take(web)
+    assert handed is not None and handed.held.host == "host-b"
+    assert any(e["event"] == "window_precopy_resumed" for e in logs)
 
 
 def test_a_pre_copy_gives_its_slot_up_at_once_when_a_due_move_waits_for_one(tmp_path: Path) -> None:
