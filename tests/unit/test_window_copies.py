@@ -191,6 +191,16 @@ def _window(hosts: Hosts, journal: Journal, slots: TransferSlots,
     return WindowCopies(attempts, limit_for=lambda volume: 60.0, paused=paused)
 
 
+def _open_and_hold(window: WindowCopies, journal: Journal, vm_uuid: str) -> None:
+    """Opens the VM's window, waits until its destination is journaled, then long enough for a first pass
+    to have begun, were one allowed."""
+    record = journal.get(vm_uuid)
+    assert record is not None
+    window.begin(record)
+    _until(lambda: (r := journal.get(vm_uuid)) is not None and r.phase is Phase.PRECOPYING)
+    time.sleep(0.3)
+
+
 def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
     hosts = Hosts()
     slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
@@ -199,11 +209,7 @@ def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
         _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
         window = _window(hosts, journal, slots)
         with slots.slot("host-b", vm_uuid="due-move"):  # a move whose window ended holds the only slot
-            record = journal.get(web)
-            assert record is not None
-            window.begin(record)
-            _until(lambda: (r := journal.get(web)) is not None and r.phase is Phase.PRECOPYING)
-            time.sleep(0.2)
+            _open_and_hold(window, journal, web)
             assert hosts.volume("host-b", "web") is None, "no pass without a free slot"
         _until(lambda: hosts.volume("host-b", "web") == DATA)
         handed = window.take(web)
@@ -222,11 +228,7 @@ def test_the_cloud_wide_pause_holds_every_pass_until_it_is_lifted(
         _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
         window = _window(hosts, journal, TransferSlots(max_outgoing=1, max_incoming_per_peer=1),
                          paused=pause.is_set)
-        record = journal.get(web)
-        assert record is not None
-        window.begin(record)
-        _until(lambda: (r := journal.get(web)) is not None and r.phase is Phase.PRECOPYING)
-        time.sleep(0.3)
+        _open_and_hold(window, journal, web)
         assert hosts.volume("host-b", "web") is None, "a pass started while paused"
         assert [e["event"] for e in logs if e["event"].startswith("window_precopy_")] == [
             "window_precopy_started", "window_precopy_paused"]  # said once, however often it looked
