@@ -21,9 +21,10 @@ from evacuator.incident.planned import drain_verdict, return_verdict, windows_fo
 from evacuator.incident.planner import PlannedMove, WindowPolicy, plan_evacuation
 from evacuator.incident.ports import Guard, MoveCosts, Moves, NoGuard, Notifier
 from evacuator.incident.reply_policy import PendingEvacuation, ReplyPolicy, latest_deadline
+from evacuator.incident.resume import restore_windows
 from evacuator.incident.timers import Timers
 from evacuator.incident.windows import WindowChange
-from evacuator.moves.state import PENDING, MoveRecord, MoveState, Phase
+from evacuator.moves.state import MoveRecord, MoveState
 from evacuator.placement.guards import Hold
 from monitors.verdicts import HostVerdict, Severity
 from notifiers.wire import new_event_id
@@ -32,8 +33,6 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 _EVACUATE = frozenset({Severity.SEVERE, Severity.FAILED})
-# A restored timer within this of the ledger's deadline is the same timer (the store keeps float seconds).
-_SAME_DEADLINE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,7 +205,7 @@ class Service:
                      window_seconds=move.window_seconds, deadline=move.deadline.isoformat())
             if move.tenant is None:
                 log.warning("vm_without_tenant", vm_uuid=move.vm_uuid, vm_name=move.vm_name)
-        self._notify_scheduled(incident)
+        self._tell.scheduled(incident)
         for move in plan.moves:
             self._engine.mark(move.vm_uuid, MoveState.WAITING)
 
@@ -218,45 +217,21 @@ class Service:
                                     planned_deadline=move.deadline, deadline=move.deadline)
         return max(move.deadline, latest_deadline(pending, policy))
 
-    def _notify_scheduled(self, incident: Incident) -> None:
-        self._tell.scheduled(incident)
-
     def _held(self, hold: Hold) -> None:
         incident = self._incident
         if incident is not None:
             self._tell.held(incident, hold)
 
-    def _complete_if_settled(self, incident: Incident, tenant: str) -> None:
-        self._tell.completed_if_settled(incident, tenant)
-
     def _resume(self, incident: Incident) -> None:
-        """Carries on the open incident after a restart: each pending window gets its timer back at the
-        ledger's deadline (a timer lost in a crash, or a postpone or ready journaled just before it), and
-        every notice never handed to the outbox is sent now."""
+        """Carries on the open incident after a restart (resume.py), and sends every notice never handed to
+        the outbox."""
         self._incident = incident
         self._guard.begin(failed=incident.severity is Severity.FAILED, on_hold=self._held)
-        records = self._ledger.records(incident.incident_id)
-        log.info("incident_resumed", host=self._config.host, incident_id=incident.incident_id,
-                 severity=str(incident.severity), opened_at=incident.opened_at.isoformat(),
-                 vm_count=len(records))  # fmt: skip
-        timers = self._timers.pending()
-        unjournaled = [r for r in records if r.outcome is None and self._engine.record(r.vm_uuid) is None]
-        if unjournaled:  # the process died between the ledger and the journal
-            self._engine.plan(unjournaled, may_restart_on_source=incident.severity is not Severity.FAILED)
-        for record in records:
-            move = self._engine.record(record.vm_uuid)
-            if record.outcome is not None or move is None or move.state not in PENDING \
-                    or move.phase is Phase.DUE:  # fmt: skip
-                continue  # ended, or past its window: the engine resumes the move itself
-            timer = timers.get(record.vm_uuid)
-            if timer is None or abs((timer - record.deadline).total_seconds()) > _SAME_DEADLINE_SECONDS:
-                self._timers.schedule(record.vm_uuid, record.deadline)
-                log.info("evacuation_window_restored", vm_uuid=record.vm_uuid,
-                         deadline=record.deadline.isoformat(),
-                         timer=None if timer is None else timer.isoformat())
-        self._notify_scheduled(incident)
+        restore_windows(incident, host=self._config.host, ledger=self._ledger, engine=self._engine,
+                        timers=self._timers)
+        self._tell.scheduled(incident)
         for told in self._ledger.tenants(incident.incident_id):
-            self._complete_if_settled(incident, told.tenant)
+            self._tell.completed_if_settled(incident, told.tenant)
 
     # --- EvacuationWindows: the reply desk changes a VM's window through these --------------------------
 
@@ -324,7 +299,7 @@ class Service:
         if incident is None or scheduled.incident_id != incident.incident_id:
             return
         if scheduled.tenant is not None:
-            self._complete_if_settled(incident, scheduled.tenant)
+            self._tell.completed_if_settled(incident, scheduled.tenant)
         if all(r.outcome is not None for r in self._ledger.records(incident.incident_id)):
             self._guard.end()  # every VM of the incident ended: the permit goes to the next host
 
