@@ -106,6 +106,10 @@ class EventMetrics:
         )  # fmt: skip
         self.reloads = Counter("evacuator_settings_reloads_total", "Settings reloads (SIGHUP), by outcome "
                                "(applied, refused)", ["outcome"], registry=r)  # fmt: skip
+        self.precopy_passes = Counter("evacuator_precopy_passes_total", "Passes of the windows' pre-copies "
+                                      "over a running VM's disks", registry=r)  # fmt: skip
+        self.precopy_bytes = Counter("evacuator_precopy_bytes_total", "Bytes the windows' pre-copy passes "
+                                     "wrote to destinations while their VMs ran", registry=r)  # fmt: skip
         # What is in flight, by key: notices by event id (with their store time), transfers by direction.
         self._stored_at: dict[str, float] = {}
         self._flying: dict[str, set[tuple[str, ...]]] = {"outgoing": set(), "incoming": set()}
@@ -145,6 +149,7 @@ class EventMetrics:
             "sensor_readings": self._readings,
             "settings_reloaded": lambda e: self.reloads.labels("applied").inc(),
             "reload_refused": lambda e: self.reloads.labels("refused").inc(),
+            "window_precopy_pass": self._precopy_pass,
         }
 
     def __call__(
@@ -175,6 +180,11 @@ class EventMetrics:
         downtime = event.get("downtime_seconds")
         if isinstance(downtime, (int, float)) and not isinstance(downtime, bool):
             self.downtime_seconds.observe(float(downtime))
+
+    def _precopy_pass(self, event: MutableMapping[str, Any]) -> None:
+        self.precopy_passes.inc()
+        if isinstance(event.get("pass_bytes"), int) and event["pass_bytes"] > 0:
+            self.precopy_bytes.inc(event["pass_bytes"])
 
     def _step(self, event: MutableMapping[str, Any]) -> None:
         self._copying(event, started=False)

@@ -203,6 +203,7 @@ class _WindowCopy:
     def _pass(self, source: Hypervisor, dest: Hypervisor, vm: VmInfo, number: int) -> bool:
         """One pass over each volume; a failure drops the whole pre-copy (the next pass starts afresh). False
         when this host cannot read the VM's disks live (not a local file): no window pre-copy then."""
+        sent_before = sum(p.bytes_written for p in self._precopied.values())
         try:
             for ref in vm.volumes:
                 if self._should_stop():
@@ -226,8 +227,9 @@ class _WindowCopy:
                 if result is None:
                     raise EvacuatorError(f"{ref.pool}/{ref.volume} cannot be pre-copied now")
                 self._precopied[ref] = result
-            log.info("window_precopy_pass", vm_uuid=self.vm_uuid, number=number,
-                     sent_bytes=sum(p.bytes_written for p in self._precopied.values()))
+            sent = sum(p.bytes_written for p in self._precopied.values())
+            log.info("window_precopy_pass", vm_uuid=self.vm_uuid, number=number, sent_bytes=sent,
+                     pass_bytes=sent - sent_before)
         except PassStopped:
             pass  # the stopped first pass removed its copy: that volume starts afresh next time
         except EvacuatorError as exc:

@@ -27,6 +27,10 @@ def _emit(metrics: EventMetrics, event: str, **context: object) -> None:
     ("event", "context", "metric", "labels", "expected"),
     [
         pytest.param("incident_opened", {}, "evacuator_incidents_total", {}, 1, id="incident"),
+        pytest.param("window_precopy_pass", {"number": 2, "sent_bytes": 5 << 20, "pass_bytes": 1 << 20},
+                     "evacuator_precopy_passes_total", {}, 1, id="precopy-pass"),
+        pytest.param("window_precopy_pass", {"number": 2, "sent_bytes": 5 << 20, "pass_bytes": 1 << 20},
+                     "evacuator_precopy_bytes_total", {}, 1 << 20, id="precopy-bytes"),
         pytest.param("move_finished", {"seconds": 3.5, "bytes_copied": 1024}, "evacuator_moves_total",
                      {"outcome": "moved"}, 1, id="moved"),
         pytest.param("move_finished", {"seconds": 3.5, "bytes_copied": 1024}, "evacuator_copied_bytes_total",

@@ -116,6 +116,9 @@ def test_the_window_opening_claims_and_journals_the_destination_and_pre_copies_w
     assert passes and all(e["patched_bytes"] <= MIB for e in passes), "only changed blocks travel again"
     finished = [e for e in logs if e["event"] == "precopy_finished"]
     assert len(finished) == 1 and finished[0]["patched_bytes"] == 0
+    window_passes = [e for e in logs if e["event"] == "window_precopy_pass"]
+    assert window_passes[0]["pass_bytes"] == len(DATA)  # the first pass sent the disk whole
+    assert sum(e["pass_bytes"] for e in window_passes) == window_passes[-1]["sent_bytes"]
     history = [(state, phase) for state, phase, _ in journal_history(tmp_path, web)]
     assert (MoveState.WAITING, Phase.PRECOPYING) in history and (MoveState.WAITING, Phase.DUE) in history
 
