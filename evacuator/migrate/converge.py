@@ -24,8 +24,8 @@ from evacuator.hypervisor.model import Hypervisor, VolumeInfo, VolumeRef
 from evacuator.migrate.precopy import Settling, changed_blocks
 from evacuator.migrate.steps import PrecopiedVolume
 from evacuator.migrate.volume_copy import clear_leftover, copy_volume, within
-from evacuator.transfer.chunks import Chunk, close_chunks
-from evacuator.transfer.digests import BlockDigest
+from evacuator.transfer.chunks import Chunk, HoleChunk, close_chunks
+from evacuator.transfer.digests import BLOCK_BYTES, BlockDigest
 
 log = structlog.get_logger(__name__)
 
@@ -111,15 +111,19 @@ def converge_volume(
 
 
 def _unless(stop: Stop, chunks: Iterator[Chunk], stopped: threading.Event | None = None) -> Iterator[Chunk]:
-    """Passes chunks on until `stop()`: then ends them quietly (`stopped` set), or raises PassStopped."""
+    """Passes chunks on until `stop()`: then ends them quietly (`stopped` set), or raises PassStopped. A quiet
+    end waits for the end of the block under way: a later pass's blocks are digested whole (changed_blocks),
+    and a block cut short would count as changed, its digest kept wrong until the next pass."""
+    offset = 0
     try:
         for chunk in chunks:
-            if stop():
+            if (stopped is None or offset % BLOCK_BYTES == 0) and stop():
                 if stopped is None:
                     raise PassStopped("pre-copy pass stopped")
                 stopped.set()
                 return
             yield chunk
+            offset += chunk.length_bytes if isinstance(chunk, HoleChunk) else len(chunk.data)
     finally:
         close_chunks(chunks)
 

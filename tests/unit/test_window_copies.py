@@ -297,6 +297,37 @@ def test_a_pass_stopped_anywhere_still_ends_in_an_exact_copy(stop_after_chunks: 
     assert destination.volume_bytes(POOL, "d.raw") == source.volume_bytes(POOL, "d.raw")
 
 
+def test_a_pass_stopped_inside_a_block_ends_with_that_block_and_keeps_every_digest_whole() -> None:
+    hosts = Hosts()
+    source, destination = hosts.source, hosts.by_name["host-b"]
+    source.add_volume(POOL, "d.raw", capacity_bytes=len(DATA), data=DATA)
+    ref = VolumeRef(pool=POOL, volume="d.raw")
+    volume = source.find_volume(POOL, "d.raw")
+    assert volume is not None
+    clock = _clock()
+    copied = first_pass(source, destination, volume, limit_seconds=60, clock=clock, stop=lambda: False)
+    assert copied is not None
+    for offset in (0, MIB + 3, 3 * MIB + 100):  # blocks 0, 1 and 3 change
+        source.guest_write(POOL, "d.raw", offset, b"new bytes")
+    wanted = threading.Event()  # a due move wants the slot once the pass is 44 KiB into block 1
+
+    def reading(offset: int) -> None:
+        if offset >= MIB + 44 * 4096:
+            wanted.set()
+
+    source.before_live_read = reading  # the fake reads 4 KiB at a time
+    with capture_logs() as logs:
+        stopped = converge_volume(source, destination, ref, copied, limit_seconds=60, clock=clock,
+                                  stop=wanted.is_set)  # fmt: skip
+    assert stopped is not None
+    [converged] = [e for e in logs if e["event"] == "precopy_converged"]
+    # Block 1 was read to its end and no further, and both changed blocks went whole.
+    assert (converged["read_bytes"], converged["patched_bytes"]) == (2 * MIB, 2 * MIB)
+    finished = finish_precopy(source, destination, ref, stopped, limit_seconds=60, clock=clock)
+    assert finished is not None and finished.bytes_written == MIB  # block 3 alone: 0 and 1 went whole
+    assert destination.volume_bytes(POOL, "d.raw") == source.volume_bytes(POOL, "d.raw")
+
+
 def test_slots_say_whether_a_move_waits_for_one() -> None:
     slots = TransferSlots(max_outgoing=1, max_incoming_per_peer=1)
     assert not slots.wanted()
