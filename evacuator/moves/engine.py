@@ -167,12 +167,17 @@ class MoveEngine:
 
     def mark(self, vm_uuid: str, state: MoveState) -> None:
         """Moves a pending record on (notified, waiting); ignored once the move has gone further."""
-        record = self._journal.get(vm_uuid)
-        if record is not None and record.state in PENDING and allowed(record.state, state):
+        # Under the pre-copies' journal lock, read afresh: a group's pre-copy, begun by another member's
+        # window, may be journaling this record's destination and `precopying` right now.
+        with self._window.journal_lock if self._window is not None else contextlib.nullcontext():
+            record = self._journal.get(vm_uuid)
+            if record is None or record.state not in PENDING or not allowed(record.state, state):
+                return
             due = record.phase is Phase.DUE  # its timer fired first: the move is queued, no window is left
-            record = self._journal.advance(record, state, Phase.ENTERED, self._clock())
-            if state is MoveState.WAITING and self._window is not None and not due:
-                self._window.begin(record)
+            phase = Phase.PRECOPYING if record.phase is Phase.PRECOPYING else Phase.ENTERED
+            record = self._journal.advance(record, state, phase, self._clock())
+        if state is MoveState.WAITING and self._window is not None and not due:
+            self._window.begin(record)
 
     def submit(self, vm_uuid: str) -> bool:
         """A window closed: journal the move as due, then queue it. False if there is nothing to move."""
