@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 
-from evacuator.migrate.steps import MoveStep, StepEvent
+from evacuator.hypervisor.model import VolumeRef
+from evacuator.migrate.steps import MoveStep, PrecopiedVolume, StepEvent
 from evacuator.moves.attempts import Attempts, Outcomes
-from evacuator.moves.destinations import Nowhere
+from evacuator.moves.destinations import Held, Nowhere
 from evacuator.moves.rollback import Rollback
 from evacuator.moves.state import MoveRecord, MoveState
 
@@ -21,6 +23,21 @@ _START = frozenset({MoveStep.START, MoveStep.VERIFY})
 _CLEAN = frozenset({MoveStep.CLEAN_UP})
 
 
+class GroupHandover(Protocol):
+    """What a group's window pre-copy hands over (window_copies.Handover)."""
+
+    @property
+    def held(self) -> Held: ...
+    @property
+    def precopied(self) -> dict[VolumeRef, PrecopiedVolume]: ...
+
+
+class GroupWindows(Protocol):
+    """The windows' pre-copies (window_copies.WindowCopies), as a group's runner takes one over."""
+
+    def take_group(self, group: str) -> GroupHandover | None: ...
+
+
 def boot_ordered(records: Sequence[MoveRecord]) -> list[MoveRecord]:
     return sorted(records, key=lambda r: (r.boot_order, r.vm_name, r.vm_uuid))
 
@@ -28,8 +45,9 @@ def boot_ordered(records: Sequence[MoveRecord]) -> list[MoveRecord]:
 class GroupRunner:
     """Takes a consistency group's journaled moves to their endings, one destination for the whole group."""
 
-    def __init__(self, attempts: Attempts) -> None:
+    def __init__(self, attempts: Attempts, *, window: GroupWindows | None = None) -> None:
         self._attempts = attempts
+        self._window = window
 
     def execute_group(self, records: Sequence[MoveRecord], outcomes: Outcomes) -> None:
         attempts = self._attempts
@@ -38,8 +56,18 @@ class GroupRunner:
         journaled = next((r.destination for r in ordered if r.destination), None)
         # A group moves back only as a whole, to one origin (the first member's: they left together).
         back = next((r.return_to for r in ordered if r.return_to), None)
-        choice = (attempts.destinations.resume(ordered, journaled) if journaled
-                  else attempts.destinations.choose(ordered, (), only=back))  # fmt: skip
+        # The group's window pre-copy hands over the destination it chose, claimed and journaled, and what
+        # it sent there for every member.
+        handed = None if self._window is None or group is None else self._window.take_group(group)
+        precopied: dict[VolumeRef, PrecopiedVolume] = {}
+        choice: Held | Nowhere
+        if handed is not None and handed.held.host == journaled:
+            choice, precopied = handed.held, handed.precopied
+        else:
+            if handed is not None:
+                handed.held.release()
+            choice = (attempts.destinations.resume(ordered, journaled) if journaled
+                      else attempts.destinations.choose(ordered, (), only=back))  # fmt: skip
         if isinstance(choice, Nowhere):
             for record in ordered:
                 attempts.fail_unplaced(record, outcomes, choice)
@@ -54,7 +82,7 @@ class GroupRunner:
                 self._roll_back_group(ordered, rolling_back[0].error or "interrupted", destination, outcomes)
                 return
             try:
-                moved = self._retried(ordered, destination)
+                moved = self._retried(ordered, destination, precopied)
             except Exception as exc:  # all or nothing: any member's failure sends the whole group back
                 reason = f"group {group}: {exc}"
                 self._roll_back_group(ordered, reason, destination, outcomes)
@@ -63,13 +91,19 @@ class GroupRunner:
         for record in moved:
             outcomes.moved(record)
 
-    def _retried(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
+    def _retried(self, ordered: list[MoveRecord], destination: str,
+                 precopied: dict[VolumeRef, PrecopiedVolume]) -> list[MoveRecord]:  # fmt: skip
+        """`precopied` counts for the first attempt only (it is emptied): a failed one may have left its
+        copies anywhere."""
         for attempt in self._attempts.retrying():
             with attempt:
-                return self._once(ordered, destination)
+                handed = dict(precopied)
+                precopied.clear()
+                return self._once(ordered, destination, handed)
         raise AssertionError("tenacity either returns or reraises")  # pragma: no cover
 
-    def _once(self, ordered: list[MoveRecord], destination: str) -> list[MoveRecord]:
+    def _once(self, ordered: list[MoveRecord], destination: str,
+              precopied: dict[VolumeRef, PrecopiedVolume]) -> list[MoveRecord]:  # fmt: skip
         attempts = self._attempts
         with attempts.open_host(attempts.config.host) as source, attempts.open_host(destination) as dest:
             latest = {r.vm_uuid: attempts.journal.get(r.vm_uuid) or r for r in ordered}
@@ -85,8 +119,9 @@ class GroupRunner:
             copied = dict.fromkeys(uuids, 0)
             for phase in (_PREPARE, _START, _CLEAN):
                 for uuid in uuids:
+                    # Only the disks' step uses what the window pre-copied: the blocks changed since travel.
                     report = cold.move(uuid, start_on_destination=records[uuid].start_on_destination,
-                                       steps=phase)
+                                       steps=phase, precopied=precopied if phase is _PREPARE else None)
                     copied[uuid] += report.bytes_copied
             for uuid in uuids:
                 attempts.record_origin(dest, records[uuid])

@@ -102,8 +102,8 @@ def assemble_engine(
     window = WindowCopies(attempts, paused=gate.paused, limit_for=lambda volume: copy_timeout_seconds(
         volume.allocation_bytes, timings.copy_timeout_base_seconds, timings.copy_min_bytes_per_second))
     return MoveEngine(config=config, journal=journal, hypervisor=hypervisor,
-                      runner=MoveRunner(attempts, window=window), groups=GroupRunner(attempts), clock=clock,
-                      crash_point=crash_point, gate=gate, window=window)  # fmt: skip
+                      runner=MoveRunner(attempts, window=window), groups=GroupRunner(attempts, window=window),
+                      clock=clock, crash_point=crash_point, gate=gate, window=window)  # fmt: skip
 
 
 def journal_for(settings: Settings) -> Journal:

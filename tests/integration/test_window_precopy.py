@@ -1,6 +1,7 @@
 """Integration, all real: pre-copy during the window on two lab libvirt hosts. A VM whose disk is written
-during its window (raw and qcow2) ends on the destination with the source's final content; a daemon SIGKILLed
-during the window's pre-copy resumes it toward the journaled destination and moves the VM once."""
+during its window (raw and qcow2) ends on the destination with the source's final content, and so does each
+VM of a consistency group, pre-copied together to one host; a daemon SIGKILLed during the window's pre-copy
+resumes it toward the journaled destination and moves the VM once."""
 
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ DISK_BYTES = 64 * MIB
 WINDOW_SECONDS = 6
 
 
-def _vm(host: LabHost, fmt: str, data: bytes) -> tuple[str, Path, list[tuple[int, int, int]]]:
+def _vm(host: LabHost, fmt: str, data: bytes, *, name: str = "busy", mac: str = "52:54:00:f7:00:01",
+        facts: VmFacts | None = None) -> tuple[str, Path, list[tuple[int, int, int]]]:
     """A running VM whose disk, raw or qcow2, shows `data` to its guest; returns its uuid, its disk file and
     the (guest offset, file offset, length) of each run of data in that file."""
     raw = host.pool_path / "seed.raw"
     raw.write_bytes(data)
     os.truncate(raw, DISK_BYTES)
-    path = host.pool_path / f"busy.{fmt}"
+    path = host.pool_path / f"{name}.{fmt}"
     if fmt == "raw":
         raw.rename(path)
         extents = [(0, 0, DISK_BYTES)]
@@ -62,8 +64,8 @@ def _vm(host: LabHost, fmt: str, data: bytes) -> tuple[str, Path, list[tuple[int
     conn = libvirt.open(host.uri)
     try:
         conn.storagePoolLookupByName(host.pool).refresh(0)
-        xml = domain_xml(name="busy", pool=host.pool, volume=path.name, mac="52:54:00:f7:00:01",
-                         facts=VmFacts(tenant="acme")).replace("type='raw'", f"type='{fmt}'")
+        xml = domain_xml(name=name, pool=host.pool, volume=path.name, mac=mac,
+                         facts=facts or VmFacts(tenant="acme")).replace("type='raw'", f"type='{fmt}'")
         dom = conn.defineXML(xml)
         dom.create()
         return str(dom.UUIDString()), path, extents
@@ -151,6 +153,61 @@ def test_a_vm_written_during_its_window_ends_on_the_destination_with_its_final_d
     assert any(e["patched_bytes"] for e in converged), "later passes sent what the guest wrote"
     finished = [e for e in logs if e["event"] == "precopy_finished"]
     assert len(finished) == 1 and finished[0]["patched_bytes"] < DISK_BYTES // 4
+
+
+def test_a_group_written_during_its_window_is_pre_copied_to_one_host_and_moves_with_its_final_disks(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...],
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    members = {}
+    for order, name in enumerate(("db", "app"), start=1):
+        data = random.Random(order).randbytes(24 * MIB)
+        uuid, path, extents = _vm(host_a, "raw", data, name=name, mac=f"52:54:00:f7:01:0{order}",
+                                  facts=VmFacts(tenant="acme", group="shop", boot_order=order))
+        members[name] = (uuid, path, _Guest(path, extents, data))
+
+    @contextmanager
+    def open_host(name: str) -> Iterator[Hypervisor]:
+        host = host_a if name == "host-a" else host_b
+        with open_libvirt_host(name, host.uri, host.pool, local_files=name == "host-a") as opened:
+            yield opened
+
+    config = EngineConfig(host="host-a", peers=("host-b",), precopy_pass_interval_seconds=0.5)
+    deadline = datetime.now(UTC) + timedelta(seconds=WINDOW_SECONDS)
+    with Journal(tmp_path / "journal.sqlite") as journal, capture_logs() as logs, \
+            open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
+        timings = MigrationTimings(shutdown_timeout_seconds=1.0, poll_interval_seconds=0.1)
+        engine = assemble_engine(config, timings, journal=journal, hypervisor=own, open_host=open_host,
+                                 clock=lambda: datetime.now(UTC), sleep=time.sleep)  # fmt: skip
+        engine.plan([PlannedMove(vm_uuid=uuid, vm_name=name, tenant="acme", window_seconds=WINDOW_SECONDS,
+                                 deadline=deadline) for name, (uuid, _, _) in members.items()],
+                    may_restart_on_source=True)  # fmt: skip
+        engine.start(timer_pending=lambda _: True)
+        for uuid, _, _ in members.values():
+            engine.mark(uuid, MoveState.WAITING)
+        _until(lambda: any(e["event"] == "window_precopy_pass" for e in logs), 30)
+        for _ in range(6):  # both guests go on writing through the window's passes
+            for _, _, guest in members.values():
+                guest.write(8)
+            time.sleep(0.3)
+        records = [journal.get(uuid) for uuid, _, _ in members.values()]
+        assert all(r is not None and (r.phase, r.destination) == (Phase.PRECOPYING, "host-b")
+                   for r in records)
+        assert engine.submit(members["app"][0])  # one window closing makes the whole group due
+        assert engine.wait_idle(120)
+        engine.stop()
+        records = [journal.get(uuid) for uuid, _, _ in members.values()]
+    assert all(r is not None and r.state is MoveState.DONE for r in records), records
+    with open_libvirt_host("host-b", host_b.uri, host_b.pool) as b:
+        assert all((vm := b.find_vm(uuid)) is not None and vm.state is VmState.RUNNING
+                   for uuid, _, _ in members.values())
+    assert pool_volumes(host_a) == []
+    for _, path, guest in members.values():
+        assert sha256_of_volume(host_b.uri, host_b.pool, path.name) == hashlib.sha256(guest.view).hexdigest()
+    started = [e for e in logs if e["event"] == "window_precopy_started"]
+    assert len(started) == 1 and started[0]["group"] == "shop"  # one pre-copy, to one host, for the group
+    finished = [e for e in logs if e["event"] == "precopy_finished"]
+    assert sorted(e["volume"] for e in finished) == ["app.raw", "db.raw"]  # both moved from the pre-copy
 
 
 def test_a_daemon_killed_during_the_window_pre_copy_resumes_it_and_moves_the_vm_once(

@@ -21,7 +21,7 @@ from evacuator.lab.vms import domain_xml
 from evacuator.migrate.converge import converge_volume, first_pass
 from evacuator.migrate.factory import MigrationTimings, Migrators
 from evacuator.migrate.precopy import finish_precopy
-from evacuator.moves import window_copies
+from evacuator.moves import window_copy
 from evacuator.moves.attempts import Attempts, EngineConfig
 from evacuator.moves.cancel import cancel_moves
 from evacuator.moves.engine import MoveEngine
@@ -48,10 +48,11 @@ class Hosts:
     def open(self, name: str) -> Iterator[Hypervisor]:
         yield self.by_name[name]
 
-    def add_vm(self, name: str) -> str:
+    def add_vm(self, name: str, *, group: str | None = None, boot_order: int | None = None) -> str:
         self.source.add_volume(POOL, f"{name}.raw", capacity_bytes=len(DATA), data=DATA)
         xml = domain_xml(name=name, pool=POOL, volume=f"{name}.raw", mac="52:54:00:00:00:01",
-                         facts=VmFacts(tenant="acme"), uuid=str(uuid.uuid4()))
+                         facts=VmFacts(tenant="acme", group=group, boot_order=boot_order),
+                         uuid=str(uuid.uuid4()))
         return self.source.add_vm(xml, state=VmState.RUNNING).uuid
 
     def volume(self, host: str, name: str) -> bytes | None:
@@ -223,7 +224,7 @@ def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
 def test_the_cloud_wide_pause_holds_every_pass_until_it_is_lifted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(window_copies, "_PAUSE_LOOK_SECONDS", 0.05)
+    monkeypatch.setattr(window_copy, "PAUSE_LOOK_SECONDS", 0.05)
     hosts, pause = Hosts(), threading.Event()
     pause.set()  # `evacuator pause` was run before the window opened
     with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
