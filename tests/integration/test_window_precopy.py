@@ -11,10 +11,11 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -29,6 +30,7 @@ from evacuator.lab.sysfs import HeatableHwmon
 from evacuator.lab.vms import create_vm, domain_xml, sha256_of_volume, volume_name
 from evacuator.migrate.factory import MigrationTimings
 from evacuator.moves.attempts import EngineConfig
+from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState, Phase
 from evacuator.wiring.moves import assemble_engine
@@ -99,14 +101,11 @@ def _until(condition: Callable[[], bool], seconds: float) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_a_vm_written_during_its_window_ends_on_the_destination_with_its_final_disk(
-    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], fmt: str,
-) -> None:
-    host_a, host_b = clean_lab_hosts
-    data = random.Random(21).randbytes(48 * MIB)
-    uuid, path, extents = _vm(host_a, fmt, data)
-    guest = _Guest(path, extents, data)
+@contextmanager
+def _lab_engine(tmp_path: Path, host_a: LabHost, host_b: LabHost,
+                ) -> Iterator[tuple[MoveEngine, Journal, list[MutableMapping[str, Any]]]]:
+    """host-a's engine, moving to host-b with a pass every 0.5 s and a 1 s shutdown timeout; its journal, and
+    the log lines of everything done meanwhile."""
 
     @contextmanager
     def open_host(name: str) -> Iterator[Hypervisor]:
@@ -118,8 +117,20 @@ def test_a_vm_written_during_its_window_ends_on_the_destination_with_its_final_d
     with Journal(tmp_path / "journal.sqlite") as journal, capture_logs() as logs, \
             open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
         timings = MigrationTimings(shutdown_timeout_seconds=1.0, poll_interval_seconds=0.1)
-        engine = assemble_engine(config, timings, journal=journal, hypervisor=own, open_host=open_host,
-                                 clock=lambda: datetime.now(UTC), sleep=time.sleep)  # fmt: skip
+        yield assemble_engine(config, timings, journal=journal, hypervisor=own, open_host=open_host,
+                              clock=lambda: datetime.now(UTC), sleep=time.sleep), journal, logs
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_vm_written_during_its_window_ends_on_the_destination_with_its_final_disk(
+    tmp_path: Path, clean_lab_hosts: tuple[LabHost, ...], fmt: str,
+) -> None:
+    host_a, host_b = clean_lab_hosts
+    data = random.Random(21).randbytes(48 * MIB)
+    uuid, path, extents = _vm(host_a, fmt, data)
+    guest = _Guest(path, extents, data)
+
+    with _lab_engine(tmp_path, host_a, host_b) as (engine, journal, logs):
         engine.plan([PlannedMove(vm_uuid=uuid, vm_name="busy", tenant="acme", window_seconds=WINDOW_SECONDS,
                                  deadline=datetime.now(UTC) + timedelta(seconds=WINDOW_SECONDS))],
                     may_restart_on_source=True)  # fmt: skip
@@ -166,19 +177,8 @@ def test_a_group_written_during_its_window_is_pre_copied_to_one_host_and_moves_w
                                   facts=VmFacts(tenant="acme", group="shop", boot_order=order))
         members[name] = (uuid, path, _Guest(path, extents, data))
 
-    @contextmanager
-    def open_host(name: str) -> Iterator[Hypervisor]:
-        host = host_a if name == "host-a" else host_b
-        with open_libvirt_host(name, host.uri, host.pool, local_files=name == "host-a") as opened:
-            yield opened
-
-    config = EngineConfig(host="host-a", peers=("host-b",), precopy_pass_interval_seconds=0.5)
     deadline = datetime.now(UTC) + timedelta(seconds=WINDOW_SECONDS)
-    with Journal(tmp_path / "journal.sqlite") as journal, capture_logs() as logs, \
-            open_libvirt_host("host-a", host_a.uri, host_a.pool) as own:  # fmt: skip
-        timings = MigrationTimings(shutdown_timeout_seconds=1.0, poll_interval_seconds=0.1)
-        engine = assemble_engine(config, timings, journal=journal, hypervisor=own, open_host=open_host,
-                                 clock=lambda: datetime.now(UTC), sleep=time.sleep)  # fmt: skip
+    with _lab_engine(tmp_path, host_a, host_b) as (engine, journal, logs):
         engine.plan([PlannedMove(vm_uuid=uuid, vm_name=name, tenant="acme", window_seconds=WINDOW_SECONDS,
                                  deadline=deadline) for name, (uuid, _, _) in members.items()],
                     may_restart_on_source=True)  # fmt: skip

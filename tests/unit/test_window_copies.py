@@ -21,6 +21,7 @@ from evacuator.lab.vms import domain_xml
 from evacuator.migrate.converge import converge_volume, first_pass
 from evacuator.migrate.factory import MigrationTimings, Migrators
 from evacuator.migrate.precopy import finish_precopy
+from evacuator.migrate.steps import PrecopiedVolume
 from evacuator.moves import window_copy
 from evacuator.moves.attempts import Attempts, EngineConfig
 from evacuator.moves.cancel import cancel_moves
@@ -83,6 +84,15 @@ def _planned(vm_uuid: str, name: str, return_to: str | None = None) -> PlannedMo
                        deadline=T0 + timedelta(seconds=30), return_to=return_to)
 
 
+def _open_windows(engine: MoveEngine, moves: list[PlannedMove], outcomes: RecordedOutcomes | None = None,
+                  ) -> None:
+    """Plans the moves, starts the engine (every timer pending) and opens each move's window."""
+    engine.plan(moves, may_restart_on_source=True)
+    engine.start(timer_pending=lambda _: True, outcomes=outcomes or RecordedOutcomes())
+    for move in moves:
+        engine.mark(move.vm_uuid, MoveState.WAITING)
+
+
 def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -97,9 +107,7 @@ def test_the_window_opening_claims_and_journals_the_destination_and_pre_copies_w
     with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
         engine = _engine(hosts, journal)
         web = hosts.add_vm("web")
-        engine.plan([_planned(web, "web")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=told)
-        engine.mark(web, MoveState.WAITING)
+        _open_windows(engine, [_planned(web, "web")], told)
         _until(lambda: hosts.volume("host-b", "web") == DATA)
         record = journal.get(web)
         assert record is not None and record.destination == "host-b"
@@ -134,9 +142,7 @@ def test_a_cancelled_move_removes_its_pre_copied_volume(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
         engine = _engine(hosts, journal)
         web = hosts.add_vm("web")
-        engine.plan([_planned(web, "web")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
-        engine.mark(web, MoveState.WAITING)
+        _open_windows(engine, [_planned(web, "web")])
         _until(lambda: hosts.volume("host-b", "web") == DATA)
         assert cancel_moves(journal, web, "the tenant cancelled", lambda: T0)
         _until(lambda: hosts.volume("host-b", "web") is None)
@@ -176,9 +182,7 @@ def test_a_move_back_pre_copies_only_to_its_origin(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = _engine(hosts, journal)  # host-b is the only peer; the origin is host-c
         web = hosts.add_vm("web")
-        engine.plan([_planned(web, "web", return_to="host-c")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
-        engine.mark(web, MoveState.WAITING)
+        _open_windows(engine, [_planned(web, "web", return_to="host-c")])
         _until(lambda: hosts.volume("host-c", "web") == DATA)
         record = journal.get(web)
         engine.stop()
@@ -275,17 +279,23 @@ def test_a_pre_copy_gives_its_slot_up_at_once_when_a_due_move_waits_for_one(tmp_
     assert not [e for e in logs if e["event"] == "window_precopy_pass"], "the stopped pass did not count"
 
 
-@pytest.mark.parametrize("stop_after_chunks", [0, 1, 2, 5])
-def test_a_pass_stopped_anywhere_still_ends_in_an_exact_copy(stop_after_chunks: int) -> None:
+def _first_passed() -> tuple[Hosts, VolumeRef, PrecopiedVolume, Callable[[], datetime]]:
+    """host-a's volume d.raw, its first pass to host-b done: the hosts, the volume, what was sent, a clock."""
     hosts = Hosts()
     source, destination = hosts.source, hosts.by_name["host-b"]
     source.add_volume(POOL, "d.raw", capacity_bytes=len(DATA), data=DATA)
-    ref = VolumeRef(pool=POOL, volume="d.raw")
     volume = source.find_volume(POOL, "d.raw")
     assert volume is not None
     clock = _clock()
     copied = first_pass(source, destination, volume, limit_seconds=60, clock=clock, stop=lambda: False)
     assert copied is not None and destination.volume_bytes(POOL, "d.raw") == DATA
+    return hosts, VolumeRef(pool=POOL, volume="d.raw"), copied, clock
+
+
+@pytest.mark.parametrize("stop_after_chunks", [0, 1, 2, 5])
+def test_a_pass_stopped_anywhere_still_ends_in_an_exact_copy(stop_after_chunks: int) -> None:
+    hosts, ref, copied, clock = _first_passed()
+    source, destination = hosts.source, hosts.by_name["host-b"]
     for offset in (0, MIB + 3, 3 * MIB + 100):
         source.guest_write(POOL, "d.raw", offset, b"new bytes")
     asked = iter(range(100))
@@ -299,15 +309,8 @@ def test_a_pass_stopped_anywhere_still_ends_in_an_exact_copy(stop_after_chunks: 
 
 
 def test_a_pass_stopped_inside_a_block_ends_with_that_block_and_keeps_every_digest_whole() -> None:
-    hosts = Hosts()
+    hosts, ref, copied, clock = _first_passed()
     source, destination = hosts.source, hosts.by_name["host-b"]
-    source.add_volume(POOL, "d.raw", capacity_bytes=len(DATA), data=DATA)
-    ref = VolumeRef(pool=POOL, volume="d.raw")
-    volume = source.find_volume(POOL, "d.raw")
-    assert volume is not None
-    clock = _clock()
-    copied = first_pass(source, destination, volume, limit_seconds=60, clock=clock, stop=lambda: False)
-    assert copied is not None
     for offset in (0, MIB + 3, 3 * MIB + 100):  # blocks 0, 1 and 3 change
         source.guest_write(POOL, "d.raw", offset, b"new bytes")
     wanted = threading.Event()  # a due move wants the slot once the pass is 44 KiB into block 1

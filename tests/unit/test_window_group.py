@@ -12,7 +12,7 @@ from evacuator.moves.cancel import cancel_moves
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState, Phase
 from tests.fakes.outcomes import RecordedOutcomes
-from tests.unit.test_window_copies import DATA, MIB, POOL, T0, Hosts, _engine, _planned, _until
+from tests.unit.test_window_copies import DATA, MIB, POOL, T0, Hosts, _engine, _open_windows, _planned, _until
 
 
 def _group(hosts: Hosts) -> tuple[str, str]:
@@ -26,10 +26,7 @@ def test_a_group_is_pre_copied_to_one_destination_and_its_move_sends_only_what_c
     with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
         engine = _engine(hosts, journal)
         db, app = _group(hosts)
-        engine.plan([_planned(db, "db"), _planned(app, "app")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=told)
-        engine.mark(db, MoveState.WAITING)
-        engine.mark(app, MoveState.WAITING)
+        _open_windows(engine, [_planned(db, "db"), _planned(app, "app")], told)
         _until(lambda: hosts.volume("host-b", "db") == DATA and hosts.volume("host-b", "app") == DATA)
         records = [journal.get(db), journal.get(app)]
         assert all(r is not None and (r.destination, r.phase) == ("host-b", Phase.PRECOPYING)
@@ -58,10 +55,7 @@ def test_cancelling_one_member_removes_the_whole_groups_pre_copy(tmp_path: Path)
     with Journal(tmp_path / "j.sqlite") as journal, capture_logs() as logs:
         engine = _engine(hosts, journal)
         db, app = _group(hosts)
-        engine.plan([_planned(db, "db"), _planned(app, "app")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
-        engine.mark(db, MoveState.WAITING)
-        engine.mark(app, MoveState.WAITING)
+        _open_windows(engine, [_planned(db, "db"), _planned(app, "app")])
         _until(lambda: hosts.volume("host-b", "db") == DATA and hosts.volume("host-b", "app") == DATA)
         assert cancel_moves(journal, app, "the tenant cancelled", lambda: T0)
         _until(lambda: hosts.volume("host-b", "db") is None and hosts.volume("host-b", "app") is None)

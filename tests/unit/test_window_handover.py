@@ -9,8 +9,7 @@ from pathlib import Path
 
 from evacuator.moves.journal import Journal
 from evacuator.moves.state import MoveState
-from tests.fakes.outcomes import RecordedOutcomes
-from tests.unit.test_window_copies import DATA, MIB, POOL, Hosts, _engine, _planned, _until
+from tests.unit.test_window_copies import DATA, MIB, POOL, Hosts, _engine, _open_windows, _planned, _until
 
 
 def _digests_taken(hosts: Hosts) -> int:
@@ -24,9 +23,7 @@ def _moved(tmp_path: Path, hosts: Hosts, *, write_during_the_shutdown_pass: bool
     with Journal(tmp_path / "j.sqlite") as journal:
         engine = _engine(hosts, journal, shutdown_timeout_seconds=shutdown_timeout_seconds)
         web = hosts.add_vm("web")
-        engine.plan([_planned(web, "web")], may_restart_on_source=True)
-        engine.start(timer_pending=lambda _: True, outcomes=RecordedOutcomes())
-        engine.mark(web, MoveState.WAITING)
+        _open_windows(engine, [_planned(web, "web")])
         _until(lambda: hosts.volume("host-b", "web") == DATA)
 
         written: list[int] = []
