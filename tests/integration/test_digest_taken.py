@@ -161,7 +161,9 @@ def host_user_without_alive_queues(lab_broker: LabBroker, broker_settings: Broke
     user, password = f"host-{secrets.token_hex(4)}", secrets.token_urlsafe(12)
     exchange = re.escape(broker_settings.peers_exchange)
     ctl = [*lab_broker.rabbitmqctl, "--quiet"]
-    subprocess.run([*ctl, "add_user", user, password], check=True, capture_output=True)
+    # On stdin, as notifiers/rabbitmqctl.py gives it: an argument starting with "-" (token_urlsafe makes one
+    # in 64) would be read as an option, and rabbitmqctl refuses it (exit 64).
+    subprocess.run([*ctl, "add_user", user], input=password, text=True, check=True, capture_output=True)
     try:
         configure = f"^{exchange}(\\.digest\\..*)?$"
         subprocess.run([*ctl, "set_permissions", "-p", "/", user, configure, ".*", ".*"], check=True,
