@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import structlog
 
@@ -12,7 +11,8 @@ from evacuator.migrate.steps import MoveStep, PrecopiedVolume, StepEvent
 from evacuator.moves.attempts import Attempts, Outcomes
 from evacuator.moves.destinations import Held, Nowhere
 from evacuator.moves.rollback import Rollback
-from evacuator.moves.state import MoveRecord, MoveState
+from evacuator.moves.state import MoveRecord, MoveState, boot_ordered
+from evacuator.moves.window_copies import WindowCopies
 
 log = structlog.get_logger(__name__)
 
@@ -23,29 +23,10 @@ _START = frozenset({MoveStep.START, MoveStep.VERIFY})
 _CLEAN = frozenset({MoveStep.CLEAN_UP})
 
 
-class GroupHandover(Protocol):
-    """What a group's window pre-copy hands over (window_copies.Handover)."""
-
-    @property
-    def held(self) -> Held: ...
-    @property
-    def precopied(self) -> dict[VolumeRef, PrecopiedVolume]: ...
-
-
-class GroupWindows(Protocol):
-    """The windows' pre-copies (window_copies.WindowCopies), as a group's runner takes one over."""
-
-    def take_group(self, group: str) -> GroupHandover | None: ...
-
-
-def boot_ordered(records: Sequence[MoveRecord]) -> list[MoveRecord]:
-    return sorted(records, key=lambda r: (r.boot_order, r.vm_name, r.vm_uuid))
-
-
 class GroupRunner:
     """Takes a consistency group's journaled moves to their endings, one destination for the whole group."""
 
-    def __init__(self, attempts: Attempts, *, window: GroupWindows | None = None) -> None:
+    def __init__(self, attempts: Attempts, *, window: WindowCopies | None = None) -> None:
         self._attempts = attempts
         self._window = window
 
@@ -58,14 +39,12 @@ class GroupRunner:
         back = next((r.return_to for r in ordered if r.return_to), None)
         # The group's window pre-copy hands over the destination it chose, claimed and journaled, and what
         # it sent there for every member.
-        handed = None if self._window is None or group is None else self._window.take_group(group)
-        precopied: dict[VolumeRef, PrecopiedVolume] = {}
+        handed = None if self._window is None or group is None else self._window.take_group(group, journaled)
+        precopied: dict[VolumeRef, PrecopiedVolume] = {} if handed is None else handed.precopied
         choice: Held | Nowhere
-        if handed is not None and handed.held.host == journaled:
-            choice, precopied = handed.held, handed.precopied
+        if handed is not None:
+            choice = handed.held
         else:
-            if handed is not None:
-                handed.held.release()
             choice = (attempts.destinations.resume(ordered, journaled) if journaled
                       else attempts.destinations.choose(ordered, (), only=back))  # fmt: skip
         if isinstance(choice, Nowhere):

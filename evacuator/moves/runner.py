@@ -33,14 +33,12 @@ class MoveRunner:
         tried: list[str] = []
         destinations = attempts.destinations
         # A window's pre-copy hands over the destination it chose, claimed and journaled, and what it sent.
-        handed = None if self._window is None else self._window.take(record.vm_uuid)
-        precopied: dict[VolumeRef, PrecopiedVolume] = {}
-        if handed is not None and handed.held.host == record.destination:
-            choice: Held | Nowhere = handed.held
-            precopied = handed.precopied
+        handed = None if self._window is None else self._window.take(record.vm_uuid, record.destination)
+        precopied: dict[VolumeRef, PrecopiedVolume] = {} if handed is None else handed.precopied
+        choice: Held | Nowhere
+        if handed is not None:
+            choice = handed.held
         else:
-            if handed is not None:
-                handed.held.release()
             choice = (destinations.resume([record], record.destination) if record.destination
                       else destinations.choose([record], tried, only=record.return_to))  # fmt: skip
         while True:

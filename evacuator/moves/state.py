@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -139,3 +140,8 @@ def invariant_violations(vm_uuid: str, source: VmInfo | None, destination: VmInf
     if is_active(source) and is_active(destination):
         problems.append(f"VM {vm_uuid} runs on both hosts")
     return tuple(problems)
+
+
+def boot_ordered(records: Sequence[MoveRecord]) -> list[MoveRecord]:
+    """A consistency group's records in the order its VMs start on the destination."""
+    return sorted(records, key=lambda r: (r.boot_order, r.vm_name, r.vm_uuid))

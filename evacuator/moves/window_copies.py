@@ -22,24 +22,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from evacuator.hypervisor.model import VolumeInfo, VolumeRef
-from evacuator.migrate.steps import PrecopiedVolume
+from evacuator.hypervisor.model import VolumeInfo
 from evacuator.moves.attempts import Attempts
-from evacuator.moves.destinations import Held
-from evacuator.moves.groups import boot_ordered
-from evacuator.moves.state import PENDING, MoveRecord, Phase
-from evacuator.moves.window_copy import WindowCopy
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Handover:
-    """What a window's pre-copy hands its move: the destination it holds, and what each volume got there (a
-    group's: every member's volumes)."""
-
-    held: Held
-    precopied: dict[VolumeRef, PrecopiedVolume]
+from evacuator.moves.state import PENDING, MoveRecord, Phase, boot_ordered
+from evacuator.moves.window_copy import Handover, WindowCopy
 
 
 class WindowCopies:
@@ -77,19 +64,23 @@ class WindowCopies:
                 paused=self._paused, journal_lock=self.journal_lock, ended=self._ended)
         copy.thread.start()
 
-    def take(self, vm_uuid: str) -> Handover | None:
-        """Stops the VM's pre-copy (its pass ends at the next chunk) and hands over what it holds, if any."""
-        return self._take(vm_uuid)
+    def take(self, vm_uuid: str, destination: str | None) -> Handover | None:
+        """Stops the VM's pre-copy (its pass ends at the next chunk) and hands over what it holds, if it
+        holds the move's journaled `destination`; a pre-copy toward any other host gives its claim back."""
+        return self._take(vm_uuid, destination)
 
-    def take_group(self, group: str) -> Handover | None:
+    def take_group(self, group: str, destination: str | None) -> Handover | None:
         """The same for a consistency group's pre-copy: one claim, every member's volumes."""
-        return self._take(_group_key(group))
+        return self._take(_group_key(group), destination)
 
-    def _take(self, key: str) -> Handover | None:
+    def _take(self, key: str, destination: str | None) -> Handover | None:
         with self._lock:
             copy = self._copies.pop(key, None)
         handed = None if copy is None else copy.hand_over()
-        return None if handed is None else Handover(held=handed[0], precopied=handed[1])
+        if handed is not None and handed.held.host != destination:
+            handed.held.release()
+            return None
+        return handed
 
     def stop(self) -> None:
         """Stops every pre-copy and gives its claim back; what it sent stays (a restart copies afresh)."""

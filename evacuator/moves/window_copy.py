@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -26,6 +27,15 @@ SLOT_RETRY_SECONDS = 1.0
 JOURNAL_LOOK_SECONDS = 0.5
 # How often a pre-copy held by the cloud-wide pause asks the broker again whether it still holds.
 PAUSE_LOOK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handover:
+    """What a window's pre-copy hands its move: the destination it holds, and what each volume got there (a
+    group's: every member's volumes)."""
+
+    held: Held
+    precopied: dict[VolumeRef, PrecopiedVolume]
 
 
 class WindowCopy:
@@ -53,13 +63,13 @@ class WindowCopy:
         self._gone = False
         self.thread = threading.Thread(target=self._run, name=f"evacuator-window-{key[:14]}", daemon=True)
 
-    def hand_over(self) -> tuple[Held, dict[VolumeRef, PrecopiedVolume]] | None:
+    def hand_over(self) -> Handover | None:
         with self._lock:
             self._handing = True
         self.stopping.set()
         self.thread.join()
         held = self._held
-        return None if held is None else (held, dict(self._precopied))
+        return None if held is None else Handover(held=held, precopied=dict(self._precopied))
 
     def _run(self) -> None:
         try:

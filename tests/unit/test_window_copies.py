@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,9 +25,10 @@ from evacuator.migrate.steps import PrecopiedVolume
 from evacuator.moves import window_copy
 from evacuator.moves.attempts import Attempts, EngineConfig
 from evacuator.moves.cancel import cancel_moves
+from evacuator.moves.destinations import Choice, Destinations, Held, Nowhere, StaticPeers
 from evacuator.moves.engine import MoveEngine
 from evacuator.moves.journal import Journal
-from evacuator.moves.state import MoveState, Phase, ResumeAction, resume_action
+from evacuator.moves.state import MoveRecord, MoveState, Phase, ResumeAction, resume_action
 from evacuator.moves.transfer_slots import NoClusterCap, TransferSlots
 from evacuator.moves.window_copies import WindowCopies
 from evacuator.wiring.moves import assemble_engine
@@ -189,11 +190,28 @@ def test_a_move_back_pre_copies_only_to_its_origin(tmp_path: Path) -> None:
     assert record is not None and record.destination == "host-c" and hosts.volume("host-b", "web") is None
 
 
+class _Claims(StaticPeers):
+    """The static peers, each destination held by a claim whose release is counted."""
+
+    def __init__(self, peers: tuple[str, ...]) -> None:
+        super().__init__(peers)
+        self.released: list[str] = []
+
+    def choose(self, records: Sequence[MoveRecord], tried: Collection[str], *,
+               only: str | None = None) -> Choice:  # fmt: skip
+        chosen = super().choose(records, tried, only=only)
+        if isinstance(chosen, Nowhere):
+            return chosen
+        return Held(host=chosen.host, claim_id="c1", release=lambda: self.released.append(chosen.host))
+
+
 def _window(hosts: Hosts, journal: Journal, slots: TransferSlots,
-            paused: Callable[[], bool] = lambda: False) -> WindowCopies:
+            paused: Callable[[], bool] = lambda: False, destinations: Destinations | None = None,
+            ) -> WindowCopies:
     clock = _clock()
     attempts = Attempts(config=_config(), journal=journal, open_host=hosts.open, clock=clock,
-                        sleep=lambda s: None, slots=slots, cluster_slots=NoClusterCap(),
+                        destinations=destinations, sleep=lambda s: None, slots=slots,
+                        cluster_slots=NoClusterCap(),
                         migrators=Migrators(MigrationTimings(shutdown_timeout_seconds=1), clock=clock,
                                             sleep=lambda s: None))  # fmt: skip
     return WindowCopies(attempts, limit_for=lambda volume: 60.0, paused=paused)
@@ -220,9 +238,26 @@ def test_a_pre_copy_takes_a_slot_only_when_one_is_free(tmp_path: Path) -> None:
             _open_and_hold(window, journal, web)
             assert hosts.volume("host-b", "web") is None, "no pass without a free slot"
         _until(lambda: hosts.volume("host-b", "web") == DATA)
-        handed = window.take(web)
+        handed = window.take(web, "host-b")
     assert handed is not None and handed.held.host == "host-b"
     assert set(handed.precopied) == {VolumeRef(pool=POOL, volume="web.raw")}
+
+
+def test_a_pre_copy_toward_another_host_than_the_journaled_one_is_not_handed_over_and_its_claim_is_released(
+    tmp_path: Path,
+) -> None:
+    hosts, claims = Hosts(), _Claims(("host-b",))
+    with Journal(tmp_path / "j.sqlite") as journal:
+        web = hosts.add_vm("web")
+        _engine(hosts, journal).plan([_planned(web, "web")], may_restart_on_source=True)
+        window = _window(hosts, journal, TransferSlots(max_outgoing=1, max_incoming_per_peer=1),
+                         destinations=claims)
+        record = journal.get(web)
+        assert record is not None
+        window.begin(record)
+        _until(lambda: hosts.volume("host-b", "web") == DATA)
+        assert window.take(web, "host-c") is None  # the move's journal says host-c now
+        assert claims.released == ["host-b"] and window.running() == ()
 
 
 def test_the_cloud_wide_pause_holds_every_pass_until_it_is_lifted(
@@ -242,7 +277,7 @@ def test_the_cloud_wide_pause_holds_every_pass_until_it_is_lifted(
             "window_precopy_started", "window_precopy_paused"]  # said once, however often it looked
         pause.clear()  # `evacuator resume`
         _until(lambda: hosts.volume("host-b", "web") == DATA)
-        handed = window.take(web)
+        handed = window.take(web, "host-b")
     assert handed is not None and handed.held.host == "host-b"
     assert any(e["event"] == "window_precopy_resumed" for e in logs)
 
