@@ -101,10 +101,10 @@ class WindowCopy:
         if records is None:
             return None
         with attempts.open_host(attempts.config.host) as source:
-            vms = [source.find_vm(vm_uuid) for vm_uuid in self._vm_uuids]
-        if any(vm is None for vm in vms) or (records[0].group is None and any(
-                vm is not None and (vm.facts.method or MoveMethod.COLD) is not MoveMethod.COLD
-                for vm in vms)):  # fmt: skip
+            vms = [vm for vm in map(source.find_vm, self._vm_uuids) if vm is not None]
+        if len(vms) != len(self._vm_uuids):
+            return None
+        if records[0].group is None and (vms[0].facts.method or MoveMethod.COLD) is not MoveMethod.COLD:
             return None  # a live move's disks travel with its memory (a group always moves cold)
         journaled = next((r.destination for r in records if r.destination), None)
         back = next((r.return_to for r in records if r.return_to), None)

@@ -76,16 +76,17 @@ def block_digest_of_file(path: Path) -> str:
 def _read(fd: int, buffer: memoryview, offset: int, length: int, *, direct: bool) -> tuple[int, bool]:
     """(bytes read into `buffer`, at most `length`: fewer only at the file's end; whether O_DIRECT is still
     on). A direct read asks for whole blocks, which may run past `length` and the file's end."""
-    if direct and offset % ALIGN_BYTES == 0:
-        whole_blocks = -(-length // ALIGN_BYTES) * ALIGN_BYTES
-        try:
-            return min(os.preadv(fd, [buffer[:whole_blocks]], offset), length), True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.info("direct_reads_refused", error=str(exc))
-            direct = False
-    set_direct(fd, False)  # an unaligned extent (a file system of 1 KiB blocks), or a refusal: once, for good
+    if direct:
+        if offset % ALIGN_BYTES == 0:
+            whole_blocks = -(-length // ALIGN_BYTES) * ALIGN_BYTES
+            try:
+                return min(os.preadv(fd, [buffer[:whole_blocks]], offset), length), True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.info("direct_reads_refused", error=str(exc))
+        # An unaligned extent (a file system of 1 KiB blocks), or a refusal: the cache reads the rest.
+        set_direct(fd, False)
     got = 0
     while got < length:
         n = os.preadv(fd, [buffer[got:length]], offset + got)
